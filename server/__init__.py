@@ -1,0 +1,1 @@
+"""corrigo's HTTP server: the OpenAI-compatible surface, configuration, auth, metrics and CLI."""

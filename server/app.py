@@ -1,0 +1,95 @@
+"""The FastAPI application: routes, error handling, metrics and the engine's life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from adapters.engine import ServedModel, engine_args
+from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
+
+from .auth import APIKeyAuth
+from .config import Config
+from .errors import install_error_handlers
+from .metrics import server_metrics
+from .openai_api import build_router
+from .request_id import RequestIdMiddleware
+from .runtime import EngineRuntime
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: Config, model: ServedModel) -> FastAPI:
+    """Build the app. The engine starts when the app starts (in the background) and is shut
+    down, engine-core process included, when the app stops."""
+    runtime = EngineRuntime(model, engine_args(model, config.engine))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        starting = asyncio.create_task(runtime.start())
+        try:
+            yield
+        finally:
+            if not starting.done():
+                # The engine is mid-start in a thread; let it finish so it can be shut down.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(starting)
+            runtime.stop()
+
+    app = FastAPI(title="corrigo", version=_version(), lifespan=lifespan)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness: the server process answers."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: the engine is up and serving."""
+        runtime.require_ready()
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": model.model_id,
+                "vllm": VLLM_VERSION,
+                "logits_processors": runtime.logits_processors,
+            }
+        )
+
+    # One registry holds vLLM's vllm:* series and corrigo's corrigo_* series. A Route (not a
+    # Mount) so that /metrics answers directly instead of redirecting to /metrics/.
+    app.router.routes.append(Route("/metrics", _ASGIEndpoint(make_asgi_app(get_prometheus_registry()))))
+    app.include_router(
+        build_router(runtime, config.limits, server_metrics(), APIKeyAuth(config.auth.api_keys))
+    )
+    return app
+
+
+class _ASGIEndpoint:
+    """Wraps an ASGI callable so that a Starlette ``Route`` calls it as an app, not a handler."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("corrigo")
+    except PackageNotFoundError:
+        return "0+unknown"

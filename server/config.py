@@ -1,0 +1,184 @@
+"""corrigo's configuration: one TOML file, overridden by CLI flags, overridden by environment.
+
+Precedence, lowest first: built-in defaults < ``--config FILE`` < CLI flags < ``CORRIGO_*``
+environment variables. Environment names:
+
+- ``CORRIGO_CONFIG``, ``CORRIGO_HOST``, ``CORRIGO_PORT``, ``CORRIGO_MODEL``,
+  ``CORRIGO_SERVED_MODEL_NAME``, ``CORRIGO_API_KEYS`` (comma-separated) — the common ones;
+- ``CORRIGO_<SECTION>__<KEY>`` for any other key, e.g. ``CORRIGO_ENGINE__MAX_MODEL_LEN=4096`` or
+  ``CORRIGO_LIMITS__MAX_N=4``. Values are read as TOML literals when they parse as one
+  (``4096``, ``true``, ``["a", "b"]``), otherwise as plain strings.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "CORRIGO_"
+
+#: Shorthand environment variables -> dotted config keys.
+ENV_SHORTCUTS: dict[str, str] = {
+    "CORRIGO_HOST": "server.host",
+    "CORRIGO_PORT": "server.port",
+    "CORRIGO_MODEL": "model.path",
+    "CORRIGO_SERVED_MODEL_NAME": "model.served_model_name",
+    "CORRIGO_API_KEYS": "auth.api_keys",
+}
+#: Environment variables that are not config keys.
+ENV_RESERVED = {"CORRIGO_CONFIG", "CORRIGO_CACHE_DIR", "CORRIGO_VENV"}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and the source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "info"
+    #: Seconds SIGTERM waits for in-flight requests before aborting them.
+    graceful_shutdown_seconds: float = Field(10.0, ge=0)
+
+
+class ModelConfig(_Section):
+    #: HF-format model folder (or hub id on machines that may reach a hub). None: the embedded
+    #: SmolLM2-135M-Instruct.
+    path: str | None = None
+    #: Model id clients use; default: the folder's name (or ``smollm2-135m-instruct``).
+    served_model_name: str | None = None
+
+
+class AuthConfig(_Section):
+    #: When non-empty, every /v1 route requires ``Authorization: Bearer <one of these>``.
+    api_keys: list[str] = Field(default_factory=list)
+
+
+class LimitsConfig(_Section):
+    #: Largest request body accepted, in bytes (413 beyond).
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    #: Cap on ``max_tokens`` / ``max_completion_tokens`` (400 beyond); None: the context length.
+    max_tokens: int | None = Field(None, gt=0)
+    #: Cap on ``n`` (400 beyond).
+    max_n: int = Field(16, gt=0)
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    #: Passed through to vLLM's ``AsyncEngineArgs`` and validated by it (adapters/engine.py).
+    engine: dict[str, Any] = Field(default_factory=dict)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration.
+
+    ``overrides`` maps dotted keys to values (the CLI flags that were given); ``environ`` is
+    the process environment (``os.environ`` unless given).
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    path = environ.get("CORRIGO_CONFIG") or path
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path:
+        layers.append((f"config file {path}", _read_toml(Path(path))))
+    if overrides:
+        layers.append(("command line", _nest(overrides)))
+    layers.append(("environment", _nest(_from_environ(environ))))
+
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        _deep_merge(merged, layer)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        sources = [name for name, layer in layers if _has_key(layer, err["loc"])]
+        where = f" (from {sources[-1]})" if sources else ""
+        raise ConfigError(f"config key '{key}'{where}: {err['msg']}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        if name in ENV_SHORTCUTS:
+            key = ENV_SHORTCUTS[name]
+        elif "__" in name:
+            key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        else:
+            logger.warning(
+                "ignoring environment variable %s: corrigo reads %s and %s<SECTION>__<KEY>",
+                name, ", ".join(sorted(ENV_SHORTCUTS)), ENV_PREFIX,
+            )
+            continue
+        if key == "auth.api_keys":
+            out[key] = [k.strip() for k in raw.split(",") if k.strip()]
+        else:
+            out[key] = _parse_env_value(raw)
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _has_key(layer: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
+    node: Any = layer
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -1,0 +1,44 @@
+"""Request-side handling of the ``correction`` object: validate, send to the engine, report.
+
+The validated spec travels to the engine's logits processor (adapters/logits_processor.py) as
+one JSON string in the request's ``vllm_xargs`` under :data:`decoding.correction.WIRE_KEY`;
+vLLM copies ``vllm_xargs`` into ``SamplingParams.extra_args`` unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
+
+from .errors import APIError
+
+
+def take_correction(body: dict[str, Any]) -> CorrectionSpec | None:
+    """Remove and validate ``body["correction"]`` (None when the request carries none);
+    400 naming the field when it is wrong."""
+    xargs = body.get("vllm_xargs")
+    if isinstance(xargs, dict) and WIRE_KEY in xargs:
+        raise APIError(
+            400,
+            f"'vllm_xargs.{WIRE_KEY}' is reserved for corrigo; send corrections as 'correction'.",
+            param=f"vllm_xargs.{WIRE_KEY}",
+        )
+    if "correction" not in body:
+        return None
+    try:
+        return parse_correction(body.pop("correction"))
+    except CorrectionError as exc:
+        raise APIError(400, exc.message, param=exc.param, code="invalid_correction") from None
+
+
+def wire_xargs(spec: CorrectionSpec | None, xargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The request's ``vllm_xargs`` with the spec added (unchanged when it names no plugin)."""
+    if not spec:
+        return xargs
+    return {**(xargs or {}), WIRE_KEY: spec.to_wire()}
+
+
+def correction_report(spec: CorrectionSpec) -> dict[str, Any]:
+    """The ``correction`` object added to a response that asked for corrections."""
+    return {"plugins": list(spec.names)}

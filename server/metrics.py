@@ -1,0 +1,55 @@
+"""corrigo's Prometheus metrics (``corrigo_*``), exposed beside vLLM's ``vllm:*`` series.
+
+vLLM records its metrics in this process's default registry and unregisters everything named
+``vllm:*`` when an engine starts, so corrigo's series use their own prefix.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+# Latency buckets (seconds) sized for CPU and GPU serving alike: 10 ms .. 10 min.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
+
+
+class ServerMetrics:
+    """The metric families the server records; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.requests = Counter(
+            "corrigo_requests",
+            "Requests answered, by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "corrigo_request_duration_seconds",
+            "Time from receiving a request to sending the last byte of its response.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "corrigo_time_to_first_token_seconds",
+            "Streaming requests: time from receiving the request to its first generated token.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.generated_tokens = Counter(
+            "corrigo_generated_tokens",
+            "Completion tokens generated, as reported in each response's usage.",
+            ["model", "endpoint"],
+            registry=registry,
+        )
+
+
+_default: ServerMetrics | None = None
+
+
+def server_metrics() -> ServerMetrics:
+    """The process-wide metrics on the default registry (created once)."""
+    global _default
+    if _default is None:
+        _default = ServerMetrics()
+    return _default

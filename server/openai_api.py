@@ -1,0 +1,309 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
+
+corrigo reads and checks each request itself (auth, readiness, size, JSON, model, limits, the
+``correction`` object), then hands it to vLLM's own serving classes, which render chat
+templates, run the engine and format responses and SSE chunks exactly as ``vllm serve`` does.
+On the way back it adds the ``correction`` report and records corrigo_* metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from adapters.vllm_compat import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    error_response_from_exception,
+)
+from decoding.correction import CorrectionSpec
+
+from .config import LimitsConfig
+from .corrections import correction_report, take_correction, wire_xargs
+from .errors import APIError, error_response
+from .metrics import ServerMetrics
+from .runtime import EngineRuntime
+
+#: Status recorded when the client went away before the response was complete (nginx's code).
+CLIENT_CLOSED = 499
+
+
+class Endpoint(enum.Enum):
+    CHAT = "chat_completions"
+    COMPLETION = "completions"
+
+    @property
+    def request_model(self) -> type[ChatCompletionRequest] | type[CompletionRequest]:
+        return ChatCompletionRequest if self is Endpoint.CHAT else CompletionRequest
+
+    @property
+    def prompt_param(self) -> str:
+        return "messages" if self is Endpoint.CHAT else "prompt"
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self is Endpoint.CHAT else "text_completion"
+
+
+@dataclass
+class Exchange:
+    """One request's bookkeeping for metrics and the correction report."""
+
+    endpoint: Endpoint
+    started: float = field(default_factory=time.perf_counter)
+    model: str = ""
+    status: int = 200
+    correction: CorrectionSpec | None = None
+    completion_tokens: int = 0
+    #: Whether a streaming client asked for the final usage chunk itself.
+    client_wants_usage: bool = False
+
+
+def build_router(runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMetrics, auth) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+
+    @router.get("/models")
+    async def list_models() -> Response:
+        runtime.require_ready()
+        models = await runtime.serving.openai_serving_models.show_available_models()
+        return JSONResponse(models.model_dump())
+
+    @router.post("/chat/completions")
+    async def chat_completions(raw: Request) -> Response:
+        return await _generate(raw, Endpoint.CHAT)
+
+    @router.post("/completions")
+    async def completions(raw: Request) -> Response:
+        return await _generate(raw, Endpoint.COMPLETION)
+
+    async def _generate(raw: Request, endpoint: Endpoint) -> Response:
+        ex = Exchange(endpoint)
+        try:
+            runtime.require_ready()
+            request = await _parse(raw, ex)
+            if request.stream:
+                return await _stream(raw, request, ex)
+            return await _complete(raw, request, ex)
+        except APIError as err:
+            ex.status = err.status
+            _record(ex)
+            raise
+        except Exception:
+            ex.status = 500
+            _record(ex)
+            raise
+
+    async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
+        body = await _read_json(raw, limits.max_request_bytes)
+        ex.model = _check_model(body)
+        ex.correction = take_correction(body)
+        _check_limits(body, limits)
+        if body.get("stream") is True:
+            # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
+            # for one, and drops it again when the client did not.
+            options = body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            ex.client_wants_usage = bool(options.get("include_usage"))
+            body["stream_options"] = {**options, "include_usage": True}
+        try:
+            request = ex.endpoint.request_model.model_validate(body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(str(p) for p in err["loc"]) or None
+            raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
+        request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs)
+        return request
+
+    def _check_model(body: dict[str, Any]) -> str:
+        model = body.get("model")
+        served = runtime.model.model_id
+        if model is None:
+            body["model"] = served
+            return served
+        if model != served:
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist. Models served here: {served}.",
+                param="model",
+                code="model_not_found",
+            )
+        return model
+
+    async def _complete(raw: Request, request, ex: Exchange) -> Response:
+        result = await _until_disconnect(raw, _call_vllm(raw, request, ex.endpoint))
+        if result is None:  # the client went away; vLLM aborted the generation
+            ex.status = CLIENT_CLOSED
+            _record(ex)
+            return Response(status_code=CLIENT_CLOSED)
+        if isinstance(result, ErrorResponse):
+            raise _from_vllm_error(result, ex.endpoint)
+        assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
+        payload = result.model_dump()
+        if ex.correction is not None:
+            payload["correction"] = correction_report(ex.correction)
+        ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
+        _record(ex)
+        return JSONResponse(payload)
+
+    async def _stream(raw: Request, request, ex: Exchange) -> Response:
+        result = await _call_vllm(raw, request, ex.endpoint)
+        if isinstance(result, ErrorResponse):
+            raise _from_vllm_error(result, ex.endpoint)
+        return StreamingResponse(
+            _relay(result, ex), media_type="text/event-stream"
+        )
+
+    async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
+        first: dict[str, Any] | None = None
+        finished = False
+        try:
+            async for chunk in chunks:
+                if first is None:
+                    metrics.time_to_first_token.labels(ex.model, ex.endpoint.value).observe(
+                        time.perf_counter() - ex.started
+                    )
+                    first = _sse_json(chunk) or {}
+                if chunk.startswith("data: [DONE]"):
+                    finished = True
+                    if ex.correction is not None:
+                        yield _report_chunk(first, ex)
+                elif '"usage":{' in chunk:
+                    usage = (_sse_json(chunk) or {}).get("usage") or {}
+                    ex.completion_tokens = usage.get("completion_tokens", ex.completion_tokens)
+                    if not ex.client_wants_usage and '"choices":[]' in chunk:
+                        continue
+                yield chunk
+        finally:
+            # A stream cut short by the client never reaches [DONE].
+            ex.status = 200 if finished else CLIENT_CLOSED
+            _record(ex)
+
+    def _report_chunk(first: dict[str, Any], ex: Exchange) -> str:
+        assert ex.correction is not None
+        chunk = {
+            "id": first.get("id"),
+            "object": ex.endpoint.chunk_object,
+            "created": first.get("created"),
+            "model": first.get("model", ex.model),
+            "choices": [],
+            "correction": correction_report(ex.correction),
+        }
+        return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+
+    async def _call_vllm(raw: Request, request, endpoint: Endpoint):
+        """vLLM's serving call: a response, an SSE chunk iterator, or an ErrorResponse
+        (exceptions it raises for bad requests are turned into one, as ``vllm serve`` does)."""
+        try:
+            if endpoint is Endpoint.CHAT:
+                return await runtime.serving.openai_serving_chat.create_chat_completion(request, raw)
+            return await runtime.serving.openai_serving_completion.create_completion(request, raw)
+        except Exception as exc:
+            return error_response_from_exception(exc)
+
+    def _record(ex: Exchange) -> None:
+        model = ex.model or "unknown"
+        metrics.requests.labels(model, ex.endpoint.value, str(ex.status)).inc()
+        metrics.request_duration.labels(model, ex.endpoint.value).observe(
+            time.perf_counter() - ex.started
+        )
+        if ex.completion_tokens:
+            metrics.generated_tokens.labels(model, ex.endpoint.value).inc(ex.completion_tokens)
+
+    return router
+
+
+async def _read_json(raw: Request, max_bytes: int) -> dict[str, Any]:
+    declared = raw.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    body = bytearray()
+    async for part in raw.stream():
+        body += part
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+    media = raw.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in ("application/json", ""):
+        raise APIError(400, f"Unsupported content type '{media}': send application/json.")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    return payload
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"The request body exceeds the limit of {max_bytes} bytes.", code="request_too_large")
+
+
+def _check_limits(body: dict[str, Any], limits: LimitsConfig) -> None:
+    n = body.get("n")
+    if isinstance(n, int) and n > limits.max_n:
+        raise APIError(400, f"'n' is {n}; this server allows at most {limits.max_n}.", param="n")
+    if limits.max_tokens is not None:
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and value > limits.max_tokens:
+                raise APIError(
+                    400,
+                    f"'{name}' is {value}; this server allows at most {limits.max_tokens}.",
+                    param=name,
+                )
+
+
+def _sse_json(chunk: str) -> dict[str, Any] | None:
+    if not chunk.startswith("data: "):
+        return None
+    try:
+        return json.loads(chunk[6:])
+    except json.JSONDecodeError:
+        return None
+
+
+def _from_vllm_error(result: ErrorResponse, endpoint: Endpoint) -> APIError:
+    """vLLM's error object, in corrigo's OpenAI shape; context overflows get OpenAI's code."""
+    err = result.error
+    param, code = err.param, None
+    if "maximum context length" in err.message:
+        param, code = endpoint.prompt_param, "context_length_exceeded"
+    elif param is None:
+        # Some of vLLM's checks raise a bare ValueError ("n must be at least 1, got 0."): its
+        # message opens with the field's name, which is enough to name the parameter.
+        first_word = err.message.split(" ", 1)[0].strip("'`\"")
+        if first_word in endpoint.request_model.model_fields:
+            param = first_word
+    return APIError(int(err.code), err.message, param=param, code=code)
+
+
+async def _until_disconnect(raw: Request, work) -> Any:
+    """Await ``work`` unless the client disconnects first (then cancel it and return None).
+
+    Cancelling vLLM's generator aborts the request in the engine. The body has been read, so
+    the next ASGI message can only be the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(raw))
+    done, pending = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    for t in pending:
+        t.cancel()
+    if task in done:
+        return task.result()
+    return None
+
+
+async def _disconnected(raw: Request) -> None:
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass

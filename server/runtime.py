@@ -1,0 +1,97 @@
+"""The engine behind the server and vLLM's serving objects, with their life cycle.
+
+The HTTP server comes up at once; the engine starts in the background (tens of seconds on a
+CPU). Until it is ready, /health answers 200 (the process is alive) while /ready and every /v1
+route answer 503, so orchestrators and clients can tell "starting" from "dead".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+
+from starlette.datastructures import State
+
+from adapters.engine import ServedModel, start_engine, stop_engine
+from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_app_state
+
+from .errors import APIError
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class EngineRuntime:
+    """Owns the vLLM engine and the vLLM serving objects built on it."""
+
+    def __init__(self, model: ServedModel, args: AsyncEngineArgs) -> None:
+        #: Called when the engine cannot start; the CLI uses it to stop the server, so that a
+        #: broken deployment exits non-zero instead of answering 503 forever.
+        self.on_fatal: Callable[[], None] | None = None
+        self.model = model
+        self.args = args
+        self.phase = Phase.STARTING
+        self.failure: str | None = None
+        self.engine: AsyncLLM | None = None
+        #: vLLM's serving objects (``openai_serving_chat``, ``openai_serving_completion``,
+        #: ``openai_serving_models``...), built by vLLM's own ``init_app_state``.
+        self.serving = State()
+
+    async def start(self) -> None:
+        try:
+            # Engine start blocks for tens of seconds (it spawns and handshakes the engine-core
+            # process); a thread keeps the event loop serving /health meanwhile.
+            self.engine = await asyncio.to_thread(start_engine, self.args)
+            tasks = await self.engine.get_supported_tasks()
+            argv = ["--model", self.model.path, "--served-model-name", self.model.model_id]
+            await init_app_state(self.engine, self.serving, frontend_args(argv), tasks)
+        except asyncio.CancelledError:
+            self.phase = Phase.STOPPED
+            raise
+        except Exception as exc:  # the server stays up to report it on /ready
+            logger.exception("the vLLM engine failed to start")
+            self.phase, self.failure = Phase.FAILED, f"{type(exc).__name__}: {exc}"
+            if self.on_fatal is not None:
+                self.on_fatal()
+            return
+        self.phase = Phase.READY
+        logger.info("engine ready: serving %s as '%s'", self.model.path, self.model.model_id)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            stop_engine(self.engine)
+            self.engine = None
+        self.phase = Phase.STOPPED
+
+    @property
+    def logits_processors(self) -> list[str]:
+        """The logits processors the engine was started with (as FQCN strings)."""
+        if self.engine is None:
+            return []
+        return [str(p) for p in self.engine.vllm_config.model_config.logits_processors or ()]
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY and self.engine is not None and not self.engine.errored
+
+    def require_ready(self) -> None:
+        """Raise 503 unless requests can be served now."""
+        if self.ready:
+            return
+        if self.phase is Phase.STARTING:
+            message = "The engine is starting; retry shortly."
+        elif self.phase is Phase.READY:  # started, then its engine-core process died
+            message = "The engine has stopped working; the server must be restarted."
+        elif self.phase is Phase.FAILED:
+            message = f"The engine failed to start: {self.failure}"
+        else:
+            message = "The server is shutting down."
+        raise APIError(503, message, code="engine_not_ready", headers={"Retry-After": "5"})

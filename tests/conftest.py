@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from .support import TEST_ENGINE, LiveServer, start_server, write_config
+
+API_KEY = "test-key-0123456789"
+SERVED_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory) -> LiveServer:
+    """The one engine of the test session: the embedded SmolLM2 behind ``corrigo serve``."""
+    tmp = tmp_path_factory.mktemp("live_server")
+    config = write_config(
+        tmp / "corrigo.toml",
+        {
+            "auth": {"api_keys": [API_KEY, "second-key"]},
+            "limits": {"max_n": 4, "max_request_bytes": 1_000_000},
+            "engine": TEST_ENGINE,
+        },
+    )
+    server = start_server(
+        config,
+        tmp / "server.log",
+        probe_during_startup={"models": "/v1/models", "ready": "/ready"},
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(live_server):
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{live_server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def http(live_server):
+    import httpx
+
+    with httpx.Client(
+        base_url=live_server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
+    ) as c:
+        yield c

@@ -1,0 +1,94 @@
+"""The engine-side host of corrections, driven with vLLM's own BatchUpdate (no engine)."""
+
+import pytest
+import torch
+
+from adapters.logits_processor import LOGITS_PROCESSOR_FQCN, CorrigoLogitsProcessor
+from adapters.vllm_compat import BatchUpdate, MoveDirectionality, SamplingParams
+from decoding import correction as mod
+from decoding.correction import WIRE_KEY, CorrectionError, PluginParams, parse_correction
+
+
+class Params(PluginParams):
+    weight: float = 1.0
+
+
+@pytest.fixture
+def plugin(monkeypatch):
+    monkeypatch.setattr(mod, "_REGISTRY", {})
+    mod.register_plugin("proxy_tuning", Params)
+
+
+def corrected(weight: float = 1.0) -> SamplingParams:
+    spec = parse_correction({"proxy_tuning": {"weight": weight}})
+    return SamplingParams(extra_args={WIRE_KEY: spec.to_wire()})
+
+
+def plain() -> SamplingParams:
+    return SamplingParams(extra_args={"unrelated": 1})
+
+
+def update(size, removed=(), added=(), moved=()):
+    return BatchUpdate(batch_size=size, removed=list(removed), added=list(added), moved=list(moved))
+
+
+def weights(proc):
+    return {row: spec.plugins["proxy_tuning"].weight for row, (spec, _, _) in proc.rows.items()}
+
+
+def test_fqcn_points_at_the_class():
+    module, _, name = LOGITS_PROCESSOR_FQCN.partition(":")
+    assert module == "adapters.logits_processor" and name == "CorrigoLogitsProcessor"
+
+
+def test_validate_params_accepts_plain_and_refuses_bad_specs():
+    CorrigoLogitsProcessor.validate_params(SamplingParams())
+    CorrigoLogitsProcessor.validate_params(plain())
+    CorrigoLogitsProcessor.validate_params(SamplingParams(extra_args={WIRE_KEY: "{}"}))
+    with pytest.raises(CorrectionError, match="not available"):
+        CorrigoLogitsProcessor.validate_params(
+            SamplingParams(extra_args={WIRE_KEY: '{"copilot": {}}'})
+        )
+    with pytest.raises(ValueError, match="not valid JSON"):
+        CorrigoLogitsProcessor.validate_params(SamplingParams(extra_args={WIRE_KEY: "{"}))
+
+
+def test_is_not_argmax_invariant():
+    assert CorrigoLogitsProcessor(None, torch.device("cpu"), False).is_argmax_invariant() is False
+
+
+def test_rows_follow_adds_removals_and_moves(plugin):
+    proc = CorrigoLogitsProcessor(None, torch.device("cpu"), False)
+    out0, out2 = [5], [7]
+    proc.update_state(
+        update(3, added=[(0, corrected(0.5), [1, 2], out0), (1, plain(), [3], []), (2, corrected(2.0), [4], out2)])
+    )
+    assert weights(proc) == {0: 0.5, 2: 2.0}
+    assert proc.rows[0][2] is out0  # the live list, not a copy
+    out0.append(6)
+    assert proc.rows[0][2] == [5, 6]
+
+    # Removal of 1, then 2 moves down into the hole (vLLM condenses the batch).
+    proc.update_state(update(2, removed=[1], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    assert weights(proc) == {0: 0.5, 1: 2.0}
+
+    proc.update_state(update(2, moved=[(0, 1, MoveDirectionality.SWAP)]))
+    assert weights(proc) == {0: 2.0, 1: 0.5}
+
+    # A plain request added into a corrected row's slot clears it.
+    proc.update_state(update(2, removed=[0], added=[(0, plain(), [9], [])]))
+    assert weights(proc) == {1: 0.5}
+
+    # Swap between a plain row and a corrected one moves only the corrected one.
+    proc.update_state(update(2, moved=[(1, 0, MoveDirectionality.SWAP)]))
+    assert weights(proc) == {0: 0.5}
+
+    proc.update_state(None)  # batch unchanged
+    assert weights(proc) == {0: 0.5}
+
+
+def test_apply_without_corrected_rows_is_free():
+    proc = CorrigoLogitsProcessor(None, torch.device("cpu"), False)
+    proc.update_state(update(1, added=[(0, plain(), [1], [])]))
+    logits = torch.randn(1, 8)
+    assert proc.apply(logits) is logits
