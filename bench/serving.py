@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+import uvloop
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -198,7 +199,8 @@ def main() -> None:
     prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
 
     print(f"direct AsyncLLM ({model.model_id}, {engine_settings})", flush=True)
-    runs = asyncio.run(bench_direct(model, engine_settings, prompts, args))
+    # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
+    runs = uvloop.run(bench_direct(model, engine_settings, prompts, args))
 
     print("corrigo serve", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,7 +211,7 @@ def main() -> None:
         )
         server = start_server(config, Path(tmp) / "server.log")
         try:
-            runs += asyncio.run(bench_corrigo(server.base_url, model.model_id, prompts, messages, args))
+            runs += uvloop.run(bench_corrigo(server.base_url, model.model_id, prompts, messages, args))
         finally:
             server.stop()
 

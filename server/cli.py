@@ -80,13 +80,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from adapters.default_model import DefaultModelError
-    from adapters.engine import EngineConfigError, resolve_model
+    from adapters.engine import EngineConfigError, check_engine_args, resolve_model
 
     from .app import create_app
 
     try:
         model = resolve_model(config.model.path, config.model.served_model_name)
         app = create_app(config, model)
+        check_engine_args(app.state.runtime.args)
     except (DefaultModelError, EngineConfigError) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2

@@ -161,9 +161,7 @@ def build_router(runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMe
         result = await _call_vllm(raw, request, ex.endpoint)
         if isinstance(result, ErrorResponse):
             raise _from_vllm_error(result, ex.endpoint)
-        return StreamingResponse(
-            _relay(result, ex), media_type="text/event-stream"
-        )
+        return StreamingResponse(_relay(result, ex), media_type="text/event-stream")
 
     async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
         first: dict[str, Any] | None = None
@@ -174,7 +172,8 @@ def build_router(runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMe
                     metrics.time_to_first_token.labels(ex.model, ex.endpoint.value).observe(
                         time.perf_counter() - ex.started
                     )
-                    first = _sse_json(chunk) or {}
+                    # The report chunk reuses the stream's id; only parsed when one is due.
+                    first = (_sse_json(chunk) if ex.correction is not None else None) or {}
                 if chunk.startswith("data: [DONE]"):
                     finished = True
                     if ex.correction is not None:
