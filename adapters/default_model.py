@@ -30,9 +30,10 @@ class DefaultModelError(RuntimeError):
 
 def cache_dir() -> Path:
     """Where corrigo keeps converted models: ``$CORRIGO_CACHE_DIR`` or ``~/.cache/corrigo``."""
-    root = os.environ.get("CORRIGO_CACHE_DIR") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    ) / "corrigo"
+    root = (
+        os.environ.get("CORRIGO_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "corrigo"
+    )
     return Path(root)
 
 

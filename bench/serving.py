@@ -36,10 +36,22 @@ sys.path.insert(0, str(REPO))
 from tests.support import start_server, write_config  # noqa: E402
 
 TOPICS = [
-    "a lighthouse keeper", "a lost robot", "the first snow", "a dragon who cannot fly",
-    "a city under the sea", "an old clock", "a secret garden", "a space station cook",
-    "a talking cat", "the last library", "a desert train", "a friendly ghost",
-    "a mountain village", "a broken violin", "a painter's apprentice", "a night market",
+    "a lighthouse keeper",
+    "a lost robot",
+    "the first snow",
+    "a dragon who cannot fly",
+    "a city under the sea",
+    "an old clock",
+    "a secret garden",
+    "a space station cook",
+    "a talking cat",
+    "the last library",
+    "a desert train",
+    "a friendly ghost",
+    "a mountain village",
+    "a broken violin",
+    "a painter's apprentice",
+    "a night market",
 ]
 
 
@@ -81,8 +93,13 @@ async def run_pool(concurrency: int, jobs: list, one) -> tuple[float, list[tuple
 def summarise(system: str, concurrency: int, wall: float, results: list[tuple[float, int]]) -> Run:
     ttfts = [t for t, _ in results]
     return Run(
-        system, concurrency, len(results), sum(n for _, n in results), wall,
-        statistics.median(ttfts), percentile(ttfts, 0.99),
+        system,
+        concurrency,
+        len(results),
+        sum(n for _, n in results),
+        wall,
+        statistics.median(ttfts),
+        percentile(ttfts, 0.99),
     )
 
 
@@ -95,7 +112,10 @@ async def bench_direct(model, engine_settings, prompts, args) -> list[Run]:
 
     engine = await asyncio.to_thread(start_engine, engine_args(model, engine_settings))
     params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
+        max_tokens=args.max_tokens,
+        temperature=0,
+        ignore_eos=True,
+        output_kind=RequestOutputKind.DELTA,
     )
 
     async def one(prompt: str) -> tuple[float, int]:
@@ -128,8 +148,15 @@ async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
 
         async def stream(path: str, body: dict) -> tuple[float, int]:
-            body = {**body, "model": model_id, "max_tokens": args.max_tokens, "temperature": 0,
-                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            body = {
+                **body,
+                "model": model_id,
+                "max_tokens": args.max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             started = time.perf_counter()
             ttft, tokens = None, 0
             async with client.stream("POST", path, json=body) as r:
@@ -153,8 +180,10 @@ async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -
         await chat(messages[0])
         runs = []
         for c in args.concurrency:
-            for name, one, jobs in (("corrigo /v1/completions", completion, prompts),
-                                    ("corrigo /v1/chat/completions", chat, messages)):
+            for name, one, jobs in (
+                ("corrigo /v1/completions", completion, prompts),
+                ("corrigo /v1/chat/completions", chat, messages),
+            ):
                 wall, results = await run_pool(c, jobs, one)
                 runs.append(summarise(name, c, wall, results))
                 print(f"  {name} c={c}: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
@@ -167,7 +196,9 @@ def table(runs: list[Run]) -> str:
         "| system | concurrency | output tok/s | vs direct | TTFT p50 (s) | TTFT p99 (s) | p50 vs direct |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(runs, key=lambda r: (r.concurrency, not r.system.startswith("direct"), r.system)):
+    for r in sorted(
+        runs, key=lambda r: (r.concurrency, not r.system.startswith("direct"), r.system)
+    ):
         d = direct[r.concurrency]
         lines.append(
             f"| {r.system} | {r.concurrency} | {r.tokens_per_s:.1f} | {r.tokens_per_s / d.tokens_per_s:.2f}x"
@@ -193,10 +224,18 @@ def main() -> None:
     engine_settings = {"max_model_len": 2048, "enforce_eager": not args.compiled}
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     messages = [
-        [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i})."}]
+        [
+            {
+                "role": "user",
+                "content": f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i}).",
+            }
+        ]
         for i in range(args.requests)
     ]
-    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+    prompts = [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in messages
+    ]
 
     print(f"direct AsyncLLM ({model.model_id}, {engine_settings})", flush=True)
     # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
@@ -206,12 +245,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(
             Path(tmp) / "bench.toml",
-            {"model": {"path": model.path, "served_model_name": model.model_id}, "engine": engine_settings,
-             "server": {"log_level": "warning"}},
+            {
+                "model": {"path": model.path, "served_model_name": model.model_id},
+                "engine": engine_settings,
+                "server": {"log_level": "warning"},
+            },
         )
         server = start_server(config, Path(tmp) / "server.log")
         try:
-            runs += uvloop.run(bench_corrigo(server.base_url, model.model_id, prompts, messages, args))
+            runs += uvloop.run(
+                bench_corrigo(server.base_url, model.model_id, prompts, messages, args)
+            )
         finally:
             server.stop()
 
@@ -220,12 +264,19 @@ def main() -> None:
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"serving-{stamp}.json").write_text(json.dumps({
-        "args": vars(args), "engine": engine_settings, "model": model.model_id,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
-        "table": report,
-    }, indent=2))
+    (out / f"serving-{stamp}.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "engine": engine_settings,
+                "model": model.model_id,
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
+                "table": report,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ _REGISTRY: dict[str, type[PluginParams]] = {}
 def register_plugin(name: str, params: type[PluginParams]) -> None:
     """Make the plugin ``name`` available, validating its parameters with ``params``."""
     if name not in PLUGIN_NAMES:
-        raise ValueError(f"{name!r} is not a correction corrigo defines; expected one of {PLUGIN_NAMES}")
+        raise ValueError(
+            f"{name!r} is not a correction corrigo defines; expected one of {PLUGIN_NAMES}"
+        )
     _REGISTRY[name] = params
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -23,8 +22,6 @@ from .metrics import server_metrics
 from .openai_api import build_router
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
-
-logger = logging.getLogger(__name__)
 
 
 def create_app(config: Config, model: ServedModel) -> FastAPI:
@@ -69,7 +66,9 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
 
     # One registry holds vLLM's vllm:* series and corrigo's corrigo_* series. A Route (not a
     # Mount) so that /metrics answers directly instead of redirecting to /metrics/.
-    app.router.routes.append(Route("/metrics", _ASGIEndpoint(make_asgi_app(get_prometheus_registry()))))
+    app.router.routes.append(
+        Route("/metrics", _ASGIEndpoint(make_asgi_app(get_prometheus_registry())))
+    )
     app.include_router(
         build_router(runtime, config.limits, server_metrics(), APIKeyAuth(config.auth.api_keys))
     )

@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
             "e.g. CORRIGO_ENGINE__MAX_MODEL_LEN=4096)."
         ),
     )
-    serve.add_argument("--config", metavar="FILE", help="TOML config file (see README: Configuration)")
+    serve.add_argument(
+        "--config", metavar="FILE", help="TOML config file (see README: Configuration)"
+    )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument(
@@ -66,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
+    overrides = {
+        key: getattr(args, flag)
+        for flag, key in FLAG_KEYS.items()
+        if getattr(args, flag) is not None
+    }
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:

@@ -139,7 +139,9 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
         else:
             logger.warning(
                 "ignoring environment variable %s: corrigo reads %s and %s<SECTION>__<KEY>",
-                name, ", ".join(sorted(ENV_SHORTCUTS)), ENV_PREFIX,
+                name,
+                ", ".join(sorted(ENV_SHORTCUTS)),
+                ENV_PREFIX,
             )
             continue
         if key == "auth.api_keys":

@@ -59,7 +59,9 @@ def error_body(
     return {
         "error": {
             "message": message,
-            "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "type": ERROR_TYPES.get(
+                status, "server_error" if status >= 500 else "invalid_request_error"
+            ),
             "param": param,
             "code": code,
         }
@@ -104,4 +106,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"Internal server error ({type(exc).__name__}); see the server log.")
+        return error_response(
+            500, f"Internal server error ({type(exc).__name__}); see the server log."
+        )

@@ -32,7 +32,7 @@ from decoding.correction import CorrectionSpec
 
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wire_xargs
-from .errors import APIError, error_response
+from .errors import APIError
 from .metrics import ServerMetrics
 from .runtime import EngineRuntime
 
@@ -71,7 +71,9 @@ class Exchange:
     client_wants_usage: bool = False
 
 
-def build_router(runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMetrics, auth) -> APIRouter:
+def build_router(
+    runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMetrics, auth
+) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 
     @router.get("/models")
@@ -206,7 +208,9 @@ def build_router(runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMe
         (exceptions it raises for bad requests are turned into one, as ``vllm serve`` does)."""
         try:
             if endpoint is Endpoint.CHAT:
-                return await runtime.serving.openai_serving_chat.create_chat_completion(request, raw)
+                return await runtime.serving.openai_serving_chat.create_chat_completion(
+                    request, raw
+                )
             return await runtime.serving.openai_serving_completion.create_completion(request, raw)
         except Exception as exc:
             return error_response_from_exception(exc)
@@ -238,14 +242,18 @@ async def _read_json(raw: Request, max_bytes: int) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise APIError(
+            400, f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
     if not isinstance(payload, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return payload
 
 
 def _too_large(max_bytes: int) -> APIError:
-    return APIError(413, f"The request body exceeds the limit of {max_bytes} bytes.", code="request_too_large")
+    return APIError(
+        413, f"The request body exceeds the limit of {max_bytes} bytes.", code="request_too_large"
+    )
 
 
 def _check_limits(body: dict[str, Any], limits: LimitsConfig) -> None:

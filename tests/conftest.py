@@ -33,7 +33,9 @@ def live_server(tmp_path_factory) -> LiveServer:
 def client(live_server):
     from openai import OpenAI
 
-    with OpenAI(base_url=f"{live_server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as c:
+    with OpenAI(
+        base_url=f"{live_server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120
+    ) as c:
         yield c
 
 

@@ -68,10 +68,8 @@ class LiveServer:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         if self.process.poll() is None:
             self.process.send_signal(sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left of the group (there should be nothing) goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
@@ -126,7 +124,9 @@ def _auth_header(config: Path) -> dict[str, str]:
 def _wait_for(client: httpx.Client, path: str, server: LiveServer, deadline: float) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"corrigo exited with {server.process.returncode}:\n{server.log()[-5000:]}")
+            raise RuntimeError(
+                f"corrigo exited with {server.process.returncode}:\n{server.log()[-5000:]}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if client.get(path).status_code == 200:
                 return

@@ -31,9 +31,13 @@ def chat(http, body, **kwargs):
 
 
 def test_malformed_json_is_400(http):
-    r = http.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    r = http.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
     assert_error(r, 400, code="invalid_json")
-    r = http.post("/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"})
+    r = http.post(
+        "/v1/completions", content=b"[1, 2]", headers={"content-type": "application/json"}
+    )
     assert_error(r, 400, code="invalid_json")
 
 
@@ -42,7 +46,9 @@ def test_malformed_json_is_400(http):
     [("temperature", -1), ("temperature", "hot"), ("max_tokens", -5), ("top_p", 2.0), ("n", 0)],
 )
 def test_bad_parameter_is_400_naming_it(http, field, value):
-    error = assert_error(chat(http, {"model": SERVED_MODEL, "messages": MESSAGES, field: value}), 400, param=field)
+    error = assert_error(
+        chat(http, {"model": SERVED_MODEL, "messages": MESSAGES, field: value}), 400, param=field
+    )
     assert error["type"] == "invalid_request_error"
 
 
@@ -60,7 +66,12 @@ def test_prompt_longer_than_context_is_400(http, client):
 
 
 def test_unknown_model_is_404(http, client):
-    assert_error(chat(http, {"model": "gpt-17", "messages": MESSAGES}), 404, param="model", code="model_not_found")
+    assert_error(
+        chat(http, {"model": "gpt-17", "messages": MESSAGES}),
+        404,
+        param="model",
+        code="model_not_found",
+    )
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-17", prompt="x", max_tokens=1)
 
@@ -76,7 +87,11 @@ def test_engine_not_ready_was_503_during_startup(live_server):
     ("correction", "param", "phrase"),
     [
         ({"nonsense": 1}, "correction.nonsense", "Unknown field"),
-        ({"proxy_tuning": {"expert": "x"}}, "correction.proxy_tuning", "not available on this server"),
+        (
+            {"proxy_tuning": {"expert": "x"}},
+            "correction.proxy_tuning",
+            "not available on this server",
+        ),
         ({"refinement": {}}, "correction.refinement", "not available on this server"),
         ([1, 2], "correction", "must be an object"),
     ],
@@ -84,7 +99,10 @@ def test_engine_not_ready_was_503_during_startup(live_server):
 def test_bad_correction_is_400_naming_the_field(client, correction, param, phrase):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model=SERVED_MODEL, messages=MESSAGES, max_tokens=2, extra_body={"correction": correction}
+            model=SERVED_MODEL,
+            messages=MESSAGES,
+            max_tokens=2,
+            extra_body={"correction": correction},
         )
     assert err.value.param == param and phrase in err.value.message
 
@@ -96,12 +114,23 @@ def test_reserved_engine_key_cannot_be_smuggled(http):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}, {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": "Bearer"},
+    ],
 )
 def test_missing_or_wrong_key_is_401(live_server, headers):
     with httpx.Client(base_url=live_server.base_url) as anon:
-        for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")]:
-            r = anon.request(method, path, headers=headers, json={"model": SERVED_MODEL, "prompt": "x"})
+        for method, path in [
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/completions"),
+        ]:
+            r = anon.request(
+                method, path, headers=headers, json={"model": SERVED_MODEL, "prompt": "x"}
+            )
             error = assert_error(r, 401, code="invalid_api_key")
             assert error["type"] == "authentication_error"
             assert r.headers["www-authenticate"] == "Bearer"
@@ -110,15 +139,20 @@ def test_missing_or_wrong_key_is_401(live_server, headers):
 def test_any_configured_key_works_and_health_stays_open(live_server):
     with httpx.Client(base_url=live_server.base_url) as anon:
         assert anon.get("/health").status_code == 200
-        assert anon.get("/v1/models", headers={"Authorization": "Bearer second-key"}).status_code == 200
+        assert (
+            anon.get("/v1/models", headers={"Authorization": "Bearer second-key"}).status_code
+            == 200
+        )
 
 
 def test_sdk_with_wrong_key_raises_authentication_error(live_server):
     from openai import OpenAI
 
-    with OpenAI(base_url=f"{live_server.base_url}/v1", api_key="nope", max_retries=0) as bad:
-        with pytest.raises(openai.AuthenticationError):
-            bad.models.list()
+    with (
+        OpenAI(base_url=f"{live_server.base_url}/v1", api_key="nope", max_retries=0) as bad,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        bad.models.list()
 
 
 def test_body_over_the_limit_is_413(http):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,17 +26,30 @@ def value(samples, name, **labels) -> float:
 def test_metrics_count_requests_tokens_and_latency(live_server, client):
     before = scrape(live_server)
     ok = dict(model=SERVED_MODEL, endpoint="chat_completions")
-    base_200 = value(before.get("corrigo_requests", []), "corrigo_requests_total", status="200", **ok)
+    base_200 = value(
+        before.get("corrigo_requests", []), "corrigo_requests_total", status="200", **ok
+    )
     base_404 = value(before.get("corrigo_requests", []), "corrigo_requests_total", status="404")
-    base_tokens = value(before.get("corrigo_generated_tokens", []), "corrigo_generated_tokens_total", **ok)
+    base_tokens = value(
+        before.get("corrigo_generated_tokens", []), "corrigo_generated_tokens_total", **ok
+    )
     base_ttft = value(
-        before.get("corrigo_time_to_first_token_seconds", []), "corrigo_time_to_first_token_seconds_count", **ok
+        before.get("corrigo_time_to_first_token_seconds", []),
+        "corrigo_time_to_first_token_seconds_count",
+        **ok,
     )
 
     messages = [{"role": "user", "content": "Count to three."}]
-    client.chat.completions.create(model=SERVED_MODEL, messages=messages, max_tokens=5, temperature=0)
-    list(client.chat.completions.create(model=SERVED_MODEL, messages=messages, max_tokens=7, stream=True))
-    with pytest.raises(Exception):
+    full_length = {"ignore_eos": True}  # vLLM's extension: generate exactly max_tokens
+    client.chat.completions.create(
+        model=SERVED_MODEL, messages=messages, max_tokens=5, temperature=0, extra_body=full_length
+    )
+    list(
+        client.chat.completions.create(
+            model=SERVED_MODEL, messages=messages, max_tokens=7, stream=True, extra_body=full_length
+        )
+    )
+    with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=messages, max_tokens=1)
 
     after = scrape(live_server)
@@ -43,7 +57,7 @@ def test_metrics_count_requests_tokens_and_latency(live_server, client):
     assert value(requests, "corrigo_requests_total", status="200", **ok) == base_200 + 2
     assert value(requests, "corrigo_requests_total", status="404") == base_404 + 1
     tokens = value(after["corrigo_generated_tokens"], "corrigo_generated_tokens_total", **ok)
-    assert tokens - base_tokens == 5 + 7  # both responses ran to max_tokens at this length
+    assert tokens - base_tokens == 5 + 7
     ttft = after["corrigo_time_to_first_token_seconds"]
     assert value(ttft, "corrigo_time_to_first_token_seconds_count", **ok) == base_ttft + 1
     duration = after["corrigo_request_duration_seconds"]

@@ -8,6 +8,8 @@ from ..conftest import SERVED_MODEL
 
 pytestmark = pytest.mark.engine
 
+#: vLLM's extension: generate exactly max_tokens, so token counts are exact.
+FULL_LENGTH = {"ignore_eos": True}
 HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
@@ -17,7 +19,9 @@ def test_models_lists_the_embedded_model(client):
 
 
 def test_chat_completion(client):
-    r = client.chat.completions.create(model=SERVED_MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    r = client.chat.completions.create(
+        model=SERVED_MODEL, messages=HELLO, max_tokens=8, temperature=0
+    )
     assert r.object == "chat.completion" and r.model == SERVED_MODEL
     choice = r.choices[0]
     assert choice.message.role == "assistant" and choice.message.content
@@ -32,12 +36,15 @@ def test_max_tokens_ends_with_length(client):
         messages=[{"role": "user", "content": "Write a long story about a dragon."}],
         max_tokens=3,
         temperature=0,
+        extra_body=FULL_LENGTH,
     )
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
 
 
 def test_n_gives_n_choices(client):
-    r = client.chat.completions.create(model=SERVED_MODEL, messages=HELLO, max_tokens=4, n=3, seed=1)
+    r = client.chat.completions.create(
+        model=SERVED_MODEL, messages=HELLO, max_tokens=4, n=3, seed=1
+    )
     assert sorted(c.index for c in r.choices) == [0, 1, 2]
 
 
@@ -57,7 +64,12 @@ def test_stop_sequence_cuts_the_output(client):
 
 def test_chat_logprobs(client):
     r = client.chat.completions.create(
-        model=SERVED_MODEL, messages=HELLO, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2
+        model=SERVED_MODEL,
+        messages=HELLO,
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
     )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
@@ -75,11 +87,15 @@ def test_streamed_chat_with_usage(client):
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert text and finish in (["stop"], ["length"])
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
     # Streaming and non-streaming greedy decoding agree.
-    whole = client.chat.completions.create(model=SERVED_MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    whole = client.chat.completions.create(
+        model=SERVED_MODEL, messages=HELLO, max_tokens=8, temperature=0
+    )
     assert whole.choices[0].message.content == text
 
 
@@ -95,7 +111,12 @@ def test_streamed_chat_without_usage_has_no_usage_chunk(client):
 
 def test_completion_and_logprobs(client):
     r = client.completions.create(
-        model=SERVED_MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2
+        model=SERVED_MODEL,
+        prompt="The capital of France is",
+        max_tokens=5,
+        temperature=0,
+        logprobs=2,
+        extra_body=FULL_LENGTH,
     )
     choice = r.choices[0]
     assert r.object == "text_completion" and choice.text
@@ -105,8 +126,14 @@ def test_completion_and_logprobs(client):
 
 def test_streamed_completion_with_n(client):
     stream = client.completions.create(
-        model=SERVED_MODEL, prompt="Once upon a time", max_tokens=6, n=2, seed=3, stream=True,
+        model=SERVED_MODEL,
+        prompt="Once upon a time",
+        max_tokens=6,
+        n=2,
+        seed=3,
+        stream=True,
         stream_options={"include_usage": True},
+        extra_body=FULL_LENGTH,
     )
     texts = {0: "", 1: ""}
     usage = None
@@ -124,7 +151,11 @@ def test_correction_report_on_plain_and_streamed_responses(client):
     assert r.model_extra["correction"] == {"plugins": []}
     chunks = list(
         client.chat.completions.create(
-            model=SERVED_MODEL, messages=HELLO, max_tokens=4, stream=True, extra_body={"correction": {}}
+            model=SERVED_MODEL,
+            messages=HELLO,
+            max_tokens=4,
+            stream=True,
+            extra_body={"correction": {}},
         )
     )
     reports = [c.model_extra.get("correction") for c in chunks if c.model_extra.get("correction")]

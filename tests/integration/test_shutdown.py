@@ -22,23 +22,35 @@ def test_sigterm_exits_within_15s_leaving_no_process(tmp_path):
     model = make_tiny_llama(tmp_path / "tiny-llama", ensure_default_model())
     config = write_config(
         tmp_path / "corrigo.toml",
-        {"model": {"path": str(model)}, "engine": {**TEST_ENGINE, "max_model_len": 512}, "server": {"graceful_shutdown_seconds": 5}},
+        {
+            "model": {"path": str(model)},
+            "engine": {**TEST_ENGINE, "max_model_len": 512},
+            "server": {"graceful_shutdown_seconds": 5},
+        },
     )
     server = start_server(config, tmp_path / "server.log")
     try:
         parent = psutil.Process(server.pid)
         family = parent.children(recursive=True)
-        assert any("EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name() for p in family), [
-            p.cmdline() for p in family
-        ]
+        assert any(
+            "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name() for p in family
+        ), [p.cmdline() for p in family]
 
         # A long streaming request is in flight when SIGTERM arrives.
         streamed = threading.Event()
 
         def stream():
-            body = {"model": "tiny-llama", "prompt": "a", "max_tokens": 400, "stream": True, "ignore_eos": True}
+            body = {
+                "model": "tiny-llama",
+                "prompt": "a",
+                "max_tokens": 400,
+                "stream": True,
+                "ignore_eos": True,
+            }
             try:
-                with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as r:
+                with httpx.stream(
+                    "POST", f"{server.base_url}/v1/completions", json=body, timeout=60
+                ) as r:
                     for _ in r.iter_lines():
                         streamed.set()
             except httpx.HTTPError:

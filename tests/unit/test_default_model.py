@@ -1,7 +1,5 @@
 """The embedded model's conversion is atomic: failures leave nothing a later run would trust."""
 
-from pathlib import Path
-
 import pytest
 
 from adapters import default_model
@@ -44,8 +42,13 @@ def test_untrusted_half_folder_is_replaced(tmp_path, monkeypatch):
 
     def tiny(*args, **kwargs):
         config = LlamaConfig(
-            vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=1, num_key_value_heads=1, head_dim=64,
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            head_dim=64,
         )
         return LlamaForCausalLM(config).to(torch.bfloat16)
 

@@ -22,7 +22,12 @@ def model() -> ServedModel:
 def test_any_vllm_engine_argument_passes_through(model):
     args = engine_args(
         model,
-        {"max_model_len": 1024, "tensor_parallel_size": 2, "distributed_executor_backend": "ray", "seed": 7},
+        {
+            "max_model_len": 1024,
+            "tensor_parallel_size": 2,
+            "distributed_executor_backend": "ray",
+            "seed": 7,
+        },
     )
     assert (args.max_model_len, args.tensor_parallel_size, args.seed) == (1024, 2, 7)
     assert args.distributed_executor_backend == "ray"
@@ -31,7 +36,9 @@ def test_any_vllm_engine_argument_passes_through(model):
 
 
 def test_unknown_engine_argument_is_named(model):
-    with pytest.raises(EngineConfigError, match="engine.max_model_length is not a vLLM engine argument"):
+    with pytest.raises(
+        EngineConfigError, match="engine.max_model_length is not a vLLM engine argument"
+    ):
         engine_args(model, {"max_model_length": 10})
 
 

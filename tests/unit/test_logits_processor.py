@@ -61,7 +61,14 @@ def test_rows_follow_adds_removals_and_moves(plugin):
     proc = CorrigoLogitsProcessor(None, torch.device("cpu"), False)
     out0, out2 = [5], [7]
     proc.update_state(
-        update(3, added=[(0, corrected(0.5), [1, 2], out0), (1, plain(), [3], []), (2, corrected(2.0), [4], out2)])
+        update(
+            3,
+            added=[
+                (0, corrected(0.5), [1, 2], out0),
+                (1, plain(), [3], []),
+                (2, corrected(2.0), [4], out2),
+            ],
+        )
     )
     assert weights(proc) == {0: 0.5, 2: 2.0}
     assert proc.rows[0][2] is out0  # the live list, not a copy
