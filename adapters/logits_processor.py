@@ -1,10 +1,11 @@
-"""The one vLLM V1 logits processor corrigo registers: it hosts decoding/ plugins in the engine.
+"""The one vLLM V1 logits processor corrigo registers: it hosts the decoding/ pipeline.
 
 It runs in vLLM's engine-core process. A request opts in through ``SamplingParams.extra_args``
 under :data:`decoding.correction.WIRE_KEY` (the server writes it; see server/corrections.py).
 ``validate_params`` runs in the front end at admission, so a malformed spec becomes HTTP 400
-before the request reaches the batch. ``apply`` returns the logits untouched unless some row in
-the batch carries a correction, so requests without one cost a dict lookup per step.
+before the request reaches the batch. ``update_state`` translates vLLM's batch updates into the
+pipeline's add/remove/move; ``apply`` hands the batch's logits to the pipeline, which returns at
+once when no row carries a correction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import torch
 
 from decoding.correction import WIRE_KEY, CorrectionSpec, decode_wire
+from decoding.pipeline import CorrectionPipeline
+from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 
+from . import aux_models
 from .vllm_compat import BatchUpdate, LogitsProcessor, MoveDirectionality, SamplingParams
 
 
@@ -21,17 +25,20 @@ def spec_of(params: SamplingParams) -> CorrectionSpec:
     extra = params.extra_args or {}
     if WIRE_KEY not in extra:
         return CorrectionSpec()
-    return decode_wire(extra[WIRE_KEY])
+    return decode_wire(extra[WIRE_KEY], context={AUX_MODELS_CONTEXT: set(aux_models.published())})
 
 
 class CorrigoLogitsProcessor(LogitsProcessor):
     """Tracks which persistent-batch rows carry a correction and runs their plugins."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        self.device = device
-        # row index -> (spec, prompt ids, live output ids). vLLM keeps appending to the output
-        # list it handed us, so the reference stays current without further updates.
-        self.rows: dict[int, tuple[CorrectionSpec, list[int] | None, list[int]]] = {}
+        from .aux_runner import AuxModelRunner
+
+        sources = {
+            name: AuxModelRunner(path, device=device)
+            for name, path in aux_models.published().items()
+        }
+        self.pipeline = CorrectionPipeline({ProxyTuning.name: ProxyTuning(sources)})
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
@@ -46,28 +53,14 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             return
         # vLLM's contract: apply removals, then additions, then moves.
         for index in batch_update.removed:
-            self.rows.pop(index, None)
+            self.pipeline.remove(index)
         for index, params, prompt_ids, output_ids in batch_update.added:
-            spec = spec_of(params)
-            if spec:
-                self.rows[index] = (spec, prompt_ids, output_ids)
-            else:
-                self.rows.pop(index, None)  # a plain request may reuse a corrected row's slot
-        for a, b, direction in batch_update.moved:
-            row_a = self.rows.pop(a, None)
-            if direction == MoveDirectionality.SWAP:
-                row_b = self.rows.pop(b, None)
-                if row_b is not None:
-                    self.rows[a] = row_b
-            else:
-                self.rows.pop(b, None)
-            if row_a is not None:
-                self.rows[b] = row_a
+            self.pipeline.add(index, spec_of(params), prompt_ids or [], output_ids)
+        for source, target, direction in batch_update.moved:
+            self.pipeline.move(source, target, swap=direction == MoveDirectionality.SWAP)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        # This build serves no per-step plugin yet (parse_correction refuses every plugin
-        # name), so there is nothing to apply; the tracked rows are what plugins will act on.
-        return logits
+        return self.pipeline.apply(logits)
 
 
 #: What corrigo passes as ``AsyncEngineArgs(logits_processors=[...])``.

@@ -82,10 +82,14 @@ class CorrectionSpec:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
 
-def parse_correction(payload: Any, *, prefix: str = "correction") -> CorrectionSpec:
+def parse_correction(
+    payload: Any, *, context: Mapping[str, Any] | None = None, prefix: str = "correction"
+) -> CorrectionSpec:
     """Validate a request's ``correction`` object.
 
-    Raises :class:`CorrectionError` naming the first offending field (``correction.<key>...``).
+    ``context`` is what the deployment declares (e.g. its auxiliary model names), passed to the
+    plugins' validators. Raises :class:`CorrectionError` naming the first offending field
+    (``correction.<key>...``).
     """
     if payload is None:
         return CorrectionSpec()
@@ -106,13 +110,13 @@ def parse_correction(payload: Any, *, prefix: str = "correction") -> CorrectionS
                 param,
             )
         try:
-            plugins[name] = model.model_validate(value)
+            plugins[name] = model.model_validate(value, context=dict(context or {}))
         except ValidationError as exc:
             raise _first_error(exc, param) from None
     return CorrectionSpec(plugins)
 
 
-def decode_wire(value: Any) -> CorrectionSpec:
+def decode_wire(value: Any, *, context: Mapping[str, Any] | None = None) -> CorrectionSpec:
     """Inverse of :meth:`CorrectionSpec.to_wire`, re-validating (the engine trusts no caller)."""
     if not isinstance(value, str):
         raise CorrectionError(
@@ -125,10 +129,11 @@ def decode_wire(value: Any) -> CorrectionSpec:
         raise CorrectionError(
             f"extra_args[{WIRE_KEY!r}] is not valid JSON: {exc.msg}", f"vllm_xargs.{WIRE_KEY}"
         ) from None
-    return parse_correction(payload)
+    return parse_correction(payload, context=context)
 
 
 def _first_error(exc: ValidationError, prefix: str) -> CorrectionError:
     err = exc.errors()[0]
     where = ".".join(str(part) for part in (prefix, *err["loc"]))
-    return CorrectionError(f"Invalid '{where}': {err['msg']}", where)
+    message = err["msg"].removeprefix("Value error, ")
+    return CorrectionError(f"Invalid '{where}': {message}", where)

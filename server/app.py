@@ -12,6 +12,7 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from adapters import aux_models
 from adapters.engine import ServedModel, engine_args
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 
@@ -27,7 +28,10 @@ from .runtime import EngineRuntime
 def create_app(config: Config, model: ServedModel) -> FastAPI:
     """Build the app. The engine starts when the app starts (in the background) and is shut
     down, engine-core process included, when the app stops."""
-    runtime = EngineRuntime(model, engine_args(model, config.engine))
+    aux = {name: aux_models.resolve_path(spec.path) for name, spec in config.aux_models.items()}
+    for name, path in aux.items():
+        aux_models.check_compatible(name, path, model.path)
+    runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -85,6 +85,7 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from adapters.aux_models import AuxModelError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
 
@@ -94,7 +95,7 @@ def serve(args: argparse.Namespace) -> int:
         model = resolve_model(config.model.path, config.model.served_model_name)
         app = create_app(config, model)
         check_engine_args(app.state.runtime.args)
-    except (DefaultModelError, EngineConfigError) as exc:
+    except (DefaultModelError, EngineConfigError, AuxModelError) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
     server = uvicorn.Server(

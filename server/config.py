@@ -74,11 +74,19 @@ class LimitsConfig(_Section):
     max_n: int = Field(16, gt=0)
 
 
+class AuxModelConfig(_Section):
+    #: HF-format folder of a model sharing the served model's tokenizer, or "embedded" for the
+    #: embedded SmolLM2's converted folder.
+    path: str
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: Passed through to vLLM's ``AsyncEngineArgs`` and validated by it (adapters/engine.py).
     engine: dict[str, Any] = Field(default_factory=dict)
+    #: Auxiliary models (proxy-tuning experts and anti-experts), by the name requests use.
+    aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 

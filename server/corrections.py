@@ -7,14 +7,16 @@ vLLM copies ``vllm_xargs`` into ``SamplingParams.extra_args`` unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import decoding.proxy_tuning  # noqa: F401  (registers the proxy_tuning correction)
 from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
 
 from .errors import APIError
 
 
-def take_correction(body: dict[str, Any]) -> CorrectionSpec | None:
+def take_correction(body: dict[str, Any], context: Mapping[str, Any]) -> CorrectionSpec | None:
     """Remove and validate ``body["correction"]`` (None when the request carries none);
     400 naming the field when it is wrong."""
     xargs = body.get("vllm_xargs")
@@ -27,7 +29,7 @@ def take_correction(body: dict[str, Any]) -> CorrectionSpec | None:
     if "correction" not in body:
         return None
     try:
-        return parse_correction(body.pop("correction"))
+        return parse_correction(body.pop("correction"), context=context)
     except CorrectionError as exc:
         raise APIError(400, exc.message, param=exc.param, code="invalid_correction") from None
 

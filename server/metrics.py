@@ -36,6 +36,12 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.plugin_requests = Counter(
+            "corrigo_plugin_requests",
+            "Requests served with a correction plugin, by plugin.",
+            ["plugin"],
+            registry=registry,
+        )
         self.generated_tokens = Counter(
             "corrigo_generated_tokens",
             "Completion tokens generated, as reported in each response's usage.",

@@ -110,7 +110,7 @@ def build_router(
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
         body = await _read_json(raw, limits.max_request_bytes)
         ex.model = _check_model(body)
-        ex.correction = take_correction(body)
+        ex.correction = take_correction(body, runtime.correction_context)
         _check_limits(body, limits)
         if body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
@@ -223,6 +223,9 @@ def build_router(
         )
         if ex.completion_tokens:
             metrics.generated_tokens.labels(model, ex.endpoint.value).inc(ex.completion_tokens)
+        if ex.correction is not None and ex.status == 200:
+            for name in ex.correction.names:
+                metrics.plugin_requests.labels(name).inc()
 
     return router
 

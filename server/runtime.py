@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.datastructures import State
 
+from adapters import aux_models
 from adapters.engine import ServedModel, start_engine, stop_engine
 from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_app_state
+from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 
 from .errors import APIError
 
@@ -32,12 +34,18 @@ class Phase(enum.Enum):
 class EngineRuntime:
     """Owns the vLLM engine and the vLLM serving objects built on it."""
 
-    def __init__(self, model: ServedModel, args: AsyncEngineArgs) -> None:
+    def __init__(
+        self, model: ServedModel, args: AsyncEngineArgs, aux_models: Mapping[str, str] | None = None
+    ) -> None:
         #: Called when the engine cannot start; the CLI uses it to stop the server, so that a
         #: broken deployment exits non-zero instead of answering 503 forever.
         self.on_fatal: Callable[[], None] | None = None
         self.model = model
         self.args = args
+        #: Auxiliary model name -> resolved path, published to the engine process at start.
+        self.aux_models = dict(aux_models or {})
+        #: What request validation needs to know about this deployment.
+        self.correction_context = {AUX_MODELS_CONTEXT: set(self.aux_models)}
         self.phase = Phase.STARTING
         self.failure: str | None = None
         self.engine: AsyncLLM | None = None
@@ -49,6 +57,7 @@ class EngineRuntime:
         try:
             # Engine start blocks for tens of seconds (it spawns and handshakes the engine-core
             # process); a thread keeps the event loop serving /health meanwhile.
+            aux_models.publish(self.aux_models)
             self.engine = await asyncio.to_thread(start_engine, self.args)
             tasks = await self.engine.get_supported_tasks()
             argv = ["--model", self.model.path, "--served-model-name", self.model.model_id]

@@ -134,8 +134,13 @@ def _wait_for(client: httpx.Client, path: str, server: LiveServer, deadline: flo
     raise TimeoutError(f"{path} did not answer 200 in time:\n{server.log()[-5000:]}")
 
 
-def make_tiny_llama(folder: Path, tokenizer_from: Path, *, seed: int = 0) -> Path:
-    """A 2-layer random Llama sharing a real tokenizer (vLLM on CPU needs head_dim >= 32)."""
+def make_tiny_llama(
+    folder: Path, tokenizer_from: Path, *, seed: int = 0, initializer_range: float = 0.02
+) -> Path:
+    """A 2-layer random Llama sharing a real tokenizer (vLLM on CPU needs head_dim >= 32).
+
+    A larger ``initializer_range`` spreads the logits, so greedy choices are clear-cut and
+    comparisons between engines are not decided by rounding."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -153,6 +158,7 @@ def make_tiny_llama(folder: Path, tokenizer_from: Path, *, seed: int = 0) -> Pat
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

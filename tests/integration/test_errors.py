@@ -87,10 +87,11 @@ def test_engine_not_ready_was_503_during_startup(live_server):
     ("correction", "param", "phrase"),
     [
         ({"nonsense": 1}, "correction.nonsense", "Unknown field"),
+        ({"copilot": {"name": "x"}}, "correction.copilot", "not available on this server"),
         (
-            {"proxy_tuning": {"expert": "x"}},
-            "correction.proxy_tuning",
-            "not available on this server",
+            {"proxy_tuning": {"expert": "x", "anti_expert": "y"}},
+            "correction.proxy_tuning.expert",
+            "unknown auxiliary model 'x' (declared: none)",
         ),
         ({"refinement": {}}, "correction.refinement", "not available on this server"),
         ([1, 2], "correction", "must be an object"),

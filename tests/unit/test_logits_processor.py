@@ -33,7 +33,8 @@ def update(size, removed=(), added=(), moved=()):
 
 
 def weights(proc):
-    return {row: spec.plugins["proxy_tuning"].weight for row, (spec, _, _) in proc.rows.items()}
+    rows = proc.pipeline.rows
+    return {index: row.params("proxy_tuning").weight for index, row in rows.items()}
 
 
 def test_fqcn_points_at_the_class():
@@ -71,9 +72,9 @@ def test_rows_follow_adds_removals_and_moves(plugin):
         )
     )
     assert weights(proc) == {0: 0.5, 2: 2.0}
-    assert proc.rows[0][2] is out0  # the live list, not a copy
+    assert proc.pipeline.rows[0].stream.output is out0  # the live list, not a copy
     out0.append(6)
-    assert proc.rows[0][2] == [5, 6]
+    assert proc.pipeline.rows[0].stream.tokens() == [1, 2, 5, 6]
 
     # Removal of 1, then 2 moves down into the hole (vLLM condenses the batch).
     proc.update_state(update(2, removed=[1], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)]))

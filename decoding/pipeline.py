@@ -1,0 +1,128 @@
+"""What happens to one token: the per-step correction pipeline over a batch of rows.
+
+Each engine step the pipeline gets the raw logits ``[rows, vocab]`` of the whole batch and
+applies, in the fixed order of :data:`decoding.correction.PLUGIN_NAMES`, each per-step plugin
+to the rows whose request asked for it::
+
+    proxy-tuning shift -> copilot rectification -> unlearning penalties -> unlearning blocks
+
+then hands the logits back to the engine, which applies its own penalties, temperature, top-p
+and sampling. A plugin sees only its rows, gathered into one tensor, and returns their new
+logits; rows without a correction are never touched, and a batch without any costs nothing.
+
+Rows are engine batch slots that requests move between; the pipeline follows the moves and
+gives every request a stable ``uid`` for plugins that keep per-request state (KV caches).
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .correction import PLUGIN_NAMES, CorrectionSpec, PluginParams
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """A request's tokens so far: its prompt, then what it generated (a live, growing list)."""
+
+    prompt: Sequence[int]
+    output: Sequence[int]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def last(self) -> int:
+        return self.output[-1] if self.output else self.prompt[-1]
+
+    def tokens(self) -> list[int]:
+        return [*self.prompt, *self.output]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One request in the batch, as plugins see it."""
+
+    uid: int
+    spec: CorrectionSpec
+    stream: TokenStream
+
+    def params(self, plugin: str) -> PluginParams:
+        return self.spec.plugins[plugin]
+
+
+class StepPlugin(ABC):
+    """A per-step logits transform. Subclasses state their math in their docstring."""
+
+    #: The correction name this plugin serves (a key of the request's ``correction``).
+    name: ClassVar[str]
+
+    @abstractmethod
+    def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+        """New logits ``[len(rows), vocab]`` for ``rows``, given theirs (float32, may be
+        modified in place)."""
+
+    def release(self, uid: int) -> None:  # noqa: B027 (stateless plugins keep nothing)
+        """The request ``uid`` left the batch: free whatever the plugin kept for it."""
+
+
+class CorrectionPipeline:
+    """Tracks the batch's rows and applies the plugins to them in pipeline order."""
+
+    def __init__(self, plugins: Mapping[str, StepPlugin]) -> None:
+        unknown = set(plugins) - set(PLUGIN_NAMES)
+        if unknown:
+            raise ValueError(f"not per-step corrections: {sorted(unknown)}")
+        self.plugins = [(name, plugins[name]) for name in PLUGIN_NAMES if name in plugins]
+        self.rows: dict[int, Row] = {}
+        self._uids = itertools.count()
+
+    # -- batch bookkeeping (engine row indices) --------------------------------------------
+
+    def add(
+        self, index: int, spec: CorrectionSpec, prompt: Sequence[int], output: Sequence[int]
+    ) -> None:
+        """A request entered slot ``index`` (replacing whatever was there)."""
+        self.remove(index)
+        if any(name in spec.plugins for name, _ in self.plugins):
+            self.rows[index] = Row(next(self._uids), spec, TokenStream(prompt, output))
+
+    def remove(self, index: int) -> None:
+        row = self.rows.pop(index, None)
+        if row is not None:
+            for _, plugin in self.plugins:
+                plugin.release(row.uid)
+
+    def move(self, source: int, target: int, *, swap: bool) -> None:
+        """The request in ``source`` now sits in ``target``; with ``swap``, and vice versa.
+        Without ``swap`` whatever was in ``target`` is overwritten (it was removed earlier)."""
+        moving = self.rows.pop(source, None)
+        other = self.rows.pop(target, None)
+        if swap and other is not None:
+            self.rows[source] = other
+        elif other is not None:
+            for _, plugin in self.plugins:
+                plugin.release(other.uid)
+        if moving is not None:
+            self.rows[target] = moving
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        for name, plugin in self.plugins:
+            selected = [
+                (index, row) for index, row in self.rows.items() if name in row.spec.plugins
+            ]
+            if not selected:
+                continue
+            index = torch.tensor([i for i, _ in selected], device=logits.device)
+            logits[index] = plugin.apply(logits[index], [row for _, row in selected])
+        return logits

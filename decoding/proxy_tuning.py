@@ -1,0 +1,135 @@
+"""Proxy-tuning (Liu et al. 2024, "Tuning Language Models by Proxy").
+
+Each step, on raw logits, before any penalty or warper::
+
+    s = s_base + sum_k alpha * w_k * (s_expert_k - s_anti_expert_k)
+
+where ``(expert_k, anti_expert_k, w_k)`` are the request's pairs (one pair with ``w = 1`` in
+the common case) and the expert/anti-expert logits come from auxiliary models stepped on the
+same token stream as the base (the same rendered prompt for all of them). An auxiliary model
+with extra trailing vocabulary rows is truncated to the base's vocabulary, as the reference
+implementation does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from .correction import PluginParams, register_plugin
+from .pipeline import Row, StepPlugin, TokenStream
+
+#: Validation context key listing the auxiliary model names the deployment declares.
+AUX_MODELS_CONTEXT = "aux_models"
+
+
+def _known_model(name: str | None, info: ValidationInfo) -> str | None:
+    known = (info.context or {}).get(AUX_MODELS_CONTEXT)
+    if name is not None and known is not None and name not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        raise ValueError(f"unknown auxiliary model '{name}' (declared: {listed})")
+    return name
+
+
+class ProxyPair(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expert: str
+    anti_expert: str
+    weight: float = 1.0
+
+    _check_models = field_validator("expert", "anti_expert")(_known_model)
+
+    @field_validator("weight")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class ProxyTuningParams(PluginParams):
+    """``{"expert", "anti_expert", "alpha"}`` or ``{"pairs": [...], "alpha"}``."""
+
+    expert: str | None = None
+    anti_expert: str | None = None
+    pairs: list[ProxyPair] | None = Field(None, min_length=1)
+    alpha: float = 1.0
+
+    _check_models = field_validator("expert", "anti_expert")(_known_model)
+
+    @field_validator("alpha")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ProxyTuningParams:
+        single = self.expert is not None or self.anti_expert is not None
+        if single and self.pairs is not None:
+            raise ValueError("give either 'expert' and 'anti_expert', or 'pairs', not both")
+        if self.pairs is None and (self.expert is None or self.anti_expert is None):
+            raise ValueError("needs both 'expert' and 'anti_expert' (or 'pairs')")
+        return self
+
+    def coefficients(self) -> dict[str, float]:
+        """Each auxiliary model's net coefficient: ``sum_k alpha * w_k * ([m = expert_k] -
+        [m = anti_expert_k])``. A model that is both expert and anti-expert cancels to 0."""
+        pairs = self.pairs or [ProxyPair(expert=self.expert, anti_expert=self.anti_expert)]
+        net: dict[str, float] = defaultdict(float)
+        for pair in pairs:
+            net[pair.expert] += self.alpha * pair.weight
+            net[pair.anti_expert] -= self.alpha * pair.weight
+        return dict(net)
+
+
+class LogitsSource(Protocol):
+    """An auxiliary model stepped in lockstep with the engine (adapters/aux_runner.py)."""
+
+    vocab_size: int
+
+    def step(self, streams: Mapping[int, TokenStream]) -> torch.Tensor:
+        """Next-token logits ``[len(streams), vocab_size]`` for each uid's stream, in order."""
+
+    def release(self, uid: int) -> None: ...
+
+
+class ProxyTuning(StepPlugin):
+    """``s += sum_m c_m * s_m`` with ``c_m`` from :meth:`ProxyTuningParams.coefficients`:
+    one batched forward per auxiliary model per step, over the rows that use it."""
+
+    name = "proxy_tuning"
+
+    def __init__(self, sources: Mapping[str, LogitsSource]) -> None:
+        self.sources = sources
+
+    def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+        vocab = logits.shape[-1]
+        users: dict[str, list[tuple[int, Row, float]]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            for model, coef in row.params(self.name).coefficients().items():
+                users[model].append((i, row, coef))
+        for model, entries in users.items():
+            # Every row's stream advances in the model, even when its coefficient is 0 (expert
+            # and anti-expert the same), so its cache stays in step.
+            aux = self.sources[model].step({row.uid: row.stream for _, row, _ in entries})
+            at = torch.tensor([i for i, _, _ in entries], device=logits.device)
+            coef = torch.tensor(
+                [c for _, _, c in entries], device=logits.device, dtype=logits.dtype
+            )
+            logits.index_add_(0, at, coef[:, None] * aux[:, :vocab].to(logits.dtype))
+        return logits
+
+    def release(self, uid: int) -> None:
+        for source in self.sources.values():
+            source.release(uid)
+
+
+register_plugin(ProxyTuning.name, ProxyTuningParams)
