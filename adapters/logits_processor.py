@@ -17,6 +17,7 @@ from decoding.pipeline import CorrectionPipeline
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 
 from . import aux_models
+from .step_timing import StepTimings
 from .vllm_compat import BatchUpdate, LogitsProcessor, MoveDirectionality, SamplingParams
 
 
@@ -38,7 +39,9 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             name: AuxModelRunner(path, device=device)
             for name, path in aux_models.published().items()
         }
-        self.pipeline = CorrectionPipeline({ProxyTuning.name: ProxyTuning(sources)})
+        plugins = {ProxyTuning.name: ProxyTuning(sources)}
+        self.timings = StepTimings(list(plugins))
+        self.pipeline = CorrectionPipeline(plugins, observe=self.timings.observe)
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:

@@ -6,8 +6,8 @@ two engines at once). "direct" drives ``AsyncLLM.generate`` in-process; "corrigo
 ``corrigo serve`` in a subprocess, driven over HTTP with streaming (SSE) by an asyncio + httpx
 client, through /v1/completions (same prompt text as direct) and /v1/chat/completions.
 
-    .venv/bin/python bench/serving.py                      # embedded SmolLM2, c = 1, 8, 32
-    .venv/bin/python bench/serving.py --requests 64 --max-tokens 128 --concurrency 1 8
+    .venv/bin/python -m bench.serving                      # embedded SmolLM2, c = 1, 8, 32
+    .venv/bin/python -m bench.serving --requests 64 --max-tokens 128 --concurrency 1 8
 
 Prints a markdown table (the one in docs/benchmarks.md) and writes JSON to bench/results/.
 """
@@ -143,32 +143,36 @@ async def bench_direct(model, engine_settings, prompts, args) -> list[Run]:
 # -- corrigo: the server over HTTP ----------------------------------------------------------
 
 
+async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> tuple[float, int]:
+    """POST a greedy, full-length streamed request; (time to first token, completion tokens)."""
+    body = {
+        **body,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", path, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            if ttft is None:
+                ttft = time.perf_counter() - started
+            if '"usage":{' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+    return ttft, tokens
+
+
 async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -> list[Run]:
     limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
 
         async def stream(path: str, body: dict) -> tuple[float, int]:
-            body = {
-                **body,
-                "model": model_id,
-                "max_tokens": args.max_tokens,
-                "temperature": 0,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            started = time.perf_counter()
-            ttft, tokens = None, 0
-            async with client.stream("POST", path, json=body) as r:
-                r.raise_for_status()
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    if '"usage":{' in line:
-                        tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-            return ttft, tokens
+            body = {**body, "model": model_id, "max_tokens": args.max_tokens}
+            return await stream_request(client, path, body)
 
         async def completion(prompt: str):
             return await stream("/v1/completions", {"prompt": prompt})

@@ -17,8 +17,9 @@ gives every request a stable ``uid`` for plugins that keep per-request state (KV
 from __future__ import annotations
 
 import itertools
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,13 +76,19 @@ class StepPlugin(ABC):
 class CorrectionPipeline:
     """Tracks the batch's rows and applies the plugins to them in pipeline order."""
 
-    def __init__(self, plugins: Mapping[str, StepPlugin]) -> None:
+    def __init__(
+        self,
+        plugins: Mapping[str, StepPlugin],
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``observe(plugin, seconds)``, if given, is told each plugin's time per step."""
         unknown = set(plugins) - set(PLUGIN_NAMES)
         if unknown:
             raise ValueError(f"not per-step corrections: {sorted(unknown)}")
         self.plugins = [(name, plugins[name]) for name in PLUGIN_NAMES if name in plugins]
         self.rows: dict[int, Row] = {}
         self._uids = itertools.count()
+        self._observe = observe
 
     # -- batch bookkeeping (engine row indices) --------------------------------------------
 
@@ -123,6 +130,9 @@ class CorrectionPipeline:
             ]
             if not selected:
                 continue
+            started = time.perf_counter()
             index = torch.tensor([i for i, _ in selected], device=logits.device)
             logits[index] = plugin.apply(logits[index], [row for _, row in selected])
+            if self._observe is not None:
+                self._observe(name, time.perf_counter() - started)
         return logits

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -12,15 +15,16 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models
+from adapters import aux_models, step_timing
 from adapters.engine import ServedModel, engine_args
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 
 from .auth import APIKeyAuth
 from .config import Config
 from .errors import install_error_handlers
-from .metrics import server_metrics
+from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
+from .profiles import load_profiles
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 
@@ -32,6 +36,13 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     for name, path in aux.items():
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
+    runtime.profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
+
+    # The engine process records per-step plugin times in files here; /metrics reads them.
+    step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
+    os.environ[step_timing.ENV] = step_metrics
+    registry = get_prometheus_registry()
+    registry.register(PluginStepCollector(step_metrics))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +50,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         try:
             yield
         finally:
+            shutil.rmtree(step_metrics, ignore_errors=True)
             if not starting.done():
                 # The engine is mid-start in a thread; let it finish so it can be shut down.
                 with contextlib.suppress(Exception):

@@ -90,12 +90,13 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
 
     from .app import create_app
+    from .profiles import ProfileError
 
     try:
         model = resolve_model(config.model.path, config.model.served_model_name)
         app = create_app(config, model)
         check_engine_args(app.state.runtime.args)
-    except (DefaultModelError, EngineConfigError, AuxModelError) as exc:
+    except (DefaultModelError, EngineConfigError, AuxModelError, ProfileError) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
     server = uvicorn.Server(

@@ -80,6 +80,13 @@ class AuxModelConfig(_Section):
     path: str
 
 
+class ProfileConfig(_Section):
+    #: The model the profile runs on (default and only choice today: the served model).
+    model: str | None = None
+    #: The default ``correction`` object; a request's own ``correction`` is laid over it.
+    correction: dict[str, Any] = Field(default_factory=dict)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -87,6 +94,9 @@ class Config(_Section):
     engine: dict[str, Any] = Field(default_factory=dict)
     #: Auxiliary models (proxy-tuning experts and anti-experts), by the name requests use.
     aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
+    #: Named bundles of a model and a default correction, listed in /v1/models and selectable
+    #: as ``model`` by clients that cannot send extra body fields.
+    profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
 

@@ -16,9 +16,13 @@ from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse
 from .errors import APIError
 
 
-def take_correction(body: dict[str, Any], context: Mapping[str, Any]) -> CorrectionSpec | None:
-    """Remove and validate ``body["correction"]`` (None when the request carries none);
-    400 naming the field when it is wrong."""
+def take_correction(
+    body: dict[str, Any],
+    context: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> CorrectionSpec | None:
+    """Remove and validate ``body["correction"]`` laid over a profile's ``defaults`` (None
+    when there is neither); 400 naming the field when it is wrong."""
     xargs = body.get("vllm_xargs")
     if isinstance(xargs, dict) and WIRE_KEY in xargs:
         raise APIError(
@@ -26,12 +30,27 @@ def take_correction(body: dict[str, Any], context: Mapping[str, Any]) -> Correct
             f"'vllm_xargs.{WIRE_KEY}' is reserved for corrigo; send corrections as 'correction'.",
             param=f"vllm_xargs.{WIRE_KEY}",
         )
-    if "correction" not in body:
+    if "correction" not in body and defaults is None:
         return None
+    requested = body.pop("correction", None)
+    if defaults is not None and (requested is None or isinstance(requested, Mapping)):
+        requested = merge_correction(defaults, requested or {})
     try:
-        return parse_correction(body.pop("correction"), context=context)
+        return parse_correction(requested, context=context)
     except CorrectionError as exc:
         raise APIError(400, exc.message, param=exc.param, code="invalid_correction") from None
+
+
+def merge_correction(defaults: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+    """``request`` laid over ``defaults``: objects merge key by key, anything else replaces."""
+    merged = dict(defaults)
+    for key, value in request.items():
+        base = merged.get(key)
+        if isinstance(base, Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_correction(base, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def wire_xargs(spec: CorrectionSpec | None, xargs: dict[str, Any] | None) -> dict[str, Any] | None:

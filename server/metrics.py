@@ -6,6 +6,7 @@ vLLM records its metrics in this process's default registry and unregisters ever
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 # Latency buckets (seconds) sized for CPU and GPU serving alike: 10 ms .. 10 min.
@@ -59,3 +60,28 @@ def server_metrics() -> ServerMetrics:
     if _default is None:
         _default = ServerMetrics()
     return _default
+
+
+class PluginStepCollector:
+    """Exposes the engine process's per-step plugin timings (adapters/step_timing.py) as
+    ``corrigo_plugin_step_seconds{plugin}``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self):
+        from prometheus_client.core import HistogramMetricFamily
+
+        from adapters.step_timing import BUCKETS, read_totals
+
+        family = HistogramMetricFamily(
+            "corrigo_plugin_step_seconds",
+            "Time a correction plugin takes per engine step, for all the rows using it.",
+            labels=["plugin"],
+        )
+        for plugin, row in read_totals(self.directory):
+            counts = np.cumsum(row[:-1])
+            buckets = [(str(b), c) for b, c in zip(BUCKETS, counts[:-1], strict=True)]
+            buckets.append(("+Inf", counts[-1]))
+            family.add_metric([plugin], buckets, sum_value=row[-1])
+        yield family

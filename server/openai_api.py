@@ -34,6 +34,7 @@ from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
+from .profiles import Profile
 from .runtime import EngineRuntime
 
 #: Status recorded when the client went away before the response was complete (nginx's code).
@@ -66,6 +67,8 @@ class Exchange:
     model: str = ""
     status: int = 200
     correction: CorrectionSpec | None = None
+    #: The profile the request named as its model, if any.
+    profile: Profile | None = None
     completion_tokens: int = 0
     #: Whether a streaming client asked for the final usage chunk itself.
     client_wants_usage: bool = False
@@ -79,8 +82,13 @@ def build_router(
     @router.get("/models")
     async def list_models() -> Response:
         runtime.require_ready()
-        models = await runtime.serving.openai_serving_models.show_available_models()
-        return JSONResponse(models.model_dump())
+        models = (await runtime.serving.openai_serving_models.show_available_models()).model_dump()
+        base = models["data"][0]
+        for name in runtime.profiles:
+            models["data"].append(
+                {**base, "id": name, "owned_by": "corrigo", "parent": base["id"], "permission": []}
+            )
+        return JSONResponse(models)
 
     @router.post("/chat/completions")
     async def chat_completions(raw: Request) -> Response:
@@ -110,7 +118,11 @@ def build_router(
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
         body = await _read_json(raw, limits.max_request_bytes)
         ex.model = _check_model(body)
-        ex.correction = take_correction(body, runtime.correction_context)
+        ex.profile = runtime.profiles.get(ex.model)
+        if ex.profile is not None:
+            body["model"] = runtime.model.model_id  # the engine serves the profile's base model
+        defaults = ex.profile.correction if ex.profile is not None else None
+        ex.correction = take_correction(body, runtime.correction_context, defaults)
         _check_limits(body, limits)
         if body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
@@ -134,10 +146,11 @@ def build_router(
         if model is None:
             body["model"] = served
             return served
-        if model != served:
+        if model != served and model not in runtime.profiles:
+            listed = ", ".join([served, *runtime.profiles])
             raise APIError(
                 404,
-                f"The model '{model}' does not exist. Models served here: {served}.",
+                f"The model '{model}' does not exist. Models served here: {listed}.",
                 param="model",
                 code="model_not_found",
             )
@@ -153,6 +166,8 @@ def build_router(
             raise _from_vllm_error(result, ex.endpoint)
         assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
         payload = result.model_dump()
+        if ex.profile is not None:
+            payload["model"] = ex.profile.name
         if ex.correction is not None:
             payload["correction"] = correction_report(ex.correction)
         ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
@@ -166,10 +181,19 @@ def build_router(
         return StreamingResponse(_relay(result, ex), media_type="text/event-stream")
 
     async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
+        # Chunks name the engine's model; a profile request sees its profile's name instead.
+        rename = None
+        if ex.profile is not None:
+            rename = (
+                f'"model":{json.dumps(runtime.model.model_id)}',
+                f'"model":{json.dumps(ex.profile.name)}',
+            )
         first: dict[str, Any] | None = None
         finished = False
         try:
             async for chunk in chunks:
+                if rename is not None:
+                    chunk = chunk.replace(*rename, 1)
                 if first is None:
                     metrics.time_to_first_token.labels(ex.model, ex.endpoint.value).observe(
                         time.perf_counter() - ex.started

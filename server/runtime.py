@@ -20,6 +20,7 @@ from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 
 from .errors import APIError
+from .profiles import Profile
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class EngineRuntime:
         self.aux_models = dict(aux_models or {})
         #: What request validation needs to know about this deployment.
         self.correction_context = {AUX_MODELS_CONTEXT: set(self.aux_models)}
+        #: Profiles by name (server/profiles.py), set by the app.
+        self.profiles: dict[str, Profile] = {}
         self.phase = Phase.STARTING
         self.failure: str | None = None
         self.engine: AsyncLLM | None = None

@@ -42,6 +42,9 @@ def trio(tmp_path_factory):
             "engine": {**TEST_ENGINE, "max_model_len": 256, "dtype": "float32"},
             "aux_models.expert": {"path": str(paths["expert"])},
             "aux_models.anti": {"path": str(paths["anti"])},
+            "profiles.tuned": {
+                "correction": {"proxy_tuning": {"expert": "expert", "anti_expert": "anti"}}
+            },
         },
     )
     server = start_server(config, tmp / "server.log")
@@ -185,3 +188,32 @@ def test_bad_specs_are_400_and_leave_the_batch_alone(trio):
         if s.name.endswith("_total")
     }
     assert counts["proxy_tuning"] >= 1
+    step_counts = [
+        s.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "corrigo_plugin_step_seconds"
+        for s in family.samples
+        if s.name == "corrigo_plugin_step_seconds_count" and s.labels["plugin"] == "proxy_tuning"
+    ]
+    assert step_counts and step_counts[0] >= STEPS  # every proxy-tuned step was timed
+
+
+def test_profile_is_a_model_with_a_default_correction(trio):
+    server, models = trio
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    assert [m.id for m in client.models.list().data] == ["base", "tuned"]
+    prompt = PROMPTS[1]
+    extra = {"ignore_eos": True, "return_token_ids": True}
+    kwargs = dict(model="tuned", prompt=prompt, max_tokens=STEPS, temperature=0)
+
+    r = client.completions.create(**kwargs, extra_body=extra)  # no extra body fields needed
+    assert r.model == "tuned" and r.model_extra["correction"] == {"plugins": ["proxy_tuning"]}
+    assert r.choices[0].model_extra["token_ids"] == reference(models, prompt, CASES["alpha 1"][1])
+
+    # Request fields override the profile's defaults, key by key.
+    override = {**extra, "correction": {"proxy_tuning": {"alpha": 0.5}}}
+    r = client.completions.create(**kwargs, extra_body=override)
+    assert r.choices[0].model_extra["token_ids"] == reference(models, prompt, CASES["alpha 0.5"][1])
+
+    chunks = list(client.completions.create(**kwargs, stream=True, extra_body=extra))
+    assert {c.model for c in chunks} == {"tuned"}

@@ -1,0 +1,30 @@
+import pytest
+
+import decoding.proxy_tuning  # noqa: F401  (registers proxy_tuning)
+from decoding.proxy_tuning import AUX_MODELS_CONTEXT
+from server.config import ProfileConfig
+from server.corrections import merge_correction
+from server.profiles import ProfileError, load_profiles
+
+CONTEXT = {AUX_MODELS_CONTEXT: {"e", "a"}}
+TUNED = {"proxy_tuning": {"expert": "e", "anti_expert": "a", "alpha": 0.5}}
+
+
+def test_request_fields_override_profile_defaults_key_by_key():
+    assert merge_correction(TUNED, {"proxy_tuning": {"alpha": 2.0}}) == {
+        "proxy_tuning": {"expert": "e", "anti_expert": "a", "alpha": 2.0}
+    }
+    assert merge_correction(TUNED, {}) == TUNED
+    assert merge_correction({}, TUNED) == TUNED
+
+
+def test_profiles_are_checked_at_start_up():
+    profiles = load_profiles({"tuned": ProfileConfig(correction=TUNED)}, "base", CONTEXT)
+    assert profiles["tuned"].correction == TUNED
+    with pytest.raises(ProfileError, match="served model's id"):
+        load_profiles({"base": ProfileConfig()}, "base", CONTEXT)
+    with pytest.raises(ProfileError, match="profiles.p.model"):
+        load_profiles({"p": ProfileConfig(model="other")}, "base", CONTEXT)
+    bad = {"proxy_tuning": {"expert": "nope", "anti_expert": "a"}}
+    with pytest.raises(ProfileError, match=r"profiles\.p\.correction\.proxy_tuning\.expert"):
+        load_profiles({"p": ProfileConfig(correction=bad)}, "base", CONTEXT)
