@@ -13,13 +13,20 @@ implementation does.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .correction import PluginParams, register_plugin
 from .pipeline import Row, StepPlugin, TokenStream
@@ -41,16 +48,9 @@ class ProxyPair(BaseModel):
 
     expert: str
     anti_expert: str
-    weight: float = 1.0
+    weight: FiniteFloat = 1.0
 
     _check_models = field_validator("expert", "anti_expert")(_known_model)
-
-    @field_validator("weight")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 class ProxyTuningParams(PluginParams):
@@ -59,16 +59,9 @@ class ProxyTuningParams(PluginParams):
     expert: str | None = None
     anti_expert: str | None = None
     pairs: list[ProxyPair] | None = Field(None, min_length=1)
-    alpha: float = 1.0
+    alpha: FiniteFloat = 1.0
 
     _check_models = field_validator("expert", "anti_expert")(_known_model)
-
-    @field_validator("alpha")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> ProxyTuningParams:
