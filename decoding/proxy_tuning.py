@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Protocol
 
 import torch
@@ -72,6 +73,7 @@ class ProxyTuningParams(PluginParams):
             raise ValueError("needs both 'expert' and 'anti_expert' (or 'pairs')")
         return self
 
+    @cached_property
     def coefficients(self) -> dict[str, float]:
         """Each auxiliary model's net coefficient: ``sum_k alpha * w_k * ([m = expert_k] -
         [m = anti_expert_k])``. A model that is both expert and anti-expert cancels to 0."""
@@ -107,7 +109,7 @@ class ProxyTuning(StepPlugin):
         vocab = logits.shape[-1]
         users: dict[str, list[tuple[int, Row, float]]] = defaultdict(list)
         for i, row in enumerate(rows):
-            for model, coef in row.params(self.name).coefficients().items():
+            for model, coef in row.params(self.name).coefficients.items():
                 users[model].append((i, row, coef))
         for model, entries in users.items():
             # Every row's stream advances in the model, even when its coefficient is 0 (expert

@@ -82,7 +82,7 @@ def test_unknown_model_message_lists_declared_models():
 def test_coefficients():
     assert spec(expert="expert", anti_expert="anti", alpha=0.5).plugins[
         "proxy_tuning"
-    ].coefficients() == {
+    ].coefficients == {
         "expert": 0.5,
         "anti": -0.5,
     }
@@ -93,9 +93,9 @@ def test_coefficients():
         ],
         alpha=0.5,
     ).plugins["proxy_tuning"]
-    assert pairs.coefficients() == {"expert": 1.0, "anti": -1.5, "expert2": 0.5}
+    assert pairs.coefficients == {"expert": 1.0, "anti": -1.5, "expert2": 0.5}
     same = spec(expert="expert", anti_expert="expert", alpha=3.0).plugins["proxy_tuning"]
-    assert same.coefficients() == {"expert": 0.0}
+    assert same.coefficients == {"expert": 0.0}
 
 
 def test_apply_is_the_formula_with_vocab_truncation():
@@ -145,4 +145,4 @@ def test_alpha_zero_is_exactly_plain():
 
 def test_pairs_form_validates_with_context():
     params = spec(pairs=[{"expert": "expert", "anti_expert": "anti"}]).plugins["proxy_tuning"]
-    assert params.expert is None and params.coefficients() == {"expert": 1.0, "anti": -1.0}
+    assert params.expert is None and params.coefficients == {"expert": 1.0, "anti": -1.0}
