@@ -132,22 +132,22 @@ class AuxModelRunner:
         new_rows: dict[int, _Row] = {}
         for slot, key in enumerate(streams):
             n = lengths[key]
-            if key in joining:
-                kv = joining[key]
-                if kv is not None:
-                    for layer, k, v in zip(cache.layers, *kv, strict=True):
-                        layer.keys[slot, :, end - n : end] = k[0]
-                        layer.values[slot, :, end - n : end] = v[0]
-            elif n:
-                old = self.rows[key]
-                for layer, old_layer in zip(cache.layers, self.cache.layers, strict=True):
-                    layer.keys[slot, :, end - n : end] = old_layer.keys[
-                        old.slot, :, self.end - n : self.end
-                    ]
-                    layer.values[slot, :, end - n : end] = old_layer.values[
-                        old.slot, :, self.end - n : self.end
-                    ]
             new_rows[key] = _Row(slot, n)
+            if not n:
+                continue
+            if key in joining:  # from its own prefill: batch 1, columns [0, n)
+                keys, values = joining[key]
+                source = [(k[0], v[0]) for k, v in zip(keys, values, strict=True)]
+            else:  # from the old layout: its slot, columns [old end - n, old end)
+                old = self.rows[key].slot
+                cols = slice(self.end - n, self.end)
+                source = [
+                    (layer.keys[old, :, cols], layer.values[old, :, cols])
+                    for layer in self.cache.layers
+                ]
+            for layer, (k, v) in zip(cache.layers, source, strict=True):
+                layer.keys[slot, :, end - n : end] = k
+                layer.values[slot, :, end - n : end] = v
         for layer in cache.layers:
             layer.cumulative_length.fill_(end)
         self.cache, self.rows, self.end, self.capacity = cache, new_rows, end, capacity

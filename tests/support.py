@@ -136,6 +136,24 @@ def _wait_for(client: httpx.Client, path: str, server: LiveServer, deadline: flo
     raise TimeoutError(f"{path} did not answer 200 in time:\n{server.log()[-5000:]}")
 
 
+def tiny_llama_config(vocab_size: int, **overrides):
+    """A 2-layer Llama config small enough for CPU tests (vLLM on CPU needs head_dim >= 32)."""
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    return LlamaConfig(**{**settings, **overrides})
+
+
 def make_tiny_llama(
     folder: Path, tokenizer_from: Path, *, seed: int = 0, initializer_range: float = 0.02
 ) -> Path:
@@ -144,22 +162,14 @@ def make_tiny_llama(
     A larger ``initializer_range`` spreads the logits, so greedy choices are clear-cut and
     comparisons between engines are not decided by rounding."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=64,
-        max_position_embeddings=2048,
+    config = tiny_llama_config(
+        len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
         initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)

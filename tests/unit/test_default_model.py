@@ -5,6 +5,8 @@ import pytest
 from adapters import default_model
 from adapters.default_model import DEFAULT_MODEL_ID, ensure_default_model, is_complete, locate_gguf
 
+from ..support import tiny_llama_config
+
 
 def test_gguf_is_found_without_importing_the_package():
     import sys
@@ -33,7 +35,7 @@ def test_untrusted_half_folder_is_replaced(tmp_path, monkeypatch):
     converted again; the result carries the marker. The model itself is faked tiny for speed."""
     import torch
     import transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     _, version = locate_gguf()
     target = tmp_path / "models" / f"{DEFAULT_MODEL_ID}-{default_model.DISTRIBUTION}-{version}"
@@ -41,16 +43,7 @@ def test_untrusted_half_folder_is_replaced(tmp_path, monkeypatch):
     (target / "config.json").write_text("{half")
 
     def tiny(*args, **kwargs):
-        config = LlamaConfig(
-            vocab_size=64,
-            hidden_size=64,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=1,
-            num_key_value_heads=1,
-            head_dim=64,
-        )
-        return LlamaForCausalLM(config).to(torch.bfloat16)
+        return LlamaForCausalLM(tiny_llama_config(64)).to(torch.bfloat16)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", tiny)
     assert not is_complete(target)
