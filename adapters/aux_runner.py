@@ -15,7 +15,10 @@ rebuild also happens when a row leaves or capacity runs out. Steady-state decodi
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +29,27 @@ from decoding.pipeline import TokenStream
 #: Extra capacity allocated at each rebuild, so a rebuild happens about every this many steps
 #: at most when nobody joins or leaves.
 _HEADROOM = 64
+
+
+def forward_pool(models: int, device: torch.device) -> Executor | None:
+    """Threads on which auxiliary forwards run ahead of, and beside, the engine's forward.
+
+    Only on the CPU: vLLM's CPU worker binds its thread to the cores it computes on and leaves
+    the rest to the front end, so a pool thread widens its affinity to every core the process
+    may use, and the forwards overlap the engine's instead of queueing behind it on its core.
+    (On a GPU the forwards are kernel launches on the engine's device; nothing to gain.)
+    """
+    if device.type != "cpu" or models == 0:
+        return None
+
+    def use_every_core() -> None:
+        # Where affinity cannot be set, the thread keeps its creator's cores.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))  # 0: this thread only
+
+    return ThreadPoolExecutor(
+        max_workers=models, thread_name_prefix="corrigo-aux", initializer=use_every_core
+    )
 
 
 @dataclass

@@ -3,9 +3,10 @@
 It runs in vLLM's engine-core process. A request opts in through ``SamplingParams.extra_args``
 under :data:`decoding.correction.WIRE_KEY` (the server writes it; see server/corrections.py).
 ``validate_params`` runs in the front end at admission, so a malformed spec becomes HTTP 400
-before the request reaches the batch. ``update_state`` translates vLLM's batch updates into the
-pipeline's add/remove/move; ``apply`` hands the batch's logits to the pipeline, which returns at
-once when no row carries a correction.
+before the request reaches the batch. ``update_state`` (called every step, before the model's
+forward) translates vLLM's batch updates into the pipeline's add/remove/move and lets plugins
+start work ahead (:meth:`CorrectionPipeline.prepare`); ``apply`` hands the batch's logits to the
+pipeline, which returns at once when no row carries a correction.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ class CorrigoLogitsProcessor(LogitsProcessor):
     """Tracks which persistent-batch rows carry a correction and runs their plugins."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        from .aux_runner import AuxModelRunner
+        from .aux_runner import AuxModelRunner, forward_pool
 
         sources = {
             name: AuxModelRunner(path, device=device)
             for name, path in aux_models.published().items()
         }
-        plugins = {ProxyTuning.name: ProxyTuning(sources)}
+        plugins = {ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device))}
         self.timings = StepTimings(list(plugins))
         self.pipeline = CorrectionPipeline(plugins, observe=self.timings.observe)
 
@@ -52,15 +53,15 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         return False
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        # vLLM's contract: apply removals, then additions, then moves.
-        for index in batch_update.removed:
-            self.pipeline.remove(index)
-        for index, params, prompt_ids, output_ids in batch_update.added:
-            self.pipeline.add(index, spec_of(params), prompt_ids or [], output_ids)
-        for source, target, direction in batch_update.moved:
-            self.pipeline.move(source, target, swap=direction == MoveDirectionality.SWAP)
+        if batch_update is not None:
+            # vLLM's contract: apply removals, then additions, then moves.
+            for index in batch_update.removed:
+                self.pipeline.remove(index)
+            for index, params, prompt_ids, output_ids in batch_update.added:
+                self.pipeline.add(index, spec_of(params), prompt_ids or [], output_ids)
+            for source, target, direction in batch_update.moved:
+                self.pipeline.move(source, target, swap=direction == MoveDirectionality.SWAP)
+        self.pipeline.prepare()
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         return self.pipeline.apply(logits)

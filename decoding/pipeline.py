@@ -12,6 +12,11 @@ logits; rows without a correction are never touched, and a batch without any cos
 
 Rows are engine batch slots that requests move between; the pipeline follows the moves and
 gives every request a stable ``uid`` for plugins that keep per-request state (KV caches).
+
+A step has two calls: :meth:`CorrectionPipeline.prepare` once the batch is final and before the
+engine computes its logits, then :meth:`CorrectionPipeline.apply` with them. ``prepare`` lets a
+plugin start work that needs only the token streams (an auxiliary model's forward) so that it
+overlaps the engine's own forward; ``apply`` gives the same result whether or not it ran.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class TokenStream:
     def tokens(self) -> list[int]:
         return [*self.prompt, *self.output]
 
+    def snapshot(self) -> TokenStream:
+        """The stream as it is now, unaffected by tokens the engine appends later."""
+        return TokenStream(self.prompt, tuple(self.output))
+
 
 @dataclass(frozen=True)
 class Row:
@@ -63,6 +72,11 @@ class StepPlugin(ABC):
 
     #: The correction name this plugin serves (a key of the request's ``correction``).
     name: ClassVar[str]
+
+    def prepare(self, rows: Sequence[Row]) -> None:  # noqa: B027 (most plugins need no head start)
+        """The batch for the coming step is final: ``rows`` will be passed to :meth:`apply`
+        with their logits, unless the batch changes first. Start work that needs only the
+        streams; :meth:`apply` must not depend on it having run."""
 
     @abstractmethod
     def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
@@ -121,13 +135,23 @@ class CorrectionPipeline:
 
     # -- the step ---------------------------------------------------------------------------
 
+    def _selected(self, name: str) -> list[tuple[int, Row]]:
+        return [(index, row) for index, row in self.rows.items() if name in row.spec.plugins]
+
+    def prepare(self) -> None:
+        """The batch is final for the coming step (call before the engine's forward)."""
+        if not self.rows:
+            return
+        for name, plugin in self.plugins:
+            selected = self._selected(name)
+            if selected:
+                plugin.prepare([row for _, row in selected])
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
         for name, plugin in self.plugins:
-            selected = [
-                (index, row) for index, row in self.rows.items() if name in row.spec.plugins
-            ]
+            selected = self._selected(name)
             if not selected:
                 continue
             started = time.perf_counter()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
@@ -96,33 +98,84 @@ class LogitsSource(Protocol):
     def release(self, uid: int) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Ahead:
+    """An auxiliary model's forward started by :meth:`ProxyTuning.prepare`."""
+
+    lengths: tuple[tuple[int, int], ...]  # (uid, stream length) it was computed for, in order
+    logits: Future[torch.Tensor]
+
+
+def _lengths(streams: Mapping[int, TokenStream]) -> tuple[tuple[int, int], ...]:
+    return tuple((uid, len(stream)) for uid, stream in streams.items())
+
+
 class ProxyTuning(StepPlugin):
     """``s += sum_m c_m * s_m`` with ``c_m`` from :meth:`ProxyTuningParams.coefficients`:
-    one batched forward per auxiliary model per step, over the rows that use it."""
+    one batched forward per auxiliary model per step, over the rows that use it.
+
+    With an ``executor``, :meth:`prepare` starts every auxiliary model's forward for the coming
+    step on it, so they run beside the engine's own forward and beside each other; :meth:`apply`
+    then waits for them. A forward whose rows or streams no longer match the step is discarded
+    for a fresh one (the model's cache stays valid either way), so results never depend on it.
+    """
 
     name = "proxy_tuning"
 
-    def __init__(self, sources: Mapping[str, LogitsSource]) -> None:
+    def __init__(self, sources: Mapping[str, LogitsSource], executor: Executor | None = None):
         self.sources = sources
+        self.executor = executor
+        self._ahead: dict[str, _Ahead] = {}
 
-    def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
-        vocab = logits.shape[-1]
+    def _users(self, rows: Sequence[Row]) -> dict[str, list[tuple[int, Row, float]]]:
+        """Per auxiliary model: (position in ``rows``, row, coefficient) of the rows using it."""
         users: dict[str, list[tuple[int, Row, float]]] = defaultdict(list)
         for i, row in enumerate(rows):
             for model, coef in row.params(self.name).coefficients.items():
                 users[model].append((i, row, coef))
-        for model, entries in users.items():
+        return users
+
+    def prepare(self, rows: Sequence[Row]) -> None:
+        self._settle()
+        if self.executor is None:
+            return
+        for model, entries in self._users(rows).items():
+            streams = {row.uid: row.stream.snapshot() for _, row, _ in entries}
+            future = self.executor.submit(self.sources[model].step, streams)
+            self._ahead[model] = _Ahead(_lengths(streams), future)
+
+    def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+        vocab = logits.shape[-1]
+        ahead, self._ahead = self._ahead, {}
+        for model, entries in self._users(rows).items():
             # Every row's stream advances in the model, even when its coefficient is 0 (expert
             # and anti-expert the same), so its cache stays in step.
-            aux = self.sources[model].step({row.uid: row.stream for _, row, _ in entries})
+            streams = {row.uid: row.stream for _, row, _ in entries}
+            started = ahead.pop(model, None)
+            if started is not None and started.lengths == _lengths(streams):
+                aux = started.logits.result()
+            else:
+                if started is not None:
+                    started.logits.exception()  # wait: one forward at a time per model
+                aux = self.sources[model].step(streams)
             at = torch.tensor([i for i, _, _ in entries], device=logits.device)
             coef = torch.tensor(
                 [c for _, _, c in entries], device=logits.device, dtype=logits.dtype
             )
             logits.index_add_(0, at, coef[:, None] * aux[:, :vocab].to(logits.dtype))
+        for unused in ahead.values():
+            unused.logits.exception()
         return logits
 
+    def _settle(self) -> None:
+        """Wait for forwards started ahead and never used (the step they were for did not
+        come), so no two forwards of one model overlap."""
+        for unused in self._ahead.values():
+            unused.logits.exception()
+        self._ahead = {}
+
     def release(self, uid: int) -> None:
+        self._settle()
         for source in self.sources.values():
             source.release(uid)
 
