@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default info)",
     )
+    evaluate = commands.add_parser("eval", help="run an evaluation against a served model")
+    evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
+    from evals import unlearning
+
+    unlearning.add_arguments(
+        evals.add_parser(
+            "unlearning",
+            help="leak rate and retain accuracy of guarded unlearning (docs/evals/unlearning.md)",
+        )
+    )
     return parser
 
 
@@ -64,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "eval" and args.eval == "unlearning":
+        from evals import unlearning
+
+        return unlearning.execute(args)
     raise AssertionError(args.command)
 
 
