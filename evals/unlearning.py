@@ -158,7 +158,7 @@ def perplexity(facts: list[Fact]) -> float:
 
     path = ensure_default_model()
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     nll, count = 0.0, 0
     for fact in facts:
         prompt = tok.apply_chat_template(
