@@ -88,6 +88,8 @@ class ForgetGate:
     def decide(
         self, texts: Sequence[str], threshold: float, max_targets: int = MAX_TARGETS
     ) -> GateDecision:
+        if not chunks(texts):  # nothing to judge (e.g. a token-id prompt): closed
+            return GateDecision(0.0, ())
         scores = self.scores(texts)
         top = torch.topk(scores, min(max_targets, len(scores)))
         targets = tuple(

@@ -53,8 +53,15 @@ class TokenEmbeddings:
             fresh = self.embedder.encode([t.strip() or "." for t in texts])
             keep = torch.tensor([any(c.isalnum() for c in t) for t in texts])
             fresh = fresh * keep[:, None]
-            base = self._table.shape[0]
-            self._table = fresh if base == 0 else torch.cat([self._table, fresh])
+            base = len(self._rows)
+            if base + len(fresh) > self._table.shape[0]:  # grow geometrically: amortised O(1)
+                grown = torch.zeros(
+                    max(2 * self._table.shape[0], base + len(fresh), 1024), fresh.shape[1]
+                )
+                if base:
+                    grown[:base] = self._table[:base]
+                self._table = grown
+            self._table[base : base + len(fresh)] = fresh
             for offset, token in enumerate(missing):
                 self._rows[token] = base + offset
         index = torch.tensor([self._rows[t] for t in flat], dtype=torch.long)

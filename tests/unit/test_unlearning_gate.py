@@ -47,3 +47,8 @@ def test_gate_finds_the_fact_in_a_long_context(gate):
     assert len(chunks([context])) == 5  # the whole, then its four sentences
     decision = gate.decide(["Summarise this.", context], threshold=0.5)
     assert decision.targets == (1,)
+
+
+def test_no_text_keeps_the_gate_closed_even_at_threshold_zero(gate):
+    assert gate.decide(["", "  "], threshold=0.0) == gate.decide([], threshold=0.0)
+    assert not gate.decide([], threshold=0.0).opened
