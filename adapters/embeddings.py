@@ -49,3 +49,50 @@ class MiniLM:
 def minilm() -> MiniLM:
     """The process's one MiniLM (loaded on first use, ~1 s)."""
     return MiniLM()
+
+
+def token_table(tokenizer, embedder: MiniLM, rows: int) -> torch.Tensor:
+    """Every token's text embedding ``[rows, dim]`` for the soft filter (decoding/unlearning/
+    semantic.py): zero rows for tokens without a letter or digit and beyond the tokenizer.
+
+    Embedding a 49k vocabulary takes about 100 s on one CPU core, so the table is cached in
+    corrigo's cache folder, keyed by the tokenizer's vocabulary, and built once under a file
+    lock (the first engine start pays it; later ones load it in well under a second).
+    """
+    import fcntl
+    import hashlib
+    import json
+
+    from tqdm.auto import tqdm
+
+    from .default_model import cache_dir
+
+    vocab = tokenizer.get_vocab()
+    key = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+    folder = cache_dir() / "token-embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"all-MiniLM-L6-v2-{key}.pt"
+    with open(folder / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or 1)  # the engine process runs on one
+            try:
+                parts = [
+                    embedder.encode([t.strip() or "." for t in texts[i : i + 1024]])
+                    for i in tqdm(range(0, len(texts), 1024), desc="embedding the vocabulary")
+                ]
+            finally:
+                torch.set_num_threads(threads)
+            table = torch.cat(parts)
+            keep = torch.tensor([any(c.isalnum() for c in t) for t in texts])
+            table = table * keep[:, None]
+            tmp = path.with_suffix(".tmp")
+            torch.save(table, tmp)
+            tmp.rename(path)
+        table = torch.load(path)
+    out = torch.zeros(rows, table.shape[1])
+    n = min(rows, table.shape[0])
+    out[:n] = table[:n]
+    return out

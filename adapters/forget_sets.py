@@ -45,17 +45,16 @@ def sizes() -> dict[str, int]:
     return {name: len(s) for name, s in load_all(published()).items()}
 
 
-def engine_plugin(tokenizer_path: str):
+def engine_plugin(tokenizer_path: str, vocab_rows: int):
     """The engine process's :class:`~decoding.unlearning.Unlearning` plugin over the published
-    sets: the served model's tokenizer for the trie, MiniLM for the soft filter, the shared
-    report file for the counts."""
-    paths = published()
+    sets: the served model's tokenizer for the trie, MiniLM and the vocabulary's embedding
+    table (``vocab_rows`` = the logits' width) for the soft filter, the shared report file for
+    the counts."""
     from transformers import AutoTokenizer
 
     from decoding.unlearning import ForgetFilters, Unlearning
-    from decoding.unlearning.semantic import TokenEmbeddings
 
-    from .embeddings import minilm
+    from .embeddings import minilm, token_table
     from .unlearning_report import ReportWriter
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -64,9 +63,9 @@ def engine_plugin(tokenizer_path: str):
         return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     embedder = minilm()
+    table = token_table(tokenizer, embedder, vocab_rows)
     filters = {
-        name: ForgetFilters(forget_set, encode, embedder)
-        for name, forget_set in load_all(paths).items()
+        name: ForgetFilters(forget_set, encode, embedder, table)
+        for name, forget_set in load_all(published()).items()
     }
-    tokens = TokenEmbeddings(lambda token: tokenizer.decode([token]), embedder)
-    return Unlearning(filters, tokens, ReportWriter.from_env())
+    return Unlearning(filters, ReportWriter.from_env())

@@ -48,7 +48,10 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         }
         plugins = {ProxyTuning.name: ProxyTuning(sources)}
         if forget_sets.published():
-            unlearning = forget_sets.engine_plugin(vllm_config.model_config.tokenizer)
+            model_config = vllm_config.model_config
+            unlearning = forget_sets.engine_plugin(
+                model_config.tokenizer, model_config.get_vocab_size()
+            )
             plugins[unlearning.name] = unlearning
         self.timings = StepTimings(list(plugins))
         self.pipeline = CorrectionPipeline(plugins, observe=self.timings.observe)

@@ -12,7 +12,7 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator
 
 from ..correction import PluginParams
 from .gate import DEFAULT_THRESHOLD
-from .semantic import DEFAULT_DELTA, DEFAULT_LAMBDA, DEFAULT_TOP_K
+from .semantic import DEFAULT_DELTA, DEFAULT_LAMBDA
 
 #: Validation context key: ``{forget set name: number of entries}`` the deployment declares.
 FORGET_SETS_CONTEXT = "forget_sets"
@@ -31,8 +31,6 @@ class UnlearningParams(PluginParams):
     penalty: FiniteFloat = Field(DEFAULT_LAMBDA, ge=0)
     #: Soft filter on or off (the hard trie filter always runs).
     soft: bool = True
-    #: Soft filter: candidates checked per step.
-    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=64)
     #: Set by the gate: indices of the retrieved entries (empty: decode unchanged).
     targets: tuple[int, ...] | None = None
     #: Set by the server: where the engine reports this request's counts.

@@ -2,8 +2,8 @@
 
 For each row whose request the gate opened (``targets`` non-empty), on its logits ``s``::
 
-    1. soft:  s_v -= lambda * sim(v), or s_v = -inf when sim(v) >= delta   (top-k candidates;
-              see :mod:`.semantic`)
+    1. soft:  s_v -= lambda * sim(v), or s_v = -inf when sim(v) >= delta   (a constant vector
+              per request; see :mod:`.semantic`)
     2. hard:  s_v = -inf for every token v that would complete a forbidden token sequence given
               the row's generated suffix (see :mod:`.trie`)
 
@@ -27,7 +27,7 @@ from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
 from .phrases import forbidden_phrases, semantic_words
-from .semantic import TokenEmbeddings, soft_penalty
+from .semantic import penalty, similarity
 from .trie import TokenTrie, TrieCursor, surface_forms
 
 #: Compiled targets kept per forget set (least recently used dropped first).
@@ -41,17 +41,26 @@ class CompiledTargets:
     trie: TokenTrie
     #: Tokens banned at every step (single-token phrases), as an index tensor.
     root_bans: torch.Tensor
-    #: Embeddings of the forbidden words ``[W, dim]`` (empty without an embedder).
-    words: torch.Tensor
+    #: ``sim(v)`` of every vocabulary token to the forbidden words (None: no soft filter).
+    sim: torch.Tensor | None
 
 
 class ForgetFilters:
     """One forget set, ready for the engine: compiles retrieved entries into filters."""
 
-    def __init__(self, forget_set: ForgetSet, encode: Encode, embedder: Embedder | None) -> None:
+    def __init__(
+        self,
+        forget_set: ForgetSet,
+        encode: Encode,
+        embedder: Embedder | None = None,
+        token_table: torch.Tensor | None = None,
+    ) -> None:
+        """``token_table``: every vocabulary token's text embedding by ``embedder`` (see
+        :mod:`.semantic`); without both, only the hard filter runs."""
         self.forget_set = forget_set
         self.encode = encode
         self.embedder = embedder
+        self.token_table = token_table
         self._cache: OrderedDict[tuple[int, ...], CompiledTargets] = OrderedDict()
 
     def compile(self, targets: tuple[int, ...]) -> CompiledTargets:
@@ -63,12 +72,10 @@ class ForgetFilters:
         forms = [form for phrase in forbidden_phrases(entries) for form in surface_forms(phrase)]
         trie = TokenTrie(self.encode(forms))
         words = semantic_words(entries)
-        emb = (
-            self.embedder.encode(words)
-            if self.embedder is not None and words
-            else torch.zeros(0, 1)
-        )
-        compiled = CompiledTargets(trie, torch.tensor(trie.root_bans, dtype=torch.long), emb)
+        sim = None
+        if self.embedder is not None and self.token_table is not None and words:
+            sim = similarity(self.token_table, self.embedder.encode(words))
+        compiled = CompiledTargets(trie, torch.tensor(trie.root_bans, dtype=torch.long), sim)
         self._cache[targets] = compiled
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -88,6 +95,8 @@ class _RowState:
     params: UnlearningParams
     compiled: CompiledTargets
     cursor: TrieCursor
+    #: The soft filter's constant ``[vocab]`` subtrahend (None: soft filter off).
+    soft: torch.Tensor | None
 
 
 class Unlearning(StepPlugin):
@@ -96,13 +105,9 @@ class Unlearning(StepPlugin):
     name = "unlearning"
 
     def __init__(
-        self,
-        filters: Mapping[str, ForgetFilters],
-        token_embeddings: TokenEmbeddings | None = None,
-        reporter: Reporter | None = None,
+        self, filters: Mapping[str, ForgetFilters], reporter: Reporter | None = None
     ) -> None:
         self.filters = filters
-        self.token_embeddings = token_embeddings
         self.reporter = reporter
         self._states: dict[int, _RowState | None] = {}
 
@@ -113,7 +118,10 @@ class Unlearning(StepPlugin):
             state = None
             if params.targets:
                 compiled = self.filters[params.forget_set].compile(params.targets)
-                state = _RowState(params, compiled, TrieCursor(compiled.trie))
+                soft = None
+                if params.soft and compiled.sim is not None:
+                    soft = penalty(compiled.sim, params.delta, params.penalty)
+                state = _RowState(params, compiled, TrieCursor(compiled.trie), soft)
             self._states[row.uid] = state
         return self._states[row.uid]
 
@@ -125,20 +133,10 @@ class Unlearning(StepPlugin):
         sub = logits[at]
         top = sub.argmax(dim=-1)
 
-        soft = [
-            (j, s) for j, (_, s) in enumerate(active) if s.params.soft and len(s.compiled.words)
-        ]
-        if soft and self.token_embeddings is not None:
-            js = torch.tensor([j for j, _ in soft])
-            part, _ = soft_penalty(
-                sub[js],
-                [s.compiled.words for _, s in soft],
-                [s.params.delta for _, s in soft],
-                [s.params.penalty for _, s in soft],
-                self.token_embeddings,
-                top_k=max(s.params.top_k for _, s in soft),
-            )
-            sub[js] = part
+        soft = [(j, s.soft) for j, (_, s) in enumerate(active) if s.soft is not None]
+        if soft:
+            js = torch.tensor([j for j, _ in soft], device=sub.device)
+            sub[js] -= torch.stack([v for _, v in soft]).to(sub.device, sub.dtype)
         after_soft = sub.argmax(dim=-1)
 
         # Hard blocks, last: the root's single-token phrases plus each live state's completions.

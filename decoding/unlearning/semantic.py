@@ -1,26 +1,22 @@
-"""The soft filter: penalise candidates whose text means nearly what a forbidden word means.
+"""The soft filter: penalise tokens whose text means nearly what a forbidden word means.
 
-For a row with forbidden words ``w`` (embedded once when the row joins) and each of its top-k
-candidate tokens ``v`` (by logit, after the earlier plugins)::
+With ``T`` the table of every vocabulary token's text embedding (unit norm; zero rows for
+tokens without a letter or digit, which are never penalised) and ``w`` a row's forbidden words,
+embedded once when the row joins::
 
-    sim(v) = max(0, max_w E(text(v)) . E(w))
+    sim(v) = max(0, max_w T[v] . E(w))
     s_v = -inf                 if sim(v) >= delta
     s_v = s_v - lambda*sim(v)  otherwise
 
-Only the top-k candidates are checked (GUARD scores its beam candidates likewise): tokens
-further down cannot be sampled under usual settings, and embedding the whole vocabulary costs
-minutes on a CPU (measured in docs/benchmarks.md). Token embeddings are cached per process, so
-after warm-up a step costs one top-k and a few small matrix products. Tokens whose text has no
-letter or digit (punctuation, whitespace, special tokens) are never penalised.
+``sim`` depends only on the request, so it is computed once per set of retrieved entries and
+each step subtracts a constant vector. The alternative, embedding the top-k candidates' texts
+each step, was measured slower per step by three orders of magnitude on a CPU
+(docs/benchmarks.md); the table's one-off cost (embedding the vocabulary) is cached on disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
-
-from .gate import Embedder
 
 #: Default ban threshold on cosine similarity (DESIGN.md 4.3 gives 0.3-0.7 as the reference
 #: range). 0.7: on MiniLM, " Berlin" scores 0.57 and " city" 0.57 against "paris", so 0.5
@@ -28,66 +24,20 @@ from .gate import Embedder
 DEFAULT_DELTA = 0.7
 #: Default penalty weight lambda (GUARD's reimplementation subtracts max_sim itself).
 DEFAULT_LAMBDA = 1.0
-#: Candidates checked per row and step.
-DEFAULT_TOP_K = 8
+#: Forbidden words compared with the table at once (bounds the ``[vocab, words]`` product).
+_WORDS_PER_CHUNK = 256
 
 
-class TokenEmbeddings:
-    """Embeddings of single-token texts, computed on first sight and kept."""
-
-    def __init__(self, decode: Callable[[int], str], embedder: Embedder) -> None:
-        self.decode = decode
-        self.embedder = embedder
-        self._rows: dict[int, int] = {}
-        self._table = torch.zeros(0, 0)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def lookup(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[*tokens.shape, dim]`` embeddings (zeros for tokens without a letter or digit)."""
-        flat = tokens.reshape(-1).tolist()
-        missing = list(dict.fromkeys(t for t in flat if t not in self._rows))
-        if missing:
-            texts = [self.decode(t) for t in missing]
-            fresh = self.embedder.encode([t.strip() or "." for t in texts])
-            keep = torch.tensor([any(c.isalnum() for c in t) for t in texts])
-            fresh = fresh * keep[:, None]
-            base = len(self._rows)
-            if base + len(fresh) > self._table.shape[0]:  # grow geometrically: amortised O(1)
-                grown = torch.zeros(
-                    max(2 * self._table.shape[0], base + len(fresh), 1024), fresh.shape[1]
-                )
-                if base:
-                    grown[:base] = self._table[:base]
-                self._table = grown
-            self._table[base : base + len(fresh)] = fresh
-            for offset, token in enumerate(missing):
-                self._rows[token] = base + offset
-        index = torch.tensor([self._rows[t] for t in flat], dtype=torch.long)
-        return self._table[index].reshape(*tokens.shape, -1)
+def similarity(table: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """``sim(v)`` for every token: ``[vocab]``, clamped at 0 (zeros without words)."""
+    sim = torch.zeros(table.shape[0])
+    for start in range(0, len(words), _WORDS_PER_CHUNK):
+        chunk = words[start : start + _WORDS_PER_CHUNK]
+        sim = torch.maximum(sim, (table @ chunk.T).amax(dim=-1))
+    return sim
 
 
-def soft_penalty(
-    logits: torch.Tensor,
-    words: Sequence[torch.Tensor],
-    delta: Sequence[float],
-    lam: Sequence[float],
-    embeddings: TokenEmbeddings,
-    top_k: int = DEFAULT_TOP_K,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the filter to ``logits [rows, vocab]`` in place; ``words[i]`` are row i's
-    forbidden-word embeddings ``[W_i, dim]``. Returns the logits and, per row, how many of its
-    candidates were banned."""
-    candidates = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).indices  # [R, k]
-    emb = embeddings.lookup(candidates)  # [R, k, d]
-    sims = torch.stack(
-        [
-            (emb[i] @ w.T).amax(dim=-1) if len(w) else emb.new_zeros(emb.shape[1])
-            for i, w in enumerate(words)
-        ]
-    ).clamp_min(0)  # [R, k]; a loop over rows, each one matrix product
-    d = torch.tensor(delta, dtype=sims.dtype)[:, None]
-    shift = torch.where(sims >= d, torch.inf, torch.tensor(lam, dtype=sims.dtype)[:, None] * sims)
-    logits.scatter_add_(1, candidates, -shift.to(logits.dtype))
-    return logits, (sims >= d).sum(dim=-1)
+def penalty(sim: torch.Tensor, delta: float, lam: float) -> torch.Tensor:
+    """What the filter subtracts from a row's logits each step: ``inf`` (a ban) where
+    ``sim >= delta``, ``lambda * sim`` elsewhere."""
+    return torch.where(sim >= delta, torch.inf, lam * sim)

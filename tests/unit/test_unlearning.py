@@ -20,7 +20,7 @@ from decoding.unlearning import (
     load_forget_set,
 )
 from decoding.unlearning.phrases import answer_ngrams, forbidden_phrases, semantic_words
-from decoding.unlearning.semantic import TokenEmbeddings, soft_penalty
+from decoding.unlearning.semantic import penalty, similarity
 from decoding.unlearning.trie import TokenTrie, TrieCursor, surface_forms
 
 FRANCE = ForgetEntry("What is the capital of France?", "The capital of France is Paris.")
@@ -215,22 +215,35 @@ class BagOfLetters:
         return torch.nn.functional.normalize(out, dim=-1)
 
 
-def test_soft_penalty_bans_close_candidates_and_penalises_the_rest_by_lambda_sim():
+def test_soft_penalty_bans_close_tokens_and_penalises_the_rest_by_lambda_sim():
     emb = BagOfLetters()
-    tokens = TokenEmbeddings(lambda t: VOCAB[t], emb)
+    table = emb.encode(VOCAB) * torch.tensor([any(c.isalnum() for c in t) for t in VOCAB])[:, None]
     words = emb.encode(["paris"])
-    logits = torch.zeros(1, len(VOCAB))
-    for i, bonus in zip(ids(" Paris", " par", " Lyon", "."), (4.0, 3.0, 2.0, 1.0), strict=True):
-        logits[0, i] = bonus
+    sim = similarity(table, words)
     sim_par = float(emb.encode([" par"]) @ words.T)
-    sim_lyon = float(emb.encode([" Lyon"]) @ words.T)
-    out, banned = soft_penalty(logits.clone(), [words], [0.9], [2.0], tokens, top_k=4)
-    assert torch.isneginf(out[0, INDEX[" Paris"]]) and banned.tolist() == [1]
-    assert out[0, INDEX[" par"]] == pytest.approx(3.0 - 2.0 * sim_par)
-    assert out[0, INDEX[" Lyon"]] == pytest.approx(2.0 - 2.0 * sim_lyon)
-    assert out[0, INDEX["."]] == 1.0  # no letter: never penalised
-    assert out[0, INDEX[" the"]] == 0.0  # outside the top-k: untouched
-    assert len(tokens) == 4  # embeddings cached for the candidates seen
+    vector = penalty(sim, delta=0.9, lam=2.0)
+    assert torch.isinf(vector[INDEX[" Paris"]])  # cosine 1 >= delta: banned
+    assert vector[INDEX[" par"]] == pytest.approx(2.0 * sim_par)
+    assert vector[INDEX["."]] == 0.0  # no letter: never penalised
+    # Chunks of words give the same maximum as one product.
+    many = emb.encode(["123"] * 300 + ["paris"])  # 300 letterless (zero) words first
+    assert torch.allclose(similarity(table, many), sim)
+
+
+def test_plugin_applies_soft_penalties_then_hard_blocks():
+    emb = BagOfLetters()
+    table = emb.encode(VOCAB)
+    filters = ForgetFilters(CAPITALS, encode, emb, table)
+    plugin = Unlearning({"capitals": filters})
+    pipeline = CorrectionPipeline({"unlearning": plugin})
+    pipeline.add(0, gated([0], delta=0.95, penalty=3.0), [9], [])
+    pipeline.add(1, gated([0], soft=False), [9], [])
+    step = pipeline.apply(torch.zeros(2, len(VOCAB)))
+    sim = similarity(table, emb.encode(["paris"]))
+    lyon = INDEX[" Lyon"]
+    assert step[0, lyon] == pytest.approx(-3.0 * float(sim[lyon]))
+    assert step[1, lyon] == 0.0  # soft filter off for this request
+    assert torch.isneginf(step[:, INDEX[" Paris"]]).all()  # the hard block holds for both
 
 
 # -- parameters ----------------------------------------------------------------------------------
