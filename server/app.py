@@ -43,9 +43,11 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
     os.environ[step_timing.ENV] = step_metrics
     runtime.unlearning = _unlearning_gate(config, step_metrics)
-    if runtime.unlearning is not None:
-        sizes = {name: len(g.forget_set) for name, g in runtime.unlearning.gates.items()}
-        runtime.correction_context[FORGET_SETS_CONTEXT] = sizes
+    gates = runtime.unlearning.gates if runtime.unlearning is not None else {}
+    # Always declared, so that naming a forget set on a server without any is a 400.
+    runtime.correction_context[FORGET_SETS_CONTEXT] = {
+        n: len(g.forget_set) for n, g in gates.items()
+    }
     runtime.profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
     registry = get_prometheus_registry()
     registry.register(PluginStepCollector(step_metrics))
