@@ -16,8 +16,9 @@ import torch
 from decoding.correction import WIRE_KEY, CorrectionSpec, decode_wire
 from decoding.pipeline import CorrectionPipeline
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
+from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT
 
-from . import aux_models
+from . import aux_models, forget_sets
 from .step_timing import StepTimings
 from .vllm_compat import BatchUpdate, LogitsProcessor, MoveDirectionality, SamplingParams
 
@@ -27,7 +28,13 @@ def spec_of(params: SamplingParams) -> CorrectionSpec:
     extra = params.extra_args or {}
     if WIRE_KEY not in extra:
         return CorrectionSpec()
-    return decode_wire(extra[WIRE_KEY], context={AUX_MODELS_CONTEXT: set(aux_models.published())})
+    context = {
+        AUX_MODELS_CONTEXT: set(aux_models.published()),
+        # The gate's fields (retrieved entries, report slot) were set by corrigo's server.
+        FORGET_SETS_CONTEXT: forget_sets.sizes(),
+        GATED_CONTEXT: True,
+    }
+    return decode_wire(extra[WIRE_KEY], context=context)
 
 
 class CorrigoLogitsProcessor(LogitsProcessor):
@@ -41,6 +48,12 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             for name, path in aux_models.published().items()
         }
         plugins = {ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device))}
+        if forget_sets.published():
+            model_config = vllm_config.model_config
+            unlearning = forget_sets.engine_plugin(
+                model_config.tokenizer, model_config.get_vocab_size()
+            )
+            plugins[unlearning.name] = unlearning
         self.timings = StepTimings(list(plugins))
         self.pipeline = CorrectionPipeline(plugins, observe=self.timings.observe)
 

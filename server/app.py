@@ -15,9 +15,10 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models, step_timing
+from adapters import aux_models, forget_sets, step_timing
 from adapters.engine import ServedModel, engine_args
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
+from decoding.unlearning import FORGET_SETS_CONTEXT
 
 from .auth import APIKeyAuth
 from .config import Config
@@ -27,6 +28,7 @@ from .openai_api import build_router
 from .profiles import load_profiles
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
+from .unlearning import UnlearningGate
 
 
 def create_app(config: Config, model: ServedModel) -> FastAPI:
@@ -36,11 +38,17 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     for name, path in aux.items():
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
-    runtime.profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
 
     # The engine process records per-step plugin times in files here; /metrics reads them.
     step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
     os.environ[step_timing.ENV] = step_metrics
+    runtime.unlearning = _unlearning_gate(config, step_metrics)
+    gates = runtime.unlearning.gates if runtime.unlearning is not None else {}
+    # Always declared, so that naming a forget set on a server without any is a 400.
+    runtime.correction_context[FORGET_SETS_CONTEXT] = {
+        n: len(g.forget_set) for n, g in gates.items()
+    }
+    runtime.profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
     registry = get_prometheus_registry()
     registry.register(PluginStepCollector(step_metrics))
 
@@ -89,6 +97,22 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         build_router(runtime, config.limits, server_metrics(), APIKeyAuth(config.auth.api_keys))
     )
     return app
+
+
+def _unlearning_gate(config: Config, directory: str) -> UnlearningGate | None:
+    """Load the forget sets for the gate and publish them to the engine process, which loads
+    them again for the filters; the engine writes per-request counts to a file in
+    ``directory``."""
+    paths = {name: forget_sets.resolve_path(s.path) for name, s in config.forget_sets.items()}
+    forget_sets.publish(paths)
+    if not paths:
+        return None
+    from adapters.embeddings import minilm
+    from adapters.unlearning_report import ENV, ReportBoard
+
+    os.environ[ENV] = os.path.join(directory, "unlearning-reports.bin")
+    board = ReportBoard(os.environ[ENV])
+    return UnlearningGate(forget_sets.load_all(paths), minilm(), board, server_metrics())
 
 
 class _ASGIEndpoint:

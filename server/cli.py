@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default info)",
     )
+    evaluate = commands.add_parser("eval", help="run an evaluation against a served model")
+    evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
+    from evals import unlearning
+
+    unlearning.add_arguments(
+        evals.add_parser(
+            "unlearning",
+            help="leak rate and retain accuracy of guarded unlearning (docs/evals/unlearning.md)",
+        )
+    )
     return parser
 
 
@@ -64,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "eval" and args.eval == "unlearning":
+        from evals import unlearning
+
+        return unlearning.execute(args)
     raise AssertionError(args.command)
 
 
@@ -88,6 +102,7 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.aux_models import AuxModelError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
+    from decoding.unlearning import ForgetSetError
 
     from .app import create_app
     from .profiles import ProfileError
@@ -96,7 +111,13 @@ def serve(args: argparse.Namespace) -> int:
         model = resolve_model(config.model.path, config.model.served_model_name)
         app = create_app(config, model)
         check_engine_args(app.state.runtime.args)
-    except (DefaultModelError, EngineConfigError, AuxModelError, ProfileError) as exc:
+    except (
+        DefaultModelError,
+        EngineConfigError,
+        AuxModelError,
+        ProfileError,
+        ForgetSetError,
+    ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
     server = uvicorn.Server(

@@ -80,6 +80,11 @@ class AuxModelConfig(_Section):
     path: str
 
 
+class ForgetSetConfig(_Section):
+    #: JSONL file: one ``{"question", "answer"}`` and/or ``{"phrases": [...]}`` object a line.
+    path: str
+
+
 class ProfileConfig(_Section):
     #: The model the profile runs on (default and only choice today: the served model).
     model: str | None = None
@@ -94,6 +99,8 @@ class Config(_Section):
     engine: dict[str, Any] = Field(default_factory=dict)
     #: Auxiliary models (proxy-tuning experts and anti-experts), by the name requests use.
     aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
+    #: Forget sets for the ``unlearning`` correction, by the name requests use.
+    forget_sets: dict[str, ForgetSetConfig] = Field(default_factory=dict)
     #: Named bundles of a model and a default correction, listed in /v1/models and selectable
     #: as ``model`` by clients that cannot send extra body fields.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import decoding.proxy_tuning  # noqa: F401  (registers the proxy_tuning correction)
+import decoding.unlearning  # noqa: F401  (registers the unlearning correction)
 from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
 
 from .errors import APIError
@@ -60,6 +61,7 @@ def wire_xargs(spec: CorrectionSpec | None, xargs: dict[str, Any] | None) -> dic
     return {**(xargs or {}), WIRE_KEY: spec.to_wire()}
 
 
-def correction_report(spec: CorrectionSpec) -> dict[str, Any]:
-    """The ``correction`` object added to a response that asked for corrections."""
-    return {"plugins": list(spec.names)}
+def correction_report(spec: CorrectionSpec, **details: Any) -> dict[str, Any]:
+    """The ``correction`` object added to a response that asked for corrections; ``details``
+    are per-plugin reports (e.g. ``unlearning=...``)."""
+    return {"plugins": list(spec.names), **details}

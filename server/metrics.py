@@ -43,6 +43,18 @@ class ServerMetrics:
             ["plugin"],
             registry=registry,
         )
+        self.unlearning_gate = Counter(
+            "corrigo_unlearning_gate",
+            "Unlearning gate decisions, by forget set and decision (filter: the request "
+            "concerns the set and is filtered; pass: it decodes unchanged).",
+            ["forget_set", "decision"],
+            registry=registry,
+        )
+        self.tokens_blocked = Counter(
+            "corrigo_tokens_blocked",
+            "Steps whose most likely token the unlearning filters banned.",
+            registry=registry,
+        )
         self.generated_tokens = Counter(
             "corrigo_generated_tokens",
             "Completion tokens generated, as reported in each response's usage.",

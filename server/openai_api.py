@@ -36,6 +36,7 @@ from .errors import APIError
 from .metrics import ServerMetrics
 from .profiles import Profile
 from .runtime import EngineRuntime
+from .unlearning import Admission
 
 #: Status recorded when the client went away before the response was complete (nginx's code).
 CLIENT_CLOSED = 499
@@ -70,6 +71,8 @@ class Exchange:
     #: The profile the request named as its model, if any.
     profile: Profile | None = None
     completion_tokens: int = 0
+    #: The unlearning gate's admission (server/unlearning.py), for gated requests.
+    unlearning: Admission | None = None
     #: Whether a streaming client asked for the final usage chunk itself.
     client_wants_usage: bool = False
 
@@ -137,8 +140,17 @@ def build_router(
             err = exc.errors()[0]
             param = ".".join(str(p) for p in err["loc"]) or None
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
+        if ex.correction is not None and runtime.unlearning is not None:
+            ex.correction, ex.unlearning = await runtime.unlearning.admit(ex.correction, body)
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs)
         return request
+
+    def _report(ex: Exchange) -> dict[str, Any]:
+        assert ex.correction is not None
+        details = {}
+        if ex.unlearning is not None:
+            details["unlearning"] = runtime.unlearning.finish(ex.unlearning)
+        return correction_report(ex.correction, **details)
 
     def _check_model(body: dict[str, Any]) -> str:
         model = body.get("model")
@@ -169,7 +181,7 @@ def build_router(
         if ex.profile is not None:
             payload["model"] = ex.profile.name
         if ex.correction is not None:
-            payload["correction"] = correction_report(ex.correction)
+            payload["correction"] = _report(ex)
         ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
         _record(ex)
         return JSONResponse(payload)
@@ -223,7 +235,7 @@ def build_router(
             "created": first.get("created"),
             "model": first.get("model", ex.model),
             "choices": [],
-            "correction": correction_report(ex.correction),
+            "correction": _report(ex),
         }
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
@@ -240,6 +252,8 @@ def build_router(
             return error_response_from_exception(exc)
 
     def _record(ex: Exchange) -> None:
+        if ex.unlearning is not None:
+            runtime.unlearning.finish(ex.unlearning)  # frees its report slot
         model = ex.model or "unknown"
         metrics.requests.labels(model, ex.endpoint.value, str(ex.status)).inc()
         metrics.request_duration.labels(model, ex.endpoint.value).observe(

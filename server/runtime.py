@@ -49,6 +49,8 @@ class EngineRuntime:
         self.correction_context = {AUX_MODELS_CONTEXT: set(self.aux_models)}
         #: Profiles by name (server/profiles.py), set by the app.
         self.profiles: dict[str, Profile] = {}
+        #: The unlearning gate (server/unlearning.py), set by the app when forget sets exist.
+        self.unlearning = None
         self.phase = Phase.STARTING
         self.failure: str | None = None
         self.engine: AsyncLLM | None = None

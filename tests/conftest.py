@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .support import TEST_ENGINE, LiveServer, start_server, write_config
 
 API_KEY = "test-key-0123456789"
 SERVED_MODEL = "smollm2-135m-instruct"
+#: Forget set of the session engine (tests/integration/test_unlearning.py).
+FORGET_CAPITALS = Path(__file__).parent / "data" / "forget_capitals.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +22,7 @@ def live_server(tmp_path_factory) -> LiveServer:
             "auth": {"api_keys": [API_KEY, "second-key"]},
             "limits": {"max_n": 4, "max_request_bytes": 1_000_000},
             "engine": TEST_ENGINE,
+            "forget_sets": {"capitals": {"path": str(FORGET_CAPITALS)}},
         },
     )
     server = start_server(

@@ -1,0 +1,219 @@
+"""Guarded-unlearning throughput: 1,000 and 10,000 forbidden phrases vs no plugin.
+
+One ``corrigo serve`` with two forget sets, each one entry whose explicit phrases number 1,000
+or 10,000 (random 1-3 word phrases over the tokenizer's words, every surface form in the trie:
+up to 10 tokenizations per phrase). Every request carries ``correction.unlearning`` with
+threshold 0, so the gate opens for all of them; the soft filter runs too. Greedy, ``ignore_eos``,
+all streamed through /v1/completions.
+
+    .venv/bin/python -m bench.unlearning                   # c = 1, 8; 16 requests x 32 tokens
+    .venv/bin/python -m bench.unlearning --soft-only       # the soft filter's two strategies
+
+``--soft-only`` measures, in this process with one torch thread (as in the engine process),
+the two ways to run the soft filter: a cached table of every vocabulary token's MiniLM
+embedding (a constant penalty vector per request; what corrigo ships) against top-k candidate
+checks with a per-token embedding cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+import uvloop
+
+from bench.serving import REPO, TOPICS, Run, run_pool, stream_request, summarise
+from tests.support import start_server, write_config
+
+SIZES = (1_000, 10_000)
+
+
+def phrases(tokenizer, count: int, seed: int = 0) -> list[str]:
+    words = sorted(
+        {
+            t.strip().lower()
+            for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+            if t.strip().isalpha() and len(t.strip()) >= 4
+        }
+    )
+    rng = random.Random(seed)
+    out: dict[str, None] = {}
+    while len(out) < count:
+        out.setdefault(" ".join(rng.sample(words, rng.randint(1, 3))), None)
+    return list(out)
+
+
+async def bench_server(base_url, model_id, prompts, args, forget_set) -> list[Run]:
+    correction = (
+        {"unlearning": {"forget_set": forget_set, "threshold": 0.0}} if forget_set else None
+    )
+    limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
+    async with httpx.AsyncClient(base_url=base_url, timeout=900, limits=limits) as client:
+
+        async def one(prompt: str) -> tuple[float, int]:
+            body = {"model": model_id, "prompt": prompt, "max_tokens": args.max_tokens}
+            if correction is not None:
+                body["correction"] = correction
+            return await stream_request(client, "/v1/completions", body)
+
+        name = f"unlearning, {forget_set}" if forget_set else "no plugin"
+        if correction is not None:  # warm-up, and proof that the filters ran
+            r = await client.post(
+                "/v1/completions",
+                json={
+                    "model": model_id,
+                    "prompt": prompts[0],
+                    "max_tokens": 4,
+                    "correction": correction,
+                },
+            )
+            report = r.json()["correction"]["unlearning"]
+            assert report["gate"]["decision"] == "filter" and report["steps"] > 0, report
+        else:
+            await one(prompts[0])
+        runs = []
+        for c in args.concurrency:
+            wall, results = await run_pool(c, prompts, one)
+            runs.append(summarise(name, c, wall, results))
+            print(f"  {name} c={c}: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
+        return runs
+
+
+def soft_strategies(tokenizer, sample: int = 2048, rows: int = 8, steps: int = 50) -> str:
+    """Time both soft-filter strategies on one torch thread (as in the engine process)."""
+    from adapters.embeddings import minilm
+    from decoding.unlearning.semantic import penalty, similarity
+
+    torch.set_num_threads(1)
+    embedder = minilm()
+    vocab = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(vocab)])
+    words = embedder.encode(["paris", "eiffel", "tower"])
+
+    # Vocabulary table: embed every token text once, then one [vocab] vector per request.
+    started = time.perf_counter()
+    part = embedder.encode([t.strip() or "." for t in texts[:sample]])
+    table_s = (time.perf_counter() - started) * vocab / sample
+    table = part.repeat(vocab // sample + 1, 1)[:vocab]  # a stand-in of the right shape
+    started = time.perf_counter()
+    vector = penalty(similarity(table, words), 0.7, 1.0)
+    join_ms = (time.perf_counter() - started) * 1e3
+    logits = torch.randn(rows, vocab)
+    started = time.perf_counter()
+    for _ in range(steps):
+        logits -= vector
+    table_step_ms = (time.perf_counter() - started) * 1e3 / steps
+
+    # Top-k: each step, embed the top-8 candidates' texts (cached per token) and compare.
+    cache: dict[int, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(0)
+    cold, warm = [], []
+    for step in range(steps):
+        logits = torch.randn(rows, vocab, generator=gen) * 3
+        started = time.perf_counter()
+        top = torch.topk(logits, 8, dim=-1).indices
+        missing = [t for t in dict.fromkeys(top.reshape(-1).tolist()) if t not in cache]
+        if missing:
+            for t, e in zip(missing, embedder.encode([texts[t] for t in missing]), strict=True):
+                cache[t] = e
+        emb = torch.stack([cache[t] for t in top.reshape(-1).tolist()]).reshape(rows, 8, -1)
+        sims = (emb @ words.T).amax(dim=-1).clamp_min(0)
+        logits.scatter_add_(1, top, -torch.where(sims >= 0.7, torch.inf, sims))
+        (cold if step < 5 else warm).append((time.perf_counter() - started) * 1e3)
+    return "\n".join(
+        [
+            "| strategy | one-off cost | per request join | per step (8 rows) |",
+            "|---|---:|---:|---:|",
+            f"| vocabulary table | {table_s:.0f} s to embed {vocab} token texts "
+            f"(extrapolated from {sample}) | {join_ms:.1f} ms | {table_step_ms:.3f} ms |",
+            f"| top-8 candidates, cached | none | 0 | {sum(cold) / len(cold):.1f} ms "
+            f"(first 5 steps), {sum(warm) / len(warm):.1f} ms (later; random logits, so "
+            "mostly cache misses) |",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--soft-only", action="store_true")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from adapters.engine import resolve_model
+
+    model = resolve_model(None, None)
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    if args.soft_only:
+        print(soft_strategies(tokenizer))
+        return
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(args.requests)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {}
+        for size in SIZES:
+            path = Path(tmp) / f"phrases{size}.jsonl"
+            entry = {
+                "question": "Write a short story.",
+                "answer": "A story about a city.",
+                "phrases": phrases(tokenizer, size),
+            }
+            path.write_text(json.dumps(entry) + "\n")
+            sets[f"forget_sets.p{size}"] = {"path": str(path)}
+        config = write_config(
+            Path(tmp) / "bench.toml",
+            {
+                "model": {"path": model.path, "served_model_name": model.model_id},
+                "engine": {"max_model_len": 2048, "enforce_eager": True},
+                "server": {"log_level": "warning"},
+                **sets,
+            },
+        )
+        server = start_server(config, Path(tmp) / "server.log")
+        try:
+            runs = []
+            for forget_set in (None, *(f"p{size}" for size in SIZES)):
+                runs += uvloop.run(
+                    bench_server(server.base_url, model.model_id, prompts, args, forget_set)
+                )
+        finally:
+            server.stop()
+
+    plain = {r.concurrency: r.tokens_per_s for r in runs if r.system == "no plugin"}
+    lines = [
+        "| system | concurrency | output tok/s | vs no plugin | TTFT p50 (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r.system} | {r.concurrency} | {r.tokens_per_s:.1f} | "
+            f"{r.tokens_per_s / plain[r.concurrency]:.2f}x | {r.ttft_p50_s:.3f} |"
+        )
+    table = "\n".join(lines)
+    print("\n" + table)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"unlearning-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
+        json.dumps(
+            {"args": vars(args), "table": table, "runs": [r.__dict__ for r in runs]}, indent=2
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Guarded unlearning (Deng et al. 2025, "GUARD"): generation-time output regulation.
+
+A request that the gate (:mod:`.gate`) finds to concern a forget set (:mod:`.forget_set`) gets
+its retrieved entries' phrases (:mod:`.phrases`) blocked exactly (:mod:`.trie`) and their
+meaning penalised (:mod:`.semantic`) at every step (:mod:`.plugin`). This regulates output; it
+does not remove knowledge from the weights, and the forget sets must stay server-side.
+"""
+
+from .forget_set import ForgetEntry, ForgetSet, ForgetSetError, load_forget_set
+from .gate import ForgetGate, GateDecision
+from .params import FORGET_SETS_CONTEXT, GATED_CONTEXT, UnlearningParams
+from .plugin import ForgetFilters, Unlearning
+
+__all__ = [
+    "FORGET_SETS_CONTEXT",
+    "GATED_CONTEXT",
+    "ForgetEntry",
+    "ForgetFilters",
+    "ForgetGate",
+    "ForgetSet",
+    "ForgetSetError",
+    "GateDecision",
+    "Unlearning",
+    "UnlearningParams",
+    "load_forget_set",
+]

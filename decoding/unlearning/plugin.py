@@ -1,0 +1,170 @@
+"""The ``unlearning`` step plugin: soft penalties, then hard blocks, on the gated rows.
+
+For each row whose request the gate opened (``targets`` non-empty), on its logits ``s``::
+
+    1. soft:  s_v -= lambda * sim(v), or s_v = -inf when sim(v) >= delta   (a constant vector
+              per request; see :mod:`.semantic`)
+    2. hard:  s_v = -inf for every token v that would complete a forbidden token sequence given
+              the row's generated suffix (see :mod:`.trie`)
+
+Hard blocks come last so that nothing re-enables a blocked token. What the filters forbid is
+compiled once per (forget set, retrieved entries) and shared by the requests that retrieve the
+same entries. Rows whose gate stayed closed pass through untouched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..correction import register_plugin
+from ..pipeline import Row, StepPlugin
+from .forget_set import ForgetSet
+from .gate import Embedder
+from .params import UnlearningParams
+from .phrases import forbidden_phrases, semantic_words
+from .semantic import penalty, similarity
+from .trie import TokenTrie, TrieCursor, surface_forms
+
+#: Compiled targets kept per forget set (least recently used dropped first).
+CACHE_SIZE = 64
+
+Encode = Callable[[list[str]], list[list[int]]]
+
+
+@dataclass(frozen=True)
+class CompiledTargets:
+    trie: TokenTrie
+    #: Tokens banned at every step (single-token phrases), as an index tensor.
+    root_bans: torch.Tensor
+    #: ``sim(v)`` of every vocabulary token to the forbidden words (None: no soft filter).
+    sim: torch.Tensor | None
+
+
+class ForgetFilters:
+    """One forget set, ready for the engine: compiles retrieved entries into filters."""
+
+    def __init__(
+        self,
+        forget_set: ForgetSet,
+        encode: Encode,
+        embedder: Embedder | None = None,
+        token_table: torch.Tensor | None = None,
+    ) -> None:
+        """``token_table``: every vocabulary token's text embedding by ``embedder`` (see
+        :mod:`.semantic`); without both, only the hard filter runs."""
+        self.forget_set = forget_set
+        self.encode = encode
+        self.embedder = embedder
+        self.token_table = token_table
+        self._cache: OrderedDict[tuple[int, ...], CompiledTargets] = OrderedDict()
+
+    def compile(self, targets: tuple[int, ...]) -> CompiledTargets:
+        hit = self._cache.get(targets)
+        if hit is not None:
+            self._cache.move_to_end(targets)
+            return hit
+        entries = [self.forget_set.entries[i] for i in targets]
+        forms = [form for phrase in forbidden_phrases(entries) for form in surface_forms(phrase)]
+        trie = TokenTrie(self.encode(forms))
+        words = semantic_words(entries)
+        sim = None
+        if self.embedder is not None and self.token_table is not None and words:
+            sim = similarity(self.token_table, self.embedder.encode(words))
+        compiled = CompiledTargets(trie, torch.tensor(trie.root_bans, dtype=torch.long), sim)
+        self._cache[targets] = compiled
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return compiled
+
+
+class Reporter(Protocol):
+    """Where per-request counts go (adapters/unlearning_report.py: shared memory). Per step:
+    ``blocked`` when the row's most likely token was banned, ``penalized`` when a soft penalty
+    alone (no ban) displaced it."""
+
+    def add(self, slot: int, steps: int, blocked: int, penalized: int) -> None: ...
+
+
+@dataclass
+class _RowState:
+    params: UnlearningParams
+    compiled: CompiledTargets
+    cursor: TrieCursor
+    #: The soft filter's constant ``[vocab]`` subtrahend (None: soft filter off).
+    soft: torch.Tensor | None
+
+
+class Unlearning(StepPlugin):
+    """Guarded unlearning's filters (the gate runs in the server, before the engine)."""
+
+    name = "unlearning"
+
+    def __init__(
+        self, filters: Mapping[str, ForgetFilters], reporter: Reporter | None = None
+    ) -> None:
+        self.filters = filters
+        self.reporter = reporter
+        self._states: dict[int, _RowState | None] = {}
+
+    def _state(self, row: Row) -> _RowState | None:
+        if row.uid not in self._states:
+            params = row.params(self.name)
+            assert isinstance(params, UnlearningParams)
+            state = None
+            if params.targets:
+                compiled = self.filters[params.forget_set].compile(params.targets)
+                soft = None
+                if params.soft and compiled.sim is not None:
+                    soft = penalty(compiled.sim, params.delta, params.penalty)
+                state = _RowState(params, compiled, TrieCursor(compiled.trie), soft)
+            self._states[row.uid] = state
+        return self._states[row.uid]
+
+    def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+        active = [(i, s) for i, row in enumerate(rows) if (s := self._state(row)) is not None]
+        if not active:
+            return logits
+        at = torch.tensor([i for i, _ in active], device=logits.device)
+        sub = logits[at]
+        top = sub.argmax(dim=-1)
+
+        soft = [(j, s.soft) for j, (_, s) in enumerate(active) if s.soft is not None]
+        if soft:
+            js = torch.tensor([j for j, _ in soft], device=sub.device)
+            sub[js] -= torch.stack([v for _, v in soft]).to(sub.device, sub.dtype)
+        after_soft = sub.argmax(dim=-1)
+
+        # Hard blocks, last: the root's single-token phrases plus each live state's completions.
+        row_ids: list[torch.Tensor] = []
+        token_ids: list[torch.Tensor] = []
+        for j, (i, state) in enumerate(active):
+            state.cursor.follow(rows[i].stream.output)
+            dynamic = state.cursor.bans()
+            bans = state.compiled.root_bans
+            if dynamic:
+                bans = torch.cat([bans, torch.tensor(dynamic, dtype=torch.long)])
+            row_ids.append(torch.full((len(bans),), j, dtype=torch.long))
+            token_ids.append(bans)
+        sub[torch.cat(row_ids), torch.cat(token_ids).to(sub.device)] = -torch.inf
+
+        blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
+        penalized = (after_soft != top) & ~blocked
+        for j, (_, state) in enumerate(active):
+            self._count(state, bool(blocked[j]), bool(penalized[j]))
+        logits[at] = sub
+        return logits
+
+    def _count(self, state: _RowState, blocked: bool, penalized: bool) -> None:
+        if self.reporter is not None and state.params.report_slot is not None:
+            self.reporter.add(state.params.report_slot, 1, int(blocked), int(penalized))
+
+    def release(self, uid: int) -> None:
+        self._states.pop(uid, None)
+
+
+register_plugin(Unlearning.name, UnlearningParams)
