@@ -88,6 +88,7 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.aux_models import AuxModelError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
+    from adapters.verifier_plugins import VerifierPluginError
 
     from .app import create_app
     from .profiles import ProfileError
@@ -96,7 +97,13 @@ def serve(args: argparse.Namespace) -> int:
         model = resolve_model(config.model.path, config.model.served_model_name)
         app = create_app(config, model)
         check_engine_args(app.state.runtime.args)
-    except (DefaultModelError, EngineConfigError, AuxModelError, ProfileError) as exc:
+    except (
+        DefaultModelError,
+        EngineConfigError,
+        AuxModelError,
+        ProfileError,
+        VerifierPluginError,
+    ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
     server = uvicorn.Server(

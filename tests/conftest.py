@@ -18,6 +18,12 @@ def live_server(tmp_path_factory) -> LiveServer:
             "auth": {"api_keys": [API_KEY, "second-key"]},
             "limits": {"max_n": 4, "max_request_bytes": 1_000_000},
             "engine": TEST_ENGINE,
+            # Refinement tests send verifications to loopback servers they start.
+            "refinement": {
+                "max_rounds": 4,
+                "url_prefixes": ["http://127.0.0.1:"],
+                "keepalive_seconds": 0.5,
+            },
         },
     )
     server = start_server(

@@ -7,7 +7,7 @@ registers the ``refinement`` correction and the pure verifier types.
 """
 
 from . import model_verifiers, text_verifiers  # noqa: F401  (register the verifier types)
-from .generation import GenerateFn, Generation, Message
+from .generation import GenerateFn, Generation, GenerationRefused, Message
 from .loop import Candidate, NoCandidate, Outcome, RefinementRun, refine, select
 from .params import MAX_ROUNDS_CONTEXT, RefinementParams
 from .verdict import Verdict
@@ -26,6 +26,7 @@ __all__ = [
     "Candidate",
     "GenerateFn",
     "Generation",
+    "GenerationRefused",
     "Message",
     "NoCandidate",
     "Outcome",

@@ -7,8 +7,8 @@ other corrections); tests supply a fake. The loop never sees the engine itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 #: A chat message as the OpenAI API carries it: ``{"role": ..., "content": ...}``.
 Message = Mapping[str, object]
@@ -21,6 +21,17 @@ class Generation:
     text: str
     tokens: int
     finish_reason: str | None = "stop"
+    #: The engine's own record of it (opaque to the loop; the server builds its response from it).
+    payload: Any = field(default=None, compare=False, repr=False)
+
+
+class GenerationRefused(RuntimeError):
+    """The engine refused a generation (e.g. the conversation outgrew the context). ``cause``
+    is the engine side's own error, re-raised when not even the draft could be generated."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class GenerateFn(Protocol):

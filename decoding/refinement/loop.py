@@ -14,10 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .generation import GenerateFn, Generation, Message
+from .generation import GenerateFn, Generation, GenerationRefused, Message
 from .params import RefinementParams
 from .verdict import Verdict
 from .verifier import Verifier, VerifyContext, build_verifier
@@ -35,6 +35,8 @@ class Candidate:
     tokens: int
     finish_reason: str | None
     verdict: Verdict
+    #: The generation's engine record (see :attr:`Generation.payload`).
+    payload: Any = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,8 @@ class RefinementRun:
         self.tokens = 0
         self.candidates: list[Candidate] = []
         self.stop_reason: str | None = None
+        #: The first refusal from the engine, if any.
+        self.refusal: GenerationRefused | None = None
 
     @property
     def prompts(self):
@@ -158,15 +162,19 @@ class RefinementRun:
             left = self.params.max_total_tokens - self.tokens
             max_tokens = left if max_tokens is None else min(max_tokens, left)
         call = self._generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
-        if self.params.max_seconds is None:
-            generations = await call
-        else:
-            left = self.params.max_seconds - (self.clock() - self.started)
-            try:
+        try:
+            if self.params.max_seconds is None:
+                generations = await call
+            else:
+                left = self.params.max_seconds - (self.clock() - self.started)
                 generations = await asyncio.wait_for(call, max(left, 0.0))
-            except TimeoutError:
-                self.stop("time_budget")
-                return None
+        except TimeoutError:
+            self.stop("time_budget")
+            return None
+        except GenerationRefused as exc:
+            self.refusal = self.refusal or exc
+            self.stop("generation_refused")
+            return None
         self.tokens += sum(g.tokens for g in generations)
         return generations
 
@@ -192,6 +200,7 @@ class RefinementRun:
             generation.tokens,
             generation.finish_reason,
             verdict,
+            generation.payload,
         )
         self.candidates.append(candidate)
         if self.on_candidate is not None:
@@ -205,7 +214,11 @@ def select(candidates: Sequence[Candidate]) -> Candidate:
 
 
 class NoCandidate(RuntimeError):
-    """The budget ran out before even the draft was generated."""
+    """Not even the draft was generated: a budget ran out, or the engine refused (``cause``)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 async def refine(
@@ -227,6 +240,8 @@ async def refine(
     )
     await strategy_for(params.strategy).run(run)
     if not run.candidates:
+        if run.refusal is not None:
+            raise NoCandidate(str(run.refusal), run.refusal.cause)
         raise NoCandidate("the refinement budget ran out before the first answer was generated")
     run.stop("accepted" if run.candidates[-1].verdict.accepted else "max_rounds")
     chosen = select(run.candidates)
