@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default info)",
     )
+    evaluate = commands.add_parser("eval", help="run an evaluation against a corrigo server")
+    evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
+    from evals import refinement as refinement_eval
+
+    refinement_eval.add_parser(evals)
     return parser
 
 
@@ -64,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "eval":
+        from evals import refinement as refinement_eval
+
+        return {"refinement": refinement_eval.run}[args.eval](args)
     raise AssertionError(args.command)
 
 
