@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
@@ -208,12 +209,15 @@ def test_python_tests_in_the_sandbox(client):
             assert verdict["score"] == verdict["details"]["passed"] / 2
 
 
+ESCAPE = "corrigo-sandbox-escape"
+REPO = Path(__file__).resolve().parents[2]
 HOSTILE = {
     "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
     "infinite_loop": "while True:\n    pass",
     "memory_hog": "x = bytearray(8 * 1024 ** 3)",
     "socket": "import socket\nsocket.create_connection(('127.0.0.1', 1), timeout=1)",
-    "write_outside": "open('/tmp/corrigo-sandbox-escape', 'w').write('x')",
+    # /tmp is the sandbox's own tmpfs (this write succeeds there); the repository is not writable.
+    "write_outside": f"open('/tmp/{ESCAPE}', 'w').write('x')\nopen('{REPO}/{ESCAPE}', 'w').write('x')",
     "read_environ": "import os\nassert 'CORRIGO' not in open('/proc/1/environ').read()\nraise SystemExit(os.environ)",
 }
 
@@ -233,9 +237,7 @@ def test_hostile_tests_are_contained_and_the_server_stays_healthy(client, http, 
     assert time.monotonic() - started < 60
     assert http.get("/health").status_code == 200
     assert chat(client, {"verifier": {"type": "regex", "pattern": "."}}).choices
-    import os
-
-    assert not os.path.exists("/tmp/corrigo-sandbox-escape")
+    assert not Path(f"/tmp/{ESCAPE}").exists() and not (REPO / ESCAPE).exists()
 
 
 def post_stream(live_server, http, body) -> list[str]:
