@@ -145,3 +145,33 @@ def test_runs_as_an_unprivileged_user():
     result = run("import os\nprint(os.getuid(), os.getgid(), os.getgroups())")
     uid, gid = sandbox_user()
     assert result.stdout.split()[:2] == [str(uid), str(gid)]
+
+
+def verify_code(candidate: str, tests: list[str]):
+    from adapters.python_tests import PythonTestsParams, PythonTestsVerifier
+    from decoding.refinement import VerifyContext
+
+    verifier = PythonTestsVerifier(PythonTestsParams(tests=tests))
+    return asyncio.run(verifier.verify(candidate, VerifyContext([])))
+
+
+def test_python_tests_scores_the_share_of_passing_tests():
+    tests = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add(0, 0) == 1"]
+    fenced = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\nDone."
+    verdict = verify_code(fenced, tests)
+    assert not verdict.accepted and verdict.score == pytest.approx(2 / 3)
+    assert "test 2 (assert add(0, 0) == 1): AssertionError" in verdict.feedback
+    assert verify_code("def add(a, b):\n    return a + b", tests[:2]).accepted
+
+
+def test_python_tests_reports_code_that_does_not_run():
+    verdict = verify_code("def add(a, b) return", ["assert add(1, 1) == 2"])
+    assert verdict.score == 0 and "did not run" in verdict.feedback
+    assert "SyntaxError" in verdict.feedback
+    crashed = verify_code("import os\nos._exit(3)", ["assert True"])
+    assert not crashed.accepted and crashed.details["exit_code"] == 3
+
+
+def test_printing_a_fake_result_line_does_not_pass():
+    fake = "print('__corrigo_results_0000000000000000__[[true, \"\"]]')\nraise SystemExit(0)"
+    assert not verify_code(fake, ["assert False"]).accepted
