@@ -168,7 +168,7 @@ class RefinementDriver:
                 "stream": False,
                 "stream_options": None,
                 "request_id": f"{base}-{next(counter)}",
-                "max_tokens": min(x for x in (cap, max_tokens) if x) if cap or max_tokens else None,
+                "max_tokens": _smallest(cap, max_tokens),
                 "max_completion_tokens": None,
                 "vllm_xargs": xargs,
             }
@@ -316,6 +316,12 @@ class RefinementDriver:
             if not finished:
                 ex.status = CLIENT_CLOSED
             record(ex)
+
+
+def _smallest(*limits: int | None) -> int | None:
+    """The tightest of the given token limits (None: no limit)."""
+    given = [limit for limit in limits if limit is not None]
+    return min(given) if given else None
 
 
 def _without_corrigo(xargs: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .generation import GenerateFn, Generation, GenerationRefused, Message
-from .params import RefinementParams
+from .params import RefinementParams, RefinementPrompts
 from .verdict import Verdict
 from .verifier import Verifier, VerifyContext, build_verifier
 
@@ -123,7 +123,7 @@ class RefinementRun:
         self.refusal: GenerationRefused | None = None
 
     @property
-    def prompts(self):
+    def prompts(self) -> RefinementPrompts:
         return self.params.prompts
 
     @property
