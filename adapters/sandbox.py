@@ -20,13 +20,16 @@ import stat
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 #: Sandboxes running at once, per server process (each may use a core).
 MAX_CONCURRENT = 4
-_slots: asyncio.Semaphore | None = None
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,9 @@ def sandbox_python() -> str:
 
 async def run_python(source: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
     """Run ``source`` in the sandbox and return what it printed and how it ended."""
-    global _slots
-    if _slots is None:
-        _slots = asyncio.Semaphore(MAX_CONCURRENT)
-    async with _slots:
+    loop = asyncio.get_running_loop()
+    slots = _slots.setdefault(loop, asyncio.Semaphore(MAX_CONCURRENT))
+    async with slots:
         return await _run(source, limits)
 
 
