@@ -52,6 +52,15 @@ def available_plugins() -> tuple[str, ...]:
     return tuple(name for name in PLUGIN_NAMES if name in _REGISTRY)
 
 
+class NestedFieldError(ValueError):
+    """Raised by a validator of a dynamically typed field (e.g. a refinement verifier) to name
+    the offending key below the field: ``path`` continues the field's location."""
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class CorrectionError(ValueError):
     """A ``correction`` object that cannot be served; ``param`` names the offending field."""
 
@@ -134,6 +143,7 @@ def decode_wire(value: Any, *, context: Mapping[str, Any] | None = None) -> Corr
 
 def _first_error(exc: ValidationError, prefix: str) -> CorrectionError:
     err = exc.errors()[0]
-    where = ".".join(str(part) for part in (prefix, *err["loc"]))
+    nested = getattr((err.get("ctx") or {}).get("error"), "path", ())
+    where = ".".join(str(part) for part in (prefix, *err["loc"], *nested))
     message = err["msg"].removeprefix("Value error, ")
     return CorrectionError(f"Invalid '{where}': {message}", where)

@@ -178,7 +178,7 @@ def rate(flags: list[bool]) -> float:
     return sum(flags) / len(flags) if flags else float("nan")
 
 
-def run(args: argparse.Namespace) -> dict:
+def evaluate(args: argparse.Namespace) -> dict:
     facts = load_facts(Path(args.facts))
     forget_candidates = [f for f in facts if f.group == "forget"]
     retain = [f for f in facts if f.group == "retain"]
@@ -283,13 +283,11 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="corrigo eval unlearning", description=__doc__)
-    add_arguments(parser)
-    return execute(parser.parse_args(argv))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "unlearning",
+        help="leak rate and retain accuracy of guarded unlearning (docs/evals/unlearning.md)",
+    )
     parser.add_argument("--facts", default=str(FACTS), help="facts JSONL (default: shipped)")
     parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
     parser.add_argument("--threshold", type=float, default=0.5, help="gate threshold")
@@ -297,15 +295,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="docs/evals", help="folder for the JSON and PNG")
 
 
-def execute(args: argparse.Namespace) -> int:
-    results = run(args)
+def run(args: argparse.Namespace) -> int:
+    results = evaluate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "unlearning.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out / "unlearning.png")
     print(json.dumps({k: v for k, v in results.items() if k not in ("examples",)}, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,6 +26,7 @@ from .errors import install_error_handlers
 from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
 from .profiles import load_profiles
+from .refinement import RefinementDriver, configure_refinement
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 from .unlearning import UnlearningGate
@@ -38,6 +39,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     for name, path in aux.items():
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
+    configure_refinement(runtime, config)
 
     # The engine process records per-step plugin times in files here; /metrics reads them.
     step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
@@ -93,8 +95,15 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     app.router.routes.append(
         Route("/metrics", _ASGIEndpoint(make_asgi_app(get_prometheus_registry())))
     )
+    refinement = RefinementDriver(runtime, server_metrics(), config.refinement.keepalive_seconds)
     app.include_router(
-        build_router(runtime, config.limits, server_metrics(), APIKeyAuth(config.auth.api_keys))
+        build_router(
+            runtime,
+            config.limits,
+            server_metrics(),
+            APIKeyAuth(config.auth.api_keys),
+            refinement=refinement,
+        )
     )
     return app
 

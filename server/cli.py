@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from .config import ConfigError, load_config
+
+#: `corrigo eval NAME` runs evals/NAME.py (its add_parser() and run()).
+EVALS = ("unlearning", "refinement")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,16 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default info)",
     )
-    evaluate = commands.add_parser("eval", help="run an evaluation against a served model")
+    evaluate = commands.add_parser("eval", help="run an evaluation against a corrigo server")
     evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
-    from evals import unlearning
-
-    unlearning.add_arguments(
-        evals.add_parser(
-            "unlearning",
-            help="leak rate and retain accuracy of guarded unlearning (docs/evals/unlearning.md)",
-        )
-    )
+    for name in EVALS:
+        importlib.import_module(f"evals.{name}").add_parser(evals)
     return parser
 
 
@@ -74,10 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    if args.command == "eval" and args.eval == "unlearning":
-        from evals import unlearning
-
-        return unlearning.execute(args)
+    if args.command == "eval":
+        return importlib.import_module(f"evals.{args.eval}").run(args)
     raise AssertionError(args.command)
 
 
@@ -102,6 +98,7 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.aux_models import AuxModelError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
+    from adapters.verifier_plugins import VerifierPluginError
     from decoding.unlearning import ForgetSetError
 
     from .app import create_app
@@ -117,6 +114,7 @@ def serve(args: argparse.Namespace) -> int:
         AuxModelError,
         ProfileError,
         ForgetSetError,
+        VerifierPluginError,
     ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2

@@ -92,6 +92,23 @@ class ProfileConfig(_Section):
     correction: dict[str, Any] = Field(default_factory=dict)
 
 
+class RefinementConfig(_Section):
+    #: Cap on a request's ``correction.refinement.max_rounds`` (400 beyond).
+    max_rounds: int = Field(8, ge=1, le=64)
+    #: URL prefixes requests may send verifications to (webhook, judge ``url``); empty: none.
+    url_prefixes: list[str] = Field(default_factory=list)
+    #: Streaming: seconds between SSE keep-alive comments while the rounds run.
+    keepalive_seconds: float = Field(5.0, gt=0)
+
+
+class VerifierConfig(_Section):
+    #: Name of the entry point (group ``corrigo.verifiers``) implementing it; default: the
+    #: verifier's own name.
+    entry_point: str | None = None
+    #: Server-side options passed to the verifier's constructor.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -106,6 +123,9 @@ class Config(_Section):
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    refinement: RefinementConfig = Field(default_factory=RefinementConfig)
+    #: Custom refinement verifiers, by the ``type`` requests use (loaded from entry points).
+    verifiers: dict[str, VerifierConfig] = Field(default_factory=dict)
 
 
 def load_config(

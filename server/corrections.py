@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import decoding.proxy_tuning  # noqa: F401  (registers the proxy_tuning correction)
+import decoding.refinement  # noqa: F401  (registers the refinement correction)
 import decoding.unlearning  # noqa: F401  (registers the unlearning correction)
 from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
 
@@ -55,10 +56,14 @@ def merge_correction(defaults: Mapping[str, Any], request: Mapping[str, Any]) ->
 
 
 def wire_xargs(spec: CorrectionSpec | None, xargs: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The request's ``vllm_xargs`` with the spec added (unchanged when it names no plugin)."""
-    if not spec:
+    """The request's ``vllm_xargs`` with the spec's per-step plugins added (unchanged when it
+    names none). Refinement wraps whole generations in the server and never reaches the engine."""
+    if spec is None:
         return xargs
-    return {**(xargs or {}), WIRE_KEY: spec.to_wire()}
+    per_step = CorrectionSpec({k: v for k, v in spec.plugins.items() if k != "refinement"})
+    if not per_step:
+        return xargs
+    return {**(xargs or {}), WIRE_KEY: per_step.to_wire()}
 
 
 def correction_report(spec: CorrectionSpec, **details: Any) -> dict[str, Any]:

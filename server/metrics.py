@@ -61,6 +61,26 @@ class ServerMetrics:
             ["model", "endpoint"],
             registry=registry,
         )
+        self.refinement_rounds = Histogram(
+            "corrigo_refinement_rounds",
+            "Candidate answers a refinement loop produced (the draft included), by strategy.",
+            ["strategy"],
+            buckets=(1, 2, 3, 4, 5, 6, 8, 10, 16, 32, 64),
+            registry=registry,
+        )
+        self.verifier_verdicts = Counter(
+            "corrigo_verifier_verdicts",
+            "Refinement verdicts, by verifier and verdict (accepted, rejected, error).",
+            ["verifier", "verdict"],
+            registry=registry,
+        )
+        self.refinement_flips = Counter(
+            "corrigo_refinement_flips",
+            "Refinements whose answer changed correctness against known truth, by strategy and "
+            "direction (incorrect_to_correct, correct_to_incorrect).",
+            ["strategy", "flip"],
+            registry=registry,
+        )
 
 
 _default: ServerMetrics | None = None

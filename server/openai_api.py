@@ -35,6 +35,7 @@ from .corrections import correction_report, take_correction, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
 from .profiles import Profile
+from .refinement import RefinementDriver
 from .runtime import EngineRuntime
 from .unlearning import Admission
 
@@ -78,7 +79,11 @@ class Exchange:
 
 
 def build_router(
-    runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMetrics, auth
+    runtime: EngineRuntime,
+    limits: LimitsConfig,
+    metrics: ServerMetrics,
+    auth,
+    refinement: RefinementDriver | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
 
@@ -106,6 +111,14 @@ def build_router(
         try:
             runtime.require_ready()
             request = await _parse(raw, ex)
+            if ex.correction is not None and "refinement" in ex.correction.plugins:
+                if endpoint is not Endpoint.CHAT or refinement is None:
+                    raise APIError(
+                        400,
+                        "correction.refinement is served on /v1/chat/completions only.",
+                        param="correction.refinement",
+                    )
+                return await refinement.respond(raw, request, ex, _record)
             if request.stream:
                 return await _stream(raw, request, ex)
             return await _complete(raw, request, ex)

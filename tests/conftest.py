@@ -23,6 +23,12 @@ def live_server(tmp_path_factory) -> LiveServer:
             "limits": {"max_n": 4, "max_request_bytes": 1_000_000},
             "engine": TEST_ENGINE,
             "forget_sets": {"capitals": {"path": str(FORGET_CAPITALS)}},
+            # Refinement tests send verifications to loopback servers they start.
+            "refinement": {
+                "max_rounds": 4,
+                "url_prefixes": ["http://127.0.0.1:"],
+                "keepalive_seconds": 0.5,
+            },
         },
     )
     server = start_server(

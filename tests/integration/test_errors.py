@@ -93,7 +93,7 @@ def test_engine_not_ready_was_503_during_startup(live_server):
             "correction.proxy_tuning.expert",
             "unknown auxiliary model 'x' (declared: none)",
         ),
-        ({"refinement": {}}, "correction.refinement", "not available on this server"),
+        ({"refinement": {}}, "correction.refinement.verifier", "Field required"),
         ([1, 2], "correction", "must be an object"),
     ],
 )

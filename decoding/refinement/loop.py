@@ -1,0 +1,272 @@
+"""The refinement loop: generate, verify, and while not accepted and budget remains,
+regenerate with feedback; then select.
+
+A :class:`RefinementRun` holds one request's loop: its budgets (rounds, tokens, wall time),
+the candidates with their verdicts, and why it stopped. The strategy (strategies.py) decides
+what to generate next; the run accounts for it. :func:`refine` runs a strategy and selects:
+the candidate with the highest score, ties going to the earliest, so the answer never scores
+below the draft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .generation import GenerateFn, Generation, GenerationRefused, Message
+from .params import RefinementParams, RefinementPrompts
+from .verdict import Verdict
+from .verifier import Verifier, VerifyContext, build_verifier
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One answer the loop produced. ``step`` is how: draft, retry, refine or sample."""
+
+    index: int
+    step: str
+    text: str
+    tokens: int
+    finish_reason: str | None
+    verdict: Verdict
+    #: The generation's engine record (see :attr:`Generation.payload`).
+    payload: Any = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.index,
+            "step": self.step,
+            "tokens": self.tokens,
+            "finish_reason": self.finish_reason,
+            "verdict": self.verdict.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth for the draft and the chosen answer, when an exact verifier knows it."""
+
+    draft: bool
+    chosen: bool
+
+    @property
+    def flip(self) -> str | None:
+        if self.draft != self.chosen:
+            return "incorrect_to_correct" if self.chosen else "correct_to_incorrect"
+        return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    strategy: str
+    candidates: tuple[Candidate, ...]
+    chosen: Candidate
+    stop_reason: str
+    tokens: int
+    seconds: float
+    truth: Truth | None
+
+    def report(self) -> dict[str, Any]:
+        """The ``refinement`` part of the response's ``correction`` report."""
+        out: dict[str, Any] = {
+            "strategy": self.strategy,
+            "rounds": len(self.candidates),
+            "stop_reason": self.stop_reason,
+            "chosen": self.chosen.index,
+            "accepted": self.chosen.verdict.accepted,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "candidates": [c.to_json() for c in self.candidates],
+        }
+        if self.truth is not None:
+            out["truth"] = {
+                "draft": self.truth.draft,
+                "chosen": self.truth.chosen,
+                "flip": self.truth.flip,
+            }
+        return out
+
+
+class RefinementRun:
+    """One request's loop state and budgets. Strategies call :meth:`generate` (which returns
+    None once a budget is spent) and :meth:`add` (which verifies a new candidate)."""
+
+    def __init__(
+        self,
+        params: RefinementParams,
+        messages: Sequence[Message],
+        generate: GenerateFn,
+        verifier: Verifier,
+        ctx: VerifyContext,
+        *,
+        on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.params = params
+        self.messages = list(messages)
+        self._generate = generate
+        self.verifier = verifier
+        self.ctx = ctx
+        self.on_candidate = on_candidate
+        self.clock = clock
+        self.started = clock()
+        self.tokens = 0
+        self.candidates: list[Candidate] = []
+        self.stop_reason: str | None = None
+        #: The first refusal from the engine, if any.
+        self.refusal: GenerationRefused | None = None
+
+    @property
+    def prompts(self) -> RefinementPrompts:
+        return self.params.prompts
+
+    @property
+    def rounds_left(self) -> int:
+        return self.params.max_rounds - len(self.candidates)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def _spent(self) -> str | None:
+        budget = self.params.max_total_tokens
+        if budget is not None and self.tokens >= budget:
+            return "token_budget"
+        limit = self.params.max_seconds
+        if limit is not None and self.clock() - self.started >= limit:
+            return "time_budget"
+        return None
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> list[Generation] | None:
+        """Generations within the budgets, or None (and the run stops) when one is spent."""
+        if self.stop_reason is not None:
+            return None
+        spent = self._spent()
+        if spent is not None:
+            self.stop(spent)
+            return None
+        if self.params.max_total_tokens is not None:
+            left = self.params.max_total_tokens - self.tokens
+            max_tokens = left if max_tokens is None else min(max_tokens, left)
+        call = self._generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
+        try:
+            if self.params.max_seconds is None:
+                generations = await call
+            else:
+                left = self.params.max_seconds - (self.clock() - self.started)
+                generations = await asyncio.wait_for(call, max(left, 0.0))
+        except TimeoutError:
+            self.stop("time_budget")
+            return None
+        except GenerationRefused as exc:
+            self.refusal = self.refusal or exc
+            self.stop("generation_refused")
+            return None
+        self.tokens += sum(g.tokens for g in generations)
+        return generations
+
+    async def verify(self, text: str, verifier: Verifier | None = None) -> Verdict:
+        verifier = verifier or self.verifier
+        try:
+            return await verifier.verify(text, self.ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken verifier rejects; it does not fail the request
+            logger.warning("verifier %s failed: %s", verifier.name, exc)
+            return Verdict(
+                verifier.name, False, 0.0, details={"error": f"{type(exc).__name__}: {exc}"}
+            )
+
+    async def add(self, generation: Generation, step: str) -> Candidate:
+        """Verify ``generation`` and record it as the next candidate."""
+        verdict = await self.verify(generation.text)
+        candidate = Candidate(
+            len(self.candidates),
+            step,
+            generation.text,
+            generation.tokens,
+            generation.finish_reason,
+            verdict,
+            generation.payload,
+        )
+        self.candidates.append(candidate)
+        if self.on_candidate is not None:
+            await self.on_candidate(candidate)
+        return candidate
+
+
+def select(candidates: Sequence[Candidate]) -> Candidate:
+    """The highest score, then accepted, then the earliest: never below the draft's score."""
+    return max(candidates, key=lambda c: (c.verdict.score, c.verdict.accepted, -c.index))
+
+
+class NoCandidate(RuntimeError):
+    """Not even the draft was generated: a budget ran out, or the engine refused (``cause``)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+async def refine(
+    params: RefinementParams,
+    messages: Sequence[Message],
+    generate: GenerateFn,
+    ctx: VerifyContext | None = None,
+    *,
+    on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Outcome:
+    """Run the request's strategy and select its answer."""
+    from .strategies import strategy_for
+
+    ctx = ctx or VerifyContext(messages)
+    verifier = build_verifier(params.verifier)
+    run = RefinementRun(
+        params, messages, generate, verifier, ctx, on_candidate=on_candidate, clock=clock
+    )
+    await strategy_for(params.strategy).run(run)
+    if not run.candidates:
+        if run.refusal is not None:
+            raise NoCandidate(str(run.refusal), run.refusal.cause)
+        raise NoCandidate("the refinement budget ran out before the first answer was generated")
+    run.stop("accepted" if run.candidates[-1].verdict.accepted else "max_rounds")
+    chosen = select(run.candidates)
+    truth = await _truth(run, chosen)
+    return Outcome(
+        params.strategy,
+        tuple(run.candidates),
+        chosen,
+        run.stop_reason or "max_rounds",
+        run.tokens,
+        clock() - run.started,
+        truth,
+    )
+
+
+async def _truth(run: RefinementRun, chosen: Candidate) -> Truth | None:
+    draft = run.candidates[0]
+    if run.params.truth is None:
+        if not run.verifier.exact:
+            return None
+        return Truth(draft.verdict.accepted, chosen.verdict.accepted)
+    judge = build_verifier(run.params.truth)
+    draft_ok = (await run.verify(draft.text, judge)).accepted
+    chosen_ok = draft_ok if chosen is draft else (await run.verify(chosen.text, judge)).accepted
+    return Truth(draft_ok, chosen_ok)
+
+
+__all__ = ["Candidate", "NoCandidate", "Outcome", "RefinementRun", "Truth", "refine", "select"]

@@ -1,0 +1,134 @@
+"""``correction.refinement``: the validated parameters of a refinement loop.
+
+::
+
+    {"verifier": {"type": "answer", "reference": "42", "mode": "numeric"},
+     "strategy": "try_again", "max_rounds": 3}
+
+``max_rounds`` counts candidate answers, the draft included, and may not exceed the server's
+cap (validation context :data:`MAX_ROUNDS_CONTEXT`). ``truth``, when given, is an exact
+verifier used only to count flips (it never steers the loop).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
+
+from ..correction import NestedFieldError, PluginParams, register_plugin
+from .model_verifiers import _check_template
+from .verifier import build_verifier, parse_verifier
+
+#: Validation context key: the server's cap on ``max_rounds``.
+MAX_ROUNDS_CONTEXT = "refinement_max_rounds"
+#: Used when the server sets no cap.
+DEFAULT_MAX_ROUNDS_CAP = 8
+
+STRATEGIES = ("try_again", "self_refine", "best_of_n", "decompose")
+
+
+class RefinementPrompts(BaseModel):
+    """The strategies' prompts; ``{placeholders}`` are filled in by the loop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: try_again (UFO): the next user turn after a rejected answer.
+    try_again: str = "Incorrect. Please think again."
+    #: self_refine: asks for a critique of the last answer.
+    critique: str = (
+        "Check your previous answer for mistakes. If it is fully correct, reply exactly "
+        '"it is correct". Otherwise list the mistakes briefly.'
+    )
+    #: self_refine and decompose: asks for a rewrite given {feedback}.
+    refine: str = (
+        "Feedback on your previous answer:\n{feedback}\n\n"
+        "Write an improved answer to the original request that fixes these problems. "
+        "Reply with the answer only."
+    )
+    #: decompose: asks for the instruction's constraints, one per line.
+    decompose: str = (
+        "List the separate requirements in this instruction, one per line, nothing else.\n\n"
+        "Instruction:\n{instruction}"
+    )
+    #: decompose: checks one {constraint} against the {response}.
+    check: str = (
+        "Requirement: {constraint}\n\nResponse:\n{response}\n\n"
+        "Does the response meet the requirement? Answer yes or no."
+    )
+
+    @field_validator("refine")
+    @classmethod
+    def _refine(cls, value: str) -> str:
+        return _check_template(value, feedback="")
+
+    @field_validator("decompose")
+    @classmethod
+    def _decompose(cls, value: str) -> str:
+        return _check_template(value, instruction="")
+
+    @field_validator("check")
+    @classmethod
+    def _check(cls, value: str) -> str:
+        return _check_template(value, constraint="", response="")
+
+    @field_validator("try_again", "critique")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return _check_template(value)
+
+
+def _verifier_spec(value: Any, info: ValidationInfo) -> dict[str, Any]:
+    return parse_verifier(value, info.context)
+
+
+class RefinementParams(PluginParams):
+    """Generate, verify, and while not accepted and budget remains, regenerate with feedback;
+    then return the best-scoring candidate (ties go to the earliest, so never below the
+    draft)."""
+
+    verifier: dict[str, Any]
+    strategy: Literal["try_again", "self_refine", "best_of_n", "decompose"] = "try_again"
+    #: Candidate answers, the draft included (best_of_n: samples drawn).
+    max_rounds: int = Field(3, ge=1)
+    #: Budget on all completion tokens the loop spends (critiques and checks included).
+    max_total_tokens: int | None = Field(None, gt=0)
+    #: Budget on the loop's wall time, in seconds.
+    max_seconds: FiniteFloat | None = Field(None, gt=0)
+    #: Sampling temperature for rounds after the draft (and best_of_n's samples); None: the
+    #: request's own.
+    temperature: FiniteFloat | None = Field(None, ge=0, le=2)
+    #: Append the verifier's feedback to the strategy's own feedback turn.
+    feedback: bool = False
+    #: Exact verifier used only to count flips (defaults to ``verifier`` when that is exact).
+    truth: dict[str, Any] | None = None
+    #: decompose: at most this many constraints are checked.
+    max_constraints: int = Field(6, ge=1, le=20)
+    #: Streaming: send every round's candidate as it is made (default: only the chosen one).
+    stream_rounds: bool = False
+    prompts: RefinementPrompts = RefinementPrompts()
+
+    _verifier = field_validator("verifier", mode="before")(_verifier_spec)
+
+    @field_validator("truth", mode="before")
+    @classmethod
+    def _truth(cls, value: Any, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        spec = parse_verifier(value, info.context)
+        if not build_verifier(spec).exact:
+            raise NestedFieldError(
+                "must be exact (regex, json_schema, answer, python_tests or their combinations)"
+            )
+        return spec
+
+    @field_validator("max_rounds")
+    @classmethod
+    def _cap(cls, value: int, info: ValidationInfo) -> int:
+        cap = (info.context or {}).get(MAX_ROUNDS_CONTEXT, DEFAULT_MAX_ROUNDS_CAP)
+        if value > cap:
+            raise ValueError(f"is {value}; this server allows at most {cap}")
+        return value
+
+
+register_plugin("refinement", RefinementParams)

@@ -1,0 +1,223 @@
+"""Verifiers that only read the candidate's text: ``regex``, ``json_schema``, ``answer``.
+
+They are deterministic, so their verdicts count as ground truth (``exact``) for flips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import Field, FiniteFloat, field_validator, model_validator
+
+from ..correction import NestedFieldError
+from .verdict import Verdict, failed, passed
+from .verifier import VerifierParams, VerifyContext, register_verifier
+
+_MAX_PATTERN = 2000
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if len(pattern) > _MAX_PATTERN:
+        raise ValueError(f"the pattern is longer than {_MAX_PATTERN} characters")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+
+
+class RegexParams(VerifierParams):
+    """Accept when ``pattern`` matches the candidate (``search``, or the whole text with
+    ``full_match``)."""
+
+    type: Literal["regex"] = "regex"
+    pattern: str
+    full_match: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid(cls, pattern: str) -> str:
+        _compile(pattern)
+        return pattern
+
+
+class RegexVerifier:
+    name = "regex"
+    exact = True
+
+    def __init__(self, params: RegexParams) -> None:
+        self.pattern = _compile(params.pattern)
+        self.full_match = params.full_match
+
+    async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
+        text = candidate.strip() if self.full_match else candidate
+        match = self.pattern.fullmatch(text) if self.full_match else self.pattern.search(text)
+        if match:
+            return passed(self.name)
+        how = "match" if self.full_match else "contain a match for"
+        return failed(self.name, f"The answer must {how} the pattern {self.pattern.pattern!r}.")
+
+
+_FENCE = re.compile(r"```(?:[A-Za-z0-9_+-]*)\n(.*?)```", re.S)
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in ``text``: the whole text, else a fenced block, else the first
+    ``{...}``/``[...]`` span that parses. Raises ValueError when there is none."""
+    candidates = [text.strip(), *(m.group(1).strip() for m in _FENCE.finditer(text))]
+    decoder = json.JSONDecoder()
+    for chunk in candidates:
+        try:
+            return json.loads(chunk)
+        except json.JSONDecodeError:
+            pass
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            try:
+                return decoder.raw_decode(text, i)[0]
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON value found")
+
+
+class JsonSchemaParams(VerifierParams):
+    """Accept when the candidate holds JSON valid against ``schema`` (any draft
+    ``jsonschema`` knows; ``$schema`` picks it, else the latest)."""
+
+    type: Literal["json_schema"] = "json_schema"
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return schema
+
+
+class JsonSchemaVerifier:
+    """Score 1 when valid, 0.5 when JSON but invalid (it is closer), 0 when no JSON."""
+
+    name = "json_schema"
+    exact = True
+
+    def __init__(self, params: JsonSchemaParams) -> None:
+        cls = jsonschema.validators.validator_for(params.json_schema)
+        self.validator = cls(params.json_schema)
+
+    async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
+        try:
+            value = extract_json(candidate)
+        except ValueError:
+            return failed(self.name, "The answer must be a JSON value; none was found.")
+        errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.path))
+        if not errors:
+            return passed(self.name)
+        lines = [
+            f"- at {'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in errors[:5]
+        ]
+        return failed(
+            self.name,
+            "The JSON does not match the required schema:\n" + "\n".join(lines),
+            score=0.5,
+            errors=len(errors),
+        )
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def normalise(text: str) -> str:
+    """Case-folded, NFKC, whitespace collapsed, surrounding punctuation and quotes dropped."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = " ".join(text.split())
+    return text.strip(" \t\n.,;:!?\"'`*()[]")
+
+
+class AnswerParams(VerifierParams):
+    """Compare the candidate's answer with ``reference``.
+
+    ``mode="exact"``: normalised text equality (see :func:`normalise`). ``mode="numeric"``:
+    ``|x - ref| <= abs_tol + rel_tol * |ref|``. The answer is ``extract``'s first group (or
+    whole match) when given; else the whole text (exact) or the last number in it (numeric).
+    """
+
+    type: Literal["answer"] = "answer"
+    reference: str | FiniteFloat
+    mode: Literal["exact", "numeric"] = "exact"
+    abs_tol: FiniteFloat = Field(1e-6, ge=0)
+    rel_tol: FiniteFloat = Field(0.0, ge=0)
+    extract: str | None = None
+
+    @field_validator("extract")
+    @classmethod
+    def _valid(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            _compile(pattern)
+        return pattern
+
+    @model_validator(mode="after")
+    def _numeric_reference(self) -> AnswerParams:
+        if self.mode == "numeric" and _to_number(str(self.reference).strip()) is None:
+            raise NestedFieldError(
+                f"mode 'numeric' needs a number, got {self.reference!r}", ("reference",)
+            )
+        return self
+
+
+def _to_number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+class AnswerVerifier:
+    name = "answer"
+    exact = True
+
+    def __init__(self, params: AnswerParams) -> None:
+        self.params = params
+        self.extract = _compile(params.extract) if params.extract else None
+        if params.mode == "numeric":
+            self.number = _to_number(str(params.reference).strip())
+        self.text = normalise(str(params.reference))
+
+    def answer_of(self, candidate: str) -> str | None:
+        if self.extract is not None:
+            matches = list(self.extract.finditer(candidate))
+            if not matches:
+                return None
+            last = matches[-1]
+            return last.group(1) if last.groups() else last.group(0)
+        if self.params.mode == "numeric":
+            numbers = _NUMBER.findall(candidate)
+            return numbers[-1] if numbers else None
+        return candidate
+
+    async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
+        answer = self.answer_of(candidate)
+        if answer is None:
+            return failed(self.name, "No answer was found in the response.")
+        if self.params.mode == "numeric":
+            value = _to_number(answer)
+            if value is not None and math.isclose(
+                value, self.number, rel_tol=self.params.rel_tol, abs_tol=self.params.abs_tol
+            ):
+                return passed(self.name, answer=answer)
+        elif normalise(answer) == self.text:
+            return passed(self.name, answer=answer)
+        return failed(self.name, "The answer is incorrect.", answer=answer)
+
+
+register_verifier("regex", RegexParams, RegexVerifier)
+register_verifier("json_schema", JsonSchemaParams, JsonSchemaVerifier)
+register_verifier("answer", AnswerParams, AnswerVerifier)

@@ -1,0 +1,339 @@
+"""Drives ``correction.refinement`` on the engine: the server side of decoding/refinement.
+
+Each round is an ordinary chat completion on this server's engine through vLLM's serving
+layer, carrying the request's sampling settings and its other (per-step) corrections; the loop
+itself (decoding/refinement/loop.py) decides what to generate and which answer wins.
+
+Responses. Non-streaming: the chosen answer as one choice, ``usage`` summing every round (and
+critique or check) the loop ran, and ``correction.refinement`` reporting the rounds. Streaming
+(policy): the answer is only known once selected, so by default the stream sends SSE comments
+(``: keep-alive``) every ``[refinement] keepalive_seconds`` while the rounds run, then the
+chosen answer as ordinary chunks, then the report chunk and ``[DONE]``. With
+``stream_rounds: true`` each round's candidate and verdict is also sent as it is verified, as a
+chunk with no choices and a ``refinement_round`` object. A client that disconnects aborts the
+rounds (and their engine requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+import adapters.python_tests  # noqa: F401  (registers the python_tests verifier)
+import adapters.webhook  # noqa: F401  (registers the webhook verifier)
+from adapters import verifier_plugins
+from adapters.remote_model import remote_generate
+from adapters.vllm_compat import CompletionRequest, ErrorResponse
+from decoding.refinement import (
+    Candidate,
+    Generation,
+    GenerationRefused,
+    Message,
+    NoCandidate,
+    Outcome,
+    RefinementParams,
+    Services,
+    VerifyContext,
+    refine,
+)
+from decoding.refinement.model_verifiers import URL_PREFIXES_CONTEXT
+from decoding.refinement.params import MAX_ROUNDS_CONTEXT
+
+from .config import Config
+from .corrections import correction_report
+from .errors import APIError
+from .metrics import ServerMetrics
+from .runtime import EngineRuntime
+
+
+def configure_refinement(runtime: EngineRuntime, config: Config) -> None:
+    """Load the configured custom verifiers and declare the caps requests are validated against."""
+    verifier_plugins.load_verifiers(config.verifiers)
+    runtime.correction_context[MAX_ROUNDS_CONTEXT] = config.refinement.max_rounds
+    runtime.correction_context[URL_PREFIXES_CONTEXT] = list(config.refinement.url_prefixes)
+
+
+class _Usage:
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def add(self, usage: Any) -> None:
+        if usage is not None:
+            self.prompt_tokens += usage.prompt_tokens or 0
+            self.completion_tokens += usage.completion_tokens or 0
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+class RefinementDriver:
+    """Runs one refinement request per call of :meth:`respond`."""
+
+    def __init__(self, runtime: EngineRuntime, metrics: ServerMetrics, keepalive: float) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.keepalive = keepalive
+
+    async def respond(self, raw: Request, request, ex, record: Callable[[Any], None]) -> Response:
+        """The response to a chat request carrying ``correction.refinement`` (``ex`` is the
+        route's bookkeeping; ``record`` records its metrics once the response is done)."""
+        from .openai_api import CLIENT_CLOSED, _until_disconnect
+
+        if getattr(request, "n", 1) not in (None, 1):
+            raise APIError(
+                400, "'n' must be 1 with correction.refinement: it returns one answer.", param="n"
+            )
+        params: RefinementParams = ex.correction.plugins["refinement"]
+        usage = _Usage()
+        messages = [dict(m) for m in request.messages]
+        if not request.stream:
+            outcome = await _until_disconnect(raw, self._run(request, ex, params, messages, usage))
+            if outcome is None:  # the client went away: the rounds were cancelled
+                ex.status = CLIENT_CLOSED
+                record(ex)
+                return Response(status_code=CLIENT_CLOSED)
+            payload = self._response(outcome, usage, ex)
+            record(ex)
+            return JSONResponse(payload)
+        return StreamingResponse(
+            self._stream(request, ex, params, messages, usage, record),
+            media_type="text/event-stream",
+        )
+
+    async def _run(
+        self,
+        request,
+        ex,
+        params: RefinementParams,
+        messages: list[Message],
+        usage: _Usage,
+        on_candidate=None,
+    ) -> Outcome:
+        services = Services(
+            generate=self._generate(request, usage, per_step=False),
+            next_token=self._next_token,
+            remote=remote_generate,
+        )
+        try:
+            outcome = await refine(
+                params,
+                messages,
+                self._generate(request, usage, per_step=True),
+                VerifyContext(messages, services),
+                on_candidate=on_candidate,
+            )
+        except NoCandidate as exc:
+            if isinstance(exc.cause, APIError):
+                raise exc.cause from None
+            raise APIError(
+                400, f"correction.refinement: {exc}", param="correction.refinement"
+            ) from None
+        self._observe(outcome)
+        ex.completion_tokens = usage.completion_tokens
+        return outcome
+
+    def _generate(self, request, usage: _Usage, *, per_step: bool):
+        """Chat completions on the engine, as the request asked (``per_step``: with its other
+        corrections; verifiers' own generations run without them)."""
+        serving = self.runtime.serving.openai_serving_chat
+        xargs = request.vllm_xargs if per_step else _without_corrigo(request.vllm_xargs)
+        cap = request.max_completion_tokens or request.max_tokens
+        base = f"refine-{uuid.uuid4().hex[:16]}"
+        counter = itertools.count()
+
+        async def generate(
+            messages: Sequence[Message],
+            *,
+            n: int = 1,
+            max_tokens: int | None = None,
+            temperature: float | None = None,
+        ) -> list[Generation]:
+            update: dict[str, Any] = {
+                "messages": [dict(m) for m in messages],
+                "n": n,
+                "stream": False,
+                "stream_options": None,
+                "request_id": f"{base}-{next(counter)}",
+                "max_tokens": _smallest(cap, max_tokens),
+                "max_completion_tokens": None,
+                "vllm_xargs": xargs,
+            }
+            if temperature is not None:
+                update["temperature"] = temperature
+            result = await serving.create_chat_completion(request.model_copy(update=update), None)
+            if isinstance(result, ErrorResponse):
+                from .openai_api import Endpoint, _from_vllm_error
+
+                err = _from_vllm_error(result, Endpoint.CHAT)
+                raise GenerationRefused(err.message, err)
+            usage.add(result.usage)
+            total = result.usage.completion_tokens if result.usage else 0
+            shares = [total // len(result.choices)] * len(result.choices)
+            shares[-1] += total - sum(shares)
+            return [
+                Generation(c.message.content or "", share, c.finish_reason, payload=(result, c))
+                for c, share in zip(result.choices, shares, strict=True)
+            ]
+
+        return generate
+
+    async def _next_token(self, prompt: str, top: int) -> dict[str, float]:
+        """The ``top`` next-token log-probabilities after ``prompt``: one forward (a 1-token
+        greedy completion with logprobs) on the engine."""
+        request = CompletionRequest.model_validate(
+            {
+                "model": self.runtime.model.model_id,
+                "prompt": prompt,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": top,
+            }
+        )
+        serving = self.runtime.serving.openai_serving_completion
+        result = await serving.create_completion(request, None)
+        if isinstance(result, ErrorResponse):
+            raise RuntimeError(f"p_true forward failed: {result.error.message}")
+        logprobs = result.choices[0].logprobs
+        return dict(logprobs.top_logprobs[0]) if logprobs and logprobs.top_logprobs else {}
+
+    def _observe(self, outcome: Outcome) -> None:
+        self.metrics.refinement_rounds.labels(outcome.strategy).observe(len(outcome.candidates))
+        for candidate in outcome.candidates:
+            for leaf in candidate.verdict.leaves():
+                verdict = (
+                    "error"
+                    if "error" in leaf.details
+                    else ("accepted" if leaf.accepted else "rejected")
+                )
+                self.metrics.verifier_verdicts.labels(leaf.verifier, verdict).inc()
+        if outcome.truth is not None and outcome.truth.flip is not None:
+            self.metrics.refinement_flips.labels(outcome.strategy, outcome.truth.flip).inc()
+
+    def _report(self, outcome: Outcome, ex) -> dict[str, Any]:
+        return {**correction_report(ex.correction), "refinement": outcome.report()}
+
+    def _response(self, outcome: Outcome, usage: _Usage, ex) -> dict[str, Any]:
+        result, choice = outcome.chosen.payload
+        payload = result.model_dump()
+        payload["choices"] = [{**choice.model_dump(), "index": 0}]
+        payload["usage"] = usage.to_json()
+        if ex.profile is not None:
+            payload["model"] = ex.profile.name
+        payload["correction"] = self._report(outcome, ex)
+        return payload
+
+    async def _stream(
+        self,
+        request,
+        ex,
+        params: RefinementParams,
+        messages: list[Message],
+        usage: _Usage,
+        record: Callable[[Any], None],
+    ) -> AsyncIterator[str]:
+        from .openai_api import CLIENT_CLOSED
+
+        stream_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = ex.profile.name if ex.profile is not None else ex.model
+        rounds: asyncio.Queue[Candidate] = asyncio.Queue()
+
+        async def on_candidate(candidate: Candidate) -> None:
+            await rounds.put(candidate)
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            body = {
+                "id": stream_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
+            return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+        task = asyncio.ensure_future(
+            self._run(
+                request,
+                ex,
+                params,
+                messages,
+                usage,
+                on_candidate if params.stream_rounds else None,
+            )
+        )
+        finished = False
+        try:
+            while not task.done() or not rounds.empty():
+                if rounds.empty():
+                    done, _ = await asyncio.wait({task}, timeout=self.keepalive)
+                    if not done and rounds.empty():
+                        yield ": keep-alive\n\n"
+                    continue
+                candidate = rounds.get_nowait()
+                yield chunk([], refinement_round={"text": candidate.text, **candidate.to_json()})
+            try:
+                outcome = task.result()
+            except APIError as err:
+                ex.status = err.status
+                yield f"data: {json.dumps({'error': _error_json(err)})}\n\n"
+                yield "data: [DONE]\n\n"
+                finished = True
+                return
+            # The answer's first token reaches the client now.
+            self.metrics.time_to_first_token.labels(ex.model, ex.endpoint.value).observe(
+                time.perf_counter() - ex.started
+            )
+            chosen = outcome.chosen
+            delta = {"index": 0, "logprobs": None, "finish_reason": None}
+            yield chunk([{**delta, "delta": {"role": "assistant", "content": ""}}])
+            yield chunk([{**delta, "delta": {"content": chosen.text}}])
+            yield chunk([{**delta, "delta": {}, "finish_reason": chosen.finish_reason}])
+            if ex.client_wants_usage:
+                yield chunk([], usage=usage.to_json())
+            yield chunk([], correction=self._report(outcome, ex))
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            if not task.done():
+                task.cancel()  # the client went away: abort the rounds
+                with contextlib.suppress(BaseException):
+                    await task
+            if not finished:
+                ex.status = CLIENT_CLOSED
+            record(ex)
+
+
+def _smallest(*limits: int | None) -> int | None:
+    """The tightest of the given token limits (None: no limit)."""
+    given = [limit for limit in limits if limit is not None]
+    return min(given) if given else None
+
+
+def _without_corrigo(xargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    from decoding.correction import WIRE_KEY
+
+    if not xargs or WIRE_KEY not in xargs:
+        return xargs
+    rest = {k: v for k, v in xargs.items() if k != WIRE_KEY}
+    return rest or None
+
+
+def _error_json(err: APIError) -> dict[str, Any]:
+    from .errors import error_body
+
+    return error_body(err.status, err.message, param=err.param, code=err.code)["error"]

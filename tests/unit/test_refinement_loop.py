@@ -1,0 +1,196 @@
+"""The refinement loop and its strategies, driven by a scripted fake ``generate``."""
+
+import asyncio
+
+import pytest
+
+from decoding.correction import parse_correction
+from decoding.refinement import Generation, NoCandidate, refine
+from decoding.refinement.strategies import parse_constraints
+
+QUESTION = [{"role": "user", "content": "What is 6 * 7? Reply with the number."}]
+NUMERIC = {"type": "answer", "reference": 42, "mode": "numeric"}
+
+
+class Script:
+    """A fake engine: replies in order (each entry a string, or a list for n > 1), records
+    every call."""
+
+    def __init__(self, *replies, tokens=5):
+        self.replies = list(replies)
+        self.calls = []
+        self.tokens = tokens
+
+    async def __call__(self, messages, *, n=1, max_tokens=None, temperature=None):
+        self.calls.append(
+            {
+                "messages": list(messages),
+                "n": n,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+            }
+        )
+        reply = self.replies.pop(0)
+        texts = reply if isinstance(reply, list) else [reply]
+        assert len(texts) == n
+        return [Generation(text, self.tokens) for text in texts]
+
+
+def params(**refinement):
+    refinement.setdefault("verifier", NUMERIC)
+    return parse_correction({"refinement": refinement}).plugins["refinement"]
+
+
+def run(p, script, **kw):
+    return asyncio.run(refine(p, QUESTION, script, **kw))
+
+
+def test_accepted_draft_ends_the_loop_after_one_round():
+    script = Script("42")
+    out = run(params(), script)
+    assert (len(out.candidates), out.chosen.index, out.stop_reason) == (1, 0, "accepted")
+    assert len(script.calls) == 1 and out.tokens == 5
+    assert out.truth.flip is None
+
+
+def test_try_again_appends_the_feedback_turn_and_flips_to_correct():
+    script = Script("41", "40", "42")
+    out = run(params(max_rounds=3, temperature=0.7), script)
+    assert [c.step for c in out.candidates] == ["draft", "retry", "retry"]
+    assert out.chosen.index == 2 and out.stop_reason == "accepted"
+    last = script.calls[2]["messages"]
+    assert [m["role"] for m in last] == ["user", "assistant", "user", "assistant", "user"]
+    assert last[2]["content"] == "Incorrect. Please think again."
+    assert script.calls[0]["temperature"] is None and script.calls[1]["temperature"] == 0.7
+    assert out.truth.flip == "incorrect_to_correct"
+    report = out.report()
+    assert report["rounds"] == 3 and report["truth"]["flip"] == "incorrect_to_correct"
+    assert [c["verdict"]["accepted"] for c in report["candidates"]] == [False, False, True]
+
+
+def test_try_again_stops_on_a_repeated_answer():
+    script = Script("41", "I still think 41.", "unused")
+    out = run(params(max_rounds=5), script)
+    assert out.stop_reason == "repeated_answer" and len(out.candidates) == 2
+    assert out.chosen.index == 0  # ties go to the draft
+
+
+def test_try_again_with_verifier_feedback():
+    script = Script("41", "42")
+    run(params(feedback=True), script)
+    assert script.calls[1]["messages"][-1]["content"] == (
+        "Incorrect. Please think again.\nThe answer is incorrect."
+    )
+
+
+def test_max_rounds_bounds_the_candidates():
+    script = Script("1", "2", "3", "4")
+    out = run(params(max_rounds=3), script)
+    assert len(out.candidates) == 3 and out.stop_reason == "max_rounds"
+    assert out.chosen.index == 0 and out.truth.flip is None
+
+
+def test_selection_never_scores_below_the_draft():
+    schema = {
+        "type": "json_schema",
+        "schema": {"type": "object", "required": ["a"]},
+    }
+    # Draft: JSON but invalid (0.5); then no JSON (0.0): the draft stays chosen.
+    script = Script('{"b": 1}', "sorry", "still sorry")
+    out = run(params(verifier=schema, max_rounds=3), script)
+    assert [c.verdict.score for c in out.candidates] == [0.5, 0.0, 0.0]
+    assert out.chosen.index == 0
+
+
+def test_token_budget_caps_each_call_and_stops_the_loop():
+    script = Script("41", "40", "42", tokens=6)
+    out = run(params(max_rounds=5, max_total_tokens=10), script)
+    assert script.calls[0]["max_tokens"] == 10 and script.calls[1]["max_tokens"] == 4
+    assert out.stop_reason == "token_budget" and len(out.candidates) == 2
+
+
+def test_time_budget_stops_before_the_next_round():
+    now = [0.0]
+    script = Script("41", "40", "42")
+
+    async def one_second_each(messages, **kw):
+        now[0] += 1.0
+        return await script(messages, **kw)
+
+    out = run(params(max_rounds=5, max_seconds=1.5), one_second_each, clock=lambda: now[0])
+    assert out.stop_reason == "time_budget" and len(out.candidates) == 2
+
+
+def test_time_budget_cancels_a_slow_generation():
+    async def slow(messages, **kw):
+        await asyncio.sleep(10)
+
+    with pytest.raises(NoCandidate):
+        run(params(max_seconds=0.05), slow)
+
+
+def test_self_refine_critiques_then_rewrites_and_stops_when_the_critic_is_satisfied():
+    script = Script("41", "6 * 7 is 42, not 41.", "42")
+    out = run(params(strategy="self_refine"), script)
+    assert [c.step for c in out.candidates] == ["draft", "refine"] and out.chosen.index == 1
+    assert "Check your previous answer" in script.calls[1]["messages"][-1]["content"]
+    assert "6 * 7 is 42, not 41." in script.calls[2]["messages"][-1]["content"]
+    satisfied = Script("41", "I reviewed it and it is correct.")
+    out = run(params(strategy="self_refine"), satisfied)
+    assert out.stop_reason == "critic_satisfied" and len(out.candidates) == 1
+
+
+def test_best_of_n_draws_the_draft_and_samples_and_reranks():
+    script = Script("41", ["40", "42", "42.0"])
+    out = run(params(strategy="best_of_n", max_rounds=4, temperature=1.0), script)
+    assert script.calls[0]["n"] == 1 and script.calls[0]["temperature"] is None
+    assert script.calls[1]["n"] == 3 and script.calls[1]["temperature"] == 1.0
+    assert [c.step for c in out.candidates] == ["draft", "sample", "sample", "sample"]
+    assert out.chosen.index == 2 and out.stop_reason == "accepted"
+    assert out.truth.flip == "incorrect_to_correct"
+
+
+def test_decompose_checks_each_constraint_and_refines_with_the_failed_ones():
+    lower = {"type": "regex", "pattern": r"^[a-z ]+$", "full_match": True}
+    script = Script(
+        "Hello World",  # draft
+        "1. Use lowercase only\n2. Greet the world\n- Greet the world",  # constraints
+        "no",  # lowercase? (checked concurrently, in order)
+        "yes",  # greets?
+        "hello world",  # rewrite
+    )
+    out = run(params(strategy="decompose", verifier=lower), script)
+    assert out.chosen.index == 1 and out.stop_reason == "accepted"
+    check_prompts = [c["messages"][0]["content"] for c in script.calls[2:4]]
+    assert "Requirement: Use lowercase only" in check_prompts[0]
+    rewrite = script.calls[4]["messages"][-1]["content"]
+    assert "- Use lowercase only" in rewrite and "Greet the world" not in rewrite
+
+
+def test_parse_constraints():
+    assert parse_constraints("1) a\n\n* b\n(3) A\n- c", 2) == ["a", "b"]
+
+
+def test_truth_verifier_counts_flips_for_opinion_verifiers():
+    script = Script("41", "42")
+    judge = {"type": "regex", "pattern": "^4"}  # accepts the wrong draft
+    out = run(params(verifier=judge, truth=NUMERIC), script)
+    assert out.truth.draft is False and out.truth.chosen is False
+    assert out.truth.flip is None and len(out.candidates) == 1
+
+
+def test_a_failing_verifier_rejects_without_failing_the_request():
+    script = Script("41", "42")
+    out = run(params(verifier={"type": "p_true"}, max_rounds=2), script)
+    assert "error" in out.candidates[0].verdict.details
+    assert out.truth is None and len(out.candidates) == 2
+
+
+def test_on_candidate_sees_every_round_in_order():
+    seen = []
+
+    async def on_candidate(candidate):
+        seen.append(candidate.text)
+
+    run(params(), Script("41", "42"), on_candidate=on_candidate)
+    assert seen == ["41", "42"]
