@@ -8,7 +8,6 @@ On the way back it adds the ``correction`` report and records corrigo_* metrics.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import time
@@ -30,6 +29,8 @@ from adapters.vllm_compat import (
 )
 from decoding.correction import CorrectionSpec
 
+from .admission import AdmissionControl, RateLimiter, Slot
+from .cancellation import CancelScope
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wire_xargs
 from .errors import APIError
@@ -78,6 +79,14 @@ def build_router(
     runtime: EngineRuntime, limits: LimitsConfig, metrics: ServerMetrics, auth
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    admission = AdmissionControl(limits.max_running_requests, limits.max_waiting_requests)
+    metrics.requests_running.set_function(lambda: admission.running)
+    metrics.requests_waiting.set_function(lambda: admission.waiting)
+    rate_limiter = (
+        RateLimiter(limits.requests_per_minute, limits.rate_limit_burst)
+        if limits.requests_per_minute is not None
+        else None
+    )
 
     @router.get("/models")
     async def list_models() -> Response:
@@ -100,12 +109,25 @@ def build_router(
 
     async def _generate(raw: Request, endpoint: Endpoint) -> Response:
         ex = Exchange(endpoint)
+        slot: Slot | None = None
         try:
             runtime.require_ready()
+            if rate_limiter is not None:
+                rate_limiter.check(_client_id(raw))
             request = await _parse(raw, ex)
-            if request.stream:
-                return await _stream(raw, request, ex)
-            return await _complete(raw, request, ex)
+            scope = CancelScope.for_request(raw)
+            try:
+                slot = await scope.run(admission.acquire())
+                if slot is None:  # the client went away while waiting for a slot
+                    return _client_closed(ex)
+                if request.stream:
+                    scope.close()  # from here the streaming response watches the client
+                    response = await _stream(raw, request, ex, slot)
+                    slot = None  # released by the response when it ends
+                    return response
+                return await _complete(raw, request, ex, scope)
+            finally:
+                scope.close()
         except APIError as err:
             ex.status = err.status
             _record(ex)
@@ -114,9 +136,18 @@ def build_router(
             ex.status = 500
             _record(ex)
             raise
+        finally:
+            if slot is not None:
+                slot.release()
+
+    def _client_closed(ex: Exchange) -> Response:
+        ex.status = CLIENT_CLOSED
+        _record(ex)
+        return Response(status_code=CLIENT_CLOSED)
 
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
         body = await _read_json(raw, limits.max_request_bytes)
+        _check_input_size(body, limits)
         ex.model = _check_model(body)
         ex.profile = runtime.profiles.get(ex.model)
         if ex.profile is not None:
@@ -156,12 +187,10 @@ def build_router(
             )
         return model
 
-    async def _complete(raw: Request, request, ex: Exchange) -> Response:
-        result = await _until_disconnect(raw, _call_vllm(raw, request, ex.endpoint))
+    async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
+        result = await scope.run(_call_vllm(raw, request, ex.endpoint))
         if result is None:  # the client went away; vLLM aborted the generation
-            ex.status = CLIENT_CLOSED
-            _record(ex)
-            return Response(status_code=CLIENT_CLOSED)
+            return _client_closed(ex)
         if isinstance(result, ErrorResponse):
             raise _from_vllm_error(result, ex.endpoint)
         assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
@@ -174,11 +203,11 @@ def build_router(
         _record(ex)
         return JSONResponse(payload)
 
-    async def _stream(raw: Request, request, ex: Exchange) -> Response:
+    async def _stream(raw: Request, request, ex: Exchange, slot: Slot) -> Response:
         result = await _call_vllm(raw, request, ex.endpoint)
         if isinstance(result, ErrorResponse):
             raise _from_vllm_error(result, ex.endpoint)
-        return StreamingResponse(_relay(result, ex), media_type="text/event-stream")
+        return _SlotStreamingResponse(_relay(result, ex), slot=slot, media_type="text/event-stream")
 
     async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
         # Chunks name the engine's model; a profile request sees its profile's name instead.
@@ -322,22 +351,47 @@ def _from_vllm_error(result: ErrorResponse, endpoint: Endpoint) -> APIError:
     return APIError(int(err.code), err.message, param=param, code=code)
 
 
-async def _until_disconnect(raw: Request, work) -> Any:
-    """Await ``work`` unless the client disconnects first (then cancel it and return None).
+class _SlotStreamingResponse(StreamingResponse):
+    """A stream that gives its admission slot back however it ends: finished, cut short by
+    the client, or cancelled at shutdown (even before its first chunk)."""
 
-    Cancelling vLLM's generator aborts the request in the engine. The body has been read, so
-    the next ASGI message can only be the disconnect.
-    """
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(raw))
-    done, pending = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    for t in pending:
-        t.cancel()
-    if task in done:
-        return task.result()
-    return None
+    def __init__(self, content, *, slot: Slot, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self.slot = slot
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
-async def _disconnected(raw: Request) -> None:
-    while (await raw.receive())["type"] != "http.disconnect":
-        pass
+def _client_id(raw: Request) -> str:
+    """Who a rate limit applies to: the API key sent, else the client's address."""
+    header = raw.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + token.strip()
+    return "addr:" + (raw.client.host if raw.client else "unknown")
+
+
+def _check_input_size(body: dict[str, Any], limits: LimitsConfig) -> None:
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > limits.max_messages:
+        raise APIError(
+            400,
+            f"'messages' has {len(messages)} entries; this server allows at most "
+            f"{limits.max_messages}.",
+            param="messages",
+        )
+    correction = body.get("correction")
+    if correction is not None:
+        size = len(json.dumps(correction, separators=(",", ":")).encode())
+        if size > limits.max_correction_bytes:
+            raise APIError(
+                400,
+                f"'correction' is {size} bytes as JSON; this server allows at most "
+                f"{limits.max_correction_bytes}.",
+                param="correction",
+                code="correction_too_large",
+            )
