@@ -192,6 +192,7 @@ def build_router(
         if result is None:  # the client went away; vLLM aborted the generation
             return _client_closed(ex)
         if isinstance(result, ErrorResponse):
+            runtime.require_ready()  # the engine died under it: 503, not vLLM's 500
             raise _from_vllm_error(result, ex.endpoint)
         assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
         payload = result.model_dump()
@@ -206,6 +207,7 @@ def build_router(
     async def _stream(raw: Request, request, ex: Exchange, slot: Slot) -> Response:
         result = await _call_vllm(raw, request, ex.endpoint)
         if isinstance(result, ErrorResponse):
+            runtime.require_ready()
             raise _from_vllm_error(result, ex.endpoint)
         return _SlotStreamingResponse(_relay(result, ex), slot=slot, media_type="text/event-stream")
 
