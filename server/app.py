@@ -24,6 +24,7 @@ from .config import Config
 from .errors import install_error_handlers
 from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
+from .openapi import error_responses
 from .profiles import load_profiles
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
@@ -67,7 +68,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         """Liveness: the server process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
+    @app.get("/ready", responses=error_responses(503))
     async def ready() -> JSONResponse:
         """Readiness: the engine is up and serving."""
         runtime.require_ready()

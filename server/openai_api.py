@@ -35,6 +35,14 @@ from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
+from .openapi import (
+    CHAT_RESPONSES,
+    COMPLETION_RESPONSES,
+    ChatCompletionBody,
+    CompletionBody,
+    error_responses,
+    request_body,
+)
 from .profiles import Profile
 from .runtime import EngineRuntime
 
@@ -88,7 +96,7 @@ def build_router(
         else None
     )
 
-    @router.get("/models")
+    @router.get("/models", responses=error_responses(401, 503))
     async def list_models() -> Response:
         runtime.require_ready()
         models = (await runtime.serving.openai_serving_models.show_available_models()).model_dump()
@@ -99,11 +107,17 @@ def build_router(
             )
         return JSONResponse(models)
 
-    @router.post("/chat/completions")
+    @router.post(
+        "/chat/completions",
+        openapi_extra=request_body(ChatCompletionBody),
+        responses=CHAT_RESPONSES,
+    )
     async def chat_completions(raw: Request) -> Response:
         return await _generate(raw, Endpoint.CHAT)
 
-    @router.post("/completions")
+    @router.post(
+        "/completions", openapi_extra=request_body(CompletionBody), responses=COMPLETION_RESPONSES
+    )
     async def completions(raw: Request) -> Response:
         return await _generate(raw, Endpoint.COMPLETION)
 
@@ -168,6 +182,8 @@ def build_router(
             err = exc.errors()[0]
             param = ".".join(str(p) for p in err["loc"]) or None
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
+        except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
+            raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs)
         return request
 
