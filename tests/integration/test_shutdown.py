@@ -29,8 +29,9 @@ from ..support import TEST_ENGINE, LiveServer, make_tiny_llama, start_server, wr
 pytestmark = pytest.mark.engine
 
 GRACE_SECONDS = 6
+MODEL = "busy-model"
 KEYS = ["key-admission", "key-rate", "key-other", "key-drain"]
-#: Longer than any test waits: ends only by an abort (the tiny model's context is 2048).
+#: Longer than any test waits: ends only by an abort (TEST_ENGINE's context is 2048).
 LONG = {"max_tokens": 2000, "ignore_eos": True}
 
 
@@ -40,12 +41,14 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def busy_server(tiny_model, tmp_path_factory):
+def busy_server(tmp_path_factory):
+    # The embedded SmolLM2 (about 20 tokens/s here), not the tiny model: its long requests
+    # outlast every wait below by far, and the engine leaves the machine some CPU.
     tmp = tmp_path_factory.mktemp("busy")
     config = write_config(
         tmp / "corrigo.toml",
         {
-            "model": {"path": str(tiny_model)},
+            "model": {"served_model_name": MODEL},
             "engine": TEST_ENGINE,
             "server": {"graceful_shutdown_seconds": GRACE_SECONDS},
             "auth": {"api_keys": KEYS},
@@ -71,7 +74,7 @@ class Stream:
         self.ended = threading.Event()
         self.status: int | None = None
         self._close = threading.Event()
-        body = {"model": "tiny-llama", "prompt": "a", "stream": True, **body}
+        body = {"prompt": "a", "stream": True, **body}
         self._thread = threading.Thread(target=self._run, args=(server, key, body), daemon=True)
         self._thread.start()
 
@@ -127,7 +130,7 @@ def test_admission_queues_up_to_the_limit_then_answers_429(busy_server):
     assert all(s.first.wait(60) and s.status == 200 for s in streams)
 
     auth = {"Authorization": "Bearer key-admission"}
-    body = {"model": "tiny-llama", "prompt": "a", "max_tokens": 2}
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 2}
     queued: dict[str, httpx.Response] = {}
     waiter = threading.Thread(
         target=lambda: queued.setdefault(
@@ -159,12 +162,12 @@ def test_per_key_rate_limit_through_the_sdk(busy_server):
 
     limited, other = client("key-rate"), client("key-other")
     for _ in range(5):  # the burst
-        limited.completions.create(model="tiny-llama", prompt="a", max_tokens=1)
+        limited.completions.create(model=MODEL, prompt="a", max_tokens=1)
     with pytest.raises(openai.RateLimitError) as err:
-        limited.completions.create(model="tiny-llama", prompt="a", max_tokens=1)
+        limited.completions.create(model=MODEL, prompt="a", max_tokens=1)
     assert err.value.response.headers["retry-after"] == "10"  # 6 a minute: one per 10 s
     assert err.value.code == "rate_limit_exceeded"
-    other.completions.create(model="tiny-llama", prompt="a", max_tokens=1)
+    other.completions.create(model=MODEL, prompt="a", max_tokens=1)
 
 
 def test_sigterm_drains_within_the_grace_period_then_aborts_leaving_no_process(busy_server):
