@@ -25,6 +25,7 @@ from .config import Config
 from .errors import install_error_handlers
 from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
+from .openapi import error_responses
 from .profiles import load_profiles
 from .refinement import RefinementDriver, configure_refinement
 from .request_id import RequestIdMiddleware
@@ -77,7 +78,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         """Liveness: the server process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
+    @app.get("/ready", responses=error_responses(503))
     async def ready() -> JSONResponse:
         """Readiness: the engine is up and serving."""
         runtime.require_ready()

@@ -72,6 +72,19 @@ class LimitsConfig(_Section):
     max_tokens: int | None = Field(None, gt=0)
     #: Cap on ``n`` (400 beyond).
     max_n: int = Field(16, gt=0)
+    #: Cap on the number of chat ``messages`` (400 beyond).
+    max_messages: int = Field(1024, gt=0)
+    #: Cap on the size of a request's ``correction`` object, as compact JSON bytes (400 beyond).
+    max_correction_bytes: int = Field(256 * 1024, gt=0)
+    #: Generation requests served at once; more wait in line (server/admission.py). None: no
+    #: limit (vLLM then queues without bound).
+    max_running_requests: int | None = Field(256, gt=0)
+    #: Requests that may wait for a running slot; beyond, 429 with ``Retry-After``.
+    max_waiting_requests: int = Field(1024, ge=0)
+    #: Per API key (per client address without keys): requests a minute; None: no rate limit.
+    requests_per_minute: int | None = Field(None, gt=0)
+    #: Requests one key may send in a burst above the steady rate; None: ``requests_per_minute``.
+    rate_limit_burst: int | None = Field(None, gt=0)
 
 
 class AuxModelConfig(_Section):

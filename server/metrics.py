@@ -7,7 +7,7 @@ vLLM records its metrics in this process's default registry and unregisters ever
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 # Latency buckets (seconds) sized for CPU and GPU serving alike: 10 ms .. 10 min.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
@@ -79,6 +79,16 @@ class ServerMetrics:
             "Refinements whose answer changed correctness against known truth, by strategy and "
             "direction (incorrect_to_correct, correct_to_incorrect).",
             ["strategy", "flip"],
+            registry=registry,
+        )
+        self.requests_running = Gauge(
+            "corrigo_requests_running",
+            "Generation requests holding a running slot (limits.max_running_requests).",
+            registry=registry,
+        )
+        self.requests_waiting = Gauge(
+            "corrigo_requests_waiting",
+            "Generation requests waiting for a running slot (limits.max_waiting_requests).",
             registry=registry,
         )
 

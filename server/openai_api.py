@@ -8,7 +8,6 @@ On the way back it adds the ``correction`` report and records corrigo_* metrics.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import time
@@ -30,10 +29,20 @@ from adapters.vllm_compat import (
 )
 from decoding.correction import CorrectionSpec
 
+from .admission import AdmissionControl, RateLimiter, Slot
+from .cancellation import CancelScope
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
+from .openapi import (
+    CHAT_RESPONSES,
+    COMPLETION_RESPONSES,
+    ChatCompletionBody,
+    CompletionBody,
+    error_responses,
+    request_body,
+)
 from .profiles import Profile
 from .refinement import RefinementDriver
 from .runtime import EngineRuntime
@@ -86,8 +95,16 @@ def build_router(
     refinement: RefinementDriver | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
+    admission = AdmissionControl(limits.max_running_requests, limits.max_waiting_requests)
+    metrics.requests_running.set_function(lambda: admission.running)
+    metrics.requests_waiting.set_function(lambda: admission.waiting)
+    rate_limiter = (
+        RateLimiter(limits.requests_per_minute, limits.rate_limit_burst)
+        if limits.requests_per_minute is not None
+        else None
+    )
 
-    @router.get("/models")
+    @router.get("/models", responses=error_responses(401, 503))
     async def list_models() -> Response:
         runtime.require_ready()
         models = (await runtime.serving.openai_serving_models.show_available_models()).model_dump()
@@ -98,30 +115,58 @@ def build_router(
             )
         return JSONResponse(models)
 
-    @router.post("/chat/completions")
+    @router.post(
+        "/chat/completions",
+        openapi_extra=request_body(ChatCompletionBody),
+        responses=CHAT_RESPONSES,
+    )
     async def chat_completions(raw: Request) -> Response:
         return await _generate(raw, Endpoint.CHAT)
 
-    @router.post("/completions")
+    @router.post(
+        "/completions", openapi_extra=request_body(CompletionBody), responses=COMPLETION_RESPONSES
+    )
     async def completions(raw: Request) -> Response:
         return await _generate(raw, Endpoint.COMPLETION)
 
     async def _generate(raw: Request, endpoint: Endpoint) -> Response:
         ex = Exchange(endpoint)
+        slot: Slot | None = None
         try:
             runtime.require_ready()
+            if rate_limiter is not None:
+                rate_limiter.check(_client_id(raw))
             request = await _parse(raw, ex)
-            if ex.correction is not None and "refinement" in ex.correction.plugins:
+            refine = ex.correction is not None and "refinement" in ex.correction.plugins
+            if refine:
                 if endpoint is not Endpoint.CHAT or refinement is None:
                     raise APIError(
                         400,
                         "correction.refinement is served on /v1/chat/completions only.",
                         param="correction.refinement",
                     )
-                return await refinement.respond(raw, request, ex, _record)
-            if request.stream:
-                return await _stream(raw, request, ex)
-            return await _complete(raw, request, ex)
+                refinement.check(request)
+            scope = CancelScope.for_request(raw)
+            try:
+                slot = await scope.run(admission.acquire())
+                if slot is None:  # the client went away while waiting for a slot
+                    return _client_closed(ex)
+                if request.stream:
+                    scope.close()  # from here the streaming response watches the client
+                    if refine:
+                        events = refinement.stream(request, ex, _record)
+                        response = _SlotStreamingResponse(
+                            events, slot=slot, media_type="text/event-stream"
+                        )
+                    else:
+                        response = await _stream(raw, request, ex, slot)
+                    slot = None  # released by the response when it ends
+                    return response
+                if refine:
+                    return await refinement.complete(request, ex, scope, _record)
+                return await _complete(raw, request, ex, scope)
+            finally:
+                scope.close()
         except APIError as err:
             ex.status = err.status
             _record(ex)
@@ -130,9 +175,18 @@ def build_router(
             ex.status = 500
             _record(ex)
             raise
+        finally:
+            if slot is not None:
+                slot.release()
+
+    def _client_closed(ex: Exchange) -> Response:
+        ex.status = CLIENT_CLOSED
+        _record(ex)
+        return Response(status_code=CLIENT_CLOSED)
 
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
         body = await _read_json(raw, limits.max_request_bytes)
+        _check_input_size(body, limits)
         ex.model = _check_model(body)
         ex.profile = runtime.profiles.get(ex.model)
         if ex.profile is not None:
@@ -153,6 +207,8 @@ def build_router(
             err = exc.errors()[0]
             param = ".".join(str(p) for p in err["loc"]) or None
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
+        except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
+            raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         if ex.correction is not None and runtime.unlearning is not None:
             ex.correction, ex.unlearning = await runtime.unlearning.admit(ex.correction, body)
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs)
@@ -181,13 +237,12 @@ def build_router(
             )
         return model
 
-    async def _complete(raw: Request, request, ex: Exchange) -> Response:
-        result = await _until_disconnect(raw, _call_vllm(raw, request, ex.endpoint))
+    async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
+        result = await scope.run(_call_vllm(raw, request, ex.endpoint))
         if result is None:  # the client went away; vLLM aborted the generation
-            ex.status = CLIENT_CLOSED
-            _record(ex)
-            return Response(status_code=CLIENT_CLOSED)
+            return _client_closed(ex)
         if isinstance(result, ErrorResponse):
+            runtime.require_ready()  # the engine died under it: 503, not vLLM's 500
             raise _from_vllm_error(result, ex.endpoint)
         assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
         payload = result.model_dump()
@@ -199,11 +254,12 @@ def build_router(
         _record(ex)
         return JSONResponse(payload)
 
-    async def _stream(raw: Request, request, ex: Exchange) -> Response:
+    async def _stream(raw: Request, request, ex: Exchange, slot: Slot) -> Response:
         result = await _call_vllm(raw, request, ex.endpoint)
         if isinstance(result, ErrorResponse):
+            runtime.require_ready()
             raise _from_vllm_error(result, ex.endpoint)
-        return StreamingResponse(_relay(result, ex), media_type="text/event-stream")
+        return _SlotStreamingResponse(_relay(result, ex), slot=slot, media_type="text/event-stream")
 
     async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
         # Chunks name the engine's model; a profile request sees its profile's name instead.
@@ -349,22 +405,47 @@ def _from_vllm_error(result: ErrorResponse, endpoint: Endpoint) -> APIError:
     return APIError(int(err.code), err.message, param=param, code=code)
 
 
-async def _until_disconnect(raw: Request, work) -> Any:
-    """Await ``work`` unless the client disconnects first (then cancel it and return None).
+class _SlotStreamingResponse(StreamingResponse):
+    """A stream that gives its admission slot back however it ends: finished, cut short by
+    the client, or cancelled at shutdown (even before its first chunk)."""
 
-    Cancelling vLLM's generator aborts the request in the engine. The body has been read, so
-    the next ASGI message can only be the disconnect.
-    """
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnected(raw))
-    done, pending = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    for t in pending:
-        t.cancel()
-    if task in done:
-        return task.result()
-    return None
+    def __init__(self, content, *, slot: Slot, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self.slot = slot
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
-async def _disconnected(raw: Request) -> None:
-    while (await raw.receive())["type"] != "http.disconnect":
-        pass
+def _client_id(raw: Request) -> str:
+    """Who a rate limit applies to: the API key sent, else the client's address."""
+    header = raw.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + token.strip()
+    return "addr:" + (raw.client.host if raw.client else "unknown")
+
+
+def _check_input_size(body: dict[str, Any], limits: LimitsConfig) -> None:
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > limits.max_messages:
+        raise APIError(
+            400,
+            f"'messages' has {len(messages)} entries; this server allows at most "
+            f"{limits.max_messages}.",
+            param="messages",
+        )
+    correction = body.get("correction")
+    if correction is not None:
+        size = len(json.dumps(correction, separators=(",", ":")).encode())
+        if size > limits.max_correction_bytes:
+            raise APIError(
+                400,
+                f"'correction' is {size} bytes as JSON; this server allows at most "
+                f"{limits.max_correction_bytes}.",
+                param="correction",
+                code="correction_too_large",
+            )

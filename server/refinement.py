@@ -25,8 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 import adapters.python_tests  # noqa: F401  (registers the python_tests verifier)
 import adapters.webhook  # noqa: F401  (registers the webhook verifier)
@@ -48,6 +47,7 @@ from decoding.refinement import (
 from decoding.refinement.model_verifiers import URL_PREFIXES_CONTEXT
 from decoding.refinement.params import MAX_ROUNDS_CONTEXT
 
+from .cancellation import CancelScope
 from .config import Config
 from .corrections import correction_report
 from .errors import APIError
@@ -88,31 +88,39 @@ class RefinementDriver:
         self.metrics = metrics
         self.keepalive = keepalive
 
-    async def respond(self, raw: Request, request, ex, record: Callable[[Any], None]) -> Response:
-        """The response to a chat request carrying ``correction.refinement`` (``ex`` is the
-        route's bookkeeping; ``record`` records its metrics once the response is done)."""
-        from .openai_api import CLIENT_CLOSED, _until_disconnect
-
+    def check(self, request) -> None:
+        """Refuse what refinement cannot serve (before the request takes an admission slot)."""
         if getattr(request, "n", 1) not in (None, 1):
             raise APIError(
                 400, "'n' must be 1 with correction.refinement: it returns one answer.", param="n"
             )
+
+    async def complete(
+        self, request, ex, scope: CancelScope, record: Callable[[Any], None]
+    ) -> Response:
+        """The non-streaming response to a chat request carrying ``correction.refinement``
+        (``ex`` is the route's bookkeeping; ``record`` records its metrics once it is done).
+        Every round runs in ``scope``: a client that leaves cancels the rounds."""
+        from .openai_api import CLIENT_CLOSED
+
         params: RefinementParams = ex.correction.plugins["refinement"]
         usage = _Usage()
         messages = [dict(m) for m in request.messages]
-        if not request.stream:
-            outcome = await _until_disconnect(raw, self._run(request, ex, params, messages, usage))
-            if outcome is None:  # the client went away: the rounds were cancelled
-                ex.status = CLIENT_CLOSED
-                record(ex)
-                return Response(status_code=CLIENT_CLOSED)
-            payload = self._response(outcome, usage, ex)
+        outcome = await scope.run(self._run(request, ex, params, messages, usage))
+        if outcome is None:  # the client went away: the rounds were cancelled
+            ex.status = CLIENT_CLOSED
             record(ex)
-            return JSONResponse(payload)
-        return StreamingResponse(
-            self._stream(request, ex, params, messages, usage, record),
-            media_type="text/event-stream",
-        )
+            return Response(status_code=CLIENT_CLOSED)
+        payload = self._response(outcome, usage, ex)
+        record(ex)
+        return JSONResponse(payload)
+
+    def stream(self, request, ex, record: Callable[[Any], None]) -> AsyncIterator[str]:
+        """The SSE events of a streamed refinement (the streaming response runs them and
+        cancels them when the client leaves)."""
+        params: RefinementParams = ex.correction.plugins["refinement"]
+        messages = [dict(m) for m in request.messages]
+        return self._stream(request, ex, params, messages, _Usage(), record)
 
     async def _run(
         self,

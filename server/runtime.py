@@ -8,10 +8,12 @@ route answer 503, so orchestrators and clients can tell "starting" from "dead".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Callable, Mapping
 
+import psutil
 from starlette.datastructures import State
 
 from adapters import aux_models
@@ -57,6 +59,8 @@ class EngineRuntime:
         #: vLLM's serving objects (``openai_serving_chat``, ``openai_serving_completion``,
         #: ``openai_serving_models``...), built by vLLM's own ``init_app_state``.
         self.serving = State()
+        #: The processes the engine started (engine core, its workers), killed at stop if left.
+        self._engine_processes: list[psutil.Process] = []
 
     async def start(self) -> None:
         try:
@@ -64,6 +68,7 @@ class EngineRuntime:
             # process); a thread keeps the event loop serving /health meanwhile.
             aux_models.publish(self.aux_models)
             self.engine = await asyncio.to_thread(start_engine, self.args)
+            self._engine_processes = psutil.Process().children(recursive=True)
             tasks = await self.engine.get_supported_tasks()
             argv = ["--model", self.model.path, "--served-model-name", self.model.model_id]
             await init_app_state(self.engine, self.serving, frontend_args(argv), tasks)
@@ -83,6 +88,13 @@ class EngineRuntime:
         if self.engine is not None:
             stop_engine(self.engine)
             self.engine = None
+        # A dead engine core leaves its own children (workers, resource tracker) orphaned:
+        # vLLM's shutdown cannot reach them, so they go here.
+        for process in self._engine_processes:
+            with contextlib.suppress(psutil.Error):
+                if process.is_running():
+                    logger.warning("killing engine process %d left after shutdown", process.pid)
+                    process.kill()
         self.phase = Phase.STOPPED
 
     @property
