@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from decoding.copilot import COPILOTS_CONTEXT, CopilotRectification
 from decoding.correction import WIRE_KEY, CorrectionSpec, decode_wire
 from decoding.pipeline import CorrectionPipeline
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 
-from . import aux_models
+from . import aux_models, copilots
 from .step_timing import StepTimings
 from .vllm_compat import BatchUpdate, LogitsProcessor, MoveDirectionality, SamplingParams
 
@@ -27,7 +28,11 @@ def spec_of(params: SamplingParams) -> CorrectionSpec:
     extra = params.extra_args or {}
     if WIRE_KEY not in extra:
         return CorrectionSpec()
-    return decode_wire(extra[WIRE_KEY], context={AUX_MODELS_CONTEXT: set(aux_models.published())})
+    context = {
+        AUX_MODELS_CONTEXT: set(aux_models.published()),
+        COPILOTS_CONTEXT: set(copilots.published()),
+    }
+    return decode_wire(extra[WIRE_KEY], context=context)
 
 
 class CorrigoLogitsProcessor(LogitsProcessor):
@@ -40,7 +45,15 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             name: AuxModelRunner(path, device=device)
             for name, path in aux_models.published().items()
         }
-        plugins = {ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device))}
+        plugins = {
+            ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device)),
+            CopilotRectification.name: CopilotRectification(
+                {
+                    name: copilots.CopilotRunner(path, device=device)
+                    for name, path in copilots.published().items()
+                }
+            ),
+        }
         self.timings = StepTimings(list(plugins))
         self.pipeline = CorrectionPipeline(plugins, observe=self.timings.observe)
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -15,9 +16,10 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models, step_timing
+from adapters import aux_models, copilots, step_timing
 from adapters.engine import ServedModel, engine_args
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
+from decoding.copilot import COPILOTS_CONTEXT
 
 from .auth import APIKeyAuth
 from .config import Config
@@ -36,6 +38,13 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     for name, path in aux.items():
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
+    bound = {
+        name: str(Path(spec.path).expanduser().resolve()) for name, spec in config.copilots.items()
+    }
+    for name, path in bound.items():
+        copilots.check_binding(name, path, model.path)
+    copilots.publish(bound)
+    runtime.correction_context[COPILOTS_CONTEXT] = set(bound)
     runtime.profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
 
     # The engine process records per-step plugin times in files here; /metrics reads them.

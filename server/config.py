@@ -80,6 +80,12 @@ class AuxModelConfig(_Section):
     path: str
 
 
+class CopilotConfig(_Section):
+    #: Folder written by ``corrigo copilot train`` (refused at start-up unless bound to the
+    #: served model).
+    path: str
+
+
 class ProfileConfig(_Section):
     #: The model the profile runs on (default and only choice today: the served model).
     model: str | None = None
@@ -94,6 +100,8 @@ class Config(_Section):
     engine: dict[str, Any] = Field(default_factory=dict)
     #: Auxiliary models (proxy-tuning experts and anti-experts), by the name requests use.
     aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
+    #: Copilots (trained by ``corrigo copilot train``), by the name requests use.
+    copilots: dict[str, CopilotConfig] = Field(default_factory=dict)
     #: Named bundles of a model and a default correction, listed in /v1/models and selectable
     #: as ``model`` by clients that cannot send extra body fields.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)

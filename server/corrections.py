@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import decoding.copilot  # noqa: F401  (registers the copilot correction)
 import decoding.proxy_tuning  # noqa: F401  (registers the proxy_tuning correction)
 from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
 
