@@ -16,8 +16,9 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models, copilots, step_timing
+from adapters import aux_models, copilots, request_reports, step_timing
 from adapters.engine import ServedModel, engine_args
+from adapters.request_reports import ReportSlots
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.copilot import COPILOTS_CONTEXT
 
@@ -50,6 +51,9 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     # The engine process records per-step plugin times in files here; /metrics reads them.
     step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
     os.environ[step_timing.ENV] = step_metrics
+    # The engine process records per-request figures (the copilot's) in slots of this file.
+    runtime.reports = ReportSlots(Path(step_metrics) / "request-reports.bin")
+    os.environ[request_reports.ENV] = str(runtime.reports.path)
     registry = get_prometheus_registry()
     registry.register(PluginStepCollector(step_metrics))
 

@@ -31,7 +31,7 @@ from adapters.vllm_compat import (
 from decoding.correction import CorrectionSpec
 
 from .config import LimitsConfig
-from .corrections import correction_report, take_correction, wire_xargs
+from .corrections import correction_report, take_correction, wants_figures, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
 from .profiles import Profile
@@ -72,6 +72,8 @@ class Exchange:
     completion_tokens: int = 0
     #: Whether a streaming client asked for the final usage chunk itself.
     client_wants_usage: bool = False
+    #: The report slot where the engine records the correction's figures (request_reports).
+    ticket: list[int] | None = None
 
 
 def build_router(
@@ -137,7 +139,9 @@ def build_router(
             err = exc.errors()[0]
             param = ".".join(str(p) for p in err["loc"]) or None
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
-        request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs)
+        if wants_figures(ex.correction):
+            ex.ticket = runtime.reports.take()
+        request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
         return request
 
     def _check_model(body: dict[str, Any]) -> str:
@@ -169,7 +173,7 @@ def build_router(
         if ex.profile is not None:
             payload["model"] = ex.profile.name
         if ex.correction is not None:
-            payload["correction"] = correction_report(ex.correction)
+            payload["correction"] = _report(ex)
         ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
         _record(ex)
         return JSONResponse(payload)
@@ -223,7 +227,7 @@ def build_router(
             "created": first.get("created"),
             "model": first.get("model", ex.model),
             "choices": [],
-            "correction": correction_report(ex.correction),
+            "correction": _report(ex),
         }
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
@@ -239,7 +243,14 @@ def build_router(
         except Exception as exc:
             return error_response_from_exception(exc)
 
+    def _report(ex: Exchange) -> dict[str, Any]:
+        figures = runtime.reports.read(ex.ticket) if ex.ticket is not None else None
+        return correction_report(ex.correction, figures)
+
     def _record(ex: Exchange) -> None:
+        if ex.ticket is not None:
+            runtime.reports.give_back(ex.ticket)
+            ex.ticket = None
         model = ex.model or "unknown"
         metrics.requests.labels(model, ex.endpoint.value, str(ex.status)).inc()
         metrics.request_duration.labels(model, ex.endpoint.value).observe(
