@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default info)",
     )
     _add_copilot_commands(commands)
+    evaluate = commands.add_parser("eval", help="run an evaluation against a corrigo server")
+    evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
+    from evals import copilot as copilot_eval
+
+    copilot_eval.add_parser(evals)
     return parser
 
 
@@ -102,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "copilot":
         return copilot_train(args)
+    if args.command == "eval":
+        from evals import copilot as copilot_eval
+
+        return {"copilot": copilot_eval.run}[args.eval](args)
     raise AssertionError(args.command)
 
 
