@@ -12,6 +12,11 @@ also asks for it: the pipeline order is fixed). The copilot's forward for a step
 step's pilot logits, which exist only once the engine's forward is done, so unlike
 proxy-tuning's auxiliary models it cannot start ahead in :meth:`StepPlugin.prepare`: it runs
 in :meth:`apply`, and its time adds to the step's.
+
+A row's earlier positions live in the copilot's KV cache. A request the engine preempts and
+later resumes re-enters the batch as a new row, and the copilot re-reads its generated tokens
+without the pilot distributions it saw the first time (they are not kept): after a preemption
+those positions get tokens alone, as prompt positions do.
 """
 
 from __future__ import annotations
