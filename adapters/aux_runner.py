@@ -62,9 +62,18 @@ class AuxModelRunner:
     """One auxiliary causal LM, stepped in lockstep with the engine for the rows that use it."""
 
     def __init__(
-        self, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        path: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        model: torch.nn.Module | None = None,
     ):
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        """``model``: an already loaded causal model (with ``config`` and
+        ``get_output_embeddings()``, e.g. a copilot) instead of loading ``path``."""
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        self.model = model.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dtype = dtype
         self.config = self.model.config
@@ -88,12 +97,18 @@ class AuxModelRunner:
             self.cache, self.batch, self.end, self.capacity = None, 0, 0, 0
 
     @torch.inference_mode()
-    def step(self, streams: Mapping[int, TokenStream]) -> torch.Tensor:
+    def step(
+        self,
+        streams: Mapping[int, TokenStream],
+        inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Next-token logits ``[len(streams), vocab]`` for each row's stream, in ``streams``' order.
 
         ``streams[key]`` is the row's whole token stream so far (prompt then generated tokens);
         between two calls it must have grown by exactly one token, unless the row is new.
-        Rows not in ``streams`` are released.
+        Rows not in ``streams`` are released. ``inputs``: extra per-row model inputs for the
+        newest token, ``[len(streams), ...]`` in ``streams``' order (zeros for padding slots;
+        a joining row's earlier tokens are prefilled without them).
         """
         for key in [k for k in self.rows if k not in streams]:
             self.release(key)
@@ -117,6 +132,11 @@ class AuxModelRunner:
         starts = torch.full((batch,), self.end, device=self.device)
         starts[slots] = self.end - lengths
         mask = ((columns >= starts[:, None]) & (columns <= self.end)).long()
+        extra = {}
+        for name, values in (inputs or {}).items():
+            laid = values.new_zeros((batch, 1, *values.shape[1:]))
+            laid[slots, 0] = values.to(self.device)
+            extra[name] = laid
         out = self.model(
             input_ids=tokens,
             position_ids=positions,
@@ -124,6 +144,7 @@ class AuxModelRunner:
             past_key_values=self.cache,
             cache_position=torch.tensor([self.end], device=self.device),
             use_cache=True,
+            **extra,
         )
         self.end += 1
         for key in keys:

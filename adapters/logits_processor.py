@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from decoding.copilot import COPILOTS_CONTEXT, CopilotRectification
 from decoding.correction import WIRE_KEY, CorrectionSpec, decode_wire
 from decoding.pipeline import CorrectionPipeline
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT
 
-from . import aux_models, forget_sets
+from . import aux_models, copilots, forget_sets
+from .request_reports import SLOTS, XARGS_KEY, ReportWriter
 from .step_timing import StepTimings
 from .vllm_compat import BatchUpdate, LogitsProcessor, MoveDirectionality, SamplingParams
 
@@ -33,6 +35,7 @@ def spec_of(params: SamplingParams) -> CorrectionSpec:
         # The gate's fields (retrieved entries, report slot) were set by corrigo's server.
         FORGET_SETS_CONTEXT: forget_sets.sizes(),
         GATED_CONTEXT: True,
+        COPILOTS_CONTEXT: set(copilots.published()),
     }
     return decode_wire(extra[WIRE_KEY], context=context)
 
@@ -47,13 +50,24 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             name: AuxModelRunner(path, device=device)
             for name, path in aux_models.published().items()
         }
-        plugins = {ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device))}
+        plugins = {
+            ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device)),
+            CopilotRectification.name: CopilotRectification(
+                {
+                    name: copilots.CopilotRunner(path, device=device)
+                    for name, path in copilots.published().items()
+                },
+                observe=self._report,
+            ),
+        }
         if forget_sets.published():
             model_config = vllm_config.model_config
             unlearning = forget_sets.engine_plugin(
                 model_config.tokenizer, model_config.get_vocab_size()
             )
             plugins[unlearning.name] = unlearning
+        self.reports = ReportWriter()
+        self.tickets: dict[int, list[int]] = {}  # row uid -> its request's report slot
         self.timings = StepTimings(list(plugins))
         self.pipeline = CorrectionPipeline(plugins, observe=self.timings.observe)
 
@@ -72,12 +86,40 @@ class CorrigoLogitsProcessor(LogitsProcessor):
                 self.pipeline.remove(index)
             for index, params, prompt_ids, output_ids in batch_update.added:
                 self.pipeline.add(index, spec_of(params), prompt_ids or [], output_ids)
+                self._take_ticket(index, params)
             for source, target, direction in batch_update.moved:
                 self.pipeline.move(source, target, swap=direction == MoveDirectionality.SWAP)
+            live = {row.uid for row in self.pipeline.rows.values()}
+            self.tickets = {uid: t for uid, t in self.tickets.items() if uid in live}
         self.pipeline.prepare()
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         return self.pipeline.apply(logits)
+
+    def _take_ticket(self, index: int, params: SamplingParams) -> None:
+        """Remember the report slot of the row just added (adapters/request_reports.py)."""
+        ticket = (params.extra_args or {}).get(XARGS_KEY)
+        row = self.pipeline.rows.get(index)
+        if row is not None and _is_ticket(ticket):
+            self.tickets[row.uid] = ticket
+
+    def _report(self, rows, mean: torch.Tensor, top: torch.Tensor) -> None:
+        at = [i for i, row in enumerate(rows) if row.uid in self.tickets]
+        if at:
+            self.reports.record(
+                [self.tickets[rows[i].uid] for i in at],
+                mean[at].cpu().numpy(),
+                top[at].cpu().numpy(),
+            )
+
+
+def _is_ticket(value) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) for v in value)
+        and 0 <= value[0] < SLOTS
+    )
 
 
 #: What corrigo passes as ``AsyncEngineArgs(logits_processors=[...])``.

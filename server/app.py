@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -15,9 +16,11 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models, forget_sets, step_timing
+from adapters import aux_models, copilots, forget_sets, request_reports, step_timing
 from adapters.engine import ServedModel, engine_args
+from adapters.request_reports import ReportSlots
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
+from decoding.copilot import COPILOTS_CONTEXT
 from decoding.unlearning import FORGET_SETS_CONTEXT
 
 from .auth import APIKeyAuth
@@ -41,10 +44,20 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
     configure_refinement(runtime, config)
+    bound = {
+        name: str(Path(spec.path).expanduser().resolve()) for name, spec in config.copilots.items()
+    }
+    for name, path in bound.items():
+        copilots.check_binding(name, path, model.path)
+    copilots.publish(bound)
+    runtime.correction_context[COPILOTS_CONTEXT] = set(bound)
 
     # The engine process records per-step plugin times in files here; /metrics reads them.
     step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
     os.environ[step_timing.ENV] = step_metrics
+    # The engine process records per-request figures (the copilot's) in slots of this file.
+    runtime.reports = ReportSlots(Path(step_metrics) / "request-reports.bin")
+    os.environ[request_reports.ENV] = str(runtime.reports.path)
     runtime.unlearning = _unlearning_gate(config, step_metrics)
     gates = runtime.unlearning.gates if runtime.unlearning is not None else {}
     # Always declared, so that naming a forget set on a server without any is a 400.

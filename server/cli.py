@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -51,11 +52,46 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="log level (default info)",
     )
+    _add_copilot_commands(commands)
     evaluate = commands.add_parser("eval", help="run an evaluation against a corrigo server")
     evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
     for name in EVALS:
         importlib.import_module(f"evals.{name}").add_parser(evals)
     return parser
+
+
+def _add_copilot_commands(commands) -> None:
+    copilot = commands.add_parser("copilot", help="train copilots (see README: Copilots)")
+    sub = copilot.add_subparsers(dest="copilot_command", required=True, metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="log a pilot's mistakes over a data set and train a copilot on them",
+        description=(
+            "Run the pilot with teacher forcing over prompt/response pairs (JSONL lines "
+            '{"prompt": ..., "response": ...}, prompts rendered by the chat template as the '
+            "server renders them), record its mistake log, train a copilot on it and save a "
+            "checkpoint bound to the pilot in --out. Rerun the same command to resume."
+        ),
+    )
+    train.add_argument("--pilot", required=True, help='pilot model folder, or "embedded"')
+    train.add_argument("--data", required=True, type=Path, metavar="FILE.jsonl")
+    train.add_argument("--out", required=True, type=Path, metavar="DIR")
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    train.add_argument("--top-k", type=int, default=32, help="pilot tokens logged per position")
+    train.add_argument("--hidden-size", type=int, default=128)
+    train.add_argument("--layers", type=int, default=2)
+    train.add_argument(
+        "--space", choices=["logits", "probs"], default="logits", help="default fusion space"
+    )
+    train.add_argument(
+        "--lambda", dest="default_lambda", type=float, default=1.0, help="default fusion weight"
+    )
+    train.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
+    train.add_argument("--seed", type=int, default=0)
 
 
 #: CLI flag -> dotted config key.
@@ -72,9 +108,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "copilot":
+        return copilot_train(args)
     if args.command == "eval":
         return importlib.import_module(f"evals.{args.eval}").run(args)
     raise AssertionError(args.command)
+
+
+def copilot_train(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from adapters.copilot_training import TrainingError, TrainSettings, train
+
+    settings = TrainSettings(
+        top_k=args.top_k,
+        hidden_size=args.hidden_size,
+        layers=args.layers,
+        lr=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        save_every=args.save_every,
+        seed=args.seed,
+        space=args.space,
+        default_lambda=args.default_lambda,
+        device=args.device,
+    )
+    try:
+        for _ in train(args.pilot, args.data, args.out, settings):
+            pass
+    except (TrainingError, OSError) as exc:
+        print(f"corrigo: {exc}", file=sys.stderr)
+        return 2
+    print(f"corrigo: copilot saved in {args.out}")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -96,6 +164,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from adapters.aux_models import AuxModelError
+    from adapters.copilots import CopilotConfigError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
     from adapters.verifier_plugins import VerifierPluginError
@@ -112,6 +181,7 @@ def serve(args: argparse.Namespace) -> int:
         DefaultModelError,
         EngineConfigError,
         AuxModelError,
+        CopilotConfigError,
         ProfileError,
         ForgetSetError,
         VerifierPluginError,

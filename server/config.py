@@ -98,6 +98,12 @@ class ForgetSetConfig(_Section):
     path: str
 
 
+class CopilotConfig(_Section):
+    #: Folder written by ``corrigo copilot train`` (refused at start-up unless bound to the
+    #: served model).
+    path: str
+
+
 class ProfileConfig(_Section):
     #: The model the profile runs on (default and only choice today: the served model).
     model: str | None = None
@@ -131,6 +137,8 @@ class Config(_Section):
     aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
     #: Forget sets for the ``unlearning`` correction, by the name requests use.
     forget_sets: dict[str, ForgetSetConfig] = Field(default_factory=dict)
+    #: Copilots (trained by ``corrigo copilot train``), by the name requests use.
+    copilots: dict[str, CopilotConfig] = Field(default_factory=dict)
     #: Named bundles of a model and a default correction, listed in /v1/models and selectable
     #: as ``model`` by clients that cannot send extra body fields.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)

@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import decoding.copilot  # noqa: F401  (registers the copilot correction)
 import decoding.proxy_tuning  # noqa: F401  (registers the proxy_tuning correction)
 import decoding.refinement  # noqa: F401  (registers the refinement correction)
 import decoding.unlearning  # noqa: F401  (registers the unlearning correction)
+from adapters.request_reports import XARGS_KEY as REPORT_KEY
 from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
 
 from .errors import APIError
+
+#: Corrections whose report carries figures recorded in the engine (adapters/request_reports.py).
+MEASURED = ("copilot",)
 
 
 def take_correction(
@@ -26,12 +31,13 @@ def take_correction(
     """Remove and validate ``body["correction"]`` laid over a profile's ``defaults`` (None
     when there is neither); 400 naming the field when it is wrong."""
     xargs = body.get("vllm_xargs")
-    if isinstance(xargs, dict) and WIRE_KEY in xargs:
-        raise APIError(
-            400,
-            f"'vllm_xargs.{WIRE_KEY}' is reserved for corrigo; send corrections as 'correction'.",
-            param=f"vllm_xargs.{WIRE_KEY}",
-        )
+    for key in (WIRE_KEY, REPORT_KEY):
+        if isinstance(xargs, dict) and key in xargs:
+            raise APIError(
+                400,
+                f"'vllm_xargs.{key}' is reserved for corrigo; send corrections as 'correction'.",
+                param=f"vllm_xargs.{key}",
+            )
     if "correction" not in body and defaults is None:
         return None
     requested = body.pop("correction", None)
@@ -55,18 +61,39 @@ def merge_correction(defaults: Mapping[str, Any], request: Mapping[str, Any]) ->
     return merged
 
 
-def wire_xargs(spec: CorrectionSpec | None, xargs: dict[str, Any] | None) -> dict[str, Any] | None:
+def wire_xargs(
+    spec: CorrectionSpec | None, xargs: dict[str, Any] | None, ticket: list[int] | None = None
+) -> dict[str, Any] | None:
     """The request's ``vllm_xargs`` with the spec's per-step plugins added (unchanged when it
-    names none). Refinement wraps whole generations in the server and never reaches the engine."""
+    names none), and the report slot ``ticket`` where the engine records the request's
+    figures. Refinement wraps whole generations in the server and never reaches the engine."""
     if spec is None:
         return xargs
     per_step = CorrectionSpec({k: v for k, v in spec.plugins.items() if k != "refinement"})
     if not per_step:
         return xargs
-    return {**(xargs or {}), WIRE_KEY: per_step.to_wire()}
+    wired = {**(xargs or {}), WIRE_KEY: per_step.to_wire()}
+    if ticket is not None:
+        wired[REPORT_KEY] = ticket
+    return wired
 
 
-def correction_report(spec: CorrectionSpec, **details: Any) -> dict[str, Any]:
+def wants_figures(spec: CorrectionSpec | None) -> bool:
+    return bool(spec) and any(name in spec.plugins for name in MEASURED)
+
+
+def correction_report(
+    spec: CorrectionSpec, figures: Mapping[str, float | int] | None = None, **details: Any
+) -> dict[str, Any]:
     """The ``correction`` object added to a response that asked for corrections; ``details``
-    are per-plugin reports (e.g. ``unlearning=...``)."""
-    return {"plugins": list(spec.names), **details}
+    are per-plugin reports (e.g. ``unlearning=...``). With a copilot: ``{"steps",
+    "mean_abs_rectification", "max_abs_rectification"}`` over the request's steps (all its
+    choices), ``|lambda * f|`` over the vocabulary, in the fusion space's units."""
+    report: dict[str, Any] = {"plugins": list(spec.names), **details}
+    if figures is not None and "copilot" in spec.plugins:
+        report["copilot"] = {
+            "steps": figures["steps"],
+            "mean_abs_rectification": figures["mean_abs"],
+            "max_abs_rectification": figures["max_abs"],
+        }
+    return report

@@ -32,7 +32,7 @@ from decoding.correction import CorrectionSpec
 from .admission import AdmissionControl, RateLimiter, Slot
 from .cancellation import CancelScope
 from .config import LimitsConfig
-from .corrections import correction_report, take_correction, wire_xargs
+from .corrections import correction_report, take_correction, wants_figures, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
 from .openapi import (
@@ -85,6 +85,8 @@ class Exchange:
     unlearning: Admission | None = None
     #: Whether a streaming client asked for the final usage chunk itself.
     client_wants_usage: bool = False
+    #: The report slot where the engine records the correction's figures (request_reports).
+    ticket: list[int] | None = None
 
 
 def build_router(
@@ -211,7 +213,9 @@ def build_router(
             raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         if ex.correction is not None and runtime.unlearning is not None:
             ex.correction, ex.unlearning = await runtime.unlearning.admit(ex.correction, body)
-        request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs)
+        if wants_figures(ex.correction):
+            ex.ticket = runtime.reports.take()
+        request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
         return request
 
     def _report(ex: Exchange) -> dict[str, Any]:
@@ -219,7 +223,8 @@ def build_router(
         details = {}
         if ex.unlearning is not None:
             details["unlearning"] = runtime.unlearning.finish(ex.unlearning)
-        return correction_report(ex.correction, **details)
+        figures = runtime.reports.read(ex.ticket) if ex.ticket is not None else None
+        return correction_report(ex.correction, figures, **details)
 
     def _check_model(body: dict[str, Any]) -> str:
         model = body.get("model")
@@ -323,6 +328,9 @@ def build_router(
     def _record(ex: Exchange) -> None:
         if ex.unlearning is not None:
             runtime.unlearning.finish(ex.unlearning)  # frees its report slot
+        if ex.ticket is not None:
+            runtime.reports.give_back(ex.ticket)
+            ex.ticket = None
         model = ex.model or "unknown"
         metrics.requests.labels(model, ex.endpoint.value, str(ex.status)).inc()
         metrics.request_duration.labels(model, ex.endpoint.value).observe(

@@ -87,7 +87,11 @@ def test_engine_not_ready_was_503_during_startup(live_server):
     ("correction", "param", "phrase"),
     [
         ({"nonsense": 1}, "correction.nonsense", "Unknown field"),
-        ({"copilot": {"name": "x"}}, "correction.copilot", "not available on this server"),
+        (
+            {"copilot": {"name": "x"}},
+            "correction.copilot.name",
+            "unknown copilot 'x' for the served model (copilots declared for it: none)",
+        ),
         (
             {"proxy_tuning": {"expert": "x", "anti_expert": "y"}},
             "correction.proxy_tuning.expert",

@@ -46,9 +46,9 @@ def test_validate_params_accepts_plain_and_refuses_bad_specs():
     CorrigoLogitsProcessor.validate_params(SamplingParams())
     CorrigoLogitsProcessor.validate_params(plain())
     CorrigoLogitsProcessor.validate_params(SamplingParams(extra_args={WIRE_KEY: "{}"}))
-    with pytest.raises(CorrectionError, match="not available"):
+    with pytest.raises(CorrectionError, match="unknown copilot 'x'"):
         CorrigoLogitsProcessor.validate_params(
-            SamplingParams(extra_args={WIRE_KEY: '{"copilot": {}}'})
+            SamplingParams(extra_args={WIRE_KEY: '{"copilot": {"name": "x"}}'})
         )
     with pytest.raises(ValueError, match="not valid JSON"):
         CorrigoLogitsProcessor.validate_params(SamplingParams(extra_args={WIRE_KEY: "{"}))

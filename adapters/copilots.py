@@ -1,0 +1,81 @@
+"""Copilots a deployment declares (``[copilots.NAME] path = ...``): the binding check against
+the served model at start-up, hand-over to the engine process, and the engine-side runner.
+
+Like auxiliary models (adapters/aux_models.py), the declarations reach vLLM's engine-core
+process, where the logits processor loads them, through an environment variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from decoding.copilot.binding import Binding, BindingError
+from decoding.copilot.checkpoint import CheckpointError, read
+from decoding.pipeline import TokenStream
+
+#: Environment variable carrying ``{name: checkpoint folder}`` to the engine process.
+ENGINE_ENV = "_CORRIGO_COPILOTS"
+
+
+class CopilotConfigError(ValueError):
+    """A declared copilot that cannot serve beside the served model; the message says why."""
+
+
+def pilot_identity(pilot_path: str) -> tuple[dict[str, int], dict]:
+    """The pilot's vocabulary and model config, as bindings hash them."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pilot_path)
+    return tokenizer.get_vocab(), AutoConfig.from_pretrained(pilot_path).to_dict()
+
+
+def check_binding(name: str, path: str, pilot_path: str) -> Binding:
+    """The copilot's binding, after checking it is bound to the model at ``pilot_path``."""
+    folder = Path(path).expanduser().resolve()
+    try:
+        checkpoint = read(folder)
+    except CheckpointError as exc:
+        raise CopilotConfigError(f"copilots.{name}: {exc}") from None
+    vocab, config = pilot_identity(pilot_path)
+    try:
+        checkpoint.binding.check(pilot_path, vocab, config)
+    except BindingError as exc:
+        raise CopilotConfigError(
+            f"copilots.{name} ({folder}) cannot serve the model {pilot_path}: {exc}"
+        ) from None
+    return checkpoint.binding
+
+
+def publish(copilots: Mapping[str, str]) -> None:
+    """Make the declarations visible to the engine process (started after this call)."""
+    os.environ[ENGINE_ENV] = json.dumps(dict(copilots))
+
+
+def published() -> dict[str, str]:
+    return json.loads(os.environ.get(ENGINE_ENV, "{}"))
+
+
+class CopilotRunner:
+    """A copilot checkpoint stepped with its own KV cache, batched across rows, by the
+    auxiliary model runner (one forward per step for all the rows using it)."""
+
+    def __init__(self, path: str, *, device: str | torch.device = "cpu") -> None:
+        from .aux_runner import AuxModelRunner
+
+        checkpoint = read(path)
+        self.top_k = checkpoint.top_k
+        self.binding = checkpoint.binding
+        self.runner = AuxModelRunner(path, device=device, model=checkpoint.load_model(device))
+
+    def step(
+        self, streams: Mapping[int, TokenStream], inputs: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        return self.runner.step(streams, inputs)
+
+    def release(self, uid: int) -> None:
+        self.runner.release(uid)

@@ -1,0 +1,23 @@
+"""Copilot rectification: a small transformer trained on a pilot's mistake log corrects the
+pilot's next-token scores each step (DESIGN.md 4.2). One concept per module: the network
+(``model``), the fusion rule (``fusion``), the pilot binding (``binding``), the checkpoint
+folder (``checkpoint``), the request parameters (``params``) and the step plugin (``plugin``).
+"""
+
+from ..correction import register_plugin
+from .binding import Binding, BindingError
+from .fusion import SPACES, RectificationFusion
+from .params import COPILOTS_CONTEXT, CopilotParams
+from .plugin import CopilotRectification
+
+register_plugin(CopilotRectification.name, CopilotParams)
+
+__all__ = [
+    "COPILOTS_CONTEXT",
+    "SPACES",
+    "Binding",
+    "BindingError",
+    "CopilotParams",
+    "CopilotRectification",
+    "RectificationFusion",
+]

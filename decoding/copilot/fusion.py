@@ -1,0 +1,48 @@
+"""Fusing a copilot's rectification ``f`` into the pilot's next-token scores ``s``.
+
+Per row, with weight ``lambda`` (the request's, else the checkpoint's default)::
+
+    "logits":  s~ = s + lambda * f
+    "probs":   p = softmax(s);  q = max(p + lambda * f, 0);  s~ = log(q / sum(q))
+
+``f`` is trained to predict ``onehot(target) - p``, a vector in probability units, so
+``"probs"`` is the paper's Eq. 8 (``p~ = p + lambda f``); ``"logits"`` is the paper's worked
+example (Fig. 4), which adds in logit space. In ``"probs"`` the sum is clamped at 0 (a
+probability cannot be negative; a clamped token gets score ``-inf``, i.e. it cannot be
+sampled) and renormalised; a row whose clamped sum is 0 keeps its scores. The result is a log
+probability, so the engine's temperature, top-p and sampling apply to ``q`` as usual
+(temperature ``T`` samples from ``q^(1/T)`` renormalised).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Space = Literal["logits", "probs"]
+SPACES: tuple[str, ...] = ("logits", "probs")
+
+
+class RectificationFusion:
+    """One fusion rule, applied to a batch of rows at once."""
+
+    def __init__(self, space: Space) -> None:
+        if space not in SPACES:
+            raise ValueError(f"fusion space must be one of {SPACES}, got {space!r}")
+        self.space = space
+
+    def __call__(
+        self, scores: torch.Tensor, rectification: torch.Tensor, lam: torch.Tensor
+    ) -> torch.Tensor:
+        """``scores``, ``rectification``: ``[rows, vocab]``; ``lam``: ``[rows]``. Returns the
+        fused scores (float32, a new tensor)."""
+        shift = lam.to(torch.float32)[:, None] * rectification.to(torch.float32)
+        if self.space == "logits":
+            return scores.float() + shift
+        probs = torch.softmax(scores.float(), dim=-1)
+        fused = (probs + shift).clamp_min_(0)
+        total = fused.sum(-1, keepdim=True)
+        ok = total > 0
+        fused = torch.where(ok, fused / torch.where(ok, total, 1), probs)
+        return torch.where(ok, fused.log(), scores.float())

@@ -1,0 +1,96 @@
+"""The copilot network: a small causal transformer that reads the pilot's token stream and,
+where it has them, the pilot's next-token distributions, and outputs a vocabulary-size
+rectification of the pilot's next-token prediction.
+
+Input at position ``i`` (token ``x_i``)::
+
+    e_i = E[x_i] + sum_{j < k} q_ij * F[v_ij]        (the second term only at pilot positions)
+
+where ``(v_ij, q_ij)`` are the ``k`` most probable tokens of the pilot's distribution
+``p_i = softmax(s_i)`` over ``x_{i+1}`` and their probabilities (a sparse image of the pilot's
+logits, which are themselves a linear image of its last hidden state: vLLM exposes no hidden
+states). ``E`` and ``F`` are ``[vocab, hidden]`` tables. The output ``f_i = W h_i`` is trained
+to predict the pilot's error ``onehot(x_{i+1}) - p_i``; ``W`` starts at zero, so an untrained
+copilot changes nothing.
+
+Pilot positions are those where the pilot's logits are seen at inference: the processor sees
+the logits of the step being sampled only, so ``i >= len(prompt) - 1`` (the last prompt token
+and every generated one). Prompt positions before it get the token alone, in training as in
+serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+
+@dataclass(frozen=True)
+class PilotFeatures:
+    """The top-``k`` tokens of the pilot's next-token distribution and their probabilities."""
+
+    ids: torch.Tensor  # [..., k] long
+    probs: torch.Tensor  # [..., k] float
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, k: int) -> PilotFeatures:
+        probs, ids = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        return cls(ids, probs)
+
+
+class Copilot(nn.Module):
+    """Backbone: a transformers ``LlamaModel`` (so the auxiliary runner's static KV cache
+    drives it like any causal LM); ``top_k``: pilot tokens read per position."""
+
+    def __init__(self, config: LlamaConfig, top_k: int) -> None:
+        super().__init__()
+        self.config = config
+        self.top_k = top_k
+        self.backbone = LlamaModel(config)
+        self.pilot_embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        nn.init.normal_(self.pilot_embed.weight, std=config.initializer_range)
+        nn.init.zeros_(self.head.weight)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pilot_ids: torch.Tensor | None = None,
+        pilot_probs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``e = E[x] + sum_j q_j F[v_j]``; positions whose ``q`` are all 0 get ``E[x]`` only."""
+        embeds = self.backbone.embed_tokens(input_ids)
+        if pilot_ids is not None:
+            weights = pilot_probs.to(embeds.dtype).unsqueeze(-1)
+            embeds = embeds + (self.pilot_embed(pilot_ids) * weights).sum(-2)
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pilot_ids: torch.Tensor | None = None,
+        pilot_probs: torch.Tensor | None = None,
+        *,
+        select: torch.Tensor | None = None,
+        **backbone_kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Rectifications ``[batch, seq, vocab]`` (as ``logits``, the name the runner reads).
+
+        ``pilot_ids``/``pilot_probs``: ``[batch, seq, k]``, zero probabilities where the pilot
+        is not seen. ``select`` (a boolean ``[batch, seq]`` mask) computes the head on those
+        positions only, returning ``[positions, vocab]`` (training). Other keyword arguments
+        (cache, masks, positions) go to the backbone.
+        """
+        embeds = self.embed(input_ids, pilot_ids, pilot_probs)
+        out = self.backbone(inputs_embeds=embeds, **backbone_kwargs)
+        hidden = out.last_hidden_state
+        if select is not None:
+            hidden = hidden[select]
+        return CausalLMOutputWithPast(logits=self.head(hidden), past_key_values=out.past_key_values)

@@ -1,0 +1,103 @@
+"""Copilot rectification (Zou et al. 2025, "Transformer Copilot"), adapted to an engine that
+exposes logits but no hidden states (DESIGN.md 4.2).
+
+Each step, for the rows that ask for copilot ``c`` with weight ``lambda`` and space ``sp``::
+
+    (v, q) = top_k(softmax(s))              the pilot's distribution, as the copilot reads it
+    f      = copilot_c(stream, (v, q))      one batched step of c's own KV-cached forward
+    s~     = RectificationFusion(sp)(s, f, lambda)
+
+``s`` are the row's scores as they reach this plugin (after proxy-tuning, when the request
+also asks for it: the pipeline order is fixed). The copilot's forward for a step needs that
+step's pilot logits, which exist only once the engine's forward is done, so unlike
+proxy-tuning's auxiliary models it cannot start ahead in :meth:`StepPlugin.prepare`: it runs
+in :meth:`apply`, and its time adds to the step's.
+
+A row's earlier positions live in the copilot's KV cache. A request the engine preempts and
+later resumes re-enters the batch as a new row, and the copilot re-reads its generated tokens
+without the pilot distributions it saw the first time (they are not kept): after a preemption
+those positions get tokens alone, as prompt positions do.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import torch
+
+from ..pipeline import Row, StepPlugin, TokenStream
+from .binding import Binding
+from .fusion import SPACES, RectificationFusion
+from .model import PilotFeatures
+from .params import CopilotParams
+
+#: ``observe(rows, mean_abs, max_abs)``: per row, the mean and max over the vocabulary of
+#: ``|lambda * f|`` applied this step (adapters/ turn them into the per-request report).
+Observer = Callable[[Sequence[Row], torch.Tensor, torch.Tensor], None]
+
+
+class RectificationSource(Protocol):
+    """A copilot stepped in lockstep with the engine (adapters/copilots.py)."""
+
+    top_k: int
+    binding: Binding
+
+    def step(
+        self, streams: Mapping[int, TokenStream], inputs: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Rectifications ``[len(streams), vocab]`` for each uid's stream, in order, given the
+        per-row ``inputs`` (``pilot_ids``, ``pilot_probs``: ``[len(streams), k]``)."""
+
+    def release(self, uid: int) -> None: ...
+
+
+class CopilotRectification(StepPlugin):
+    """Fuses each row's copilot rectification into its scores (see the module docstring)."""
+
+    name = "copilot"
+
+    def __init__(
+        self, sources: Mapping[str, RectificationSource], observe: Observer | None = None
+    ) -> None:
+        self.sources = sources
+        self.observe = observe
+        self._fusions = {space: RectificationFusion(space) for space in SPACES}
+
+    def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+        users: dict[str, list[int]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            users[row.params(self.name).name].append(i)
+        for copilot, positions in users.items():
+            source = self.sources[copilot]
+            at = torch.tensor(positions, device=logits.device)
+            scores = logits[at]
+            features = PilotFeatures.from_logits(scores, source.top_k)
+            streams = {rows[i].uid: rows[i].stream for i in positions}
+            inputs = {"pilot_ids": features.ids, "pilot_probs": features.probs}
+            rectification = source.step(streams, inputs).to(logits.device)
+            vocab = min(scores.shape[-1], rectification.shape[-1])
+            params: list[CopilotParams] = [rows[i].params(self.name) for i in positions]
+            binding = source.binding
+            lam = torch.tensor(
+                [binding.default_lambda if p.lambda_ is None else p.lambda_ for p in params],
+                device=logits.device,
+            )
+            spaces = [p.space or binding.space for p in params]
+            fused = scores.clone()
+            for space, fusion in self._fusions.items():
+                chosen = torch.tensor([s == space for s in spaces], device=logits.device)
+                if chosen.any():
+                    fused[chosen, :vocab] = fusion(
+                        scores[chosen, :vocab], rectification[chosen, :vocab], lam[chosen]
+                    )
+            logits[at] = fused.to(logits.dtype)
+            if self.observe is not None:
+                applied = (lam[:, None] * rectification[:, :vocab]).abs()
+                self.observe([rows[i] for i in positions], applied.mean(-1), applied.amax(-1))
+        return logits
+
+    def release(self, uid: int) -> None:
+        for source in self.sources.values():
+            source.release(uid)

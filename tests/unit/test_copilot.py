@@ -1,0 +1,308 @@
+"""Copilot rectification: the fusion rule, request validation, the pilot binding, the
+checkpoint, the plugin stepping a real copilot through the auxiliary runner's KV cache, and
+the trainer (mistake log, RMSE training, resumption) on a tiny random pilot."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from adapters.copilot_training import (
+    MistakeLog,
+    TrainingError,
+    TrainSettings,
+    encode,
+    read_pairs,
+    tail_bound,
+    train,
+)
+from adapters.copilots import CopilotConfigError, CopilotRunner, check_binding
+from adapters.default_model import ensure_default_model
+from decoding.copilot import COPILOTS_CONTEXT, CopilotRectification, RectificationFusion
+from decoding.copilot.binding import Binding, BindingError
+from decoding.copilot.checkpoint import CheckpointError, read, save
+from decoding.copilot.model import Copilot, PilotFeatures
+from decoding.correction import CorrectionError, decode_wire, parse_correction
+from decoding.pipeline import Row, TokenStream
+
+from ..support import make_tiny_llama
+
+CONTEXT = {COPILOTS_CONTEXT: {"fix", "other"}}
+
+
+# -- fusion ---------------------------------------------------------------------------------------
+
+
+def test_logit_fusion_adds_lambda_times_f():
+    s, f = torch.randn(3, 7), torch.randn(3, 7)
+    lam = torch.tensor([0.0, 1.0, 2.5])
+    out = RectificationFusion("logits")(s, f, lam)
+    torch.testing.assert_close(out, s + lam[:, None] * f)
+
+
+def test_prob_fusion_clamps_renormalises_and_returns_log_probs():
+    s = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    f = torch.tensor([[-2.0, 0.5, 0.1, 0.0]])
+    out = RectificationFusion("probs")(s, f, torch.tensor([0.5]))
+    q = (torch.softmax(s, -1) + 0.5 * f).clamp_min(0)
+    q = q / q.sum()
+    assert torch.isneginf(out[0, 0])  # p_0 + 0.5 * (-2) < 0: clamped, never sampled
+    torch.testing.assert_close(out[0, 1:], q[0, 1:].log())
+    torch.testing.assert_close(torch.softmax(out, -1), q)
+
+
+def test_prob_fusion_keeps_a_row_whose_mass_vanishes():
+    s = torch.randn(1, 5)
+    out = RectificationFusion("probs")(s, -torch.ones(1, 5), torch.tensor([10.0]))
+    torch.testing.assert_close(out, s)
+
+
+def test_unknown_space_is_refused():
+    with pytest.raises(ValueError, match="fusion space"):
+        RectificationFusion("hidden")
+
+
+# -- request parameters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"name": "nope"}, "correction.copilot.name"),
+        ({}, "correction.copilot.name"),
+        ({"name": "fix", "lambda": "high"}, "correction.copilot.lambda"),
+        ({"name": "fix", "lambda": -1}, "correction.copilot.lambda"),
+        ({"name": "fix", "lambda": math.inf}, "correction.copilot.lambda"),
+        ({"name": "fix", "space": "hidden"}, "correction.copilot.space"),
+        ({"name": "fix", "alpha": 1}, "correction.copilot.alpha"),
+        ("fix", "correction.copilot"),
+    ],
+)
+def test_bad_params_name_the_field(params, field):
+    with pytest.raises(CorrectionError) as err:
+        parse_correction({"copilot": params}, context=CONTEXT)
+    assert err.value.param == field
+
+
+def test_unknown_copilot_message_lists_the_declared_ones():
+    with pytest.raises(CorrectionError, match="declared for it: fix, other"):
+        parse_correction({"copilot": {"name": "nope"}}, context=CONTEXT)
+
+
+def test_params_round_trip_through_the_wire_with_lambda_spelled_out():
+    spec = parse_correction(
+        {"copilot": {"name": "fix", "lambda": 0.5, "space": "probs"}}, context=CONTEXT
+    )
+    assert json.loads(spec.to_wire()) == {
+        "copilot": {"name": "fix", "lambda": 0.5, "space": "probs"}
+    }
+    assert decode_wire(spec.to_wire(), context=CONTEXT) == spec
+    defaults = parse_correction({"copilot": {"name": "fix"}}, context=CONTEXT)
+    assert defaults.plugins["copilot"].lambda_ is None
+    assert defaults.plugins["copilot"].space is None
+
+
+# -- binding and checkpoint -----------------------------------------------------------------------
+
+
+def test_binding_checks_vocabulary_and_config_but_not_how_it_was_saved():
+    vocab = {"a": 0, "b": 1}
+    config = {"hidden_size": 8, "_name_or_path": "/x", "transformers_version": "5"}
+    binding = Binding.of("pilot", vocab, config)
+    binding.check("same", dict(vocab), {**config, "_name_or_path": "/y", "dtype": "bfloat16"})
+    with pytest.raises(BindingError, match="tokenizer differs"):
+        binding.check("other", {"a": 0, "c": 1}, config)
+    with pytest.raises(BindingError, match="config differs"):
+        binding.check("other", vocab, {**config, "hidden_size": 16})
+
+
+def tiny_copilot_config(vocab):
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+
+
+def random_copilot(vocab, top_k=4, seed=0):
+    torch.manual_seed(seed)
+    model = Copilot(tiny_copilot_config(vocab), top_k)
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # trained heads are not zero
+    return model.eval()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = random_copilot(50)
+    binding = Binding("p", "v" * 64, "c" * 64, "probs", 2.0)
+    save(tmp_path / "ck", model, binding)
+    checkpoint = read(tmp_path / "ck")
+    assert checkpoint.binding == binding and checkpoint.top_k == 4
+    loaded = checkpoint.load_model()
+    ids = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(CheckpointError, match="corrigo copilot train"):
+        read(tmp_path)
+
+
+# -- the plugin, stepping a real copilot through the auxiliary runner -----------------------------
+
+
+def reference_rectification(copilot, stream, prompt_length, features):
+    """The copilot's output for the stream's last position, computed without any cache:
+    pilot features at positions >= prompt_length - 1 (``features[j]`` for position
+    ``prompt_length - 1 + j``), tokens alone before."""
+    n, k = len(stream), copilot.top_k
+    ids = torch.zeros(1, n, k, dtype=torch.long)
+    probs = torch.zeros(1, n, k)
+    for j, feat in enumerate(features):
+        ids[0, prompt_length - 1 + j] = feat.ids
+        probs[0, prompt_length - 1 + j] = feat.probs
+    with torch.no_grad():
+        return copilot(torch.tensor([stream]), ids, probs).logits[0, -1]
+
+
+def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path):
+    vocab = 60
+    model = random_copilot(vocab, top_k=5)
+    save(tmp_path / "ck", model, Binding("p", "v", "c", "logits", 1.5))
+    plugin = CopilotRectification({"fix": CopilotRunner(str(tmp_path / "ck"))})
+    requests = {
+        0: ({"name": "fix"}, [1, 2, 3, 4]),  # checkpoint defaults: logits, lambda 1.5
+        1: ({"name": "fix", "lambda": 0.7, "space": "probs"}, [5, 6]),
+        2: ({"name": "fix", "lambda": 3.0, "space": "logits"}, [7]),
+    }
+    streams = {uid: (list(p), []) for uid, (_, p) in requests.items()}
+    history = {uid: [] for uid in requests}
+    generator = torch.Generator().manual_seed(1)
+    for step in range(12):
+        live = [uid for uid in requests if not (uid == 0 and step >= 6) and (uid != 2 or step >= 3)]
+        if step == 6:
+            plugin.release(0)
+        rows = [
+            Row(
+                uid,
+                parse_correction({"copilot": requests[uid][0]}, context=CONTEXT),
+                TokenStream(streams[uid][0], streams[uid][1]),
+            )
+            for uid in live
+        ]
+        logits = torch.randn(len(rows), vocab, generator=generator) * 3
+        out = plugin.apply(logits.clone(), rows)
+        for i, uid in enumerate(live):
+            params = requests[uid][0]
+            feat = PilotFeatures.from_logits(logits[i], 5)
+            history[uid].append(feat)
+            prompt, output = streams[uid]
+            f = reference_rectification(model, prompt + output, len(prompt), history[uid])
+            lam = torch.tensor([params.get("lambda", 1.5)])
+            fusion = RectificationFusion(params.get("space", "logits"))
+            expected = fusion(logits[i : i + 1], f[None], lam)[0]
+            torch.testing.assert_close(out[i], expected, rtol=1e-4, atol=1e-4)
+            output.append(int(torch.randint(0, vocab, (1,), generator=generator)))
+
+
+def test_observer_gets_mean_and_max_of_the_applied_rectification(tmp_path):
+    model = random_copilot(30, top_k=3)
+    save(tmp_path / "ck", model, Binding("p", "v", "c"))
+    seen = []
+    plugin = CopilotRectification(
+        {"fix": CopilotRunner(str(tmp_path / "ck"))},
+        observe=lambda rows, mean, top: seen.append(([r.uid for r in rows], mean, top)),
+    )
+    spec = parse_correction({"copilot": {"name": "fix", "lambda": 2.0}}, context=CONTEXT)
+    logits = torch.randn(1, 30)
+    out = plugin.apply(logits.clone(), [Row(7, spec, TokenStream([1, 2], []))])
+    applied = (out - logits).abs()
+    [(uids, mean, top)] = seen
+    assert uids == [7]
+    torch.testing.assert_close(mean, applied.mean(-1))
+    torch.testing.assert_close(top, applied.amax(-1))
+
+
+# -- the trainer ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pilot(tmp_path_factory):
+    return make_tiny_llama(
+        tmp_path_factory.mktemp("copilot") / "pilot", ensure_default_model(), initializer_range=0.2
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("copilot-data") / "data.jsonl"
+    with path.open("w") as f:
+        for i in range(12):
+            f.write(json.dumps({"prompt": f"Add {i} and {i}.", "response": f"It is {2 * i}."}))
+            f.write("\n")
+    return path
+
+
+SETTINGS = TrainSettings(top_k=8, hidden_size=64, layers=1, lr=3e-3, epochs=100, batch_size=4)
+
+
+def test_training_lowers_the_rmse_and_resumes(pilot, data, tmp_path):
+    out = tmp_path / "run"
+    first = list(
+        train(str(pilot), data, out, SETTINGS.__class__(**{**SETTINGS.__dict__, "max_steps": 20}))
+    )
+    assert [s for s, _ in first] == list(range(1, 21))
+    losses = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").open()]
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:3])
+    resumed = list(
+        train(str(pilot), data, out, SETTINGS.__class__(**{**SETTINGS.__dict__, "max_steps": 25}))
+    )
+    assert [s for s, _ in resumed] == list(range(21, 26))  # resumed, not restarted
+    checkpoint = read(out)
+    vocab = AutoTokenizer.from_pretrained(pilot).get_vocab()
+    checkpoint.binding.check(str(pilot), vocab, AutoConfig.from_pretrained(pilot).to_dict())
+    check_binding("fix", str(out), str(pilot))
+
+
+def test_mistake_log_holds_the_pilots_top_k_over_each_response_token(pilot, data, tmp_path):
+    settings = SETTINGS.__class__(**{**SETTINGS.__dict__, "max_steps": 1})
+    list(train(str(pilot), data, tmp_path / "run", settings))
+    log = MistakeLog.load(tmp_path / "run" / "mistake_log" / "part-00000.npz")
+    assert len(log) == 12
+    tokenizer = AutoTokenizer.from_pretrained(pilot)
+    prompt, response = read_pairs(data)[3]
+    stream, prompt_length = encode(tokenizer, prompt, response, 512)
+    assert log.tokens[log.offsets[3] : log.offsets[4]].tolist() == stream
+    assert stream[-1] == tokenizer.eos_token_id
+    assert log.rows[4] - log.rows[3] == len(stream) - prompt_length
+    model = AutoModelForCausalLM.from_pretrained(pilot, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([stream])).logits[0, prompt_length - 1 : -1]
+    probs, ids = torch.softmax(logits, -1).topk(8, -1)
+    logged = slice(log.rows[3], log.rows[4])
+    assert (torch.from_numpy(log.top_ids[logged]).long() == ids).all()
+    torch.testing.assert_close(
+        torch.from_numpy(log.top_probs[logged]).float(), probs, atol=1e-3, rtol=1e-2
+    )
+    assert log.top_ids.dtype == np.int32 and log.top_probs.dtype == np.float16
+    assert 0 <= tail_bound(log) < 1
+
+
+def test_a_copilot_for_another_pilot_is_refused(pilot, data, tmp_path):
+    other = make_tiny_llama(tmp_path / "other", ensure_default_model(), initializer_range=0.1)
+    settings = SETTINGS.__class__(**{**SETTINGS.__dict__, "max_steps": 1})
+    list(train(str(pilot), data, tmp_path / "run", settings))
+    with pytest.raises(CopilotConfigError, match="copilots.fix .* cannot serve .*config differs"):
+        check_binding("fix", str(tmp_path / "run"), str(other))
+
+
+def test_bad_data_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(TrainingError, match="bad.jsonl:2"):
+        read_pairs(path)
