@@ -67,7 +67,7 @@ query() {
 status=0
 echo "vllm:* series Prometheus holds: $(curl -sf "http://127.0.0.1:$prom_port/api/v1/label/__name__/values" | "$py" -c 'import json,sys; print(" ".join(n for n in json.load(sys.stdin)["data"] if n.startswith("vllm:"))[:400])')"
 for q in 'sum(corrigo_requests_total{status="200"})' 'sum({__name__="vllm:generation_tokens_total"})' \
-         'sum({__name__="vllm:request_success_total"})' 'up{job="corrigo"}'; do
+         'up{job="corrigo"}'; do
   answer=$(query "$q")
   value=$("$py" -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "NO DATA")' <<<"$answer")
   echo "$q = $value"

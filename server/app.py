@@ -145,7 +145,10 @@ class _ASGIEndpoint:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        # Always the classic text format: in prometheus_client's OpenMetrics output (which
+        # Prometheus asks for first) vLLM's "vllm:*" sample names come out as "vllm_*".
+        headers = [(k, v) for k, v in scope.get("headers", []) if k != b"accept"]
+        await self.app({**scope, "headers": headers}, receive, send)
 
 
 def _version() -> str:
