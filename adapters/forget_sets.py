@@ -45,17 +45,16 @@ def sizes() -> dict[str, int]:
     return {name: len(s) for name, s in load_all(published()).items()}
 
 
-def engine_plugin(tokenizer_path: str, vocab_rows: int):
+def engine_plugin(tokenizer_path: str, vocab_rows: int, observe=None):
     """The engine process's :class:`~decoding.unlearning.Unlearning` plugin over the published
     sets: the served model's tokenizer for the trie, MiniLM and the vocabulary's embedding
-    table (``vocab_rows`` = the logits' width) for the soft filter, the shared report file for
-    the counts."""
+    table (``vocab_rows`` = the logits' width) for the soft filter; ``observe`` gets each
+    step's counts (:data:`decoding.unlearning.plugin.Observer`)."""
     from transformers import AutoTokenizer
 
     from decoding.unlearning import ForgetFilters, Unlearning
 
     from .embeddings import minilm, token_table
-    from .unlearning_report import ReportWriter
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
 
@@ -68,4 +67,4 @@ def engine_plugin(tokenizer_path: str, vocab_rows: int):
         name: ForgetFilters(forget_set, encode, embedder, table)
         for name, forget_set in load_all(published()).items()
     }
-    return Unlearning(filters, ReportWriter.from_env())
+    return Unlearning(filters, observe)

@@ -11,11 +11,13 @@ pipeline, which returns at once when no row carries a correction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 
 from decoding.copilot import COPILOTS_CONTEXT, CopilotRectification
 from decoding.correction import WIRE_KEY, CorrectionSpec, decode_wire
-from decoding.pipeline import CorrectionPipeline
+from decoding.pipeline import CorrectionPipeline, Row
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT
 
@@ -57,13 +59,13 @@ class CorrigoLogitsProcessor(LogitsProcessor):
                     name: copilots.CopilotRunner(path, device=device)
                     for name, path in copilots.published().items()
                 },
-                observe=self._report,
+                observe=self._report_copilot,
             ),
         }
         if forget_sets.published():
             model_config = vllm_config.model_config
             unlearning = forget_sets.engine_plugin(
-                model_config.tokenizer, model_config.get_vocab_size()
+                model_config.tokenizer, model_config.get_vocab_size(), self._report_unlearning
             )
             plugins[unlearning.name] = unlearning
         self.reports = ReportWriter()
@@ -103,14 +105,29 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         if row is not None and _is_ticket(ticket):
             self.tickets[row.uid] = ticket
 
-    def _report(self, rows, mean: torch.Tensor, top: torch.Tensor) -> None:
+    def _record(self, rows: Sequence[Row], figures: Mapping[str, torch.Tensor]) -> None:
+        """One step's per-row figures into the rows' report slots (those that have one)."""
         at = [i for i, row in enumerate(rows) if row.uid in self.tickets]
         if at:
             self.reports.record(
                 [self.tickets[rows[i].uid] for i in at],
-                mean[at].cpu().numpy(),
-                top[at].cpu().numpy(),
+                {name: values[at].double().cpu().numpy() for name, values in figures.items()},
             )
+
+    def _report_copilot(self, rows: Sequence[Row], mean: torch.Tensor, top: torch.Tensor) -> None:
+        steps = torch.ones(len(rows))
+        self._record(
+            rows, {"copilot_steps": steps, "copilot_abs_sum": mean, "copilot_abs_max": top}
+        )
+
+    def _report_unlearning(
+        self, rows: Sequence[Row], blocked: torch.Tensor, penalized: torch.Tensor
+    ) -> None:
+        steps = torch.ones(len(rows))
+        self._record(
+            rows,
+            {"unlearning_steps": steps, "tokens_blocked": blocked, "tokens_penalized": penalized},
+        )
 
 
 def _is_ticket(value) -> bool:

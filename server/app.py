@@ -55,10 +55,10 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     # The engine process records per-step plugin times in files here; /metrics reads them.
     step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
     os.environ[step_timing.ENV] = step_metrics
-    # The engine process records per-request figures (the copilot's) in slots of this file.
+    # The engine process records per-request figures (copilot, unlearning) in slots of this file.
     runtime.reports = ReportSlots(Path(step_metrics) / "request-reports.bin")
     os.environ[request_reports.ENV] = str(runtime.reports.path)
-    runtime.unlearning = _unlearning_gate(config, step_metrics)
+    runtime.unlearning = _unlearning_gate(config)
     gates = runtime.unlearning.gates if runtime.unlearning is not None else {}
     # Always declared, so that naming a forget set on a server without any is a 400.
     runtime.correction_context[FORGET_SETS_CONTEXT] = {
@@ -122,20 +122,16 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     return app
 
 
-def _unlearning_gate(config: Config, directory: str) -> UnlearningGate | None:
+def _unlearning_gate(config: Config) -> UnlearningGate | None:
     """Load the forget sets for the gate and publish them to the engine process, which loads
-    them again for the filters; the engine writes per-request counts to a file in
-    ``directory``."""
+    them again for the filters."""
     paths = {name: forget_sets.resolve_path(s.path) for name, s in config.forget_sets.items()}
     forget_sets.publish(paths)
     if not paths:
         return None
     from adapters.embeddings import minilm
-    from adapters.unlearning_report import ENV, ReportBoard
 
-    os.environ[ENV] = os.path.join(directory, "unlearning-reports.bin")
-    board = ReportBoard(os.environ[ENV])
-    return UnlearningGate(forget_sets.load_all(paths), minilm(), board, server_metrics())
+    return UnlearningGate(forget_sets.load_all(paths), minilm(), server_metrics())
 
 
 class _ASGIEndpoint:

@@ -20,7 +20,7 @@ from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse
 from .errors import APIError
 
 #: Corrections whose report carries figures recorded in the engine (adapters/request_reports.py).
-MEASURED = ("copilot",)
+MEASURED = ("copilot", "unlearning")
 
 
 def take_correction(
@@ -91,9 +91,10 @@ def correction_report(
     choices), ``|lambda * f|`` over the vocabulary, in the fusion space's units."""
     report: dict[str, Any] = {"plugins": list(spec.names), **details}
     if figures is not None and "copilot" in spec.plugins:
+        steps = int(figures["copilot_steps"])
         report["copilot"] = {
-            "steps": figures["steps"],
-            "mean_abs_rectification": figures["mean_abs"],
-            "max_abs_rectification": figures["max_abs"],
+            "steps": steps,
+            "mean_abs_rectification": figures["copilot_abs_sum"] / steps if steps else 0.0,
+            "max_abs_rectification": figures["copilot_abs_max"],
         }
     return report

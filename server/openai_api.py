@@ -220,10 +220,10 @@ def build_router(
 
     def _report(ex: Exchange) -> dict[str, Any]:
         assert ex.correction is not None
+        figures = runtime.reports.read(ex.ticket) if ex.ticket is not None else None
         details = {}
         if ex.unlearning is not None:
-            details["unlearning"] = runtime.unlearning.finish(ex.unlearning)
-        figures = runtime.reports.read(ex.ticket) if ex.ticket is not None else None
+            details["unlearning"] = runtime.unlearning.finish(ex.unlearning, figures)
         return correction_report(ex.correction, figures, **details)
 
     def _check_model(body: dict[str, Any]) -> str:
@@ -326,8 +326,6 @@ def build_router(
             return error_response_from_exception(exc)
 
     def _record(ex: Exchange) -> None:
-        if ex.unlearning is not None:
-            runtime.unlearning.finish(ex.unlearning)  # frees its report slot
         if ex.ticket is not None:
             runtime.reports.give_back(ex.ticket)
             ex.ticket = None

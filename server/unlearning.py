@@ -3,9 +3,9 @@
 For a request whose ``correction`` names ``unlearning``, the gate (decoding/unlearning/gate.py)
 reads all of the request's text (every message, system and context included, or the prompt)
 and decides whether it concerns the forget set. The spec sent to the engine then carries the
-retrieved entries' indices (none when the gate stays closed: the request decodes unchanged) and
-a report slot; never the forget set's text. When the response is complete the server reads the
-counts the engine wrote (adapters/unlearning_report.py) into the response's report and metrics.
+retrieved entries' indices (none when the gate stays closed: the request decodes unchanged),
+never the forget set's text. When the response is complete the counts the engine wrote in the
+request's report slot (adapters/request_reports.py) go into its report and metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.unlearning_report import ReportBoard
 from decoding.correction import CorrectionSpec
 from decoding.unlearning import ForgetGate, ForgetSet, GateDecision, UnlearningParams
 from decoding.unlearning.gate import Embedder
@@ -29,11 +28,10 @@ FILTER, PASS = "filter", "pass"
 
 @dataclass
 class Admission:
-    """One gated request: its decision, its report slot, and (once finished) its report."""
+    """One gated request: its decision and (once finished) its report."""
 
     params: UnlearningParams
     decision: GateDecision
-    slot: int | None
     report: dict[str, Any] | None = None
 
 
@@ -64,11 +62,9 @@ class UnlearningGate:
         self,
         forget_sets: Mapping[str, ForgetSet],
         embedder: Embedder,
-        board: ReportBoard,
         metrics: ServerMetrics,
     ) -> None:
         self.gates = {name: ForgetGate(s, embedder) for name, s in forget_sets.items()}
-        self.board = board
         self.metrics = metrics
 
     async def admit(
@@ -84,17 +80,20 @@ class UnlearningGate:
         decision = await asyncio.to_thread(gate.decide, request_texts(body), params.threshold)
         label = FILTER if decision.opened else PASS
         self.metrics.unlearning_gate.labels(params.forget_set, label).inc()
-        slot = self.board.acquire() if decision.opened else None
-        gated = params.model_copy(update={"targets": decision.targets, "report_slot": slot})
+        gated = params.model_copy(update={"targets": decision.targets})
         plugins = {**spec.plugins, NAME: gated}
-        return CorrectionSpec(plugins), Admission(params, decision, slot)
+        return CorrectionSpec(plugins), Admission(params, decision)
 
-    def finish(self, admission: Admission) -> dict[str, Any]:
-        """The request's report (once its generation is over; idempotent)."""
+    def finish(self, admission: Admission, figures: Mapping[str, float] | None) -> dict[str, Any]:
+        """The request's report, from the figures the engine recorded for it (once its
+        generation is over; idempotent)."""
         if admission.report is None:
-            counts = {"steps": 0, "tokens_blocked": 0, "tokens_penalized": 0}
-            if admission.slot is not None:
-                counts = self.board.release(admission.slot)
+            figures = figures or {}
+            counts = {
+                "steps": int(figures.get("unlearning_steps", 0)),
+                "tokens_blocked": int(figures.get("tokens_blocked", 0)),
+                "tokens_penalized": int(figures.get("tokens_penalized", 0)),
+            }
             self.metrics.tokens_blocked.inc(counts["tokens_blocked"])
             decision = admission.decision
             admission.report = {

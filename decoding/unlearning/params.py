@@ -2,8 +2,8 @@
 
 A client sends ``{"forget_set": NAME, "threshold": ..., "delta": ..., "penalty": ...}``. The
 server's gate then fills ``targets`` (the retrieved entries, by index; empty when the gate stays
-closed) and ``report_slot`` before the spec goes to the engine, so the engine never receives
-forget-set text from the request path. Clients may not set those two fields.
+closed) before the spec goes to the engine, so the engine never receives forget-set text from
+the request path. Clients may not set ``targets``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ class UnlearningParams(PluginParams):
     soft: bool = True
     #: Set by the gate: indices of the retrieved entries (empty: decode unchanged).
     targets: tuple[int, ...] | None = None
-    #: Set by the server: where the engine reports this request's counts.
-    report_slot: int | None = Field(None, ge=0)
 
     @field_validator("forget_set")
     @classmethod
@@ -45,7 +43,7 @@ class UnlearningParams(PluginParams):
             raise ValueError(f"unknown forget set '{name}' (configured: {listed})")
         return name
 
-    @field_validator("targets", "report_slot")
+    @field_validator("targets")
     @classmethod
     def _gated_only(cls, value, info: ValidationInfo):
         if value is not None and not (info.context or {}).get(GATED_CONTEXT):

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -82,12 +81,10 @@ class ForgetFilters:
         return compiled
 
 
-class Reporter(Protocol):
-    """Where per-request counts go (adapters/unlearning_report.py: shared memory). Per step:
-    ``blocked`` when the row's most likely token was banned, ``penalized`` when a soft penalty
-    alone (no ban) displaced it."""
-
-    def add(self, slot: int, steps: int, blocked: int, penalized: int) -> None: ...
+#: ``observe(rows, blocked, penalized)``, per step over the filtered rows: ``blocked`` where
+#: the row's most likely token was banned, ``penalized`` where a soft penalty alone (no ban)
+#: displaced it (adapters/ turn them into the per-request report).
+Observer = Callable[[Sequence[Row], torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -105,10 +102,10 @@ class Unlearning(StepPlugin):
     name = "unlearning"
 
     def __init__(
-        self, filters: Mapping[str, ForgetFilters], reporter: Reporter | None = None
+        self, filters: Mapping[str, ForgetFilters], observe: Observer | None = None
     ) -> None:
         self.filters = filters
-        self.reporter = reporter
+        self.observe = observe
         self._states: dict[int, _RowState | None] = {}
 
     def _state(self, row: Row) -> _RowState | None:
@@ -152,16 +149,12 @@ class Unlearning(StepPlugin):
             token_ids.append(bans)
         sub[torch.cat(row_ids), torch.cat(token_ids).to(sub.device)] = -torch.inf
 
-        blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
-        penalized = (after_soft != top) & ~blocked
-        for j, (_, state) in enumerate(active):
-            self._count(state, bool(blocked[j]), bool(penalized[j]))
+        if self.observe is not None:
+            blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
+            penalized = (after_soft != top) & ~blocked
+            self.observe([rows[i] for i, _ in active], blocked, penalized)
         logits[at] = sub
         return logits
-
-    def _count(self, state: _RowState, blocked: bool, penalized: bool) -> None:
-        if self.reporter is not None and state.params.report_slot is not None:
-            self.reporter.add(state.params.report_slot, 1, int(blocked), int(penalized))
 
     def release(self, uid: int) -> None:
         self._states.pop(uid, None)

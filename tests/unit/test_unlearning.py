@@ -234,11 +234,17 @@ def test_plugin_applies_soft_penalties_then_hard_blocks():
     emb = BagOfLetters()
     table = emb.encode(VOCAB)
     filters = ForgetFilters(CAPITALS, encode, emb, table)
-    plugin = Unlearning({"capitals": filters})
+    seen = []
+    plugin = Unlearning({"capitals": filters}, observe=lambda *step: seen.append(step))
     pipeline = CorrectionPipeline({"unlearning": plugin})
     pipeline.add(0, gated([0], delta=0.95, penalty=3.0), [9], [])
     pipeline.add(1, gated([0], soft=False), [9], [])
-    step = pipeline.apply(torch.zeros(2, len(VOCAB)))
+    logits = torch.zeros(2, len(VOCAB))
+    logits[:, INDEX[" Paris"]] = 1.0  # the most likely token, banned: a blocked step
+    step = pipeline.apply(logits)
+    [(rows, blocked, penalized)] = seen
+    assert [r.uid for r in rows] == [0, 1] and blocked.tolist() == [True, True]
+    assert penalized.tolist() == [False, False]
     sim = similarity(table, emb.encode(["paris"]))
     lyon = INDEX[" Lyon"]
     assert step[0, lyon] == pytest.approx(-3.0 * float(sim[lyon]))
