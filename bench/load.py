@@ -28,7 +28,7 @@ import httpx
 import psutil
 import uvloop
 
-from bench.serving import REPO, TOPICS
+from bench.serving import TOPICS, save_results
 from tests.support import start_server, write_config
 
 CORRECTION = {"proxy_tuning": {"expert": "expert", "anti_expert": "anti", "alpha": 1.0}}
@@ -208,10 +208,7 @@ def main() -> None:
     print("\n" + table)
     if tally.failures:
         print("failures:", *tally.failures[:10], sep="\n  ")
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"load-{stamp}.json").write_text(json.dumps({**result, "table": table}, indent=2))
+    save_results("load", {**result, "table": table})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ the compute bound is plain throughput / 3.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import httpx
 import torch
 import uvloop
 
-from bench.serving import REPO, TOPICS, Run, run_pool, stream_request, summarise
+from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
 from tests.support import start_server, write_config
 
 
@@ -150,13 +149,9 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print("\n" + table)
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"proxy-tuning-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(
-            {"args": vars(args), "table": table, "runs": [r.__dict__ for r in [*runs, reference]]},
-            indent=2,
-        )
+    save_results(
+        "proxy-tuning",
+        {"args": vars(args), "table": table, "runs": [r.__dict__ for r in [*runs, reference]]},
     )
 
 

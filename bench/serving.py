@@ -194,6 +194,15 @@ async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -
         return runs
 
 
+def save_results(name: str, result: dict) -> Path:
+    """Write a benchmark's figures to bench/results/NAME-<time>.json (not committed)."""
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
 def table(runs: list[Run]) -> str:
     direct = {r.concurrency: r for r in runs if r.system.startswith("direct")}
     lines = [
@@ -265,21 +274,16 @@ def main() -> None:
 
     report = table(runs)
     print("\n" + report)
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"serving-{stamp}.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "engine": engine_settings,
-                "model": model.model_id,
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
-                "table": report,
-            },
-            indent=2,
-        )
+    save_results(
+        "serving",
+        {
+            "args": vars(args),
+            "engine": engine_settings,
+            "model": model.model_id,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
+            "table": report,
+        },
     )
 
 

@@ -28,7 +28,7 @@ import httpx
 import torch
 import uvloop
 
-from bench.serving import REPO, TOPICS, Run, run_pool, stream_request, summarise
+from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
 from tests.support import start_server, write_config
 
 SIZES = (1_000, 10_000)
@@ -206,12 +206,8 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print("\n" + table)
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"unlearning-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
-        json.dumps(
-            {"args": vars(args), "table": table, "runs": [r.__dict__ for r in runs]}, indent=2
-        )
+    save_results(
+        "unlearning", {"args": vars(args), "table": table, "runs": [r.__dict__ for r in runs]}
     )
 
 

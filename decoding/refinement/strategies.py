@@ -44,6 +44,16 @@ def _feedback(run: RefinementRun, own: str, candidate: Candidate) -> str:
     return own
 
 
+async def _rewrite(run: RefinementRun, candidate: Candidate, feedback: str) -> Candidate | None:
+    """The candidate rewritten from ``feedback`` (the refine prompt), or None when the budget
+    ran out."""
+    rewrite = await run.generate(
+        _after(run, candidate, run.prompts.refine.format(feedback=feedback)),
+        temperature=run.params.temperature,
+    )
+    return None if rewrite is None else await run.add(rewrite[0], "refine")
+
+
 def _answer_key(candidate: Candidate) -> str:
     """What counts as "the same answer": the extracted answer when the verifier gives one."""
     for leaf in candidate.verdict.leaves():
@@ -108,13 +118,7 @@ class SelfRefine(Strategy):
             if IT_IS_CORRECT in critique[0].text.lower():
                 return run.stop("critic_satisfied")
             feedback = _feedback(run, critique[0].text.strip(), candidate)
-            rewrite = await run.generate(
-                _after(run, candidate, run.prompts.refine.format(feedback=feedback)),
-                temperature=run.params.temperature,
-            )
-            if rewrite is None:
-                return
-            candidate = await run.add(rewrite[0], "refine")
+            candidate = await _rewrite(run, candidate, feedback)
         if candidate is not None:
             run.stop("accepted")
 
@@ -189,13 +193,7 @@ class Decompose(Strategy):
             if candidate.verdict.feedback:
                 lines.append(candidate.verdict.feedback)
             feedback = "\n".join(lines) or "The answer does not meet the request."
-            rewrite = await run.generate(
-                _after(run, candidate, run.prompts.refine.format(feedback=feedback)),
-                temperature=run.params.temperature,
-            )
-            if rewrite is None:
-                return
-            candidate = await run.add(rewrite[0], "refine")
+            candidate = await _rewrite(run, candidate, feedback)
         if candidate is not None:
             run.stop("accepted")
 
