@@ -39,8 +39,24 @@ def test_api_keys_and_correction_payloads_are_not_logged(live_server, client):
         huge = {**body, "correction": {"unlearning": {"phrases": [MARKER] * 30000}}}
         r = c.post("/v1/completions", json=huge, headers={"Authorization": f"Bearer {API_KEY}"})
         assert r.status_code == 400
+        # Valid payloads that run: a verifier carrying the marker, and a gated forget set.
+        verified = {
+            "model": SERVED_MODEL,
+            "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 4,
+            "correction": {
+                "refinement": {"verifier": {"type": "regex", "pattern": MARKER}, "max_rounds": 2},
+                "unlearning": {"forget_set": "capitals"},
+            },
+        }
+        r = c.post(
+            "/v1/chat/completions", json=verified, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["correction"]["refinement"]["rounds"]  # the verifier ran
 
     log = live_server.log()
     assert "POST /v1/completions" in log  # the log does record requests
-    for secret in (API_KEY, "second-key", BAD_KEY, MARKER):
+    # The forget set's content (tests/data/forget_capitals.jsonl) never reaches the log either.
+    for secret in (API_KEY, "second-key", BAD_KEY, MARKER, "Paris"):
         assert secret not in log, f"{secret!r} appears in the server log"
