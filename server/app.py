@@ -129,8 +129,13 @@ def _unlearning_gate(config: Config) -> UnlearningGate | None:
     forget_sets.publish(paths)
     if not paths:
         return None
+    import torch
+
     from adapters.embeddings import minilm
 
+    # The gate's MiniLM is the only torch work in this process. One thread keeps it off the
+    # core(s) the engine computes on; its inputs are a few short texts per request.
+    torch.set_num_threads(1)
     return UnlearningGate(forget_sets.load_all(paths), minilm(), server_metrics())
 
 
