@@ -12,7 +12,7 @@ from pathlib import Path
 from .config import ConfigError, load_config
 
 #: `corrigo eval NAME` runs evals/NAME.py (its add_parser() and run()).
-EVALS = ("unlearning", "refinement")
+EVALS = ("unlearning", "refinement", "copilot")
 
 
 def build_parser() -> argparse.ArgumentParser:

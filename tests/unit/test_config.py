@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from server.cli import FLAG_KEYS, build_parser
@@ -92,3 +94,10 @@ def test_serve_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ["--config", *(f"--{f.replace('_', '-')}" for f in FLAG_KEYS)]:
         assert flag in text
+
+
+def test_every_shipped_eval_is_a_cli_command():
+
+    shipped = {p.stem for p in Path("evals").glob("*.py") if p.stem not in ("__init__", "server")}
+    for name in shipped:
+        assert build_parser().parse_args(["eval", name]).eval == name
