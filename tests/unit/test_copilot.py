@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from adapters.copilot_training import (
     MistakeLog,
@@ -28,7 +28,7 @@ from decoding.copilot.model import Copilot, PilotFeatures
 from decoding.correction import CorrectionError, decode_wire, parse_correction
 from decoding.pipeline import Row, TokenStream
 
-from ..support import make_tiny_llama
+from ..support import make_tiny_llama, tiny_llama_config
 
 CONTEXT = {COPILOTS_CONTEXT: {"fix", "other"}}
 
@@ -120,13 +120,10 @@ def test_binding_checks_vocabulary_and_config_but_not_how_it_was_saved():
 
 
 def tiny_copilot_config(vocab):
-    return LlamaConfig(
-        vocab_size=vocab,
+    return tiny_llama_config(
+        vocab,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
         head_dim=32,
         max_position_embeddings=512,
         tie_word_embeddings=False,
