@@ -45,11 +45,13 @@ def add_parser(evals) -> None:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "evals")
 
 
-def _items(name: str) -> list[dict[str, str]]:
+def load_split(name: str) -> list[dict[str, str]]:
+    """The ``{"prompt", "response"}`` items of the suite's ``train`` or ``heldout`` split."""
     return [json.loads(line) for line in (SUITE / f"{name}.jsonl").open()]
 
 
-def _first_word(text: str) -> str:
+def first_word(text: str) -> str:
+    """The answer's first word, lower-cased: what is compared with the label."""
     match = re.match(r"\W*(\w+)", text)
     return match.group(1).lower() if match else ""
 
@@ -64,7 +66,7 @@ def accuracy(client, model: str, items, correction, concurrency: int) -> float:
             temperature=0,
             extra_body=extra,
         )
-        return _first_word(r.choices[0].message.content or "") == item["response"].lower()
+        return first_word(r.choices[0].message.content or "") == item["response"].lower()
 
     with ThreadPoolExecutor(concurrency) as pool:
         right = list(pool.map(answer, items))
@@ -114,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     )
     server = start_server(config, tmp / "server.log")
     results: dict = {
-        "train_items": len(_items("train")),
-        "heldout_items": len(_items("heldout")),
+        "train_items": len(load_split("train")),
+        "heldout_items": len(load_split("heldout")),
         "train_steps": len(losses),
         "train_seconds": round(train_seconds, 1),
         "rmse_first": losses[0] if losses else None,
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="-", max_retries=0, timeout=600)
         model = client.models.list().data[0].id
-        held, train_items = _items("heldout"), _items("train")
+        held, train_items = load_split("heldout"), load_split("train")
         lambdas = [float(x) for x in args.lambdas.split(",")]
         results["heldout"] = {"pilot": accuracy(client, model, held, None, args.concurrency)}
         results["train"] = {"pilot": accuracy(client, model, train_items, None, args.concurrency)}

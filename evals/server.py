@@ -33,11 +33,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_server(max_rounds: int, timeout: float = 600) -> Iterator[str]:
-    """Start the embedded model behind ``corrigo serve`` on a free port; yield its base URL."""
+def local_server(
+    max_rounds: int = 1, timeout: float = 600, extra_config: str = ""
+) -> Iterator[str]:
+    """Start the embedded model behind ``corrigo serve`` on a free port; yield its base URL.
+
+    ``extra_config`` is TOML appended to :data:`EVAL_CONFIG` (e.g. ``[aux_models.NAME]``
+    sections)."""
     with tempfile.TemporaryDirectory(prefix="corrigo-eval-") as tmp:
         config = Path(tmp) / "corrigo.toml"
-        config.write_text(EVAL_CONFIG.format(max_rounds=max_rounds))
+        config.write_text(EVAL_CONFIG.format(max_rounds=max_rounds) + extra_config)
         port = _free_port()
         log = (Path(tmp) / "server.log").open("w")
         process = subprocess.Popen(

@@ -11,8 +11,12 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 
-#: `corrigo eval NAME` runs evals/NAME.py (its add_parser() and run()).
-EVALS = ("unlearning", "refinement", "copilot")
+#: `corrigo eval NAME` runs evals/NAME.py, dashes as underscores (its add_parser() and run()).
+EVALS = ("unlearning", "refinement", "copilot", "proxy-tuning")
+
+
+def eval_module(name: str) -> str:
+    return f"evals.{name.replace('-', '_')}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="run an evaluation against a corrigo server")
     evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
     for name in EVALS:
-        importlib.import_module(f"evals.{name}").add_parser(evals)
+        importlib.import_module(eval_module(name)).add_parser(evals)
     return parser
 
 
@@ -111,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "copilot":
         return copilot_train(args)
     if args.command == "eval":
-        return importlib.import_module(f"evals.{args.eval}").run(args)
+        return importlib.import_module(eval_module(args.eval)).run(args)
     raise AssertionError(args.command)
 
 
