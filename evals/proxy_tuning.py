@@ -55,7 +55,7 @@ def add_parser(evals) -> None:
     )
     parser.add_argument("--force", action="store_true", help="redo the stages even if cached")
     parser.add_argument("--anti-layers", type=int, default=4, help="decoder layers kept (of 30)")
-    parser.add_argument("--distil-epochs", type=int, default=4)
+    parser.add_argument("--distil-epochs", type=int, default=2)
     parser.add_argument("--distil-lr", type=float, default=5e-4)
     parser.add_argument("--expert-epochs", type=int, default=3)
     parser.add_argument("--expert-lr", type=float, default=2e-4)
@@ -128,6 +128,7 @@ def _train_pairs() -> list[tuple[str, str]]:
 def stage_anti(args, work: Path) -> dict:
     import torch
 
+    from adapters.copilot_training import render_prompt
     from adapters.proxy_training import cut_layers, distillation_loss, fit, greedy, pad_batch
 
     teacher, tokenizer = _base()
@@ -137,9 +138,12 @@ def stage_anti(args, work: Path) -> dict:
         for line in path.read_text().splitlines()
         if line.strip()
     ] + [prompt for prompt, _ in _train_pairs()]
-    from adapters.copilot_training import render_prompt
-
-    answers = greedy(teacher, tokenizer, prompts, 48, desc="teacher answers")
+    cached = work / "teacher_answers.json"  # the slow half of the stage, kept on its own
+    if cached.exists():
+        answers = json.loads(cached.read_text())
+    else:
+        answers = greedy(teacher, tokenizer, prompts, 48, desc="teacher answers")
+        cached.write_text(json.dumps(answers))
     sequences = [render_prompt(tokenizer, p) + a for p, a in zip(prompts, answers, strict=True)]
     student = cut_layers(teacher, args.anti_layers)
     pad = tokenizer.pad_token_id
@@ -367,7 +371,11 @@ def write_docs(folder: Path, results: dict, args) -> None:
     for x, n in zip(xs, names, strict=True):
         ax.text(x - 0.2, held[n] + 1, f"{held[n]:.0f}", ha="center", fontsize=8)
         ax.text(x + 0.2, general[n] + 1, f"{general[n]:.0f}", ha="center", fontsize=8)
-    ax.set_xticks(list(xs), [n.replace(", ", "\n").replace(" (", "\n(") for n in names], fontsize=8)
+    ax.set_xticks(
+        list(xs),
+        [n.replace(", ", "\n").replace(" (", "\n(").replace(" alone", "\nalone") for n in names],
+        fontsize=8,
+    )
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 110)
     ax.set_title(
