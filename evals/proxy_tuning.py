@@ -32,6 +32,7 @@ from .unlearning import FACTS, ask_all, load_facts
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("anti", "expert", "direct", "inprocess", "server", "docs")
+RESUMING = ("server", "docs")
 #: Prompts the anti-expert is distilled on, besides the task's train prompts.
 DISTIL_SUITES = REPO / "evals" / "suites" / "refinement"
 TASK_TOKENS = 4
@@ -62,7 +63,7 @@ def add_parser(evals) -> None:
     parser.add_argument("--direct-epochs", type=int, default=2)
     parser.add_argument("--direct-lr", type=float, default=2e-5)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--alphas", default="0.5,1,2", help="comma-separated alpha sweep")
+    parser.add_argument("--alphas", default="0.1,0.25,0.5,1,2", help="comma-separated alpha sweep")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "evals")
 
 
@@ -81,13 +82,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for name in STAGES:
         record = work / "stages" / f"{name}.json"
-        if name not in wanted or (record.exists() and not args.force and name != "docs"):
+        # The server stage resumes itself (it adds the systems it has not measured yet).
+        if name not in wanted or (record.exists() and not args.force and name not in RESUMING):
             continue
         print(f"== stage {name}", flush=True)
+        before = json.loads(record.read_text()) if record.exists() and not args.force else {}
         wall, cpu = time.perf_counter(), time.process_time()
-        result = STAGE_FUNCTIONS[name](args, work)
-        result["wall_seconds"] = round(time.perf_counter() - wall, 1)
-        result["cpu_seconds"] = round(time.process_time() - cpu, 1)
+        result = STAGE_FUNCTIONS[name](args, work, before)
+        result["wall_seconds"] = round(
+            before.get("wall_seconds", 0) + time.perf_counter() - wall, 1
+        )
+        result["cpu_seconds"] = round(before.get("cpu_seconds", 0) + time.process_time() - cpu, 1)
         if name != "docs":
             record.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps({k: v for k, v in result.items() if k != "answers"}, indent=2))
@@ -125,7 +130,7 @@ def _train_pairs() -> list[tuple[str, str]]:
     return [(item["prompt"], item["response"]) for item in load_split("train")]
 
 
-def stage_anti(args, work: Path) -> dict:
+def stage_anti(args, work: Path, before: dict) -> dict:
     import torch
 
     from adapters.copilot_training import render_prompt
@@ -187,7 +192,7 @@ def _sft(model, tokenizer, args, epochs: int, lr: float, desc: str) -> list[floa
     return fit(model, examples, loss, epochs=epochs, batch_size=args.batch_size, lr=lr, desc=desc)
 
 
-def stage_expert(args, work: Path) -> dict:
+def stage_expert(args, work: Path, before: dict) -> dict:
     from transformers import AutoTokenizer
 
     model, tokenizer = _load(work / "anti"), AutoTokenizer.from_pretrained(work / "anti")
@@ -196,7 +201,7 @@ def stage_expert(args, work: Path) -> dict:
     return {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
 
 
-def stage_direct(args, work: Path) -> dict:
+def stage_direct(args, work: Path, before: dict) -> dict:
     model, tokenizer = _base()
     losses = _sft(model, tokenizer, args, args.direct_epochs, args.direct_lr, "tune SmolLM2")
     _save(model, tokenizer, work / "direct")
@@ -235,7 +240,7 @@ def _score(task_answers: list[str], general_answers: list[str]) -> dict:
     }
 
 
-def stage_inprocess(args, work: Path) -> dict:
+def stage_inprocess(args, work: Path, before: dict) -> dict:
     base, tokenizer = _base()
     held = [i["prompt"] for i in load_split("heldout")]
     general, _ = _general_questions()
@@ -258,7 +263,7 @@ def _decode(model, tokenizer, prompts, tokens: int, desc: str) -> list[str]:
     return [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
 
 
-def stage_server(args, work: Path) -> dict:
+def stage_server(args, work: Path, before: dict) -> dict:
     from .server import local_server
 
     extra = "".join(
@@ -268,25 +273,29 @@ def stage_server(args, work: Path) -> dict:
     held = [i["prompt"] for i in load_split("heldout")]
     general, _ = _general_questions()
     alphas = [float(a) for a in args.alphas.split(",")]
-    result: dict = {"decoding": "corrigo serve (vLLM, eager, fp32), OpenAI SDK, greedy, c=8"}
+    result: dict = {
+        **before,
+        "decoding": "corrigo serve (vLLM, eager, fp32), OpenAI SDK, greedy, c=8",
+    }
+    systems = {"base": None} | {
+        f"proxy alpha={alpha:g}": {
+            "proxy_tuning": {"expert": "expert", "anti_expert": "anti", "alpha": alpha}
+        }
+        for alpha in alphas
+    }
+    todo = {name: correction for name, correction in systems.items() if name not in result}
+    if not todo:
+        return result
     with local_server(extra_config=extra) as url:
-
-        def both(correction, label):
-            return _score(
-                ask_all(url, held, correction, TASK_TOKENS, f"{label}, held-out"),
-                ask_all(url, general, correction, GENERAL_TOKENS, f"{label}, general"),
+        for name, correction in todo.items():
+            result[name] = _score(
+                ask_all(url, held, correction, TASK_TOKENS, f"{name}, held-out"),
+                ask_all(url, general, correction, GENERAL_TOKENS, f"{name}, general"),
             )
-
-        result["base"] = both(None, "base")
-        for alpha in alphas:
-            correction = {
-                "proxy_tuning": {"expert": "expert", "anti_expert": "anti", "alpha": alpha}
-            }
-            result[f"proxy alpha={alpha:g}"] = both(correction, f"proxy alpha={alpha:g}")
     return result
 
 
-def stage_docs(args, work: Path) -> dict:
+def stage_docs(args, work: Path, before: dict) -> dict:
     stages = {
         name: json.loads((work / "stages" / f"{name}.json").read_text()) for name in STAGES[:-1]
     }
@@ -298,7 +307,12 @@ def stage_docs(args, work: Path) -> dict:
         "base (transformers)": local["base"],
         "anti-expert alone": local["anti"],
         "expert alone": local["expert"],
-        **{f"proxy-tuned, {k.split()[1]}": v for k, v in server.items() if k.startswith("proxy")},
+        **{
+            f"proxy-tuned, {k.split()[1]}": server[k]
+            for k in sorted(
+                (k for k in server if k.startswith("proxy")), key=lambda k: float(k.split("=")[1])
+            )
+        },
         "directly tuned": local["direct"],
     }
     gap = {
