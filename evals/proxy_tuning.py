@@ -439,6 +439,10 @@ Models (all share SmolLM2's tokenizer; folders in the work dir, not in the repos
 - directly tuned: SmolLM2 fine-tuned the same way, {s["direct"]["fine_tune"]}
   ({s["direct"]["steps"]} steps, loss {s["direct"]["loss_first"]:.3f} -> {s["direct"]["loss_last"]:.4f}).
 
+Training: AdamW, batch {args.batch_size}, learning rate decaying linearly to 0, fp32;
+distillation {args.distil_epochs} epochs at {args.distil_lr:g}, expert {args.expert_epochs}
+epochs at {args.expert_lr:g}, direct {args.direct_epochs} epochs at {args.direct_lr:g}.
+
 Base and proxy-tuned base are measured through `corrigo serve` (vLLM, eager, fp32) with the
 OpenAI SDK, greedy, concurrency 8, the pair declared as `[aux_models.expert]` /
 `[aux_models.anti]` and each request carrying
