@@ -368,7 +368,7 @@ def write_docs(folder: Path, results: dict, args) -> None:
         else "tab:green"
         for n in names
     ]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     xs = range(len(names))
     ax.bar(
         [x - 0.2 for x in xs], [held[n] for n in names], 0.4, color=colours, label="held-out task"
