@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(wanted) - set(STAGES)
     if unknown:
-        print(f"corrigo: unknown stages {sorted(unknown)}; choose from {STAGES}")
+        print(f"corrigo: unknown stages {sorted(unknown)}; choose from {STAGES}", file=sys.stderr)
         return 2
     for name in STAGES:
         record = work / "stages" / f"{name}.json"
