@@ -154,8 +154,33 @@ FUNCTIONS = [
 ]
 
 
-def main() -> None:
-    path = Path(__file__).with_name("python_edge_cases.jsonl")
+#: A reference solution per function: the suite's tests are satisfiable (tests/unit checks it).
+REFERENCE = {
+    "safe_div": "def safe_div(a,b):\n    return None if b==0 else a/b",
+    "first_or_none": "def first_or_none(items):\n    return items[0] if items else None",
+    "mean": "def mean(items):\n    return sum(items)/len(items) if items else 0.0",
+    "sign": "def sign(x):\n    return (x>0)-(x<0)",
+    "clamp": "def clamp(x,low,high):\n    return max(low,min(high,x))",
+    "count_words": "def count_words(s):\n    return len(s.split())",
+    "last_char": "def last_char(s):\n    return s[-1:]",
+    "max_or_default": "def max_or_default(items, default):\n    return max(items) if items else default",
+    "is_palindrome": "def is_palindrome(s):\n    s=s.lower()\n    return s==s[::-1]",
+    "digit_sum": "def digit_sum(n):\n    return sum(int(c) for c in str(abs(n)))",
+    "unique": "def unique(items):\n    return list(dict.fromkeys(items))",
+    "is_leap": "def is_leap(y):\n    return y%4==0 and (y%100!=0 or y%400==0)",
+    "median": "def median(items):\n    s=sorted(items);n=len(s)\n    return s[n//2] if n%2 else (s[n//2-1]+s[n//2])/2",
+    "fib": "def fib(n):\n    a,b=0,1\n    for _ in range(n): a,b=b,a+b\n    return a",
+    "factorial": "def factorial(n):\n    if n<0: raise ValueError\n    r=1\n    for i in range(2,n+1): r*=i\n    return r",
+    "safe_int": "def safe_int(s):\n    try:\n        return int(s)\n    except ValueError:\n        return None",
+    "second_largest": "def second_largest(items):\n    s=sorted(set(items))\n    return s[-2] if len(s)>1 else None",
+    "chunks": "def chunks(items,size):\n    return [items[i:i+size] for i in range(0,len(items),size)]",
+    "initials": "def initials(name):\n    return ''.join(w[0].upper() for w in name.split())",
+    "percent": "def percent(part,total):\n    return round(part/total*100,1) if total else 0.0",
+}
+
+
+def main(path: Path | None = None) -> None:
+    path = path or Path(__file__).with_name("python_edge_cases.jsonl")
     lines = []
     for i, (signature, returns, tests) in enumerate(FUNCTIONS):
         prompt = f"Write a Python function {signature} that returns {returns}.{SUFFIX}"
