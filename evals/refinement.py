@@ -227,7 +227,9 @@ def add_parser(commands) -> None:
         "--suites", default=",".join(available_suites()), help="comma-separated suite names"
     )
     parser.add_argument(
-        "--strategies", default=",".join(STRATEGIES), help="comma-separated strategies"
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated strategies (<strategy>+feedback for one with verifier feedback)",
     )
     parser.add_argument("--max-rounds", type=int, default=3, help="the cap on rounds (default 3)")
     parser.add_argument(
@@ -253,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     configs = ["single", *strategies]
     if args.feedback:
         configs += [s + FEEDBACK for s in strategies if s in WITH_FEEDBACK]
-    if args.feedback:
+    if any(c.endswith(FEEDBACK) for c in configs):
         leaking = [s for s in suites if s in FEEDBACK_REVEALS_REFERENCE]
         if leaking:
             raise SystemExit(
