@@ -5,7 +5,9 @@ is sent to the server once per configuration: ``single`` (the greedy draft alone
 ``max_rounds=1``) and each strategy at the same cap on rounds. The verifier is exact, so the
 report's truth says whether the draft and the chosen answer are correct; a strategy's pass
 rate is the share of items whose chosen answer is, and its flips compare that answer with its
-own draft.
+own draft. ``--feedback`` adds a configuration ``<strategy>+feedback`` for each strategy that
+writes a feedback turn: the same strategy with the verifier's feedback appended to that turn.
+Results merge into the results file by suite and configuration.
 """
 
 from __future__ import annotations
@@ -23,8 +25,23 @@ from tqdm import tqdm
 
 SUITES_DIR = Path(__file__).parent / "suites" / "refinement"
 STRATEGIES = ("try_again", "self_refine", "best_of_n", "decompose")
+#: The strategies that write a feedback turn (best_of_n only samples and reranks).
+WITH_FEEDBACK = ("try_again", "self_refine", "decompose")
 #: max_tokens per candidate, per suite: enough for the answer, short for a 2-core CPU.
-MAX_TOKENS = {"arithmetic": 16, "json_extraction": 40, "instructions": 40, "python_functions": 80}
+MAX_TOKENS = {
+    "arithmetic": 16,
+    "json_extraction": 40,
+    "instructions": 40,
+    "python_functions": 80,
+    "python_edge_cases": 96,
+}
+#: Suites whose verifier feedback would hand the model the reference: ``--feedback`` refuses
+#: them, since an answer copied from the feedback says nothing about refinement.
+FEEDBACK_REVEALS_REFERENCE = {
+    "json_extraction": "its schemas pin the answer with `const`, and json_schema feedback "
+    "quotes the expected value ('Maria' was expected)",
+}
+FEEDBACK = "+feedback"
 
 
 @dataclass(frozen=True)
@@ -48,7 +65,10 @@ def request_body(job: Job, model: str, max_rounds: int, temperature: float) -> d
     if job.config == "single":
         refinement["max_rounds"] = 1
     else:
-        refinement.update(strategy=job.config, max_rounds=max_rounds, temperature=temperature)
+        strategy, feedback = job.config.removesuffix(FEEDBACK), job.config.endswith(FEEDBACK)
+        refinement.update(strategy=strategy, max_rounds=max_rounds, temperature=temperature)
+        if feedback:
+            refinement["feedback"] = True
     return {
         "model": model,
         "messages": [{"role": "user", "content": job.item["prompt"]}],
@@ -82,7 +102,8 @@ async def run_jobs(
                 bar.update()
             if response.status_code != 200:
                 raise RuntimeError(f"{job.suite}/{job.item['id']}: {response.text}")
-            report = response.json()["correction"]["refinement"]
+            payload = response.json()
+            report = payload["correction"]["refinement"]
             return {
                 "suite": job.suite,
                 "config": job.config,
@@ -94,6 +115,7 @@ async def run_jobs(
                 "stop_reason": report["stop_reason"],
                 "tokens": report["tokens"],
                 "seconds": time.monotonic() - started,
+                "answer": payload["choices"][0]["message"]["content"],
             }
 
         try:
@@ -153,6 +175,23 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], configs: list[
     return "\n".join(lines)
 
 
+def cost_table(summary: dict[str, dict[str, dict[str, Any]]], configs: list[str]) -> str:
+    """Mean completion tokens (every round, critique and check) and mean rounds per item."""
+    lines = [
+        "| suite | " + " | ".join(configs) + " |",
+        "|---|" + "---|" * len(configs),
+    ]
+    for suite, cells in summary.items():
+        row = [
+            f"{cells[c]['mean_tokens']:.0f} tok, {cells[c]['mean_rounds']:.2g} r"
+            if c in cells
+            else "—"
+            for c in configs
+        ]
+        lines.append(f"| {suite} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: dict[str, dict[str, dict[str, Any]]], configs: list[str], path: Path) -> None:
     import matplotlib
 
@@ -161,16 +200,16 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], configs: list[str], path
 
     suites = list(summary)
     width = 0.8 / len(configs)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
     for i, config in enumerate(configs):
         rates = [summary[s].get(config, {}).get("pass_rate", 0.0) for s in suites]
         xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(suites))]
         ax.bar(xs, rates, width, label=config)
     ax.set_xticks(range(len(suites)), suites)
     ax.set_ylabel("pass rate (exact verifier)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.15)
     ax.set_title("Refinement on SmolLM2-135M-Instruct: single-shot vs strategies (same round cap)")
-    ax.legend(fontsize=8, ncols=len(configs))
+    ax.legend(fontsize=7, ncols=min(len(configs), 5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -188,11 +227,18 @@ def add_parser(commands) -> None:
         "--suites", default=",".join(available_suites()), help="comma-separated suite names"
     )
     parser.add_argument(
-        "--strategies", default=",".join(STRATEGIES), help="comma-separated strategies"
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated strategies (<strategy>+feedback for one with verifier feedback)",
     )
     parser.add_argument("--max-rounds", type=int, default=3, help="the cap on rounds (default 3)")
     parser.add_argument(
         "--temperature", type=float, default=0.8, help="temperature after the greedy draft"
+    )
+    parser.add_argument(
+        "--feedback",
+        action="store_true",
+        help="also run <strategy>+feedback: the verifier's feedback appended to the strategy's turn",
     )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--limit", type=int, help="first N items of each suite")
@@ -205,7 +251,17 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     suites = [s for s in args.suites.split(",") if s]
-    configs = ["single", *(s for s in args.strategies.split(",") if s)]
+    strategies = [s for s in args.strategies.split(",") if s]
+    configs = ["single", *strategies]
+    if args.feedback:
+        configs += [s + FEEDBACK for s in strategies if s in WITH_FEEDBACK]
+    if any(c.endswith(FEEDBACK) for c in configs):
+        leaking = [s for s in suites if s in FEEDBACK_REVEALS_REFERENCE]
+        if leaking:
+            raise SystemExit(
+                f"--feedback on {', '.join(leaking)} would reveal the reference: "
+                + "; ".join(FEEDBACK_REVEALS_REFERENCE[s] for s in leaking)
+            )
     jobs = [
         Job(suite, config, item)
         for suite in suites
@@ -239,21 +295,31 @@ def run(args: argparse.Namespace) -> int:
     results = json.loads(results_path.read_text()) if results_path.exists() else {"suites": {}}
     summary = summarise(rows)
     for suite in summary:
-        results["suites"][suite] = {
-            "summary": summary[suite],
-            "items": [r for r in rows if r["suite"] == suite],
-            "max_rounds": args.max_rounds,
-            "temperature": args.temperature,
-            "seconds": round(elapsed, 1),
-        }
+        entry = results["suites"].setdefault(suite, {"configs": {}})
+        for config, cell in summary[suite].items():
+            entry["configs"][config] = {
+                "summary": cell,
+                "items": [r for r in rows if r["suite"] == suite and r["config"] == config],
+                "max_rounds": args.max_rounds,
+                "temperature": args.temperature,
+                "run_seconds": round(elapsed, 1),
+            }
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    merged = {s: v["summary"] for s, v in results["suites"].items()}
-    all_configs = ["single", *STRATEGIES]
+    merged = {
+        s: {c: v["summary"] for c, v in entry["configs"].items()}
+        for s, entry in results["suites"].items()
+    }
+    all_configs = ["single", *STRATEGIES, *(s + FEEDBACK for s in WITH_FEEDBACK)]
     plot(
         merged,
         [c for c in all_configs if any(c in v for v in merged.values())],
         out / "refinement.png",
     )
+    shown = [c for c in all_configs if any(c in v for v in merged.values())]
     print(markdown_table(summary, configs))
+    print(f"\nAll results in {results_path}:\n")
+    print(markdown_table(merged, shown))
+    print()
+    print(cost_table(merged, shown))
     print(f"\n{len(rows)} requests in {elapsed:.0f} s; results in {results_path}")
     return 0

@@ -61,6 +61,9 @@ def local_server(
             start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
+        # A SIGTERM (e.g. from `timeout`) must still stop the server, which runs in its own
+        # session: turn it into SystemExit so the finally clause below runs.
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -83,3 +86,8 @@ def local_server(
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             log.close()
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)

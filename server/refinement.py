@@ -162,6 +162,7 @@ class RefinementDriver:
         cap = request.max_completion_tokens or request.max_tokens
         base = f"refine-{uuid.uuid4().hex[:16]}"
         counter = itertools.count()
+        seeds = _RoundSeeds(request.seed)
 
         async def generate(
             messages: Sequence[Message],
@@ -179,6 +180,7 @@ class RefinementDriver:
                 "max_tokens": _smallest(cap, max_tokens),
                 "max_completion_tokens": None,
                 "vllm_xargs": xargs,
+                "seed": seeds.take(n),
             }
             if temperature is not None:
                 update["temperature"] = temperature
@@ -324,6 +326,25 @@ class RefinementDriver:
             if not finished:
                 ex.status = CLIENT_CLOSED
             record(ex)
+
+
+class _RoundSeeds:
+    """Seeds for a seeded request's generations: its k-th sequence is drawn with ``seed + k``.
+
+    vLLM seeds the ``n`` choices of one call ``seed``, ``seed + 1``, ...; each call here starts
+    past the sequences already drawn. Reusing the request's seed in every round would replay
+    the same random draws, so sampled rounds would repeat each other (and try_again stop on a
+    "repeated answer") instead of exploring. Unseeded requests stay unseeded.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.next = seed
+
+    def take(self, n: int) -> int | None:
+        seed = self.next
+        if seed is not None:
+            self.next = seed + n
+        return seed
 
 
 def _smallest(*limits: int | None) -> int | None:

@@ -284,6 +284,43 @@ def test_streaming_each_round_through_the_sdk(client):
     assert answer == chosen
 
 
+def test_seeded_rounds_are_distinct_reproducible_draws(client):
+    """A seeded request's k-th sequence is drawn with ``seed + k`` (as vLLM seeds the choices
+    of ``n``): the retry equals a plain request for the same conversation at ``seed + 1``, not
+    a replay of the request's own seed, which made every round reuse the same random draws."""
+    temperature, seed = 1.3, 7
+    stream = chat(
+        client,
+        {"verifier": NEVER, "max_rounds": 2, "stream_rounds": True, "temperature": temperature},
+        stream=True,
+        seed=seed,
+    )
+    rounds = [
+        c.model_extra["refinement_round"]
+        for c in stream
+        if "refinement_round" in (c.model_extra or {})
+    ]
+    assert [r["step"] for r in rounds] == ["draft", "retry"]
+    conversation = [
+        *ADD,
+        {"role": "assistant", "content": rounds[0]["text"]},
+        {"role": "user", "content": "Incorrect. Please think again."},
+    ]
+
+    def plain(s: int) -> str:
+        response = client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=conversation,
+            max_tokens=12,
+            temperature=temperature,
+            seed=s,
+        )
+        return response.choices[0].message.content
+
+    assert plain(seed) != plain(seed + 1)  # the seeds draw different answers here
+    assert rounds[1]["text"] == plain(seed + 1)
+
+
 @pytest.mark.parametrize(
     ("refinement", "param"),
     [

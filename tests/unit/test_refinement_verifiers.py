@@ -67,6 +67,22 @@ def test_answer_exact_and_numeric(spec, text, ok):
     assert result.score == (1.0 if ok else 0.0)
 
 
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ({"reference": 4817, "mode": "numeric"}, "It is 4816."),
+        ({"reference": 4817, "mode": "numeric"}, "no number"),
+        ({"reference": "Canberra"}, "Sydney"),
+        ({"reference": "Canberra", "extract": r"Answer: (\w+)"}, "Answer: Sydney"),
+    ],
+)
+def test_answer_feedback_never_reveals_the_reference(spec, text):
+    # The feedback goes back to the model with "feedback": true; the reference must not.
+    result = verdict({"type": "answer", **spec}, text)
+    assert not result.accepted and result.feedback
+    assert str(spec["reference"]).lower() not in result.feedback.lower()
+
+
 def test_normalise():
     assert normalise("  The  ANSWER!\n") == "the answer"
 
