@@ -149,7 +149,10 @@ class AuxModelRunner:
         self.end += 1
         for key in keys:
             self.rows[key].cached += 1
-        return out.logits[slots, -1].float()
+        logits = out.logits[:, -1]
+        if len(keys) == batch and bool((slots == torch.arange(batch, device=self.device)).all()):
+            return logits.float()  # rows in slot order (the usual case): no gather
+        return logits[slots].float()
 
     def _prefill(
         self, tokens: Sequence[int]

@@ -136,7 +136,8 @@ class CorrectionPipeline:
     # -- the step ---------------------------------------------------------------------------
 
     def _selected(self, name: str) -> list[tuple[int, Row]]:
-        return [(index, row) for index, row in self.rows.items() if name in row.spec.plugins]
+        """The rows using plugin ``name``, in batch order."""
+        return sorted((index, row) for index, row in self.rows.items() if name in row.spec.plugins)
 
     def prepare(self) -> None:
         """The batch is final for the coming step (call before the engine's forward)."""
@@ -155,8 +156,12 @@ class CorrectionPipeline:
             if not selected:
                 continue
             started = time.perf_counter()
-            index = torch.tensor([i for i, _ in selected], device=logits.device)
-            logits[index] = plugin.apply(logits[index], [row for _, row in selected])
+            rows = [row for _, row in selected]
+            if len(selected) == logits.shape[0]:  # every row: no gather, no scatter
+                logits = plugin.apply(logits, rows)
+            else:
+                index = torch.tensor([i for i, _ in selected], device=logits.device)
+                logits[index] = plugin.apply(logits[index], rows)
             if self._observe is not None:
                 self._observe(name, time.perf_counter() - started)
         return logits

@@ -3,7 +3,7 @@
 Per row, with weight ``lambda`` (the request's, else the checkpoint's default)::
 
     "logits":  s~ = s + lambda * f
-    "probs":   p = softmax(s);  q = max(p + lambda * f, 0);  s~ = log(q / sum(q))
+    "probs":   p = softmax(s);  q = max(p + lambda * f, 0);  s~ = log q - log sum(q)
 
 ``f`` is trained to predict ``onehot(target) - p``, a vector in probability units, so
 ``"probs"`` is the paper's Eq. 8 (``p~ = p + lambda f``); ``"logits"`` is the paper's worked
@@ -33,16 +33,26 @@ class RectificationFusion:
         self.space = space
 
     def __call__(
-        self, scores: torch.Tensor, rectification: torch.Tensor, lam: torch.Tensor
+        self,
+        scores: torch.Tensor,
+        rectification: torch.Tensor,
+        lam: torch.Tensor,
+        log_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``scores``, ``rectification``: ``[rows, vocab]``; ``lam``: ``[rows]``. Returns the
-        fused scores (float32, a new tensor)."""
-        shift = lam.to(torch.float32)[:, None] * rectification.to(torch.float32)
+        """``scores``, ``rectification``: ``[rows, vocab]``; ``lam``: ``[rows]``;
+        ``log_probs``: ``log_softmax(scores)`` in float32 where the caller has it already
+        (``"probs"`` needs it). Returns the fused scores (float32, a new tensor)."""
+        lam = lam.to(torch.float32)[:, None]
+        rectification = rectification.to(torch.float32)
         if self.space == "logits":
-            return scores.float() + shift
-        probs = torch.softmax(scores.float(), dim=-1)
-        fused = (probs + shift).clamp_min_(0)
+            return torch.addcmul(scores.float(), lam, rectification)
+        if log_probs is None:
+            log_probs = torch.log_softmax(scores, dim=-1, dtype=torch.float32)
+        # Every pass over [rows, vocab] costs on the engine's step: in place from here on.
+        fused = log_probs.exp().addcmul_(lam, rectification).clamp_min_(0)
         total = fused.sum(-1, keepdim=True)
+        fused = fused.log_().sub_(total.log())
         ok = total > 0
-        fused = torch.where(ok, fused / torch.where(ok, total, 1), probs)
-        return torch.where(ok, fused.log(), scores.float())
+        if not bool(ok.all()):
+            fused = torch.where(ok, fused, scores.float())
+        return fused

@@ -38,8 +38,13 @@ class PilotFeatures:
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int) -> PilotFeatures:
-        probs, ids = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
-        return cls(ids, probs)
+        return cls.from_log_probs(torch.log_softmax(logits, dim=-1, dtype=torch.float32), k)
+
+    @classmethod
+    def from_log_probs(cls, log_probs: torch.Tensor, k: int) -> PilotFeatures:
+        """From ``log_softmax(logits)``: exponentiates the ``k`` chosen entries only."""
+        top, ids = log_probs.topk(k, dim=-1)
+        return cls(ids, top.exp())
 
 
 class Copilot(nn.Module):

@@ -71,13 +71,18 @@ class CopilotRectification(StepPlugin):
             users[row.params(self.name).name].append(i)
         for copilot, positions in users.items():
             source = self.sources[copilot]
-            at = torch.tensor(positions, device=logits.device)
-            scores = logits[at]
-            features = PilotFeatures.from_logits(scores, source.top_k)
+            # Usually every row asks for the same copilot: then no gather and no scatter.
+            every_row = len(positions) == len(rows)
+            at = None if every_row else torch.tensor(positions, device=logits.device)
+            scores = logits if at is None else logits[at]
+            log_probs = torch.log_softmax(scores, dim=-1, dtype=torch.float32)
+            features = PilotFeatures.from_log_probs(log_probs, source.top_k)
             streams = {rows[i].uid: rows[i].stream for i in positions}
             inputs = {"pilot_ids": features.ids, "pilot_probs": features.probs}
             rectification = source.step(streams, inputs).to(logits.device)
             vocab = min(scores.shape[-1], rectification.shape[-1])
+            if vocab < scores.shape[-1]:  # the engine pads its vocabulary: fuse the real part
+                log_probs = None
             params: list[CopilotParams] = [rows[i].params(self.name) for i in positions]
             binding = source.binding
             lam = torch.tensor(
@@ -85,18 +90,44 @@ class CopilotRectification(StepPlugin):
                 device=logits.device,
             )
             spaces = [p.space or binding.space for p in params]
-            fused = scores.clone()
-            for space, fusion in self._fusions.items():
-                chosen = torch.tensor([s == space for s in spaces], device=logits.device)
-                if chosen.any():
-                    fused[chosen, :vocab] = fusion(
-                        scores[chosen, :vocab], rectification[chosen, :vocab], lam[chosen]
-                    )
-            logits[at] = fused.to(logits.dtype)
+            fused = self._fuse(scores[:, :vocab], rectification[:, :vocab], lam, spaces, log_probs)
+            if at is None and vocab == scores.shape[-1]:
+                logits = fused.to(logits.dtype)
+            elif at is None:
+                logits[:, :vocab] = fused.to(logits.dtype)
+            else:
+                logits[at, :vocab] = fused.to(logits.dtype)
             if self.observe is not None:
-                applied = (lam[:, None] * rectification[:, :vocab]).abs()
-                self.observe([rows[i] for i in positions], applied.mean(-1), applied.amax(-1))
+                # |lambda * f| = |lambda| * |f|: one pass over the vocabulary for |f|, then its
+                # mean and max (far cheaper on the CPU than vector_norm's).
+                size, weight = rectification[:, :vocab].float().abs(), lam.abs()
+                self.observe(
+                    [rows[i] for i in positions], weight * size.mean(-1), weight * size.amax(-1)
+                )
         return logits
+
+    def _fuse(
+        self,
+        scores: torch.Tensor,
+        rectification: torch.Tensor,
+        lam: torch.Tensor,
+        spaces: Sequence[str],
+        log_probs: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Each row fused in its own space (one batched call per space present)."""
+        if len(set(spaces)) == 1:
+            return self._fusions[spaces[0]](scores, rectification, lam, log_probs)
+        fused = scores.float().clone()
+        for space, fusion in self._fusions.items():
+            chosen = torch.tensor([s == space for s in spaces], device=scores.device)
+            if chosen.any():
+                fused[chosen] = fusion(
+                    scores[chosen],
+                    rectification[chosen],
+                    lam[chosen],
+                    None if log_probs is None else log_probs[chosen],
+                )
+        return fused
 
     def release(self, uid: int) -> None:
         for source in self.sources.values():

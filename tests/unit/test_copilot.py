@@ -60,6 +60,24 @@ def test_prob_fusion_keeps_a_row_whose_mass_vanishes():
     torch.testing.assert_close(out, s)
 
 
+def test_prob_fusion_from_given_log_probs_equals_from_scores():
+    s, f = torch.randn(4, 50) * 3, torch.randn(4, 50) * 0.1
+    lam = torch.tensor([0.0, 0.5, 1.0, 2.0])
+    fusion = RectificationFusion("probs")
+    given = fusion(s, f, lam, torch.log_softmax(s, -1))
+    torch.testing.assert_close(given, fusion(s, f, lam))
+    q = (torch.softmax(s, -1) + lam[:, None] * f).clamp_min(0)
+    torch.testing.assert_close(torch.softmax(given, -1), q / q.sum(-1, keepdim=True))
+
+
+def test_pilot_features_are_the_top_k_probabilities():
+    logits = torch.randn(3, 40)
+    probs, ids = torch.softmax(logits, -1).topk(4)
+    features = PilotFeatures.from_logits(logits, 4)
+    assert torch.equal(features.ids, ids)
+    torch.testing.assert_close(features.probs, probs)
+
+
 def test_unknown_space_is_refused():
     with pytest.raises(ValueError, match="fusion space"):
         RectificationFusion("hidden")
@@ -196,7 +214,8 @@ def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path)
         out = plugin.apply(logits.clone(), rows)
         for i, uid in enumerate(live):
             params = requests[uid][0]
-            feat = PilotFeatures.from_logits(logits[i], 5)
+            probs, ids = torch.softmax(logits[i], -1).topk(5)
+            feat = PilotFeatures(ids, probs)
             history[uid].append(feat)
             prompt, output = streams[uid]
             f = reference_rectification(model, prompt + output, len(prompt), history[uid])
@@ -205,6 +224,32 @@ def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path)
             expected = fusion(logits[i : i + 1], f[None], lam)[0]
             torch.testing.assert_close(out[i], expected, rtol=1e-4, atol=1e-4)
             output.append(int(torch.randint(0, vocab, (1,), generator=generator)))
+
+
+def test_plugin_fuses_a_whole_batch_in_one_space(tmp_path):
+    """Every row in probs space: the batched path, checked against the formula."""
+    vocab = 40
+    model = random_copilot(vocab, top_k=4)
+    save(tmp_path / "ck", model, Binding("p", "v", "c"))
+    plugin = CopilotRectification({"fix": CopilotRunner(str(tmp_path / "ck"))})
+    lams = [0.5, 2.0]
+    rows = [
+        Row(
+            uid,
+            parse_correction(
+                {"copilot": {"name": "fix", "lambda": lam, "space": "probs"}}, context=CONTEXT
+            ),
+            TokenStream([3 + uid, 4, 5], []),
+        )
+        for uid, lam in enumerate(lams)
+    ]
+    logits = torch.randn(2, vocab) * 3
+    out = plugin.apply(logits.clone(), rows)
+    for i, lam in enumerate(lams):
+        probs, ids = torch.softmax(logits[i], -1).topk(4)
+        f = reference_rectification(model, [3 + i, 4, 5], 3, [PilotFeatures(ids, probs)])
+        q = (torch.softmax(logits[i], -1) + lam * f).clamp_min(0)
+        torch.testing.assert_close(torch.softmax(out[i], -1), q / q.sum(), rtol=1e-4, atol=1e-5)
 
 
 def test_observer_gets_mean_and_max_of_the_applied_rectification(tmp_path):

@@ -81,6 +81,18 @@ def test_rows_keep_their_uid_through_moves_and_release_on_removal(plugins):
     assert set(pipeline.rows) == {1}
 
 
+def test_a_plugin_used_by_every_row_sees_them_in_batch_order_after_a_swap(plugins):
+    pipeline = CorrectionPipeline(plugins)
+    pipeline.add(0, spec(copilot=1.0), [1], [])
+    pipeline.add(1, spec(copilot=2.0), [1], [])
+    pipeline.move(0, 1, swap=True)  # row 1's request now sits at index 0
+    logits = torch.zeros(2, 3)
+    out = pipeline.apply(logits)
+    [(_, uids)] = Recorder.calls
+    assert uids == [pipeline.rows[0].uid, pipeline.rows[1].uid]
+    assert out[:, 0].tolist() == [2.0, 1.0]
+
+
 def test_live_output_lists_are_seen(plugins):
     pipeline = CorrectionPipeline(plugins)
     out = []
