@@ -223,7 +223,7 @@ def write_docs(folder: Path, results: dict, args) -> None:
     (folder / "copilot.md").write_text(
         f"""# Copilot rectification: held-out accuracy and overhead
 
-Command (2 CPU cores, shared machine, eager engine, fp32):
+Command (2 CPU cores, eager engine, fp32; about 9 minutes):
 
     corrigo eval copilot --epochs {args.epochs} --lambdas {args.lambdas} --space {args.space}
 
