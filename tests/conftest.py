@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import faulthandler
+import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,32 @@ API_KEY = "test-key-0123456789"
 SERVED_MODEL = "smollm2-135m-instruct"
 #: Forget set of the session engine (tests/integration/test_unlearning.py).
 FORGET_CAPITALS = Path(__file__).parent / "data" / "forget_capitals.jsonl"
+#: Seconds the whole test run may take before it is stopped with every thread's traceback, so a
+#: hang fails fast instead of holding CI (a full run takes about 10 minutes on 2 cores).
+DEADLINE = float(os.environ.get("CORRIGO_TEST_DEADLINE", 1800))
+_DEADLINE_TIMER = pytest.StashKey[threading.Timer]()
+
+
+def pytest_configure(config) -> None:
+    def expire() -> None:
+        # Out of pytest's output capture, so the tracebacks reach the CI log.
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            capture.suspend_global_capture(in_=True)
+        print(f"\nThe test run passed its deadline of {DEADLINE:g} s; threads:", file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+
+    config.stash[_DEADLINE_TIMER] = timer = threading.Timer(DEADLINE, expire)
+    timer.daemon = True
+    timer.start()
+
+
+def pytest_unconfigure(config) -> None:
+    timer = config.stash.get(_DEADLINE_TIMER, None)
+    if timer is not None:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")
