@@ -132,6 +132,8 @@ class RunCgroup:
                 elif controller == "memory":
                     self._write(d, "memory.limit_in_bytes", memory)
                     self._write(d, "memory.memsw.limit_in_bytes", memory, optional=True)
+                    # Without swap accounting the limit would push the tree into swap.
+                    self._write(d, "memory.swappiness", "0", optional=True)
                 elif controller == "pids":
                     self._write(d, "pids.max", str(processes))
                 elif controller == "cpu":
