@@ -460,6 +460,29 @@ def _probe_run(sandbox: Sandbox, findings: _Findings) -> None:
         findings.missing.append(f"standard modules fail: {', '.join(seen['failed_imports'])}")
 
 
+def _unmapped_uids(policy: SandboxPolicy) -> str | None:
+    """Why the slots' uids cannot be used (not mapped in corrigo's own user namespace, as in
+    rootless or remapped containers), or None."""
+    if os.geteuid() != 0:
+        return None
+    first, last = policy.uid_base, policy.uid_base + policy.max_concurrent - 1
+    try:
+        ranges = [
+            (int(inside), int(inside) + int(count) - 1)
+            for inside, _, count in (
+                line.split() for line in Path("/proc/self/uid_map").read_text().splitlines()
+            )
+        ]
+    except (OSError, ValueError):
+        return None
+    if any(low <= first and last <= high for low, high in ranges):
+        return None
+    return (
+        f"the slots' uids {first}-{last} are not mapped in corrigo's user namespace "
+        "(/proc/self/uid_map); set [sandbox] uid_base to a free range inside it"
+    )
+
+
 def probe(policy: SandboxPolicy = SandboxPolicy()) -> Sandbox:
     """Find out what the host allows for ``policy`` (about 0.1-0.5 s; run once at start-up)."""
     started = time.monotonic()
@@ -467,9 +490,9 @@ def probe(policy: SandboxPolicy = SandboxPolicy()) -> Sandbox:
     if not policy.enabled:
         report = ProbeReport(False, policy.isolation, False)
         return Sandbox(policy, report, None, CgroupSupport(None, {}, "sandbox disabled"))
-    arch = seccomp.supported()
-    if arch is not None:
-        findings.missing.append(arch)
+    for problem in (seccomp.supported(), _unmapped_uids(policy)):
+        if problem is not None:
+            findings.missing.append(problem)
     files = None
     try:
         if policy.isolation == "namespaces":
