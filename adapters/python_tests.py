@@ -6,6 +6,10 @@ sandbox (adapters/sandbox.py).
 of the namespace it defined; the score is the share of tests that pass. The sandbox contains
 the host from hostile code; it does not stop code written to fool its own tests (it runs in the
 same interpreter), which is the request's problem, not the server's.
+
+Where the server's sandbox cannot be confined at the configured level (its start-up probe,
+adapters/sandbox.py), the server declares why under :data:`SANDBOX_CONTEXT` and every
+``python_tests`` spec is refused at validation: a 400 naming ``...verifier.type``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ import re
 import secrets
 from typing import Literal
 
-from pydantic import Field, FiniteFloat, field_validator
+from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
+from decoding.correction import NestedFieldError
 from decoding.refinement.verdict import Verdict, failed
 from decoding.refinement.verifier import VerifierParams, VerifyContext, register_verifier
 
-from .sandbox import SandboxLimits, run_python
+from .sandbox import SandboxLimits, SandboxUnavailable, run_python
+
+#: Validation context key: None when the sandbox may run, else why it may not (the 400's text).
+SANDBOX_CONTEXT = "python_tests_sandbox_refusal"
 
 _FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.S | re.I)
 
@@ -72,6 +80,13 @@ class PythonTestsParams(VerifierParams):
                 raise ValueError(f"test {i} is not valid Python: {exc.msg}") from None
         return tests
 
+    @model_validator(mode="after")
+    def _sandbox_available(self, info: ValidationInfo) -> PythonTestsParams:
+        refusal = (info.context or {}).get(SANDBOX_CONTEXT)
+        if refusal:
+            raise NestedFieldError(refusal, ("type",))
+        return self
+
 
 class PythonTestsVerifier:
     name = "python_tests"
@@ -90,7 +105,12 @@ class PythonTestsVerifier:
         program = _HARNESS.format(
             code=extract_code(candidate), tests=list(self.params.tests), marker=marker
         )
-        result = await run_python(program, self.limits)
+        try:
+            result = await run_python(program, self.limits)
+        except SandboxUnavailable:
+            return failed(self.name, "The sandbox is unavailable on this server; nothing ran.")
+        if result.setup_error is not None:  # logged by the sandbox; host details stay there
+            return failed(self.name, "The sandbox could not be set up; nothing ran.")
         details = {"exit_code": result.exit_code, "seconds": round(result.seconds, 3)}
         if result.timed_out:
             return failed(

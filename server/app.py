@@ -16,8 +16,9 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models, copilots, forget_sets, request_reports, step_timing
+from adapters import aux_models, copilots, forget_sets, request_reports, sandbox, step_timing
 from adapters.engine import ServedModel, engine_args
+from adapters.python_tests import SANDBOX_CONTEXT
 from adapters.request_reports import ReportSlots
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.copilot import COPILOTS_CONTEXT
@@ -44,6 +45,8 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
     configure_refinement(runtime, config)
+    python_sandbox = _python_sandbox(config)
+    runtime.correction_context[SANDBOX_CONTEXT] = python_sandbox.refusal
     bound = {
         name: str(Path(spec.path).expanduser().resolve()) for name, spec in config.copilots.items()
     }
@@ -101,6 +104,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
                 "model": model.model_id,
                 "vllm": VLLM_VERSION,
                 "logits_processors": runtime.logits_processors,
+                "sandbox": python_sandbox.report.to_json(),
             }
         )
 
@@ -120,6 +124,12 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         )
     )
     return app
+
+
+def _python_sandbox(config: Config) -> sandbox.Sandbox:
+    """Probe the python_tests sandbox once (logged); python_tests is refused where the host
+    cannot give the configured isolation."""
+    return sandbox.configure(sandbox.SandboxPolicy(**config.sandbox.model_dump()))
 
 
 def _unlearning_gate(config: Config) -> UnlearningGate | None:

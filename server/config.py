@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
+
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "CORRIGO_"
@@ -120,6 +122,24 @@ class RefinementConfig(_Section):
     keepalive_seconds: float = Field(5.0, gt=0)
 
 
+class SandboxConfig(_Section):
+    """The python_tests sandbox (adapters/sandbox.py). Probed at start-up; when the host cannot
+    give the configured isolation, python_tests is refused (400), never run weaker."""
+
+    #: false: python_tests is refused.
+    enabled: bool = True
+    #: "namespaces" (a minimal root, no network, own PID namespace) or, explicitly only,
+    #: "limits-only" (rlimits, own uid and seccomp; the host's files and processes in view).
+    isolation: Isolation = "namespaces"
+    #: A cgroup per run for memory/pids/CPU of the whole tree: "auto" (where the host allows;
+    #: else per-process limits, logged), "required" (refuse python_tests without), "off".
+    cgroups: CgroupMode = "auto"
+    #: First of the ``max_concurrent`` uids (and gids) the slots run as when the server is root.
+    uid_base: int = Field(DEFAULT_UID_BASE, ge=1000, le=4_000_000_000)
+    #: Sandboxes running at once, each in a slot with its own uid.
+    max_concurrent: int = Field(4, ge=1, le=256)
+
+
 class VerifierConfig(_Section):
     #: Name of the entry point (group ``corrigo.verifiers``) implementing it; default: the
     #: verifier's own name.
@@ -145,6 +165,7 @@ class Config(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     refinement: RefinementConfig = Field(default_factory=RefinementConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     #: Custom refinement verifiers, by the ``type`` requests use (loaded from entry points).
     verifiers: dict[str, VerifierConfig] = Field(default_factory=dict)
 
