@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,25 @@ API_KEY = "test-key-0123456789"
 SERVED_MODEL = "smollm2-135m-instruct"
 #: Forget set of the session engine (tests/integration/test_unlearning.py).
 FORGET_CAPITALS = Path(__file__).parent / "data" / "forget_capitals.jsonl"
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind((host, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+#: Another loopback "host" (tests/security/test_outbound.py): the session server lets webhooks
+#: reach only ``http://HOOK_HOST:HOOK_PORT/hooks`` on it, and its judge ``grader`` listens on
+#: ``JUDGE_PORT`` there.
+HOOK_HOST = "127.0.0.2"
+HOOK_PORT, JUDGE_PORT = _free_ports(HOOK_HOST, 2)
+#: The judge's key: in the server's environment only (``[judges.grader] api_key_env``).
+JUDGE_KEY = "judge-secret-5d1e"
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +46,16 @@ def live_server(tmp_path_factory) -> LiveServer:
             # Refinement tests send verifications to loopback servers they start.
             "refinement": {
                 "max_rounds": 4,
-                "url_prefixes": ["http://127.0.0.1:"],
+                "url_prefixes": ["http://127.0.0.1:", f"http://{HOOK_HOST}:{HOOK_PORT}/hooks"],
                 "keepalive_seconds": 0.5,
+            },
+            # Requests must name this host (tests/security/test_browser_identity.py).
+            "server": {"trusted_hosts": ["127.0.0.1"]},
+            # A judge holding a server-side key (tests/security/test_outbound.py).
+            "judges.grader": {
+                "url": f"http://{HOOK_HOST}:{JUDGE_PORT}/v1",
+                "model": "grader",
+                "api_key_env": "GRADER_API_KEY",
             },
         },
     )
@@ -35,6 +63,7 @@ def live_server(tmp_path_factory) -> LiveServer:
         config,
         tmp / "server.log",
         probe_during_startup={"models": "/v1/models", "ready": "/ready"},
+        env={"GRADER_API_KEY": JUDGE_KEY},
     )
     yield server
     server.stop()
