@@ -12,6 +12,7 @@ environment variables. Environment names:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -62,9 +63,14 @@ def _judge_url(text: str) -> str:
 
 def _trusted_host(text: str) -> str:
     host = text.strip().lower().removeprefix("[").removesuffix("]")
-    if not host or not all(c.isalnum() or c in ".-_:" for c in host) or not host.isascii():
-        raise ValueError(f"{text!r} is not a host name or address (no scheme, port or path)")
-    return host
+    if ":" in host:  # only an IPv6 address; "name:port" would never match a Host header
+        try:
+            return ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            pass
+    elif host and host.isascii() and all(c.isalnum() or c in ".-_" for c in host):
+        return host
+    raise ValueError(f"{text!r} is not a host name or address (no scheme, port or path)")
 
 
 class ServerConfig(_Section):

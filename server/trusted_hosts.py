@@ -9,6 +9,7 @@ nothing ("ok").
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Iterable
@@ -24,11 +25,15 @@ EXEMPT_PATHS = frozenset({"/health"})
 
 
 def host_name(header: str) -> str:
-    """The host of a ``Host`` header value, without port or IPv6 brackets, lower-cased."""
+    """The host of a ``Host`` header value, without port, lower-cased; an IPv6 address
+    compressed and without brackets (as server/config.py stores trusted hosts)."""
     header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else ""
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    if not header.startswith("["):
+        return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    try:
+        return ipaddress.IPv6Address(header[1 : header.find("]")]).compressed
+    except ValueError:
+        return ""
 
 
 class TrustedHostMiddleware:

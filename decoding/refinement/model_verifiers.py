@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
-
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
@@ -118,7 +117,7 @@ class JudgeParams(VerifierParams):
     @model_validator(mode="before")
     @classmethod
     def _no_client_credentials(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "api_key_env" in value:
+        if isinstance(value, Mapping) and "api_key_env" in value:
             raise NestedFieldError(
                 "judge credentials are the server's: name a judge its config declares "
                 "with 'judge' (api_key_env is not accepted from requests)",
