@@ -3,21 +3,25 @@
 Request body: ``{"candidate": str, "messages": [...], "metadata": {...}}``. The endpoint
 answers ``{"accepted": bool, "score": float (optional, default 1/0), "feedback": str
 (optional)}``. Timeouts, connection errors and 5xx answers are retried (``retries`` times,
-exponential backoff); what still fails is a rejection whose details say why.
+exponential backoff); what still fails is a rejection. The URL is the allow-list's canonical
+form (decoding/refinement/urls.py) and the POST is adapters/outbound.py's (no redirects, one
+deadline per attempt, bounded answer); why it failed goes to the server log, not the client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any, Literal
 
-import httpx
 from pydantic import Field, FiniteFloat, field_validator
 
-from decoding.refinement.model_verifiers import check_url
+from decoding.refinement.urls import check_url
 from decoding.refinement.verdict import Verdict
 from decoding.refinement.verifier import VerifierParams, VerifyContext, register_verifier
+
+from .outbound import OutboundError, post_json
 
 
 class WebhookParams(VerifierParams):
@@ -33,7 +37,7 @@ class WebhookParams(VerifierParams):
     _url = field_validator("url")(check_url)
 
 
-class WebhookError(RuntimeError):
+class WebhookError(OutboundError):
     pass
 
 
@@ -63,31 +67,29 @@ class WebhookVerifier:
         return Verdict(self.name, accepted, min(max(float(score), 0.0), 1.0), str(feedback))
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        url = self.params.url
         last: Exception | None = None
-        async with httpx.AsyncClient(timeout=self.params.timeout, trust_env=False) as client:
-            for attempt in range(self.params.retries + 1):
-                if attempt:
-                    await asyncio.sleep(self.BACKOFF * 2 ** (attempt - 1))
-                try:
-                    response = await client.post(self.params.url, json=body)
-                except httpx.HTTPError as exc:
-                    last = exc
-                    continue
-                if response.status_code >= 500:
-                    last = WebhookError(f"{self.params.url} answered {response.status_code}")
-                    continue
-                if response.status_code >= 400:
-                    raise WebhookError(f"{self.params.url} answered {response.status_code}")
-                try:
-                    payload = response.json()
-                except ValueError:
-                    raise WebhookError(f"{self.params.url} did not answer JSON") from None
-                if not isinstance(payload, dict):
-                    raise WebhookError(f"{self.params.url} did not answer a JSON object")
-                return payload
-        raise WebhookError(
-            f"{self.params.url} failed after {self.params.retries + 1} attempts: {last}"
-        )
+        for attempt in range(self.params.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.BACKOFF * 2 ** (attempt - 1))
+            try:
+                status, content = await post_json(url, body, timeout=self.params.timeout)
+            except OutboundError as exc:
+                last = exc
+                continue
+            if status >= 500:
+                last = WebhookError(f"{url} answered {status}")
+                continue
+            if status >= 300:
+                raise WebhookError(f"{url} answered {status}")
+            try:
+                payload = json.loads(content)
+            except ValueError:
+                raise WebhookError(f"{url} did not answer JSON") from None
+            if not isinstance(payload, dict):
+                raise WebhookError(f"{url} did not answer a JSON object")
+            return payload
+        raise WebhookError(f"{url} failed after {self.params.retries + 1} attempts: {last}")
 
 
 register_verifier("webhook", WebhookParams, WebhookVerifier)

@@ -34,6 +34,7 @@ from .profiles import load_profiles
 from .refinement import RefinementDriver, configure_refinement
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
+from .trusted_hosts import TrustedHostMiddleware
 from .unlearning import UnlearningGate
 
 
@@ -44,7 +45,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     for name, path in aux.items():
         aux_models.check_compatible(name, path, model.path)
     runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
-    configure_refinement(runtime, config)
+    judges = configure_refinement(runtime, config)
     python_sandbox = _python_sandbox(config)
     runtime.correction_context[SANDBOX_CONTEXT] = python_sandbox.refusal
     bound = {
@@ -87,7 +88,9 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     app = FastAPI(title="corrigo", version=_version(), lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    if config.server.trusted_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, hosts=config.server.trusted_hosts)
+    app.add_middleware(RequestIdMiddleware)  # outermost: refused hosts are logged too
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -113,7 +116,9 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     app.router.routes.append(
         Route("/metrics", _ASGIEndpoint(make_asgi_app(get_prometheus_registry())))
     )
-    refinement = RefinementDriver(runtime, server_metrics(), config.refinement.keepalive_seconds)
+    refinement = RefinementDriver(
+        runtime, server_metrics(), config.refinement.keepalive_seconds, judges
+    )
     app.include_router(
         build_router(
             runtime,

@@ -164,6 +164,12 @@ def serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from .auth import keyless_exposure_warning
+
+    exposure = keyless_exposure_warning(config.server.host, config.auth.api_keys)
+    if exposure is not None:
+        logging.getLogger("corrigo").warning(exposure)
+        print(f"corrigo: WARNING: {exposure}", file=sys.stderr)
 
     import uvicorn
 
@@ -173,6 +179,8 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
     from adapters.verifier_plugins import VerifierPluginError
     from decoding.unlearning import ForgetSetError
+
+    from adapters.remote_model import JudgeConfigError
 
     from .app import create_app
     from .profiles import ProfileError
@@ -189,6 +197,7 @@ def serve(args: argparse.Namespace) -> int:
         ProfileError,
         ForgetSetError,
         VerifierPluginError,
+        JudgeConfigError,
     ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2

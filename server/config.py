@@ -12,15 +12,17 @@ environment variables. Environment names:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
+from decoding.refinement.urls import URLError, parse_prefix, parse_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +48,42 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _url_prefix(text: str) -> str:
+    try:
+        return str(parse_prefix(text))
+    except URLError as exc:
+        raise ValueError(f"{text!r} is not an allowed-URL entry: {exc}") from None
+
+
+def _judge_url(text: str) -> str:
+    try:
+        return str(parse_url(text))
+    except URLError as exc:
+        raise ValueError(f"{text!r} is not a judge URL: {exc}") from None
+
+
+def _trusted_host(text: str) -> str:
+    host = text.strip().lower().removeprefix("[").removesuffix("]")
+    if ":" in host:  # only an IPv6 address; "name:port" would never match a Host header
+        try:
+            return ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            pass
+    elif host and host.isascii() and all(c.isalnum() or c in ".-_" for c in host):
+        return host
+    raise ValueError(f"{text!r} is not a host name or address (no scheme, port or path)")
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: str = "info"
     #: Seconds SIGTERM waits for in-flight requests before aborting them.
     graceful_shutdown_seconds: float = Field(10.0, ge=0)
+    #: Host names (or addresses) clients reach this server by; when set, a request whose
+    #: ``Host`` header names another host is refused (400) — a web page on another origin,
+    #: DNS-rebound to this address, is then turned away. /health answers any host. None: any.
+    trusted_hosts: list[Annotated[str, AfterValidator(_trusted_host)]] | None = None
 
 
 class ModelConfig(_Section):
@@ -116,8 +148,12 @@ class ProfileConfig(_Section):
 class RefinementConfig(_Section):
     #: Cap on a request's ``correction.refinement.max_rounds`` (400 beyond).
     max_rounds: int = Field(8, ge=1, le=64)
-    #: URL prefixes requests may send verifications to (webhook, judge ``url``); empty: none.
-    url_prefixes: list[str] = Field(default_factory=list)
+    #: Where requests may send verifications (webhook, judge ``url``): entries
+    #: ``scheme://host[:port][/path]`` (port ``*`` or empty: any port), matched by parsed scheme,
+    #: host, port and path segments (decoding/refinement/urls.py); empty: nowhere.
+    url_prefixes: list[Annotated[str, AfterValidator(_url_prefix)]] = Field(
+        default_factory=list
+    )
     #: Streaming: seconds between SSE keep-alive comments while the rounds run.
     keepalive_seconds: float = Field(5.0, gt=0)
 
@@ -138,6 +174,17 @@ class SandboxConfig(_Section):
     uid_base: int = Field(DEFAULT_UID_BASE, ge=1000, le=4_000_000_000)
     #: Sandboxes running at once, each in a slot with its own uid.
     max_concurrent: int = Field(4, ge=1, le=256)
+
+
+class JudgeConfig(_Section):
+    """A model requests may name as their judge (``{"type": "judge", "judge": NAME}``)."""
+
+    #: Its OpenAI-compatible base URL (ending in ``/v1``); not subject to ``url_prefixes``.
+    url: Annotated[str, AfterValidator(_judge_url)]
+    #: The model name sent there.
+    model: str | None = None
+    #: The environment variable holding its API key (checked at start-up); None: no key.
+    api_key_env: str | None = None
 
 
 class VerifierConfig(_Section):
@@ -168,6 +215,8 @@ class Config(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     #: Custom refinement verifiers, by the ``type`` requests use (loaded from entry points).
     verifiers: dict[str, VerifierConfig] = Field(default_factory=dict)
+    #: Remote judges for the ``judge`` verifier, by the name requests use.
+    judges: dict[str, JudgeConfig] = Field(default_factory=dict)
 
 
 def load_config(
@@ -195,13 +244,20 @@ def load_config(
     for _, layer in layers:
         _deep_merge(merged, layer)
     try:
-        return Config.model_validate(merged)
+        config = Config.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         sources = [name for name, layer in layers if _has_key(layer, err["loc"])]
         where = f" (from {sources[-1]})" if sources else ""
         raise ConfigError(f"config key '{key}'{where}: {err['msg']}") from None
+    for name, judge in config.judges.items():
+        if judge.api_key_env is not None and not environ.get(judge.api_key_env):
+            raise ConfigError(
+                f"config key 'judges.{name}.api_key_env': the judge '{name}' takes its key "
+                f"from the environment variable {judge.api_key_env}, which is not set (or empty)"
+            )
+    return config
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

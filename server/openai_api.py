@@ -30,6 +30,7 @@ from adapters.vllm_compat import (
 from decoding.correction import CorrectionSpec
 
 from .admission import AdmissionControl, RateLimiter, Slot
+from .auth import validated_key
 from .cancellation import CancelScope
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wants_figures, wire_xargs
@@ -87,6 +88,8 @@ class Exchange:
     client_wants_usage: bool = False
     #: The report slot where the engine records the correction's figures (request_reports).
     ticket: list[int] | None = None
+    #: The request's ``X-Request-Id`` (server/request_id.py), for log lines.
+    request_id: str | None = None
 
 
 def build_router(
@@ -132,12 +135,13 @@ def build_router(
         return await _generate(raw, Endpoint.COMPLETION)
 
     async def _generate(raw: Request, endpoint: Endpoint) -> Response:
-        ex = Exchange(endpoint)
+        ex = Exchange(endpoint, request_id=raw.headers.get("x-request-id"))
         slot: Slot | None = None
         try:
-            runtime.require_ready()
+            # The limit counts every attempt, also while the engine starts.
             if rate_limiter is not None:
                 rate_limiter.check(_client_id(raw))
+            runtime.require_ready()
             request = await _parse(raw, ex)
             refine = ex.correction is not None and "refinement" in ex.correction.plugins
             if refine:
@@ -427,11 +431,12 @@ class _SlotStreamingResponse(StreamingResponse):
 
 
 def _client_id(raw: Request) -> str:
-    """Who a rate limit applies to: the API key sent, else the client's address."""
-    header = raw.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return "key:" + token.strip()
+    """Who a rate limit applies to: the configured API key the request's bearer token matched
+    (server/auth.py), else the client's address. An unchecked bearer string never counts: a
+    client could mint a fresh one per request."""
+    key = validated_key(raw)
+    if key is not None:
+        return "key:" + key
     return "addr:" + (raw.client.host if raw.client else "unknown")
 
 

@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
@@ -30,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 import adapters.python_tests  # noqa: F401  (registers the python_tests verifier)
 import adapters.webhook  # noqa: F401  (registers the webhook verifier)
 from adapters import verifier_plugins
-from adapters.remote_model import remote_generate
+from adapters.remote_model import configured_judges, remote_generate
 from adapters.vllm_compat import CompletionRequest, ErrorResponse
 from decoding.refinement import (
     Candidate,
@@ -44,8 +45,10 @@ from decoding.refinement import (
     VerifyContext,
     refine,
 )
-from decoding.refinement.model_verifiers import URL_PREFIXES_CONTEXT
+from decoding.refinement.generation import GenerateFn
+from decoding.refinement.model_verifiers import JUDGES_CONTEXT
 from decoding.refinement.params import MAX_ROUNDS_CONTEXT
+from decoding.refinement.urls import URL_PREFIXES_CONTEXT, parse_prefix
 
 from .cancellation import CancelScope
 from .config import Config
@@ -55,11 +58,17 @@ from .metrics import ServerMetrics
 from .runtime import EngineRuntime
 
 
-def configure_refinement(runtime: EngineRuntime, config: Config) -> None:
-    """Load the configured custom verifiers and declare the caps requests are validated against."""
+def configure_refinement(runtime: EngineRuntime, config: Config) -> dict[str, GenerateFn]:
+    """Load the configured custom verifiers, declare the caps, the URL allow-list and the
+    judge names requests are validated against; the configured judges' clients (each holding
+    its key, read from the environment now: a missing one is a start-up error)."""
     verifier_plugins.load_verifiers(config.verifiers)
     runtime.correction_context[MAX_ROUNDS_CONTEXT] = config.refinement.max_rounds
-    runtime.correction_context[URL_PREFIXES_CONTEXT] = list(config.refinement.url_prefixes)
+    runtime.correction_context[URL_PREFIXES_CONTEXT] = tuple(
+        parse_prefix(entry) for entry in config.refinement.url_prefixes
+    )
+    runtime.correction_context[JUDGES_CONTEXT] = frozenset(config.judges)
+    return configured_judges(config.judges, os.environ)
 
 
 class _Usage:
@@ -83,10 +92,18 @@ class _Usage:
 class RefinementDriver:
     """Runs one refinement request per call of :meth:`respond`."""
 
-    def __init__(self, runtime: EngineRuntime, metrics: ServerMetrics, keepalive: float) -> None:
+    def __init__(
+        self,
+        runtime: EngineRuntime,
+        metrics: ServerMetrics,
+        keepalive: float,
+        judges: Mapping[str, GenerateFn] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.keepalive = keepalive
+        #: The configured judges (``configure_refinement``), by name.
+        self.judges = dict(judges or {})
 
     def check(self, request) -> None:
         """Refuse what refinement cannot serve (before the request takes an admission slot)."""
@@ -135,13 +152,14 @@ class RefinementDriver:
             generate=self._generate(request, usage, per_step=False),
             next_token=self._next_token,
             remote=remote_generate,
+            judges=self.judges,
         )
         try:
             outcome = await refine(
                 params,
                 messages,
                 self._generate(request, usage, per_step=True),
-                VerifyContext(messages, services),
+                VerifyContext(messages, services, request_id=ex.request_id),
                 on_candidate=on_candidate,
             )
         except NoCandidate as exc:

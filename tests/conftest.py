@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -42,6 +43,25 @@ def pytest_unconfigure(config) -> None:
         timer.cancel()
 
 
+def _free_ports(host: str, count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind((host, 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+#: Another loopback "host" (tests/security/test_outbound.py): the session server lets webhooks
+#: reach only ``http://HOOK_HOST:HOOK_PORT/hooks`` on it, and its judge ``grader`` listens on
+#: ``JUDGE_PORT`` there.
+HOOK_HOST = "127.0.0.2"
+HOOK_PORT, JUDGE_PORT = _free_ports(HOOK_HOST, 2)
+#: The judge's key: in the server's environment only (``[judges.grader] api_key_env``).
+JUDGE_KEY = "judge-secret-5d1e"
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory) -> LiveServer:
     """The one engine of the test session: the embedded SmolLM2 behind ``corrigo serve``."""
@@ -56,8 +76,16 @@ def live_server(tmp_path_factory) -> LiveServer:
             # Refinement tests send verifications to loopback servers they start.
             "refinement": {
                 "max_rounds": 4,
-                "url_prefixes": ["http://127.0.0.1:"],
+                "url_prefixes": ["http://127.0.0.1:", f"http://{HOOK_HOST}:{HOOK_PORT}/hooks"],
                 "keepalive_seconds": 0.5,
+            },
+            # Requests must name this host (tests/security/test_browser_identity.py).
+            "server": {"trusted_hosts": ["127.0.0.1"]},
+            # A judge holding a server-side key (tests/security/test_outbound.py).
+            "judges.grader": {
+                "url": f"http://{HOOK_HOST}:{JUDGE_PORT}/v1",
+                "model": "grader",
+                "api_key_env": "GRADER_API_KEY",
             },
         },
     )
@@ -65,6 +93,7 @@ def live_server(tmp_path_factory) -> LiveServer:
         config,
         tmp / "server.log",
         probe_during_startup={"models": "/v1/models", "ready": "/ready"},
+        env={"GRADER_API_KEY": JUDGE_KEY},
     )
     yield server
     server.stop()

@@ -185,10 +185,20 @@ class RefinementRun:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a broken verifier rejects; it does not fail the request
-            logger.warning("verifier %s failed: %s", verifier.name, exc)
-            return Verdict(
-                verifier.name, False, 0.0, details={"error": f"{type(exc).__name__}: {exc}"}
+            # What failed (a URL, a refused connection, an environment) is for the operator:
+            # the client learns only that it failed, the same way whatever the cause, so
+            # outbound verifiers cannot be used to probe the network.
+            request = self.ctx.request_id
+            logger.warning(
+                "request %s: verifier %s failed: %s: %s",
+                request,
+                verifier.name,
+                type(exc).__name__,
+                exc,
             )
+            where = f" for request {request}" if request else ""
+            message = f"the {verifier.name} verifier failed; see the server log{where}"
+            return Verdict(verifier.name, False, 0.0, details={"error": message})
 
     async def add(self, generation: Generation, step: str) -> Candidate:
         """Verify ``generation`` and record it as the next candidate."""

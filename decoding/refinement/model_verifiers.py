@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field, FiniteFloat, ValidationInfo, field_validator
+from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
+from ..correction import NestedFieldError
 from .generation import user_text
+from .urls import check_url
 from .verdict import Verdict
 from .verifier import VerifierParams, VerifyContext, register_verifier
 
-#: Validation context key: URL prefixes the server lets requests send verifications to.
-URL_PREFIXES_CONTEXT = "verifier_url_prefixes"
+#: Validation context key: the names of the judges the server's config declares
+#: (``[judges.NAME]``); absent: any name (library use).
+JUDGES_CONTEXT = "verifier_judges"
 
 P_TRUE_PROMPT = (
     "Question: {question}\n"
@@ -36,19 +40,6 @@ def _check_template(template: str, **fields: str) -> str:
         names = ", ".join("{" + name + "}" for name in fields)
         raise ValueError(f"the template may use only {names} (problem: {exc})") from None
     return template
-
-
-def check_url(url: str | None, info: ValidationInfo) -> str | None:
-    """``url`` must start with one of the prefixes the server's config allows."""
-    if url is None:
-        return None
-    if not re.match(r"^https?://", url):
-        raise ValueError("must be an http:// or https:// URL")
-    prefixes = (info.context or {}).get(URL_PREFIXES_CONTEXT)
-    if prefixes is not None and not any(url.startswith(prefix) for prefix in prefixes):
-        allowed = ", ".join(prefixes) or "none (set [refinement] url_prefixes)"
-        raise ValueError(f"this server does not send verifications to {url}; allowed: {allowed}")
-    return url
 
 
 class PTrueParams(VerifierParams):
@@ -106,18 +97,56 @@ _VERDICT_WORD = re.compile(r"\b(incorrect|correct|yes|no)\b", re.I)
 
 
 class JudgeParams(VerifierParams):
-    """A model grades the answer: this server's engine, or any OpenAI-compatible ``url`` (then
-    ``model`` names the model there and ``api_key_env`` the server-side environment variable
-    holding its key). The judge's first CORRECT/INCORRECT (or yes/no) is the verdict."""
+    """A model grades the answer: this server's engine (no ``judge``, no ``url``), a judge the
+    server's config declares (``judge``: its name; it brings its URL, model and key), or a
+    keyless OpenAI-compatible ``url`` the allow-list admits (``model`` names the model there).
+    The judge's first CORRECT/INCORRECT (or yes/no) is the verdict.
+
+    Credentials are server-side only: a client naming an environment variable
+    (``api_key_env``) is refused, whether or not it exists."""
 
     type: Literal["judge"] = "judge"
+    judge: str | None = None
     url: str | None = None
     model: str | None = None
-    api_key_env: str | None = None
     prompt: str = JUDGE_PROMPT
     max_tokens: int = Field(32, ge=1, le=1024)
 
     _url = field_validator("url")(check_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_client_credentials(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "api_key_env" in value:
+            raise NestedFieldError(
+                "judge credentials are the server's: name a judge its config declares "
+                "with 'judge' (api_key_env is not accepted from requests)",
+                ("api_key_env",),
+            )
+        return value
+
+    @field_validator("judge")
+    @classmethod
+    def _known_judge(cls, name: str | None, info: ValidationInfo) -> str | None:
+        judges = (info.context or {}).get(JUDGES_CONTEXT)
+        if name is None or judges is None or name in judges:
+            return name
+        if not judges:
+            raise ValueError(
+                f"unknown judge {name!r}: this server declares no judges ([judges.NAME])"
+            )
+        raise ValueError(f"unknown judge {name!r}; this server has: {', '.join(sorted(judges))}")
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> JudgeParams:
+        if self.judge is not None:
+            for key in ("url", "model"):
+                if getattr(self, key) is not None:
+                    raise NestedFieldError(
+                        f"'{key}' cannot be given with 'judge': the server's config sets it",
+                        (key,),
+                    )
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -134,10 +163,14 @@ class JudgeVerifier:
 
     async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
         services = ctx.services
-        if self.params.url is not None:
+        if self.params.judge is not None:
+            generate = services.judges.get(self.params.judge)
+            if generate is None:
+                raise RuntimeError(f"judge {self.params.judge!r} is not in Services.judges")
+        elif self.params.url is not None:
             if services.remote is None:
                 raise RuntimeError("judge with a url needs Services.remote")
-            generate = services.remote(self.params.url, self.params.model, self.params.api_key_env)
+            generate = services.remote(self.params.url, self.params.model)
         else:
             if services.generate is None:
                 raise RuntimeError("judge needs the server's engine (Services.generate)")

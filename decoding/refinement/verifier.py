@@ -16,7 +16,7 @@ key), :func:`build_verifier` turns a validated spec into a :class:`Verifier`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -42,8 +42,12 @@ class Services:
     generate: GenerateFn | None = None
     #: Next-token log-probabilities on this server's engine.
     next_token: NextTokenFn | None = None
-    #: ``remote(url, model, api_key_env)``: chat generations on an OpenAI-compatible server.
-    remote: Callable[[str, str | None, str | None], GenerateFn] | None = None
+    #: ``remote(url, model)``: chat generations on an OpenAI-compatible server, without
+    #: credentials (the url has passed the allow-list).
+    remote: Callable[[str, str | None], GenerateFn] | None = None
+    #: The judges the server's config declares, by name: chat generations on their server,
+    #: with the key the server holds for them.
+    judges: Mapping[str, GenerateFn] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class VerifyContext:
 
     messages: Sequence[Message]
     services: Services = Services()
+    #: The server's id of the request (its ``X-Request-Id``), for log lines and for errors
+    #: that point to them.
+    request_id: str | None = None
 
 
 class Verifier(Protocol):

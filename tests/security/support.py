@@ -36,17 +36,22 @@ class LoopbackListener:
 
     ``mode``: ``"http"`` answers every request with ``status`` and ``body`` (JSON), ``"hang"``
     reads the request and never answers, ``"close"`` closes each connection at once.
+    ``host`` may be any loopback address (127.0.0.0/8: another "host" of the same machine),
+    ``bind_port`` a fixed port (0: any free one); ``headers`` are added to every HTTP answer.
     """
 
     mode: str = "http"
     status: int = 200
     body: object = field(default_factory=lambda: {"accepted": True})
     connections: list[Connection] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    bind_port: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((self.host, self.bind_port))
         self._sock.listen(64)
         self._sock.settimeout(0.2)
         self._stop = threading.Event()
@@ -59,7 +64,7 @@ class LoopbackListener:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> LoopbackListener:
         self._thread.start()
@@ -102,8 +107,9 @@ class LoopbackListener:
                 self._stop.wait()
                 return
             payload = json.dumps(self.body).encode()
+            extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
             conn.sendall(
-                f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n{extra}"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
             )
             conn.close()

@@ -194,7 +194,7 @@ def test_judge_on_the_engine_and_on_a_remote_url():
 
     ctx = VerifyContext(
         CTX.messages,
-        Services(generate=generate, remote=lambda url, model, key: generate),
+        Services(generate=generate, remote=lambda url, model: generate),
     )
     first = verdict({"type": "judge"}, "41", ctx)
     assert not first.accepted and "6 * 7 is 42" in first.feedback
