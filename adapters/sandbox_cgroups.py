@@ -89,7 +89,8 @@ def detect() -> CgroupSupport:
             enabled = set()
         lacking = [c for c in REQUIRED if c not in enabled]
         if lacking:
-            reasons.append(f"v2: {', '.join(lacking)} not enabled in {parent}/cgroup.subtree_control")
+            missing = ", ".join(lacking)
+            reasons.append(f"v2: {missing} not enabled in {parent}/cgroup.subtree_control")
         elif not _can_create(parent):
             reasons.append(f"v2: cannot create cgroups in {parent}")
         else:

@@ -212,9 +212,9 @@ def _kill_descendants() -> None:
 
 
 def _sweep(settings: dict) -> None:
-    """limits-only, as root: kill every process left of the slot's uid (e.g. one that escaped
-    to another parent before this process became its subreaper cannot exist, but a uid-wide
-    kill costs one fork and leaves no doubt)."""
+    """limits-only, as root: kill every process left of the slot's uid. The subreaper already
+    reaches every descendant; a uid-wide kill from a helper of that uid costs one fork and
+    leaves no doubt."""
     uid = settings["uid"]
     if os.geteuid() != 0 or uid == os.geteuid():
         return
@@ -341,12 +341,18 @@ def _minimal_root(settings: dict, fds: dict[str, int]) -> bool:
     for path in DEVICES:
         _bind(fds[path], path, root + path, device=True)
     _mkdirs(root + "/proc")
-    try:  # a /proc showing only the sandbox's processes; refused in some containers
-        _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        proc = True
-    except SetupError:
+    proc = False
+    # A /proc showing only the sandbox's processes (and, with subset=pid, nothing of the host's
+    # kernel state); refused in some containers, whose /proc has masked paths.
+    for options in ("subset=pid", None):
+        try:
+            _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, options)
+            proc = True
+            break
+        except SetupError:
+            continue
+    if not proc:
         os.rmdir(root + "/proc")
-        proc = False
     if proc:
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):

@@ -38,7 +38,7 @@ def _ldd(paths: list[str]) -> set[str]:
             ["ldd", *paths], capture_output=True, text=True, timeout=60, check=False
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RootFilesError(f"cannot list the interpreter's shared libraries (ldd: {exc})") from None
+        raise RootFilesError(f"cannot list the interpreter's libraries (ldd: {exc})") from None
     libs = set()
     for line in out.splitlines():
         line = line.strip()

@@ -450,7 +450,8 @@ def test_another_sandbox_is_out_of_reach(confined):
         "for pid in [p for p in os.listdir('/proc') if p.isdigit() and p != str(os.getpid())]:\n"
         "    for name in ('environ', 'cmdline', 'mem'):\n"
         "        try:\n"
-        "            seen.append((pid, name, needle in open(f'/proc/{pid}/{name}', 'rb').read()))\n"
+        "            data = open(f'/proc/{pid}/{name}', 'rb').read()\n"
+        "            seen.append((pid, name, needle in data))\n"
         "        except OSError:\n"
         "            pass\n"
         "print('others', seen)\n"
@@ -629,6 +630,7 @@ def test_limits_only_is_explicit_and_still_contains_orphans_and_sockets():
         worker.stop()
 
 
+@pytest.mark.engine
 def test_the_server_reports_its_sandbox_in_ready(http):
     detail = http.get("/ready").json()["sandbox"]
     assert detail["enabled"] and detail["isolation"] == "namespaces"
