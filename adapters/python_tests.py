@@ -18,9 +18,12 @@ from typing import Literal
 from pydantic import Field, FiniteFloat, field_validator
 
 from decoding.refinement.verdict import Verdict, failed
-from decoding.refinement.verifier import VerifierParams, VerifyContext, register_verifier
+from decoding.refinement.verifier import Cost, VerifierParams, VerifyContext, register_verifier
 
 from .sandbox import SandboxLimits, run_python
+
+#: Most bytes of test code (all snippets together) a request may send.
+MAX_TESTS_BYTES = 16 * 1024
 
 _FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.S | re.I)
 
@@ -65,6 +68,10 @@ class PythonTestsParams(VerifierParams):
     @field_validator("tests")
     @classmethod
     def _compiles(cls, tests: list[str]) -> list[str]:
+        # Compiling holds the event loop (about 1 ms per KB): the total is capped first.
+        size = sum(len(test.encode()) for test in tests)
+        if size > MAX_TESTS_BYTES:
+            raise ValueError(f"the tests are {size} bytes; this server allows {MAX_TESTS_BYTES}")
         for i, test in enumerate(tests):
             try:
                 compile(test, f"test_{i}", "exec")
@@ -119,4 +126,4 @@ class PythonTestsVerifier:
         )
 
 
-register_verifier("python_tests", PythonTestsParams, PythonTestsVerifier)
+register_verifier("python_tests", PythonTestsParams, PythonTestsVerifier, cost=Cost.SANDBOX)

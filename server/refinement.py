@@ -45,7 +45,8 @@ from decoding.refinement import (
     refine,
 )
 from decoding.refinement.model_verifiers import URL_PREFIXES_CONTEXT
-from decoding.refinement.params import MAX_ROUNDS_CONTEXT
+from decoding.refinement.params import BUDGET_CAPS_CONTEXT, MAX_ROUNDS_CONTEXT, BudgetCaps
+from decoding.refinement.verifier import TREE_LIMITS_CONTEXT, TreeLimits
 
 from .cancellation import CancelScope
 from .config import Config
@@ -60,6 +61,17 @@ def configure_refinement(runtime: EngineRuntime, config: Config) -> None:
     verifier_plugins.load_verifiers(config.verifiers)
     runtime.correction_context[MAX_ROUNDS_CONTEXT] = config.refinement.max_rounds
     runtime.correction_context[URL_PREFIXES_CONTEXT] = list(config.refinement.url_prefixes)
+    settings = config.refinement
+    runtime.correction_context[TREE_LIMITS_CONTEXT] = TreeLimits(
+        nodes=settings.max_verifier_nodes,
+        depth=settings.max_verifier_depth,
+        costly=settings.max_costly_verifiers,
+    )
+    runtime.correction_context[BUDGET_CAPS_CONTEXT] = BudgetCaps(
+        max_engine_calls=settings.max_engine_calls,
+        max_sandbox_seconds=settings.max_sandbox_seconds,
+        max_seconds=settings.max_seconds,
+    )
 
 
 class _Usage:

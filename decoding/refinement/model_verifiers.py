@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator
 
 from .generation import user_text
+from .templates import check_template
 from .verdict import Verdict
 from .verifier import VerifierParams, VerifyContext, register_verifier
 
@@ -30,12 +31,7 @@ P_TRUE_PROMPT = (
 
 
 def _check_template(template: str, **fields: str) -> str:
-    try:
-        template.format(**fields)
-    except (KeyError, IndexError, ValueError) as exc:
-        names = ", ".join("{" + name + "}" for name in fields)
-        raise ValueError(f"the template may use only {names} (problem: {exc})") from None
-    return template
+    return check_template(template, *fields)
 
 
 def check_url(url: str | None, info: ValidationInfo) -> str | None:
