@@ -86,7 +86,7 @@ def check_schema(schema: Any) -> None:
         return
     spec = _specification(cls)
     root = spec.create_resource(schema)
-    _Walk().run(root, LOCAL_ONLY.resolver_with_root(root))
+    _Walk(spec).run(root, LOCAL_ONLY.resolver_with_root(root))
 
 
 def build_validator(schema: Any) -> jsonschema.protocols.Validator:
@@ -132,7 +132,8 @@ class _Walk:
     """One pass over the schema following its references: every reference resolves locally,
     every pattern compiles with RE2, and the expanded schema stays small."""
 
-    def __init__(self) -> None:
+    def __init__(self, specification: referencing.Specification[Any]) -> None:
+        self.specification = specification
         self.visited = 0
         self.pattern_properties = False
         self.unevaluated: Path | None = None
@@ -204,7 +205,9 @@ class _Walk:
             raise NestedFieldError(f"references nest deeper than {MAX_REF_CHAIN}", path)
         if not isinstance(target.contents, dict):
             return
-        sub = resource.specification.create_resource(target.contents)
+        sub = referencing.Resource.from_contents(
+            target.contents, default_specification=self.specification
+        )
         self._visit(sub, target.resolver, path, [*chain, (ident, path)])
 
     def _check_keywords(self, contents: dict[str, Any], path: Path) -> None:
