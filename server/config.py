@@ -130,7 +130,7 @@ class RefinementConfig(_Section):
     #: parts (p_true, judge, webhook, python_tests, custom types). 400 beyond.
     max_verifier_nodes: int = Field(32, ge=1)
     max_verifier_depth: int = Field(4, ge=1, le=16)
-    max_costly_verifiers: int = Field(4, ge=0)
+    max_costly_verifiers: int = Field(8, ge=0)
     #: Maximums of a request's refinement budget (a request may ask less, not more: 400). When
     #: one runs out the loop stops with its ``stop_reason``. Engine calls: generated sequences
     #: plus verifier forwards on the engine.

@@ -179,14 +179,13 @@ class _Walk:
                     "references locally only (no URLs, no files)",
                     (*path, key),
                 ) from None
-            self._follow(target, resource, path + (key,), chain)
+            self._follow(target, (*path, key), chain)
         for sub, where in _subresources(resource):
             self._visit(sub, resolver, (*path, *where), chain)
 
     def _follow(
         self,
         target: Any,
-        resource: referencing.Resource[Any],
         path: Path,
         chain: list[tuple[int, Path]],
     ) -> None:

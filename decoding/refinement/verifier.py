@@ -60,7 +60,7 @@ class TreeLimits:
     #: Levels: a lone verifier is 1, ``{"all": [verifier]}`` is 2.
     depth: int = 4
     #: Parts whose type is not ``Cost.CHEAP``.
-    costly: int = 4
+    costly: int = 8
 
 
 class VerifierParams(PluginParams):

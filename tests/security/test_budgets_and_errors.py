@@ -82,7 +82,7 @@ def test_verifier_tree_size_depth_and_costly_parts_are_capped(http):
     for _ in range(6):
         deep = {"all": [deep]}
     assert_error(refine(http, deep), 400, param="correction.refinement.verifier")
-    costly = {"all": [{"type": "p_true"}] * 5}
+    costly = {"all": [{"type": "p_true"}] * 9}
     error = assert_error(refine(http, costly), 400, param="correction.refinement.verifier")
     assert "costly" in error["message"]
 
