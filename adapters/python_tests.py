@@ -23,12 +23,15 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_
 
 from decoding.correction import NestedFieldError
 from decoding.refinement.verdict import Verdict, failed
-from decoding.refinement.verifier import VerifierParams, VerifyContext, register_verifier
+from decoding.refinement.verifier import Cost, VerifierParams, VerifyContext, register_verifier
 
 from .sandbox import SandboxLimits, SandboxUnavailable, run_python
 
 #: Validation context key: None when the sandbox may run, else why it may not (the 400's text).
 SANDBOX_CONTEXT = "python_tests_sandbox_refusal"
+
+#: Most bytes of test code (all snippets together) a request may send.
+MAX_TESTS_BYTES = 16 * 1024
 
 _FENCE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.S | re.I)
 
@@ -73,6 +76,10 @@ class PythonTestsParams(VerifierParams):
     @field_validator("tests")
     @classmethod
     def _compiles(cls, tests: list[str]) -> list[str]:
+        # Compiling holds the event loop (about 1 ms per KB): the total is capped first.
+        size = sum(len(test.encode()) for test in tests)
+        if size > MAX_TESTS_BYTES:
+            raise ValueError(f"the tests are {size} bytes; this server allows {MAX_TESTS_BYTES}")
         for i, test in enumerate(tests):
             try:
                 compile(test, f"test_{i}", "exec")
@@ -139,4 +146,4 @@ class PythonTestsVerifier:
         )
 
 
-register_verifier("python_tests", PythonTestsParams, PythonTestsVerifier)
+register_verifier("python_tests", PythonTestsParams, PythonTestsVerifier, cost=Cost.SANDBOX)

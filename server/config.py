@@ -115,6 +115,14 @@ class LimitsConfig(_Section):
     max_running_requests: int | None = Field(256, gt=0)
     #: Requests that may wait for a running slot; beyond, 429 with ``Retry-After``.
     max_waiting_requests: int = Field(1024, ge=0)
+    #: Deepest nesting of arrays and objects in a request body (400 beyond).
+    max_json_depth: int = Field(64, ge=8)
+    #: Most arrays and objects in a request body (400 beyond), counted from its brackets before
+    #: parsing (brackets inside strings count too): parsing holds the event loop, and bodies
+    #: of many tiny containers are the slowest to parse per byte.
+    max_json_containers: int = Field(100_000, gt=0)
+    #: Most prompts in one /v1/completions request (each is generated ``n`` times).
+    max_prompts: int = Field(64, gt=0)
     #: Per API key (per client address without keys): requests a minute; None: no rate limit.
     requests_per_minute: int | None = Field(None, gt=0)
     #: Requests one key may send in a burst above the steady rate; None: ``requests_per_minute``.
@@ -156,6 +164,19 @@ class RefinementConfig(_Section):
     )
     #: Streaming: seconds between SSE keep-alive comments while the rounds run.
     keepalive_seconds: float = Field(5.0, gt=0)
+    #: Caps on one verifier tree: its parts, its depth (a lone verifier is 1), and its costly
+    #: parts (p_true, judge, webhook, python_tests, custom types). 400 beyond.
+    max_verifier_nodes: int = Field(32, ge=1)
+    max_verifier_depth: int = Field(4, ge=1, le=16)
+    max_costly_verifiers: int = Field(8, ge=0)
+    #: Maximums of a request's refinement budget (a request may ask less, not more: 400). When
+    #: one runs out the loop stops with its ``stop_reason``. Engine calls: generated sequences
+    #: plus verifier forwards on the engine.
+    max_engine_calls: int = Field(64, ge=1)
+    #: Wall seconds of sandboxed verifiers (python_tests) per request.
+    max_sandbox_seconds: float = Field(120.0, gt=0)
+    #: Wall seconds of the whole refinement loop per request.
+    max_seconds: float = Field(300.0, gt=0)
 
 
 class SandboxConfig(_Section):

@@ -103,6 +103,22 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # Input nested deeper than some parser or validator could follow: the client's input,
+        # not a server fault (the body's depth is checked first; this is the backstop).
+        logger.warning("RecursionError on %s %s", request.method, request.url.path)
+        return error_response(400, "The request is nested too deeply to process.")
+
+    @app.exception_handler(MemoryError)
+    async def _too_big(request: Request, exc: MemoryError) -> JSONResponse:
+        logger.warning("MemoryError on %s %s", request.method, request.url.path)
+        return error_response(
+            413,
+            "The request needs more memory to process than this server allows.",
+            code="request_too_large",
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)

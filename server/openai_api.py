@@ -191,7 +191,7 @@ def build_router(
         return Response(status_code=CLIENT_CLOSED)
 
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
-        body = await _read_json(raw, limits.max_request_bytes)
+        body = await _read_json(raw, limits)
         _check_input_size(body, limits)
         ex.model = _check_model(body)
         ex.profile = runtime.profiles.get(ex.model)
@@ -199,7 +199,6 @@ def build_router(
             body["model"] = runtime.model.model_id  # the engine serves the profile's base model
         defaults = ex.profile.correction if ex.profile is not None else None
         ex.correction = take_correction(body, runtime.correction_context, defaults)
-        _check_limits(body, limits)
         if body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
             # for one, and drops it again when the client did not.
@@ -215,6 +214,7 @@ def build_router(
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
         except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
             raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
+        _check_limits(request, limits)
         if ex.correction is not None and runtime.unlearning is not None:
             ex.correction, ex.unlearning = await runtime.unlearning.admit(ex.correction, body)
         if wants_figures(ex.correction):
@@ -347,7 +347,25 @@ def build_router(
     return router
 
 
-async def _read_json(raw: Request, max_bytes: int) -> dict[str, Any]:
+#: Media types a POST body may declare (parameters such as ``charset`` aside).
+JSON_MEDIA_TYPE = "application/json"
+
+
+async def _read_json(raw: Request, limits: LimitsConfig) -> dict[str, Any]:
+    """The request body as a JSON object, within the size, container and depth limits.
+
+    ``application/json`` is required (415 otherwise): an HTML form or a ``fetch`` without a
+    preflight can only send ``text/plain`` or form types, so a web page cannot post here.
+    """
+    media = raw.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != JSON_MEDIA_TYPE:
+        shown = f"'{media[:100]}'" if media else "none"
+        raise APIError(
+            415,
+            f"Unsupported content type ({shown}): send the body as {JSON_MEDIA_TYPE}.",
+            code="unsupported_media_type",
+        )
+    max_bytes = limits.max_request_bytes
     declared = raw.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
@@ -356,18 +374,56 @@ async def _read_json(raw: Request, max_bytes: int) -> dict[str, Any]:
         body += part
         if len(body) > max_bytes:
             raise _too_large(max_bytes)
-    media = raw.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in ("application/json", ""):
-        raise APIError(400, f"Unsupported content type '{media}': send application/json.")
+    # Parsing holds the event loop (json's C parser keeps the GIL, so a thread would not
+    # help); many tiny containers are what makes it slow, so they are counted first (C speed).
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > limits.max_json_containers:
+        raise APIError(
+            413,
+            f"The request body holds more than {limits.max_json_containers} JSON arrays and "
+            "objects (brackets inside strings count too).",
+            code="request_too_large",
+        )
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(
             400, f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise _too_deep(limits.max_json_depth) from None
+    except (ValueError, MemoryError) as exc:  # e.g. an integer with too many digits
+        raise APIError(
+            400, f"The request body is not usable JSON: {type(exc).__name__}.", code="invalid_json"
+        ) from None
     if not isinstance(payload, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    if containers > limits.max_json_depth and json_depth(payload) > limits.max_json_depth:
+        raise _too_deep(limits.max_json_depth)
     return payload
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0), iteratively; lists of
+    scalars are skipped at C speed."""
+    deepest = 0
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = node.values() if isinstance(node, dict) else node
+        kinds = set(map(type, items))
+        if dict in kinds or list in kinds:
+            stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return deepest
+
+
+def _too_deep(max_depth: int) -> APIError:
+    return APIError(
+        400,
+        f"The request body nests arrays and objects deeper than {max_depth} levels.",
+        code="invalid_json",
+    )
 
 
 def _too_large(max_bytes: int) -> APIError:
@@ -376,19 +432,30 @@ def _too_large(max_bytes: int) -> APIError:
     )
 
 
-def _check_limits(body: dict[str, Any], limits: LimitsConfig) -> None:
-    n = body.get("n")
-    if isinstance(n, int) and n > limits.max_n:
+def _check_limits(request: ChatCompletionRequest | CompletionRequest, limits: LimitsConfig) -> None:
+    """The server's caps on counts, read from the validated request: a count sent as a
+    string or a float (``"n": "100000"``, ``16.0``) is checked as the integer vLLM made of it."""
+    n = request.n
+    if n is not None and n > limits.max_n:
         raise APIError(400, f"'n' is {n}; this server allows at most {limits.max_n}.", param="n")
     if limits.max_tokens is not None:
         for name in ("max_tokens", "max_completion_tokens"):
-            value = body.get(name)
-            if isinstance(value, int) and value > limits.max_tokens:
+            value = getattr(request, name, None)
+            if value is not None and value > limits.max_tokens:
                 raise APIError(
                     400,
                     f"'{name}' is {value}; this server allows at most {limits.max_tokens}.",
                     param=name,
                 )
+    prompt = getattr(request, "prompt", None)
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        if len(prompt) > limits.max_prompts:
+            raise APIError(
+                400,
+                f"'prompt' holds {len(prompt)} prompts; this server allows at most "
+                f"{limits.max_prompts}.",
+                param="prompt",
+            )
 
 
 def _sse_json(chunk: str) -> dict[str, Any] | None:

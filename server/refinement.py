@@ -47,8 +47,9 @@ from decoding.refinement import (
 )
 from decoding.refinement.generation import GenerateFn
 from decoding.refinement.model_verifiers import JUDGES_CONTEXT
-from decoding.refinement.params import MAX_ROUNDS_CONTEXT
+from decoding.refinement.params import BUDGET_CAPS_CONTEXT, MAX_ROUNDS_CONTEXT, BudgetCaps
 from decoding.refinement.urls import URL_PREFIXES_CONTEXT, parse_prefix
+from decoding.refinement.verifier import TREE_LIMITS_CONTEXT, TreeLimits
 
 from .cancellation import CancelScope
 from .config import Config
@@ -68,6 +69,17 @@ def configure_refinement(runtime: EngineRuntime, config: Config) -> dict[str, Ge
         parse_prefix(entry) for entry in config.refinement.url_prefixes
     )
     runtime.correction_context[JUDGES_CONTEXT] = frozenset(config.judges)
+    settings = config.refinement
+    runtime.correction_context[TREE_LIMITS_CONTEXT] = TreeLimits(
+        nodes=settings.max_verifier_nodes,
+        depth=settings.max_verifier_depth,
+        costly=settings.max_costly_verifiers,
+    )
+    runtime.correction_context[BUDGET_CAPS_CONTEXT] = BudgetCaps(
+        max_engine_calls=settings.max_engine_calls,
+        max_sandbox_seconds=settings.max_sandbox_seconds,
+        max_seconds=settings.max_seconds,
+    )
     return configured_judges(config.judges, os.environ)
 
 

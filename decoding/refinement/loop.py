@@ -1,8 +1,9 @@
 """The refinement loop: generate, verify, and while not accepted and budget remains,
 regenerate with feedback; then select.
 
-A :class:`RefinementRun` holds one request's loop: its budgets (rounds, tokens, wall time),
-the candidates with their verdicts, and why it stopped. The strategy (strategies.py) decides
+A :class:`RefinementRun` holds one request's loop: its budgets (rounds, tokens, and the
+:class:`~decoding.refinement.budget.Budget` of engine calls, sandbox seconds and wall time it
+shares with the verifiers), the candidates with their verdicts, and why it stopped. The strategy (strategies.py) decides
 what to generate next; the run accounts for it. :func:`refine` runs a strategy and selects:
 the candidate with the highest score, ties going to the earliest, so the answer never scores
 below the draft.
@@ -11,16 +12,18 @@ below the draft.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .budget import WALL_TIME, Budget
 from .generation import GenerateFn, Generation, GenerationRefused, Message
 from .params import RefinementParams, RefinementPrompts
 from .verdict import Verdict
-from .verifier import Verifier, VerifyContext, build_verifier
+from .verifier import Services, Verifier, VerifyContext, build_verifier
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +115,18 @@ class RefinementRun:
         self.messages = list(messages)
         self._generate = generate
         self.verifier = verifier
-        self.ctx = ctx
+        self.budget = Budget(
+            engine_calls=params.max_engine_calls,
+            sandbox_seconds=params.max_sandbox_seconds,
+            seconds=params.max_seconds,
+            clock=clock,
+        )
+        self.ctx = dataclasses.replace(
+            ctx, services=_metered(ctx.services, self.budget), budget=self.budget
+        )
         self.on_candidate = on_candidate
         self.clock = clock
-        self.started = clock()
+        self.started = self.budget.started
         self.tokens = 0
         self.candidates: list[Candidate] = []
         self.stop_reason: str | None = None
@@ -138,10 +149,8 @@ class RefinementRun:
         budget = self.params.max_total_tokens
         if budget is not None and self.tokens >= budget:
             return "token_budget"
-        limit = self.params.max_seconds
-        if limit is not None and self.clock() - self.started >= limit:
-            return "time_budget"
-        return None
+        self.budget.time_left()
+        return self.budget.spent
 
     async def generate(
         self,
@@ -161,15 +170,15 @@ class RefinementRun:
         if self.params.max_total_tokens is not None:
             left = self.params.max_total_tokens - self.tokens
             max_tokens = left if max_tokens is None else min(max_tokens, left)
+        n = self.budget.grant_engine_calls(n)
+        if n == 0:
+            self.stop(self.budget.spent or "engine_call_budget")
+            return None
         call = self._generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
         try:
-            if self.params.max_seconds is None:
-                generations = await call
-            else:
-                left = self.params.max_seconds - (self.clock() - self.started)
-                generations = await asyncio.wait_for(call, max(left, 0.0))
+            generations = await asyncio.wait_for(call, self.budget.time_left())
         except TimeoutError:
-            self.stop("time_budget")
+            self.stop(WALL_TIME)
             return None
         except GenerationRefused as exc:
             self.refusal = self.refusal or exc
@@ -200,9 +209,22 @@ class RefinementRun:
             message = f"the {verifier.name} verifier failed; see the server log{where}"
             return Verdict(verifier.name, False, 0.0, details={"error": message})
 
+    async def verify_in_budget(self, text: str, verifier: Verifier | None = None) -> Verdict:
+        """:meth:`verify`, cut off (rejected, and the run stopped) when the wall time runs out;
+        a verifier that spent the engine-call or sandbox budget stops the run too."""
+        verifier = verifier or self.verifier
+        try:
+            verdict = await asyncio.wait_for(self.verify(text, verifier), self.budget.time_left())
+        except TimeoutError:
+            self.budget.exhaust(WALL_TIME)
+            verdict = Verdict(verifier.name, False, 0.0, details={"error": "time budget spent"})
+        if self.budget.spent is not None:
+            self.stop(self.budget.spent)
+        return verdict
+
     async def add(self, generation: Generation, step: str) -> Candidate:
         """Verify ``generation`` and record it as the next candidate."""
-        verdict = await self.verify(generation.text)
+        verdict = await self.verify_in_budget(generation.text)
         candidate = Candidate(
             len(self.candidates),
             step,
@@ -274,9 +296,38 @@ async def _truth(run: RefinementRun, chosen: Candidate) -> Truth | None:
             return None
         return Truth(draft.verdict.accepted, chosen.verdict.accepted)
     judge = build_verifier(run.params.truth)
-    draft_ok = (await run.verify(draft.text, judge)).accepted
-    chosen_ok = draft_ok if chosen is draft else (await run.verify(chosen.text, judge)).accepted
+    draft_ok = (await run.verify_in_budget(draft.text, judge)).accepted
+    chosen_ok = (
+        draft_ok if chosen is draft else (await run.verify_in_budget(chosen.text, judge)).accepted
+    )
     return Truth(draft_ok, chosen_ok)
+
+
+def _metered(services: Services, budget: Budget) -> Services:
+    """The services with every engine call a verifier makes drawn from ``budget``."""
+    generate, next_token = services.generate, services.next_token
+
+    async def metered_generate(
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> list[Generation]:
+        assert generate is not None
+        budget.engine_call()
+        return await generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
+
+    async def metered_next_token(prompt: str, top: int) -> dict[str, float]:
+        assert next_token is not None
+        budget.engine_call()
+        return await next_token(prompt, top)
+
+    return dataclasses.replace(
+        services,
+        generate=metered_generate if generate is not None else None,
+        next_token=metered_next_token if next_token is not None else None,
+    )
 
 
 __all__ = ["Candidate", "NoCandidate", "Outcome", "RefinementRun", "Truth", "refine", "select"]

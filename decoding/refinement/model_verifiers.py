@@ -15,6 +15,7 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_
 
 from ..correction import NestedFieldError
 from .generation import user_text
+from .templates import check_template
 from .urls import check_url
 from .verdict import Verdict
 from .verifier import VerifierParams, VerifyContext, register_verifier
@@ -34,12 +35,7 @@ P_TRUE_PROMPT = (
 
 
 def _check_template(template: str, **fields: str) -> str:
-    try:
-        template.format(**fields)
-    except (KeyError, IndexError, ValueError) as exc:
-        names = ", ".join("{" + name + "}" for name in fields)
-        raise ValueError(f"the template may use only {names} (problem: {exc})") from None
-    return template
+    return check_template(template, *fields)
 
 
 class PTrueParams(VerifierParams):

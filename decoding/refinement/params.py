@@ -8,22 +8,50 @@
 ``max_rounds`` counts candidate answers, the draft included, and may not exceed the server's
 cap (validation context :data:`MAX_ROUNDS_CONTEXT`). ``truth``, when given, is an exact
 verifier used only to count flips (it never steers the loop).
+
+The request's budget (decoding/refinement/budget.py): ``max_engine_calls``,
+``max_sandbox_seconds`` and ``max_seconds`` may not exceed the server's maximums (validation
+context :data:`BUDGET_CAPS_CONTEXT`); a request that leaves one out gets the maximum.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..correction import NestedFieldError, PluginParams, register_plugin
-from .model_verifiers import _check_template
+from .templates import check_template
 from .verifier import build_verifier, parse_verifier
 
 #: Validation context key: the server's cap on ``max_rounds``.
 MAX_ROUNDS_CONTEXT = "refinement_max_rounds"
 #: Used when the server sets no cap.
 DEFAULT_MAX_ROUNDS_CAP = 8
+#: Validation context key: the server's :class:`BudgetCaps`.
+BUDGET_CAPS_CONTEXT = "refinement_budget_caps"
+
+
+@dataclass(frozen=True)
+class BudgetCaps:
+    """The server's maximums on a request's refinement budget (``[refinement]`` config)."""
+
+    max_engine_calls: int = 64
+    max_sandbox_seconds: float = 120.0
+    max_seconds: float = 300.0
+
+
+#: The budget fields of :class:`RefinementParams`, named as in :class:`BudgetCaps`.
+_BUDGETS = ("max_seconds", "max_engine_calls", "max_sandbox_seconds")
 
 STRATEGIES = ("try_again", "self_refine", "best_of_n", "decompose")
 
@@ -60,22 +88,22 @@ class RefinementPrompts(BaseModel):
     @field_validator("refine")
     @classmethod
     def _refine(cls, value: str) -> str:
-        return _check_template(value, feedback="")
+        return check_template(value, "feedback")
 
     @field_validator("decompose")
     @classmethod
     def _decompose(cls, value: str) -> str:
-        return _check_template(value, instruction="")
+        return check_template(value, "instruction")
 
     @field_validator("check")
     @classmethod
     def _check(cls, value: str) -> str:
-        return _check_template(value, constraint="", response="")
+        return check_template(value, "constraint", "response")
 
     @field_validator("try_again", "critique")
     @classmethod
     def _plain(cls, value: str) -> str:
-        return _check_template(value)
+        return check_template(value)
 
 
 def _verifier_spec(value: Any, info: ValidationInfo) -> dict[str, Any]:
@@ -93,8 +121,13 @@ class RefinementParams(PluginParams):
     max_rounds: int = Field(3, ge=1)
     #: Budget on all completion tokens the loop spends (critiques and checks included).
     max_total_tokens: int | None = Field(None, gt=0)
-    #: Budget on the loop's wall time, in seconds.
+    #: Budget on the loop's wall time, in seconds (default: the server's maximum).
     max_seconds: FiniteFloat | None = Field(None, gt=0)
+    #: Budget on engine calls: generated sequences plus verifier forwards (p_true, a judge on
+    #: this engine). Default: the server's maximum.
+    max_engine_calls: int | None = Field(None, gt=0)
+    #: Budget on wall seconds spent in sandboxed verifiers. Default: the server's maximum.
+    max_sandbox_seconds: FiniteFloat | None = Field(None, gt=0)
     #: Sampling temperature for rounds after the draft (and best_of_n's samples); None: the
     #: request's own.
     temperature: FiniteFloat | None = Field(None, ge=0, le=2)
@@ -129,6 +162,27 @@ class RefinementParams(PluginParams):
         if value > cap:
             raise ValueError(f"is {value}; this server allows at most {cap}")
         return value
+
+    @field_validator(*_BUDGETS)
+    @classmethod
+    def _budget_cap(cls, value: float | None, info: ValidationInfo) -> float | None:
+        cap = getattr(_caps(info), info.field_name)
+        if value is not None and value > cap:
+            raise ValueError(f"is {value:g}; this server allows at most {cap:g}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        caps = _caps(info)
+        defaults = {name: getattr(caps, name) for name in _BUDGETS if data.get(name) is None}
+        return {**data, **defaults}
+
+
+def _caps(info: ValidationInfo) -> BudgetCaps:
+    return (info.context or {}).get(BUDGET_CAPS_CONTEXT) or BudgetCaps()
 
 
 register_plugin("refinement", RefinementParams)

@@ -1,6 +1,9 @@
 """Verifiers that only read the candidate's text: ``regex``, ``json_schema``, ``answer``.
 
-They are deterministic, so their verdicts count as ground truth (``exact``) for flips.
+They are deterministic, so their verdicts count as ground truth (``exact``) for flips. Client
+patterns run with RE2 and every check runs off the event loop under a deadline
+(decoding/refinement/patterns.py); schemas are checked and validated by
+decoding/refinement/json_schemas.py.
 """
 
 from __future__ import annotations
@@ -11,23 +14,17 @@ import re
 import unicodedata
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import Field, FiniteFloat, field_validator, model_validator
 
 from ..correction import NestedFieldError
+from .json_schemas import build_validator, check_schema, validation_errors
+from .patterns import PatternTimeout, check_deadline, compile_pattern, run_bounded
 from .verdict import Verdict, failed, passed
-from .verifier import VerifierParams, VerifyContext, register_verifier
-
-_MAX_PATTERN = 2000
+from .verifier import Cost, VerifierParams, VerifyContext, register_verifier
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    if len(pattern) > _MAX_PATTERN:
-        raise ValueError(f"the pattern is longer than {_MAX_PATTERN} characters")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
+def _timed_out(name: str) -> Verdict:
+    return failed(name, "The answer took too long to check.", error="check_timeout")
 
 
 class RegexParams(VerifierParams):
@@ -41,7 +38,7 @@ class RegexParams(VerifierParams):
     @field_validator("pattern")
     @classmethod
     def _valid(cls, pattern: str) -> str:
-        _compile(pattern)
+        compile_pattern(pattern)
         return pattern
 
 
@@ -50,12 +47,19 @@ class RegexVerifier:
     exact = True
 
     def __init__(self, params: RegexParams) -> None:
-        self.pattern = _compile(params.pattern)
+        self.pattern = compile_pattern(params.pattern)
         self.full_match = params.full_match
 
+    def _matches(self, candidate: str) -> bool:
+        if self.full_match:
+            return self.pattern.fullmatch(candidate.strip())
+        return self.pattern.search(candidate)
+
     async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
-        text = candidate.strip() if self.full_match else candidate
-        match = self.pattern.fullmatch(text) if self.full_match else self.pattern.search(text)
+        try:
+            match = await run_bounded(self._matches, candidate)
+        except PatternTimeout:
+            return _timed_out(self.name)
         if match:
             return passed(self.name)
         how = "match" if self.full_match else "contain a match for"
@@ -77,6 +81,7 @@ def extract_json(text: str) -> Any:
             pass
     for i, ch in enumerate(text):
         if ch in "{[":
+            check_deadline()  # each attempt is linear; many attempts are not
             try:
                 return decoder.raw_decode(text, i)[0]
             except json.JSONDecodeError:
@@ -86,7 +91,8 @@ def extract_json(text: str) -> Any:
 
 class JsonSchemaParams(VerifierParams):
     """Accept when the candidate holds JSON valid against ``schema`` (any draft
-    ``jsonschema`` knows; ``$schema`` picks it, else the latest)."""
+    ``jsonschema`` knows; ``$schema`` picks it, else the latest). References resolve within
+    the schema only; see decoding/refinement/json_schemas.py for the other limits."""
 
     type: Literal["json_schema"] = "json_schema"
     json_schema: dict[str, Any] = Field(alias="schema")
@@ -94,11 +100,7 @@ class JsonSchemaParams(VerifierParams):
     @field_validator("json_schema")
     @classmethod
     def _valid(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        check_schema(schema)
         return schema
 
 
@@ -109,27 +111,37 @@ class JsonSchemaVerifier:
     exact = True
 
     def __init__(self, params: JsonSchemaParams) -> None:
-        cls = jsonschema.validators.validator_for(params.json_schema)
-        self.validator = cls(params.json_schema)
+        self.validator = build_validator(params.json_schema)
 
-    async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
+    def _check(self, candidate: str) -> Verdict:
         try:
             value = extract_json(candidate)
+        except RecursionError:
+            return failed(self.name, "The answer's JSON is nested too deeply to check.")
         except ValueError:
             return failed(self.name, "The answer must be a JSON value; none was found.")
-        errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.path))
+        try:
+            errors, count = validation_errors(self.validator, value)
+        except RecursionError:
+            return failed(self.name, "The answer's JSON is nested too deeply to check.")
         if not errors:
             return passed(self.name)
         lines = [
             f"- at {'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
-            for e in errors[:5]
+            for e in errors
         ]
         return failed(
             self.name,
             "The JSON does not match the required schema:\n" + "\n".join(lines),
             score=0.5,
-            errors=len(errors),
+            errors=count,
         )
+
+    async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
+        try:
+            return await run_bounded(self._check, candidate)
+        except PatternTimeout:
+            return _timed_out(self.name)
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -161,7 +173,7 @@ class AnswerParams(VerifierParams):
     @classmethod
     def _valid(cls, pattern: str | None) -> str | None:
         if pattern is not None:
-            _compile(pattern)
+            compile_pattern(pattern)
         return pattern
 
     @model_validator(mode="after")
@@ -186,25 +198,24 @@ class AnswerVerifier:
 
     def __init__(self, params: AnswerParams) -> None:
         self.params = params
-        self.extract = _compile(params.extract) if params.extract else None
+        self.extract = compile_pattern(params.extract) if params.extract else None
         if params.mode == "numeric":
             self.number = _to_number(str(params.reference).strip())
         self.text = normalise(str(params.reference))
 
     def answer_of(self, candidate: str) -> str | None:
         if self.extract is not None:
-            matches = list(self.extract.finditer(candidate))
-            if not matches:
-                return None
-            last = matches[-1]
-            return last.group(1) if last.groups() else last.group(0)
+            return self.extract.last(candidate)
         if self.params.mode == "numeric":
             numbers = _NUMBER.findall(candidate)
             return numbers[-1] if numbers else None
         return candidate
 
     async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
-        answer = self.answer_of(candidate)
+        try:
+            answer = await run_bounded(self.answer_of, candidate)
+        except PatternTimeout:
+            return _timed_out(self.name)
         if answer is None:
             return failed(self.name, "No answer was found in the response.")
         if self.params.mode == "numeric":
@@ -218,6 +229,6 @@ class AnswerVerifier:
         return failed(self.name, "The answer is incorrect.", answer=answer)
 
 
-register_verifier("regex", RegexParams, RegexVerifier)
-register_verifier("json_schema", JsonSchemaParams, JsonSchemaVerifier)
-register_verifier("answer", AnswerParams, AnswerVerifier)
+register_verifier("regex", RegexParams, RegexVerifier, cost=Cost.CHEAP)
+register_verifier("json_schema", JsonSchemaParams, JsonSchemaVerifier, cost=Cost.CHEAP)
+register_verifier("answer", AnswerParams, AnswerVerifier, cost=Cost.CHEAP)
