@@ -16,8 +16,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Engine settings for tests: eager (no compile: ~40 s start instead of ~110 s), short context.
-TEST_ENGINE = {"enforce_eager": True, "max_model_len": 2048}
+#: Engine settings for tests: eager (no compile: ~40 s start instead of ~110 s), short context,
+#: and a fixed KV cache: the CPU engine otherwise sizes it from the share of host memory left
+#: beside its own resident size, which on a busy machine can come out too small to start.
+TEST_ENGINE = {"enforce_eager": True, "max_model_len": 2048, "kv_cache_memory_bytes": 2 << 30}
 
 
 def free_port() -> int:
