@@ -375,13 +375,13 @@ async def _read_json(raw: Request, limits: LimitsConfig) -> dict[str, Any]:
         if len(body) > max_bytes:
             raise _too_large(max_bytes)
     # Parsing holds the event loop (json's C parser keeps the GIL, so a thread would not
-    # help); many tiny containers are what makes it slow, so they are counted first (C speed).
+    # help) for a time that grows with the number of values: bound them first, at C speed.
     containers = body.count(b"[") + body.count(b"{")
-    if containers > limits.max_json_containers:
+    if containers + body.count(b",") > limits.max_json_values:
         raise APIError(
             413,
-            f"The request body holds more than {limits.max_json_containers} JSON arrays and "
-            "objects (brackets inside strings count too).",
+            f"The request body holds more than {limits.max_json_values} JSON values (counted "
+            "as commas and opening brackets, those inside strings included).",
             code="request_too_large",
         )
     try:

@@ -140,13 +140,13 @@ def test_moderately_deep_json_is_refused_by_the_depth_check(http):
     assert "deeper than" in error["message"]
 
 
-def test_many_tiny_containers_are_refused_before_parsing(http, live_server):
-    body = b'{"model": "x", "messages": [' + b"[]," * 300_000 + b"[]]}"
+@pytest.mark.parametrize("value", [b"[]", b"0"], ids=["containers", "numbers"])
+def test_many_tiny_values_are_refused_before_parsing(http, live_server, value):
+    body = b'{"model": "x", "prompt": [' + (value + b",") * 300_000 + value + b"]}"
     with LoopProbe(live_server.base_url) as probe:
-        r = http.post(
-            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
-        )
+        r = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
     assert_error(r, 413, code="request_too_large")
+    assert "JSON values" in r.json()["error"]["message"]
     assert probe.worst < MAX_PROBE_SECONDS
 
 
