@@ -208,6 +208,8 @@ def serve(args: argparse.Namespace) -> int:
             port=config.server.port,
             log_level=config.server.log_level,
             timeout_graceful_shutdown=config.server.graceful_shutdown_seconds,
+            proxy_headers=bool(config.server.forwarded_allow_ips),
+            forwarded_allow_ips=config.server.forwarded_allow_ips or None,
         )
     )
     runtime = app.state.runtime

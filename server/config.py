@@ -84,6 +84,11 @@ class ServerConfig(_Section):
     #: ``Host`` header names another host is refused (400) — a web page on another origin,
     #: DNS-rebound to this address, is then turned away. /health answers any host. None: any.
     trusted_hosts: list[Annotated[str, AfterValidator(_trusted_host)]] | None = None
+    #: Addresses of reverse proxies whose ``X-Forwarded-For``/``X-Forwarded-Proto`` headers
+    #: are believed (the client address rate limits and logs use). Empty: none, the client
+    #: address is the connection's peer (uvicorn's own default would trust 127.0.0.1, letting
+    #: any local process pick the address it is rate-limited as).
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
 
 
 class ModelConfig(_Section):
