@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, ServerConfig, load_config
 
 #: `corrigo eval NAME` runs evals/NAME.py, dashes as underscores (its add_parser() and run()).
 EVALS = ("unlearning", "refinement", "copilot", "proxy-tuning")
@@ -201,17 +201,7 @@ def serve(args: argparse.Namespace) -> int:
     ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.server.host,
-            port=config.server.port,
-            log_level=config.server.log_level,
-            timeout_graceful_shutdown=config.server.graceful_shutdown_seconds,
-            proxy_headers=bool(config.server.forwarded_allow_ips),
-            forwarded_allow_ips=config.server.forwarded_allow_ips or None,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, config.server))
     runtime = app.state.runtime
 
     def stop_server() -> None:
@@ -223,6 +213,22 @@ def serve(args: argparse.Namespace) -> int:
         print(f"corrigo: the engine failed to start: {runtime.failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def uvicorn_config(app, settings: ServerConfig):
+    """uvicorn's settings for ``corrigo serve``."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
+    )
 
 
 if __name__ == "__main__":

@@ -10,21 +10,25 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from adapters.engine import ServedModel
 from server.auth import APIKeyAuth, keyless_exposure_warning
-from server.config import LimitsConfig
+from server.cli import uvicorn_config
+from server.config import LimitsConfig, ServerConfig
 from server.errors import install_error_handlers
 from server.metrics import server_metrics
 from server.openai_api import build_router
 from server.runtime import EngineRuntime
 
 from ..conftest import SERVED_MODEL
-from ..support import REPO, write_config
+from ..support import REPO, free_port, write_config
 
 CHAT = {"model": SERVED_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 
@@ -124,3 +128,31 @@ def test_serving_without_keys_on_a_public_address_warns_loudly(tmp_path):
         assert keyless_exposure_warning(host, []) is not None
     for host, keys in [("127.0.0.1", []), ("::1", []), ("localhost", []), ("0.0.0.0", ["k"])]:
         assert keyless_exposure_warning(host, keys) is None
+
+
+def test_forwarded_for_headers_are_not_believed_unless_configured():
+    """Through uvicorn as ``corrigo serve`` configures it: a local client rotating
+    ``X-Forwarded-For`` stays one address (uvicorn's default would believe 127.0.0.1)."""
+    server = uvicorn.Server(
+        uvicorn_config(_limited_app([]), ServerConfig(port=free_port(), log_level="warning"))
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.config.port}"
+        with httpx.Client(base_url=base, timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            statuses = [
+                client.post(
+                    "/v1/chat/completions",
+                    json=CHAT,
+                    headers={"X-Forwarded-For": f"198.51.100.{i}"},
+                ).status_code
+                for i in range(3)
+            ]
+        assert statuses == [503, 503, 429]
+    finally:
+        server.should_exit = True
+        thread.join(10)
