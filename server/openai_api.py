@@ -46,7 +46,7 @@ from .openapi import (
 from .profiles import Profile
 from .refinement import RefinementDriver
 from .runtime import EngineRuntime
-from .unlearning import Admission
+from .unlearning import Admission, GateJob
 
 #: Status recorded when the client went away before the response was complete (nginx's code).
 CLIENT_CLOSED = 499
@@ -81,6 +81,8 @@ class Exchange:
     #: The profile the request named as its model, if any.
     profile: Profile | None = None
     completion_tokens: int = 0
+    #: The unlearning gate's work, checked before admission and done after it.
+    gate_job: GateJob | None = None
     #: The unlearning gate's admission (server/unlearning.py), for gated requests.
     unlearning: Admission | None = None
     #: Whether a streaming client asked for the final usage chunk itself.
@@ -111,10 +113,13 @@ def build_router(
         runtime.require_ready()
         models = (await runtime.serving.openai_serving_models.show_available_models()).model_dump()
         base = models["data"][0]
-        for name in runtime.profiles:
-            models["data"].append(
-                {**base, "id": name, "owned_by": "corrigo", "parent": base["id"], "permission": []}
-            )
+        public = runtime.catalog.base_public
+        parent = base["id"] if public else None
+        profiles = [
+            {**base, "id": name, "owned_by": "corrigo", "parent": parent, "permission": []}
+            for name in runtime.catalog.profiles
+        ]
+        models["data"] = [base, *profiles] if public else profiles
         return JSONResponse(models)
 
     @router.post(
@@ -151,8 +156,8 @@ def build_router(
             scope = CancelScope.for_request(raw)
             try:
                 slot = await scope.run(admission.acquire())
-                if slot is None:  # the client went away while waiting for a slot
-                    return _client_closed(ex)
+                if slot is None or not await _admitted(request, ex, scope):
+                    return _client_closed(ex)  # the client went away while waiting
                 if request.stream:
                     scope.close()  # from here the streaming response watches the client
                     if refine:
@@ -189,12 +194,11 @@ def build_router(
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
         body = await _read_json(raw, limits.max_request_bytes)
         _check_input_size(body, limits)
-        ex.model = _check_model(body)
-        ex.profile = runtime.profiles.get(ex.model)
-        if ex.profile is not None:
-            body["model"] = runtime.model.model_id  # the engine serves the profile's base model
+        ex.model, ex.profile = runtime.catalog.resolve(body.get("model"))
+        body["model"] = runtime.model.model_id  # the engine serves a profile's base model
         defaults = ex.profile.correction if ex.profile is not None else None
-        ex.correction = take_correction(body, runtime.correction_context, defaults)
+        enforced = ex.profile.enforced if ex.profile is not None else frozenset()
+        ex.correction = take_correction(body, runtime.correction_context, defaults, enforced)
         _check_limits(body, limits)
         if body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
@@ -211,12 +215,23 @@ def build_router(
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
         except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
             raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
-        if ex.correction is not None and runtime.unlearning is not None:
-            ex.correction, ex.unlearning = await runtime.unlearning.admit(ex.correction, body)
+        if runtime.unlearning is not None:
+            # Only the cheap checks here; the embedding waits for an admission slot (_admitted).
+            ex.gate_job = runtime.unlearning.prepare(ex.correction, body)
+        return request
+
+    async def _admitted(request, ex: Exchange, scope: CancelScope) -> bool:
+        """Once the request holds a slot: the unlearning gate, then the correction's wiring.
+        False when the client went away meanwhile."""
+        if ex.gate_job is not None:
+            gated = await scope.run(runtime.unlearning.admit(ex.correction, ex.gate_job))
+            if gated is None:
+                return False
+            ex.correction, ex.unlearning = gated
         if wants_figures(ex.correction):
             ex.ticket = runtime.reports.take()
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
-        return request
+        return True
 
     def _report(ex: Exchange) -> dict[str, Any]:
         assert ex.correction is not None
@@ -225,22 +240,6 @@ def build_router(
         if ex.unlearning is not None:
             details["unlearning"] = runtime.unlearning.finish(ex.unlearning, figures)
         return correction_report(ex.correction, figures, **details)
-
-    def _check_model(body: dict[str, Any]) -> str:
-        model = body.get("model")
-        served = runtime.model.model_id
-        if model is None:
-            body["model"] = served
-            return served
-        if model != served and model not in runtime.profiles:
-            listed = ", ".join([served, *runtime.profiles])
-            raise APIError(
-                404,
-                f"The model '{model}' does not exist. Models served here: {listed}.",
-                param="model",
-                code="model_not_found",
-            )
-        return model
 
     async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
         result = await scope.run(_call_vllm(raw, request, ex.endpoint))
