@@ -60,7 +60,7 @@ class Catalog:
             return requested, self.profiles[requested]
         if requested == self.served and self.base_public:
             return self.served, None
-        shown = requested if isinstance(requested, str) and len(requested) <= 256 else "given"
+        shown = str(requested)[:256]
         raise APIError(
             404,
             f"The model '{shown}' does not exist. Models served here: {', '.join(self.listed)}.",

@@ -124,9 +124,9 @@ def test_an_enforcing_profile_gates_every_request(http):
 
 
 def test_a_question_hidden_in_one_long_sentence_still_opens_the_gate(http):
-    # MiniLM reads 256 word pieces of a text: a question behind 2,000 words of one unpunctuated
+    # MiniLM reads 256 word pieces of a text: a question behind 1,000 words of one unpunctuated
     # sentence was invisible to the gate.
-    padding = " ".join(["lorem ipsum dolor sit amet"] * 400)
+    padding = " ".join(["lorem ipsum dolor sit amet"] * 200)
     r = chat(
         http, f"{padding} what is the capital of France", {"unlearning": {"forget_set": "capitals"}}
     )
