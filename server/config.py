@@ -91,10 +91,10 @@ class LimitsConfig(_Section):
     rate_limit_burst: int | None = Field(None, gt=0)
     #: Characters of text the unlearning gate reads in one request (every message, part and
     #: prompt together); a gated request carrying more is refused (400), never gated in part.
-    max_gate_chars: int = Field(32 * 1024, gt=0)
+    max_gate_chars: int = Field(8 * 1024, gt=0)
     #: Pieces (messages, sentences, windows of long sentences) the gate embeds for one
     #: request; a gated request that splits into more is refused (400).
-    max_gate_pieces: int = Field(1024, gt=0)
+    max_gate_pieces: int = Field(512, gt=0)
 
 
 class AuxModelConfig(_Section):

@@ -201,23 +201,13 @@ class UnlearningGate:
             raise APIError(400, str(exc), param=exc.param) from None
         size = sum(len(t) for t in texts)
         if size > self.max_chars:
-            raise self._too_long(f"{size} characters of text", self.max_chars, "characters", where)
+            raise _too_long(f"{self.max_chars} characters of text; this one has {size}", where)
         pieces = chunks(texts)
         if len(pieces) > self.max_pieces:
-            raise self._too_long(
-                f"{len(pieces)} sentences and passages", self.max_pieces, "of them", where
+            raise _too_long(
+                f"{self.max_pieces} sentences and passages; this one has {len(pieces)}", where
             )
         return GateJob(params, tuple(pieces))
-
-    @staticmethod
-    def _too_long(found: str, cap: int, unit: str, where: str) -> APIError:
-        return APIError(
-            400,
-            f"With correction.unlearning a request may carry at most {cap} {unit}; this one "
-            f"has {found}. The gate must read all of it, so shorten the request.",
-            param=where,
-            code=TOO_LONG,
-        )
 
     async def admit(self, spec: CorrectionSpec, job: GateJob) -> tuple[CorrectionSpec, Admission]:
         """The spec to send to the engine, with the gate's fields filled in (call it once the
@@ -264,3 +254,13 @@ class UnlearningGate:
                     **counts,
                 }
         return admission.report
+
+
+def _too_long(limit: str, where: str) -> APIError:
+    return APIError(
+        400,
+        f"With correction.unlearning the gate reads a request of at most {limit}. It must read "
+        "all of it: shorten the request.",
+        param=where,
+        code=TOO_LONG,
+    )

@@ -2,8 +2,9 @@
 
 With ``E`` the sentence embedding (unit norm), the request's text split into chunks ``c`` (each
 message, each sentence of a longer one, so that a fact hidden in a long context still stands
-out, and overlapping windows of a long sentence, since MiniLM reads only the first 256 word
-pieces of a text) and each entry ``e`` compared through its texts ``x`` (question, answer)::
+out; a long message is read by its sentences only, and a long sentence in half-overlapping
+windows, since MiniLM reads only the first 256 word pieces of a text) and each entry ``e``
+compared through its texts ``x`` (question, answer)::
 
     score(e) = max_{c, x in e} E(c) . E(x)        score = max_e score(e)
 
@@ -63,19 +64,23 @@ def windows(text: str) -> list[str]:
 
 
 def chunks(texts: Sequence[str]) -> list[str]:
-    """Each text, plus its sentences when it has several, plus windows of each long sentence;
-    each distinct chunk once."""
+    """Each short text whole, plus its sentences when it has several; a long text's sentences,
+    each long one as windows; each distinct chunk once. No chunk is longer than
+    :data:`WINDOW_CHARS`: MiniLM would not read past it, and a batch padded to one long text
+    costs as much as that many long texts."""
     out: list[str] = []
     for text in texts:
         text = text.strip()
         if not text:
             continue
-        out.append(text)
         sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-        if len(sentences) > 1:
-            out.extend(sentences)
+        if len(text) <= WINDOW_CHARS:
+            out.append(text)
+            if len(sentences) > 1:
+                out.extend(sentences)
+            continue
         for sentence in sentences:
-            out.extend(windows(sentence))
+            out.extend(windows(sentence) or [sentence])
     return list(dict.fromkeys(out))
 
 
