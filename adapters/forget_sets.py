@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
-from decoding.unlearning import ForgetSet, load_forget_set
+from decoding.unlearning import ForgetSet, ForgetSetError, load_forget_set
 
 #: Environment variable carrying ``{name: path}`` to the engine process (internal).
 ENGINE_ENV = "_CORRIGO_FORGET_SETS"
@@ -26,7 +27,25 @@ def resolve_path(path: str) -> str:
 
 def load_all(paths: Mapping[str, str]) -> dict[str, ForgetSet]:
     """Every declared set, validated (raises ForgetSetError naming the set, file and line)."""
+    for name, path in paths.items():
+        check_private(name, path)
     return {name: load_forget_set(name, path) for name, path in paths.items()}
+
+
+def check_private(name: str, path: str) -> None:
+    """Refuse a forget-set file other users may read (they would learn what the model must
+    not say) or write (they would change it). Group access is the operator's choice (640 with
+    a group only corrigo's user is in). ``path`` is resolved: a link's target is checked."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # load_forget_set reports the unreadable file
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise ForgetSetError(
+            f"forget_sets.{name}: {path} is readable or writable by other users (mode "
+            f"{stat.S_IMODE(mode):04o}); a forget set must stay private: run "
+            f"'chmod 600 {path}' (or 640 with a group only corrigo's user belongs to)"
+        )
 
 
 def publish(paths: Mapping[str, str]) -> None:

@@ -174,7 +174,13 @@ def main() -> None:
                 "phrases": phrases(tokenizer, size),
             }
             path.write_text(json.dumps(entry) + "\n")
-            sets[f"forget_sets.p{size}"] = {"path": str(path)}
+            path.chmod(0o600)  # corrigo refuses forget sets other users can read
+            # The requests' threshold 0 (the gate always opens) and the report's counts.
+            sets[f"forget_sets.p{size}"] = {
+                "path": str(path),
+                "threshold": 0.0,
+                "report_detail": True,
+            }
         config = write_config(
             Path(tmp) / "bench.toml",
             {

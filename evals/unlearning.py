@@ -210,8 +210,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     forget_file.write_text(
         "".join(json.dumps({"question": f.question, "answer": f.answer}) + "\n" for f in known)
     )
+    forget_file.chmod(0o600)  # corrigo refuses forget sets other users can read
     correction = {"unlearning": {"forget_set": "eval", "threshold": args.threshold}}
-    server = Server({**base, "forget_sets": {"eval": {"path": str(forget_file)}}}, workdir, "gated")
+    forget_set = {"path": str(forget_file), "threshold": args.threshold}
+    server = Server({**base, "forget_sets": {"eval": forget_set}}, workdir, "gated")
     try:
         gated_probes = ask_all(
             server.base_url, probes, correction, args.max_tokens, "probes, gated"

@@ -22,7 +22,7 @@ from adapters.python_tests import SANDBOX_CONTEXT
 from adapters.request_reports import ReportSlots
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.copilot import COPILOTS_CONTEXT
-from decoding.unlearning import FORGET_SETS_CONTEXT
+from decoding.unlearning import FORGET_SETS_CONTEXT, POLICIES_CONTEXT
 
 from .auth import APIKeyAuth
 from .config import Config
@@ -30,12 +30,13 @@ from .errors import install_error_handlers
 from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
 from .openapi import error_responses
-from .profiles import load_profiles
+from .profiles import catalog, load_profiles
 from .refinement import RefinementDriver, configure_refinement
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 from .trusted_hosts import TrustedHostMiddleware
 from .unlearning import UnlearningGate
+from .unlearning import policies as forget_set_policies
 
 
 def create_app(config: Config, model: ServedModel) -> FastAPI:
@@ -68,7 +69,9 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     runtime.correction_context[FORGET_SETS_CONTEXT] = {
         n: len(g.forget_set) for n, g in gates.items()
     }
-    runtime.profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
+    runtime.correction_context[POLICIES_CONTEXT] = forget_set_policies(config.forget_sets)
+    profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
+    runtime.catalog = catalog(profiles, model.model_id, base_public=config.model.public)
     registry = get_prometheus_registry()
     registry.register(PluginStepCollector(step_metrics))
 
@@ -151,7 +154,13 @@ def _unlearning_gate(config: Config) -> UnlearningGate | None:
     # The gate's MiniLM is the only torch work in this process. One thread keeps it off the
     # core(s) the engine computes on; its inputs are a few short texts per request.
     torch.set_num_threads(1)
-    return UnlearningGate(forget_sets.load_all(paths), minilm(), server_metrics())
+    return UnlearningGate(
+        forget_sets.load_all(paths),
+        minilm(),
+        server_metrics(),
+        forget_set_policies(config.forget_sets),
+        config.limits,
+    )
 
 
 class _ASGIEndpoint:

@@ -19,7 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
@@ -97,6 +104,10 @@ class ModelConfig(_Section):
     path: str | None = None
     #: Model id clients use; default: the folder's name (or ``smollm2-135m-instruct``).
     served_model_name: str | None = None
+    #: Whether clients may name the served model itself. False: only profiles are listed in
+    #: /v1/models and accepted as ``model`` (the served id is a 404, as an unknown model), so
+    #: a profile's enforced corrections cannot be stepped around (server/profiles.py).
+    public: bool = True
 
 
 class AuthConfig(_Section):
@@ -134,6 +145,12 @@ class LimitsConfig(_Section):
     requests_per_minute: int | None = Field(None, gt=0)
     #: Requests one key may send in a burst above the steady rate; None: ``requests_per_minute``.
     rate_limit_burst: int | None = Field(None, gt=0)
+    #: Characters of text the unlearning gate reads in one request (every message, part and
+    #: prompt together); a gated request carrying more is refused (400), never gated in part.
+    max_gate_chars: int = Field(8 * 1024, gt=0)
+    #: Pieces (messages, sentences, windows of long sentences) the gate embeds for one
+    #: request; a gated request that splits into more is refused (400).
+    max_gate_pieces: int = Field(512, gt=0)
 
 
 class AuxModelConfig(_Section):
@@ -144,7 +161,36 @@ class AuxModelConfig(_Section):
 
 class ForgetSetConfig(_Section):
     #: JSONL file: one ``{"question", "answer"}`` and/or ``{"phrases": [...]}`` object a line.
+    #: Refused at start-up when other users may read or write it (chmod 600 or 640).
     path: str
+    #: Gate threshold for requests that send none.
+    threshold: float = Field(0.5, ge=0, le=1)
+    #: The range a request's own ``threshold`` must lie in (400 outside); default: the
+    #: ``threshold`` itself, i.e. clients cannot move it. A higher threshold turns the gate off;
+    #: with any range, bisecting the threshold on the reported decision measures the score.
+    min_threshold: float | None = Field(None, ge=0, le=1)
+    max_threshold: float | None = Field(None, ge=0, le=1)
+    #: Reports carry the gate's score, threshold, entries retrieved and token counts (a
+    #: similarity oracle for clients); default: the decision only.
+    report_detail: bool = False
+    #: Whether the set's name may appear in errors, metric labels and reports. Without it (or
+    #: an ``alias``) they say ``undisclosed``.
+    public_name: bool = False
+    #: The label errors, metrics and reports use instead of the name.
+    alias: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _threshold_within_bounds(self) -> ForgetSetConfig:
+        low = self.threshold if self.min_threshold is None else self.min_threshold
+        high = self.threshold if self.max_threshold is None else self.max_threshold
+        if not low <= self.threshold <= high:
+            raise ValueError(
+                f"need min_threshold <= threshold <= max_threshold, got {low}, "
+                f"{self.threshold}, {high}"
+            )
+        if self.public_name and self.alias is not None:
+            raise ValueError("set public_name or alias, not both")
+        return self
 
 
 class CopilotConfig(_Section):
@@ -158,6 +204,9 @@ class ProfileConfig(_Section):
     model: str | None = None
     #: The default ``correction`` object; a request's own ``correction`` is laid over it.
     correction: dict[str, Any] = Field(default_factory=dict)
+    #: Corrections of the profile a request may not touch (a request naming one is a 400):
+    #: true for all of them, or a list of keys of ``correction``.
+    enforce: bool | list[str] = False
 
 
 class RefinementConfig(_Section):

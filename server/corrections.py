@@ -7,7 +7,7 @@ vLLM copies ``vllm_xargs`` into ``SamplingParams.extra_args`` unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import decoding.copilot  # noqa: F401  (registers the copilot correction)
@@ -27,9 +27,12 @@ def take_correction(
     body: dict[str, Any],
     context: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
+    enforced: Collection[str] = frozenset(),
 ) -> CorrectionSpec | None:
     """Remove and validate ``body["correction"]`` laid over a profile's ``defaults`` (None
-    when there is neither); 400 naming the field when it is wrong."""
+    when there is neither); 400 naming the field when it is wrong, or when it names one of the
+    profile's ``enforced`` corrections at all (whatever the value: an enforced correction is
+    neither weakened, replaced nor removed, so there is nothing to compare)."""
     xargs = body.get("vllm_xargs")
     for key in (WIRE_KEY, REPORT_KEY):
         if isinstance(xargs, dict) and key in xargs:
@@ -41,6 +44,17 @@ def take_correction(
     if "correction" not in body and defaults is None:
         return None
     requested = body.pop("correction", None)
+    for name in sorted(enforced):
+        if isinstance(requested, Mapping) and name in requested:
+            raise APIError(
+                400,
+                f"'correction.{name}' is enforced by the model this request names and cannot "
+                "be changed or removed; send the request without it.",
+                param=f"correction.{name}",
+                code="correction_enforced",
+            )
+    if enforced and requested is not None and not isinstance(requested, Mapping):
+        raise APIError(400, "'correction' must be an object.", param="correction")
     if defaults is not None and (requested is None or isinstance(requested, Mapping)):
         requested = merge_correction(defaults, requested or {})
     try:

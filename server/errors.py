@@ -81,6 +81,25 @@ def error_response(
     )
 
 
+def status_of(exc: BaseException) -> int:
+    """The status a request that failed with ``exc`` is answered (and recorded) with."""
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, (RecursionError, MemoryError)):
+        return _backstop_error(exc).status
+    return 500
+
+
+def _backstop_error(exc: BaseException) -> APIError:
+    if isinstance(exc, RecursionError):
+        return APIError(400, "The request is nested too deeply to process.")
+    return APIError(
+        413,
+        "The request needs more memory to process than this server allows.",
+        code="request_too_large",
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every failure path of ``app`` answer with an OpenAI error object."""
 
@@ -104,20 +123,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RecursionError)
-    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
-        # Input nested deeper than some parser or validator could follow: the client's input,
-        # not a server fault (the body's depth is checked first; this is the backstop).
-        logger.warning("RecursionError on %s %s", request.method, request.url.path)
-        return error_response(400, "The request is nested too deeply to process.")
-
     @app.exception_handler(MemoryError)
-    async def _too_big(request: Request, exc: MemoryError) -> JSONResponse:
-        logger.warning("MemoryError on %s %s", request.method, request.url.path)
-        return error_response(
-            413,
-            "The request needs more memory to process than this server allows.",
-            code="request_too_large",
-        )
+    async def _input_too_big(request: Request, exc: Exception) -> JSONResponse:
+        # Input nested deeper or larger than some parser or validator could follow: the
+        # client's input, not a server fault (the body's depth and size are checked first;
+        # this is the backstop).
+        logger.warning("%s on %s %s", type(exc).__name__, request.method, request.url.path)
+        err = _backstop_error(exc)
+        return error_response(err.status, err.message, code=err.code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -45,8 +45,9 @@ class ServerMetrics:
         )
         self.unlearning_gate = Counter(
             "corrigo_unlearning_gate",
-            "Unlearning gate decisions, by forget set and decision (filter: the request "
-            "concerns the set and is filtered; pass: it decodes unchanged).",
+            "Unlearning gate decisions, by forget set (its public name or alias, else "
+            "'undisclosed') and decision (filter: the request concerns the set and is "
+            "filtered; pass: it decodes unchanged).",
             ["forget_set", "decision"],
             registry=registry,
         )

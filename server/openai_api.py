@@ -34,7 +34,7 @@ from .auth import validated_key
 from .cancellation import CancelScope
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wants_figures, wire_xargs
-from .errors import APIError
+from .errors import APIError, status_of
 from .metrics import ServerMetrics
 from .openapi import (
     CHAT_RESPONSES,
@@ -47,7 +47,7 @@ from .openapi import (
 from .profiles import Profile
 from .refinement import RefinementDriver
 from .runtime import EngineRuntime
-from .unlearning import Admission
+from .unlearning import Admission, GateJob
 
 #: Status recorded when the client went away before the response was complete (nginx's code).
 CLIENT_CLOSED = 499
@@ -82,6 +82,8 @@ class Exchange:
     #: The profile the request named as its model, if any.
     profile: Profile | None = None
     completion_tokens: int = 0
+    #: The unlearning gate's work, checked before admission and done after it.
+    gate_job: GateJob | None = None
     #: The unlearning gate's admission (server/unlearning.py), for gated requests.
     unlearning: Admission | None = None
     #: Whether a streaming client asked for the final usage chunk itself.
@@ -114,10 +116,13 @@ def build_router(
         runtime.require_ready()
         models = (await runtime.serving.openai_serving_models.show_available_models()).model_dump()
         base = models["data"][0]
-        for name in runtime.profiles:
-            models["data"].append(
-                {**base, "id": name, "owned_by": "corrigo", "parent": base["id"], "permission": []}
-            )
+        public = runtime.catalog.base_public
+        parent = base["id"] if public else None
+        profiles = [
+            {**base, "id": name, "owned_by": "corrigo", "parent": parent, "permission": []}
+            for name in runtime.catalog.profiles
+        ]
+        models["data"] = [base, *profiles] if public else profiles
         return JSONResponse(models)
 
     @router.post(
@@ -155,8 +160,8 @@ def build_router(
             scope = CancelScope.for_request(raw)
             try:
                 slot = await scope.run(admission.acquire())
-                if slot is None:  # the client went away while waiting for a slot
-                    return _client_closed(ex)
+                if slot is None or not await _admitted(request, ex, scope):
+                    return _client_closed(ex)  # the client went away while waiting
                 if request.stream:
                     scope.close()  # from here the streaming response watches the client
                     if refine:
@@ -173,12 +178,8 @@ def build_router(
                 return await _complete(raw, request, ex, scope)
             finally:
                 scope.close()
-        except APIError as err:
-            ex.status = err.status
-            _record(ex)
-            raise
-        except Exception:
-            ex.status = 500
+        except Exception as exc:
+            ex.status = status_of(exc)
             _record(ex)
             raise
         finally:
@@ -193,12 +194,11 @@ def build_router(
     async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
         body = await _read_json(raw, limits)
         _check_input_size(body, limits)
-        ex.model = _check_model(body)
-        ex.profile = runtime.profiles.get(ex.model)
-        if ex.profile is not None:
-            body["model"] = runtime.model.model_id  # the engine serves the profile's base model
+        ex.model, ex.profile = runtime.catalog.resolve(body.get("model"))
+        body["model"] = runtime.model.model_id  # the engine serves a profile's base model
         defaults = ex.profile.correction if ex.profile is not None else None
-        ex.correction = take_correction(body, runtime.correction_context, defaults)
+        enforced = ex.profile.enforced if ex.profile is not None else frozenset()
+        ex.correction = take_correction(body, runtime.correction_context, defaults, enforced)
         if body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
             # for one, and drops it again when the client did not.
@@ -215,12 +215,23 @@ def build_router(
         except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
             raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         _check_limits(request, limits)
-        if ex.correction is not None and runtime.unlearning is not None:
-            ex.correction, ex.unlearning = await runtime.unlearning.admit(ex.correction, body)
+        if runtime.unlearning is not None:
+            # Only the cheap checks here; the embedding waits for an admission slot (_admitted).
+            ex.gate_job = runtime.unlearning.prepare(ex.correction, body)
+        return request
+
+    async def _admitted(request, ex: Exchange, scope: CancelScope) -> bool:
+        """Once the request holds a slot: the unlearning gate, then the correction's wiring.
+        False when the client went away meanwhile."""
+        if ex.gate_job is not None:
+            gated = await scope.run(runtime.unlearning.admit(ex.correction, ex.gate_job))
+            if gated is None:
+                return False
+            ex.correction, ex.unlearning = gated
         if wants_figures(ex.correction):
             ex.ticket = runtime.reports.take()
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
-        return request
+        return True
 
     def _report(ex: Exchange) -> dict[str, Any]:
         assert ex.correction is not None
@@ -229,22 +240,6 @@ def build_router(
         if ex.unlearning is not None:
             details["unlearning"] = runtime.unlearning.finish(ex.unlearning, figures)
         return correction_report(ex.correction, figures, **details)
-
-    def _check_model(body: dict[str, Any]) -> str:
-        model = body.get("model")
-        served = runtime.model.model_id
-        if model is None:
-            body["model"] = served
-            return served
-        if model != served and model not in runtime.profiles:
-            listed = ", ".join([served, *runtime.profiles])
-            raise APIError(
-                404,
-                f"The model '{model}' does not exist. Models served here: {listed}.",
-                param="model",
-                code="model_not_found",
-            )
-        return model
 
     async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
         result = await scope.run(_call_vllm(raw, request, ex.endpoint))

@@ -22,7 +22,7 @@ from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 
 from .errors import APIError
-from .profiles import Profile
+from .profiles import Catalog
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ class EngineRuntime:
         self.aux_models = dict(aux_models or {})
         #: What request validation needs to know about this deployment.
         self.correction_context = {AUX_MODELS_CONTEXT: set(self.aux_models)}
-        #: Profiles by name (server/profiles.py), set by the app.
-        self.profiles: dict[str, Profile] = {}
+        #: The model ids clients may name: profiles by name, and the served model unless hidden
+        #: (server/profiles.py); set by the app.
+        self.catalog = Catalog(model.model_id, {})
         #: The unlearning gate (server/unlearning.py), set by the app when forget sets exist.
         self.unlearning = None
         self.phase = Phase.STARTING

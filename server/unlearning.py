@@ -1,29 +1,160 @@
 """The unlearning gate in the server: decide per request, forward only what the filters need.
 
 For a request whose ``correction`` names ``unlearning``, the gate (decoding/unlearning/gate.py)
-reads all of the request's text (every message, system and context included, or the prompt)
-and decides whether it concerns the forget set. The spec sent to the engine then carries the
-retrieved entries' indices (none when the gate stays closed: the request decodes unchanged),
-never the forget set's text. When the response is complete the counts the engine wrote in the
-request's report slot (adapters/request_reports.py) go into its report and metrics.
+reads all of the request's text (every message, system and context included, tool definitions,
+documents, template arguments, the prompt) and decides whether it concerns the forget set. The
+spec sent to the engine then carries the retrieved entries' indices (none when the gate stays
+closed: the request decodes unchanged), never the forget set's text. When the response is
+complete the counts the engine wrote in the request's report slot (adapters/request_reports.py)
+go into its report and metrics.
+
+Hostile clients (docs: the operator's ``[forget_sets.NAME]`` policy). The gate fails closed:
+input it cannot read (token ids, prompt embeddings, a request's own chat template, images) or
+more text than ``[limits] max_gate_chars`` / ``max_gate_pieces`` is refused, never let through
+ungated. :meth:`UnlearningGate.prepare` does these cheap checks before admission;
+:meth:`UnlearningGate.admit` embeds after it (so the admission queue bounds the gate's work),
+on the gate's own thread. Reports carry the decision only unless the set's policy allows
+detail, and metric labels carry a set's public label, never a private name.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from decoding.correction import CorrectionSpec
-from decoding.unlearning import ForgetGate, ForgetSet, GateDecision, UnlearningParams
-from decoding.unlearning.gate import Embedder
+from decoding.unlearning import (
+    ForgetGate,
+    ForgetSet,
+    ForgetSetPolicy,
+    GateDecision,
+    UnlearningParams,
+)
+from decoding.unlearning.gate import Embedder, chunks
 
+from .config import ForgetSetConfig, LimitsConfig
+from .errors import APIError
 from .metrics import ServerMetrics
 
 NAME = "unlearning"
 #: Gate decisions as metric labels and in the report.
 FILTER, PASS = "filter", "pass"
+#: Request fields whose text a chat template may render into the prompt: the gate reads them.
+GATED_FIELDS = ("messages", "prompt", "suffix", "tools", "documents", "chat_template_kwargs")
+#: Request fields that carry a prompt the gate cannot read: refused with unlearning.
+UNGATEABLE_FIELDS = ("prompt_embeds", "chat_template")
+#: Content parts the gate reads; any other part (an image, audio) is refused with unlearning.
+TEXT_PARTS = frozenset({"text", "input_text", "output_text", "refusal"})
+#: Keys of a message whose values are structure, not text.
+_STRUCTURAL = frozenset({"role", "type", "id", "tool_call_id"})
+#: Error code of a gated request carrying more text than the gate reads.
+TOO_LONG = "unlearning_input_too_long"
+
+
+def policies(configs: Mapping[str, ForgetSetConfig]) -> dict[str, ForgetSetPolicy]:
+    """Each declared set's policy (server/config.py ``[forget_sets.NAME]``)."""
+    out = {}
+    for name, c in configs.items():
+        out[name] = ForgetSetPolicy(
+            threshold=c.threshold,
+            min_threshold=c.threshold if c.min_threshold is None else c.min_threshold,
+            max_threshold=c.threshold if c.max_threshold is None else c.max_threshold,
+            report_detail=c.report_detail,
+            public_label=name if c.public_name else c.alias,
+            public_name=c.public_name,
+        )
+    return out
+
+
+class UngateableInput(ValueError):
+    """Request input the gate cannot read; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def request_texts(body: Mapping[str, Any]) -> list[str]:
+    """Every piece of text a chat or completion request carries into its prompt: the string
+    values of its messages (every role, content parts, tool calls), tool definitions, documents
+    and template arguments (their keys too), and prompts. Raises :class:`UngateableInput` for a
+    prompt the gate cannot read (token ids, embeddings, non-text parts, a request's template)."""
+    for field in UNGATEABLE_FIELDS:
+        if body.get(field) is not None:
+            raise UngateableInput(
+                f"'{field}' cannot be combined with correction.unlearning: the gate reads text.",
+                field,
+            )
+    texts: list[str] = []
+    for field in GATED_FIELDS:
+        value = body.get(field)
+        if value is None:
+            continue
+        if field == "prompt" and not _text_prompt(value):
+            raise UngateableInput(
+                "With correction.unlearning the prompt must be text (a string or a list of "
+                "strings): the gate cannot read token ids.",
+                "prompt",
+            )
+        if field == "messages":
+            _check_parts(value)
+        _collect(value, texts, field, keys=field not in ("messages", "prompt"))
+    return texts
+
+
+def _check_parts(messages: Any) -> None:
+    """Refuse content parts that are not text (an image can spell the question)."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, Mapping):
+                continue
+            kind = part.get("type")
+            if (isinstance(kind, str) and kind in TEXT_PARTS) or (
+                kind is None and set(part) <= {"text"}
+            ):
+                continue
+            shown = kind if isinstance(kind, str) and len(kind) <= 32 else "non-text"
+            raise UngateableInput(
+                f"'messages' holds a '{shown}' part; with correction.unlearning this server "
+                "accepts text only: the gate cannot read other media.",
+                "messages",
+            )
+
+
+def _text_prompt(prompt: Any) -> bool:
+    return isinstance(prompt, str) or (
+        isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
+    )
+
+
+def _collect(value: Any, texts: list[str], field: str, *, keys: bool) -> None:
+    """Every string under ``value`` (iteratively: the nesting is the client's)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            texts.append(node)
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+        elif isinstance(node, Mapping):
+            for key, item in node.items():
+                if keys and isinstance(key, str):
+                    texts.append(key)
+                if field == "messages" and key in _STRUCTURAL:
+                    continue
+                stack.append(item)
+
+
+@dataclass(frozen=True)
+class GateJob:
+    """A gated request, checked and split before admission; embedded after it."""
+
+    params: UnlearningParams
+    pieces: tuple[str, ...]
 
 
 @dataclass
@@ -35,58 +166,72 @@ class Admission:
     report: dict[str, Any] | None = None
 
 
-def request_texts(body: Mapping[str, Any]) -> list[str]:
-    """Every piece of text a chat or completion request carries (messages of every role, text
-    content parts, prompts); token-id prompts carry none."""
-    texts: list[str] = []
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(
-                part["text"]
-                for part in content
-                if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-            )
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else ()
-    texts.extend(p for p in prompts if isinstance(p, str))
-    return texts
-
-
 class UnlearningGate:
-    """The deployment's forget sets, embedded once, and the per-request admission."""
+    """The deployment's forget sets, embedded once, their policies, and the per-request
+    admission."""
 
     def __init__(
         self,
         forget_sets: Mapping[str, ForgetSet],
         embedder: Embedder,
         metrics: ServerMetrics,
+        policies: Mapping[str, ForgetSetPolicy],
+        limits: LimitsConfig,
     ) -> None:
         self.gates = {name: ForgetGate(s, embedder) for name, s in forget_sets.items()}
         self.metrics = metrics
+        self.policies = dict(policies)
+        self.max_chars = limits.max_gate_chars
+        self.max_pieces = limits.max_gate_pieces
+        # MiniLM serialises its encodes (adapters/embeddings.py): one thread of its own, so
+        # queued gate work never holds the event loop's default executor.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearning-gate")
 
-    async def admit(
-        self, spec: CorrectionSpec, body: Mapping[str, Any]
-    ) -> tuple[CorrectionSpec, Admission | None]:
-        """The spec to send to the engine, with the gate's fields filled in."""
-        params = spec.plugins.get(NAME)
+    def prepare(self, spec: CorrectionSpec | None, body: Mapping[str, Any]) -> GateJob | None:
+        """Cheap checks before admission (fail closed): 400 for text the gate cannot read or
+        more than it reads; None when the request asks no unlearning."""
+        params = spec.plugins.get(NAME) if spec is not None else None
         if params is None:
-            return spec, None
+            return None
         assert isinstance(params, UnlearningParams)
+        where = "messages" if "messages" in body else "prompt"
+        try:
+            texts = request_texts(body)
+        except UngateableInput as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
+        size = sum(len(t) for t in texts)
+        if size > self.max_chars:
+            raise _too_long(f"{self.max_chars} characters of text; this one has {size}", where)
+        pieces = chunks(texts)
+        if len(pieces) > self.max_pieces:
+            raise _too_long(
+                f"{self.max_pieces} sentences and passages; this one has {len(pieces)}", where
+            )
+        return GateJob(params, tuple(pieces))
+
+    async def admit(self, spec: CorrectionSpec, job: GateJob) -> tuple[CorrectionSpec, Admission]:
+        """The spec to send to the engine, with the gate's fields filled in (call it once the
+        request holds an admission slot)."""
+        params = job.params
         gate = self.gates[params.forget_set]
-        # MiniLM takes milliseconds to tens of milliseconds: keep the event loop free.
-        decision = await asyncio.to_thread(gate.decide, request_texts(body), params.threshold)
+        loop = asyncio.get_running_loop()
+        decision = await loop.run_in_executor(
+            self._executor, gate.decide_chunks, job.pieces, params.threshold
+        )
         label = FILTER if decision.opened else PASS
-        self.metrics.unlearning_gate.labels(params.forget_set, label).inc()
+        self.metrics.unlearning_gate.labels(self.policy(params).label, label).inc()
         gated = params.model_copy(update={"targets": decision.targets})
         plugins = {**spec.plugins, NAME: gated}
         return CorrectionSpec(plugins), Admission(params, decision)
 
+    def policy(self, params: UnlearningParams) -> ForgetSetPolicy:
+        return self.policies.get(params.forget_set) or ForgetSetPolicy()
+
     def finish(self, admission: Admission, figures: Mapping[str, float] | None) -> dict[str, Any]:
         """The request's report, from the figures the engine recorded for it (once its
-        generation is over; idempotent)."""
+        generation is over; idempotent). Without the set's ``report_detail``: the decision only
+        (the score, its threshold, the entries retrieved and the tokens blocked would each tell
+        the client how near its text, or the model's output, is to the set's content)."""
         if admission.report is None:
             figures = figures or {}
             counts = {
@@ -96,14 +241,26 @@ class UnlearningGate:
             }
             self.metrics.tokens_blocked.inc(counts["tokens_blocked"])
             decision = admission.decision
-            admission.report = {
-                "forget_set": admission.params.forget_set,
-                "gate": {
-                    "decision": FILTER if decision.opened else PASS,
-                    "score": round(decision.score, 4),
-                    "threshold": admission.params.threshold,
-                },
-                "entries_retrieved": len(decision.targets),
-                **counts,
-            }
+            policy = self.policy(admission.params)
+            gate: dict[str, Any] = {"decision": FILTER if decision.opened else PASS}
+            if not policy.report_detail:
+                admission.report = {"gate": gate}
+            else:
+                gate |= {"score": round(decision.score, 4), "threshold": admission.params.threshold}
+                admission.report = {
+                    "forget_set": policy.label,
+                    "gate": gate,
+                    "entries_retrieved": len(decision.targets),
+                    **counts,
+                }
         return admission.report
+
+
+def _too_long(limit: str, where: str) -> APIError:
+    return APIError(
+        400,
+        f"With correction.unlearning the gate reads a request of at most {limit}. It must read "
+        "all of it: shorten the request.",
+        param=where,
+        code=TOO_LONG,
+    )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -60,6 +61,22 @@ HOOK_HOST = "127.0.0.2"
 HOOK_PORT, JUDGE_PORT = _free_ports(HOOK_HOST, 2)
 #: The judge's key: in the server's environment only (``[judges.grader] api_key_env``).
 JUDGE_KEY = "judge-secret-5d1e"
+#: The session engine's private forget set (tests/security/test_unlearning_secrecy.py): its name
+#: must never reach a client, and its reports show the gate's decision only.
+FORGET_VAULT = Path(__file__).parent / "data" / "forget_vault.jsonl"
+#: A profile of the session engine that enforces unlearning with the private set.
+GUARDED_PROFILE = "guarded"
+#: The profiles the session engine lists in /v1/models after the served model.
+PROFILES = (GUARDED_PROFILE,)
+
+
+def private_copy(source: Path, folder: Path) -> str:
+    """A copy of a forget-set file only its owner may read: corrigo refuses forget sets other
+    users can read, and git does not keep a file's mode."""
+    target = folder / source.name
+    shutil.copyfile(source, target)
+    target.chmod(0o600)
+    return str(target)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +89,22 @@ def live_server(tmp_path_factory) -> LiveServer:
             "auth": {"api_keys": [API_KEY, "second-key"]},
             "limits": {"max_n": 4, "max_request_bytes": 1_000_000},
             "engine": TEST_ENGINE,
-            "forget_sets": {"capitals": {"path": str(FORGET_CAPITALS)}},
+            "forget_sets": {
+                # Public, with detailed reports (tests/integration/test_unlearning.py).
+                "capitals": {
+                    "path": private_copy(FORGET_CAPITALS, tmp),
+                    "public_name": True,
+                    "report_detail": True,
+                },
+                # Private: the defaults (a fixed threshold, decision-only reports, no name).
+                "vault": {"path": private_copy(FORGET_VAULT, tmp)},
+            },
+            "profiles": {
+                GUARDED_PROFILE: {
+                    "correction": {"unlearning": {"forget_set": "vault"}},
+                    "enforce": True,
+                },
+            },
             # Refinement tests send verifications to loopback servers they start.
             "refinement": {
                 "max_rounds": 4,

@@ -8,17 +8,27 @@ does not remove knowledge from the weights, and the forget sets must stay server
 
 from .forget_set import ForgetEntry, ForgetSet, ForgetSetError, load_forget_set
 from .gate import ForgetGate, GateDecision
-from .params import FORGET_SETS_CONTEXT, GATED_CONTEXT, UnlearningParams
+from .params import (
+    FORGET_SETS_CONTEXT,
+    GATED_CONTEXT,
+    POLICIES_CONTEXT,
+    UNDISCLOSED,
+    ForgetSetPolicy,
+    UnlearningParams,
+)
 from .plugin import ForgetFilters, Unlearning
 
 __all__ = [
     "FORGET_SETS_CONTEXT",
     "GATED_CONTEXT",
+    "POLICIES_CONTEXT",
+    "UNDISCLOSED",
     "ForgetEntry",
     "ForgetFilters",
     "ForgetGate",
     "ForgetSet",
     "ForgetSetError",
+    "ForgetSetPolicy",
     "GateDecision",
     "Unlearning",
     "UnlearningParams",

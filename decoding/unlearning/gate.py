@@ -1,8 +1,10 @@
 """The gate: does a request concern the forget set, and which entries?
 
 With ``E`` the sentence embedding (unit norm), the request's text split into chunks ``c`` (each
-message, and each sentence of a longer one, so that a fact hidden in a long context still
-stands out) and each entry ``e`` compared through its texts ``x`` (question, answer)::
+message, each sentence of a longer one, so that a fact hidden in a long context still stands
+out; a long message is read by its sentences only, and a long sentence in half-overlapping
+windows, since MiniLM reads only the first 256 word pieces of a text) and each entry ``e``
+compared through its texts ``x`` (question, answer)::
 
     score(e) = max_{c, x in e} E(c) . E(x)        score = max_e score(e)
 
@@ -26,6 +28,11 @@ DEFAULT_THRESHOLD = 0.5
 #: How many entries an open gate retrieves at most.
 MAX_TARGETS = 3
 
+#: Longest chunk the gate reads whole, in characters (at most ~256 word pieces, MiniLM's input):
+#: a longer sentence is also read in windows of this size, half overlapping, so that any
+#: passage of up to half this length lies whole in one window.
+WINDOW_CHARS = 200
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -47,18 +54,34 @@ class GateDecision:
         return bool(self.targets)
 
 
+def windows(text: str) -> list[str]:
+    """Half-overlapping windows of :data:`WINDOW_CHARS` covering a longer ``text`` (none for a
+    short one)."""
+    if len(text) <= WINDOW_CHARS:
+        return []
+    step = WINDOW_CHARS // 2
+    return [text[start : start + WINDOW_CHARS] for start in range(0, len(text) - step, step)]
+
+
 def chunks(texts: Sequence[str]) -> list[str]:
-    """Each text, plus its sentences when it has several."""
+    """Each short text whole, plus its sentences when it has several; a long text's sentences,
+    each long one as windows; each distinct chunk once. No chunk is longer than
+    :data:`WINDOW_CHARS`: MiniLM would not read past it, and a batch padded to one long text
+    costs as much as that many long texts."""
     out: list[str] = []
     for text in texts:
         text = text.strip()
         if not text:
             continue
-        out.append(text)
         sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
-        if len(sentences) > 1:
-            out.extend(sentences)
-    return out
+        if len(text) <= WINDOW_CHARS:
+            out.append(text)
+            if len(sentences) > 1:
+                out.extend(sentences)
+            continue
+        for sentence in sentences:
+            out.extend(windows(sentence) or [sentence])
+    return list(dict.fromkeys(out))
 
 
 class ForgetGate:
@@ -78,7 +101,10 @@ class ForgetGate:
 
     def scores(self, texts: Sequence[str]) -> torch.Tensor:
         """``score(e)`` for every entry ``e`` (zeros when there is no text)."""
-        pieces = chunks(texts)
+        return self.chunk_scores(chunks(texts))
+
+    def chunk_scores(self, pieces: Sequence[str]) -> torch.Tensor:
+        """``score(e)`` for every entry over already split ``pieces`` (:func:`chunks`)."""
         entries = torch.zeros(len(self.forget_set))
         if not pieces:
             return entries
@@ -88,9 +114,15 @@ class ForgetGate:
     def decide(
         self, texts: Sequence[str], threshold: float, max_targets: int = MAX_TARGETS
     ) -> GateDecision:
-        if not chunks(texts):  # nothing to judge (e.g. a token-id prompt): closed
+        return self.decide_chunks(chunks(texts), threshold, max_targets)
+
+    def decide_chunks(
+        self, pieces: Sequence[str], threshold: float, max_targets: int = MAX_TARGETS
+    ) -> GateDecision:
+        """The decision over already split ``pieces`` (:func:`chunks`)."""
+        if not pieces:  # nothing to judge: closed (the server refuses text it cannot read)
             return GateDecision(0.0, ())
-        scores = self.scores(texts)
+        scores = self.chunk_scores(pieces)
         top = torch.topk(scores, min(max_targets, len(scores)))
         targets = tuple(
             int(i) for s, i in zip(top.values, top.indices, strict=True) if s >= threshold

@@ -4,11 +4,18 @@ A client sends ``{"forget_set": NAME, "threshold": ..., "delta": ..., "penalty":
 server's gate then fills ``targets`` (the retrieved entries, by index; empty when the gate stays
 closed) before the spec goes to the engine, so the engine never receives forget-set text from
 the request path. Clients may not set ``targets``.
+
+What a client may do with each set is the operator's :class:`ForgetSetPolicy` (server/config.py
+``[forget_sets.NAME]``): the threshold a request gets when it sends none, and the range it may
+pick from. Errors never name a set the operator did not make public.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, FiniteFloat, ValidationInfo, field_validator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
 from ..correction import PluginParams
 from .gate import DEFAULT_THRESHOLD
@@ -16,14 +23,39 @@ from .semantic import DEFAULT_DELTA, DEFAULT_LAMBDA
 
 #: Validation context key: ``{forget set name: number of entries}`` the deployment declares.
 FORGET_SETS_CONTEXT = "forget_sets"
+#: Validation context key (server only): ``{forget set name: ForgetSetPolicy}``.
+POLICIES_CONTEXT = "forget_set_policies"
 #: Validation context key, true only where the gate's fields may be set (the engine process).
 GATED_CONTEXT = "unlearning_gated"
+#: What errors, metrics and reports call a set whose name is not public.
+UNDISCLOSED = "undisclosed"
+
+
+@dataclass(frozen=True)
+class ForgetSetPolicy:
+    """The operator's rules for one forget set. A client that may raise the threshold can turn
+    the gate off; one that may move it at all can bisect it on the reported decision."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_threshold: float = DEFAULT_THRESHOLD
+    max_threshold: float = DEFAULT_THRESHOLD
+    #: Reports carry the score, threshold and counts (a similarity oracle) when true.
+    report_detail: bool = False
+    #: What clients may see the set called (its name, an alias); None: :data:`UNDISCLOSED`.
+    public_label: str | None = None
+    #: Whether requests may name the set (its name is public, not just an alias).
+    public_name: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.public_label or UNDISCLOSED
 
 
 class UnlearningParams(PluginParams):
     #: Name of a configured forget set.
     forget_set: str
-    #: Gate threshold on MiniLM cosine similarity between the request and the set's entries.
+    #: Gate threshold on MiniLM cosine similarity between the request and the set's entries;
+    #: the set's policy gives the default and the bounds.
     threshold: float = Field(DEFAULT_THRESHOLD, ge=0, le=1)
     #: Soft filter: candidates at least this similar to a forbidden word are banned.
     delta: float = Field(DEFAULT_DELTA, ge=0, le=1)
@@ -34,14 +66,43 @@ class UnlearningParams(PluginParams):
     #: Set by the gate: indices of the retrieved entries (empty: decode unchanged).
     targets: tuple[int, ...] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_threshold(cls, data: Any, info: ValidationInfo) -> Any:
+        """A request that sends no threshold gets its set's."""
+        policies = (info.context or {}).get(POLICIES_CONTEXT) or {}
+        if isinstance(data, dict) and "threshold" not in data:
+            name = data.get("forget_set")
+            policy = policies.get(name) if isinstance(name, str) else None
+            if policy is not None:
+                return {**data, "threshold": policy.threshold}
+        return data
+
     @field_validator("forget_set")
     @classmethod
     def _known_set(cls, name: str, info: ValidationInfo) -> str:
         known = (info.context or {}).get(FORGET_SETS_CONTEXT)
         if known is not None and name not in known:
-            listed = ", ".join(sorted(known)) or "none"
-            raise ValueError(f"unknown forget set '{name}' (configured: {listed})")
+            # Never the configured names: they can say what a set holds.
+            policies = (info.context or {}).get(POLICIES_CONTEXT) or {}
+            public = sorted(n for n, p in policies.items() if p.public_name)
+            listed = f" (forget sets you may name: {', '.join(public)})" if public else ""
+            raise ValueError(f"not a forget set this server offers{listed}")
         return name
+
+    @field_validator("threshold")
+    @classmethod
+    def _within_bounds(cls, threshold: float, info: ValidationInfo) -> float:
+        policies = (info.context or {}).get(POLICIES_CONTEXT) or {}
+        policy = policies.get(info.data.get("forget_set"))
+        if policy is not None and not policy.min_threshold <= threshold <= policy.max_threshold:
+            if policy.min_threshold == policy.max_threshold:
+                raise ValueError("is fixed by this server for this forget set; omit it")
+            raise ValueError(
+                f"must lie between {policy.min_threshold} and {policy.max_threshold} for this "
+                "forget set"
+            )
+        return threshold
 
     @field_validator("targets")
     @classmethod
@@ -57,5 +118,5 @@ class UnlearningParams(PluginParams):
             info.data.get("forget_set")
         )
         if targets and size is not None and not all(0 <= t < size for t in targets):
-            raise ValueError(f"entry index out of range (the set has {size} entries)")
+            raise ValueError("entry index out of range")
         return targets

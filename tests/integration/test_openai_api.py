@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..conftest import SERVED_MODEL
+from ..conftest import PROFILES, SERVED_MODEL
 
 pytestmark = pytest.mark.engine
 
@@ -15,7 +15,7 @@ HELLO = [{"role": "user", "content": "What is the capital of France? Answer in o
 
 def test_models_lists_the_embedded_model(client):
     ids = [m.id for m in client.models.list().data]
-    assert ids == [SERVED_MODEL]
+    assert ids == [SERVED_MODEL, *PROFILES]  # the session server's profiles follow
 
 
 def test_chat_completion(client):
