@@ -33,6 +33,7 @@ import adapters.webhook  # noqa: F401  (registers the webhook verifier)
 from adapters import verifier_plugins
 from adapters.remote_model import configured_judges, remote_generate
 from adapters.vllm_compat import CompletionRequest, ErrorResponse
+from decoding.correction import CorrectionSpec
 from decoding.refinement import (
     Candidate,
     Generation,
@@ -53,10 +54,12 @@ from decoding.refinement.verifier import TREE_LIMITS_CONTEXT, TreeLimits
 
 from .cancellation import CancelScope
 from .config import Config
-from .corrections import correction_report
+from .corrections import correction_report, wire_xargs
 from .errors import APIError
 from .metrics import ServerMetrics
 from .runtime import EngineRuntime
+from .unlearning import NAME as UNLEARNING
+from .unlearning import request_texts
 
 
 def configure_refinement(runtime: EngineRuntime, config: Config) -> dict[str, GenerateFn]:
@@ -161,7 +164,7 @@ class RefinementDriver:
         on_candidate=None,
     ) -> Outcome:
         services = Services(
-            generate=self._generate(request, usage, per_step=False),
+            generate=self._generate(request, ex, usage, per_step=False),
             next_token=self._next_token,
             remote=remote_generate,
             judges=self.judges,
@@ -170,7 +173,7 @@ class RefinementDriver:
             outcome = await refine(
                 params,
                 messages,
-                self._generate(request, usage, per_step=True),
+                self._generate(request, ex, usage, per_step=True),
                 VerifyContext(messages, services, request_id=ex.request_id),
                 on_candidate=on_candidate,
             )
@@ -184,11 +187,15 @@ class RefinementDriver:
         ex.completion_tokens = usage.completion_tokens
         return outcome
 
-    def _generate(self, request, usage: _Usage, *, per_step: bool):
+    def _generate(self, request, ex, usage: _Usage, *, per_step: bool):
         """Chat completions on the engine, as the request asked (``per_step``: with its other
-        corrections; verifiers' own generations run without them)."""
+        corrections; verifiers' own generations run without them, except unlearning, which no
+        generation of a request that asked for it may escape)."""
         serving = self.runtime.serving.openai_serving_chat
-        xargs = request.vllm_xargs if per_step else _without_corrigo(request.vllm_xargs)
+        plain = _without_corrigo(request.vllm_xargs)
+        # The texts the gate read at admission (only a request with unlearning is gated).
+        unlearning = ex.correction is not None and UNLEARNING in ex.correction.plugins
+        admitted = set(request_texts({"messages": request.messages})) if unlearning else set()
         cap = request.max_completion_tokens or request.max_tokens
         base = f"refine-{uuid.uuid4().hex[:16]}"
         counter = itertools.count()
@@ -209,7 +216,7 @@ class RefinementDriver:
                 "request_id": f"{base}-{next(counter)}",
                 "max_tokens": _smallest(cap, max_tokens),
                 "max_completion_tokens": None,
-                "vllm_xargs": xargs,
+                "vllm_xargs": await self._round_xargs(ex, plain, messages, admitted, per_step),
                 "seed": seeds.take(n),
             }
             if temperature is not None:
@@ -230,6 +237,31 @@ class RefinementDriver:
             ]
 
         return generate
+
+    async def _round_xargs(
+        self,
+        ex,
+        plain: dict[str, Any] | None,
+        messages: Sequence[Message],
+        admitted: set[str],
+        per_step: bool,
+    ) -> dict[str, Any] | None:
+        """One generation's ``vllm_xargs``. With unlearning, the text this generation adds to
+        what the gate read at admission (feedback, critiques and verifier prompts can quote
+        client text: a regex verifier's feedback quotes its pattern) is gated too, and the
+        entries it retrieves join the request's targets: a round can only be filtered more."""
+        spec = ex.correction
+        plugins = dict(spec.plugins) if per_step and spec is not None else {}
+        params = spec.plugins.get(UNLEARNING) if spec is not None else None
+        if params is not None and self.runtime.unlearning is not None:
+            added = [t for t in request_texts({"messages": messages}) if t not in admitted]
+            try:
+                more = await self.runtime.unlearning.more_targets(params, added)
+            except APIError as err:
+                raise GenerationRefused(err.message, err) from None
+            targets = tuple(sorted({*(params.targets or ()), *more}))
+            plugins[UNLEARNING] = params.model_copy(update={"targets": targets})
+        return wire_xargs(CorrectionSpec(plugins), plain) if plugins else plain
 
     async def _next_token(self, prompt: str, top: int) -> dict[str, float]:
         """The ``top`` next-token log-probabilities after ``prompt``: one forward (a 1-token

@@ -20,7 +20,7 @@ detail, and metric labels carry a set's public label, never a private name.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +223,26 @@ class UnlearningGate:
         gated = params.model_copy(update={"targets": decision.targets})
         plugins = {**spec.plugins, NAME: gated}
         return CorrectionSpec(plugins), Admission(params, decision)
+
+    async def more_targets(self, params: UnlearningParams, texts: Sequence[str]) -> tuple[int, ...]:
+        """The entries ``texts`` retrieve under an admitted request's ``params``: text the
+        request's generations add after admission (a refinement round's feedback can quote
+        client text), gated as the request was. Fails closed like :meth:`prepare` (400 for more
+        text than the gate reads)."""
+        if not texts:
+            return ()
+        size = sum(len(t) for t in texts)
+        if size > self.max_chars:
+            raise _too_long(f"{self.max_chars} characters of text; a round has {size}", NAME)
+        pieces = chunks(texts)
+        if len(pieces) > self.max_pieces:
+            raise _too_long(f"{self.max_pieces} sentences and passages in a round", NAME)
+        gate = self.gates[params.forget_set]
+        loop = asyncio.get_running_loop()
+        decision = await loop.run_in_executor(
+            self._executor, gate.decide_chunks, tuple(pieces), params.threshold
+        )
+        return decision.targets
 
     def policy(self, params: UnlearningParams) -> ForgetSetPolicy:
         return self.policies.get(params.forget_set) or ForgetSetPolicy()

@@ -6,6 +6,7 @@ detailed reports, ``vault`` a private one, and the profile ``guarded`` enforces 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -188,3 +189,44 @@ def test_a_forget_set_other_users_can_read_is_refused_at_start_up(tmp_path):
     assert process.returncode == 2, output[-3000:]
     assert str(exposed) in output and "chmod 600" in output, output[-3000:]
     assert "EngineCore" not in output  # refused before any engine process started
+
+
+def _round_texts(http, correction) -> list[str]:
+    body = {
+        "model": SERVED_MODEL,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "stream": True,
+        "correction": correction,
+    }
+    texts = []
+    with http.stream("POST", CHAT, json=body) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                if "refinement_round" in chunk:
+                    texts.append(chunk["refinement_round"]["text"])
+    return texts
+
+
+def test_refinement_rounds_cannot_carry_the_question_past_the_gate(http):
+    """The draft's prompt is harmless, so the gate stays closed at admission; the client's own
+    try-again turn then asks the forbidden question. Every round is gated over the text it
+    adds, so the second round is filtered too."""
+    refinement = {
+        "verifier": {"type": "regex", "pattern": "^NEVER$"},
+        "strategy": "try_again",
+        "max_rounds": 2,
+        "stream_rounds": True,
+        "prompts": {"try_again": "What is the capital of France? Answer in one sentence."},
+    }
+    # Without unlearning the second round says it: the attack has something to leak.
+    plain = _round_texts(http, {"refinement": refinement})
+    assert len(plain) == 2 and "paris" in plain[1].lower(), plain
+    guarded = _round_texts(
+        http, {"refinement": refinement, "unlearning": {"forget_set": "capitals"}}
+    )
+    assert len(guarded) == 2, guarded
+    assert not any("paris" in text.lower() for text in guarded), guarded
