@@ -76,7 +76,8 @@ _ERRORS = {
     400: "Invalid request (fields, limits, correction, context length).",
     401: "Missing or incorrect API key.",
     404: "Unknown model.",
-    413: "Request body over limits.max_request_bytes.",
+    413: "Request body over limits.max_request_bytes or limits.max_json_values.",
+    415: "The body is not sent as application/json.",
     429: "Over the admission or per-key rate limits; see Retry-After.",
     503: "The engine is starting, stopped or dead; see Retry-After.",
 }
@@ -92,9 +93,18 @@ def generation_responses(response: type[BaseModel]) -> dict[int | str, dict[str,
         200: {
             "model": response,
             "description": "The completion; with stream=true, server-sent events.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "description": "One server-sent event: a JSON chunk, or [DONE].",
+                        "type": "object",
+                        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                        "required": ["data"],
+                    }
+                }
+            },
         },
-        **error_responses(400, 401, 404, 413, 429, 503),
+        **error_responses(400, 401, 404, 413, 415, 429, 503),
     }
 
 

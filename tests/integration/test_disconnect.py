@@ -64,7 +64,8 @@ def test_dropped_non_streaming_request_is_aborted(live_server):
     body = json.dumps({"model": SERVED_MODEL, "prompt": "Once upon a time", **LONG}).encode()
     sock = socket.create_connection((url.hostname, url.port))
     sock.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST /v1/completions HTTP/1.1\r\nHost: {url.netloc}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
         + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
