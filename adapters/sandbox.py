@@ -334,7 +334,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
         process.send_signal(signal.SIGTERM)
     try:
         await asyncio.wait_for(asyncio.shield(process.wait()), KILL_GRACE)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _kill(process)
 
 
@@ -385,9 +385,9 @@ def _limits_only_python() -> str:
     )
 
 
-_PROBE_PROGRAM = """\
+_PROBE_PROGRAM = f"""\
 import json, os
-status = {}
+status = {{}}
 try:
     for line in open("/proc/self/status"):
         key, _, value = line.partition(":")
@@ -395,15 +395,15 @@ try:
 except OSError:
     pass
 failed = []
-for name in %r:
+for name in {PROBE_IMPORTS!r}:
     try:
         __import__(name)
     except Exception as exc:
-        failed.append("%%s (%%s)" %% (name, exc))
-print(json.dumps({"uid": os.getuid(), "cap_eff": status.get("CapEff"),
+        failed.append("%s (%s)" % (name, exc))
+print(json.dumps({{"uid": os.getuid(), "cap_eff": status.get("CapEff"),
                   "no_new_privs": status.get("NoNewPrivs"), "seccomp": status.get("Seccomp"),
-                  "failed_imports": failed}))
-""" % (PROBE_IMPORTS,)
+                  "failed_imports": failed}}))
+"""
 
 
 @dataclass

@@ -177,10 +177,9 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.copilots import CopilotConfigError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
+    from adapters.remote_model import JudgeConfigError
     from adapters.verifier_plugins import VerifierPluginError
     from decoding.unlearning import ForgetSetError
-
-    from adapters.remote_model import JudgeConfigError
 
     from .app import create_app
     from .profiles import ProfileError

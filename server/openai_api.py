@@ -443,14 +443,18 @@ def _check_limits(request: ChatCompletionRequest | CompletionRequest, limits: Li
                     param=name,
                 )
     prompt = getattr(request, "prompt", None)
-    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-        if len(prompt) > limits.max_prompts:
-            raise APIError(
-                400,
-                f"'prompt' holds {len(prompt)} prompts; this server allows at most "
-                f"{limits.max_prompts}.",
-                param="prompt",
-            )
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and not isinstance(prompt[0], int)
+        and len(prompt) > limits.max_prompts
+    ):
+        raise APIError(
+            400,
+            f"'prompt' holds {len(prompt)} prompts; this server allows at most "
+            f"{limits.max_prompts}.",
+            param="prompt",
+        )
 
 
 def _sse_json(chunk: str) -> dict[str, Any] | None:

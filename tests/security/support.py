@@ -148,9 +148,7 @@ class LoopProbe:
         with httpx.Client(base_url=self.base_url, timeout=self.timeout) as client:
             while not self._stop.is_set():
                 started = time.perf_counter()
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     client.get("/health")
-                except httpx.HTTPError:
-                    pass
                 self.latencies.append(time.perf_counter() - started)
                 self._stop.wait(self.interval)
