@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,9 @@ def test_an_evil_pattern_is_linear_on_an_evil_answer():
         if "patternProperties" in spec.get("schema", {}):
             text = json.dumps({EVIL_TEXT: 1})
         verdict(spec, text)
-    assert time.perf_counter() - started < 0.5
+    # Python's backtracking engine takes hours on this answer (2**40 paths); RE2, microseconds.
+    # The bound is loose so that a loaded machine cannot fail it.
+    assert time.perf_counter() - started < 10
 
 
 async def _worst_gap_while(coro) -> tuple[float, object]:
@@ -175,8 +178,10 @@ def test_a_64kb_answer_does_not_block_the_event_loop(spec):
     gap, result = asyncio.run(_worst_gap_while(verifier.verify(text, VerifyContext([]))))
     # The loop stays free (the check runs on the pattern pool) and the check ends within its
     # deadline (a timed-out check rejects the answer).
-    assert gap < 0.05, gap
-    assert time.perf_counter() - started < 3
+    # Loose bounds (a loaded machine must not fail them): on the loop, the first pattern held
+    # it 6 s.
+    assert gap < 0.5, gap
+    assert time.perf_counter() - started < 4.5
     if "error" in result.details:
         assert result.details["error"] == "check_timeout" and not result.accepted
 
@@ -253,7 +258,8 @@ def test_unique_items_is_linear_and_keeps_json_equality():
     assert not verdict(spec, '[{"a": [1]}, {"a": [1.0]}]').accepted
     started = time.perf_counter()
     assert verdict(spec, json.dumps([[i] for i in range(20000)])).accepted
-    assert time.perf_counter() - started < 1
+    # Pairwise comparison is 2 * 10**8 comparisons here (minutes); hashing, milliseconds.
+    assert time.perf_counter() - started < 10
 
 
 def test_format_is_not_asserted_and_check_schema_does_not_compile_client_regexes():
@@ -285,10 +291,14 @@ def test_unevaluated_properties_next_to_pattern_properties_is_refused():
     ],
 )
 def test_templates_take_only_bare_named_fields(prompt):
-    started = time.perf_counter()
-    err = refused({"type": "p_true", "prompt": prompt})
+    tracemalloc.start()
+    try:
+        err = refused({"type": "p_true", "prompt": prompt})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert err.param == "correction.refinement.verifier.prompt"
-    assert time.perf_counter() - started < 0.1  # nothing was allocated
+    assert peak < 16 * 1024 * 1024, peak  # nothing was allocated (the format spec asks 300 MB)
 
 
 def test_refinement_prompts_are_checked_too():
