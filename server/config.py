@@ -29,7 +29,9 @@ from pydantic import (
 )
 
 from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
+from decoding.refinement.params import BudgetCaps
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
+from decoding.refinement.verifier import TreeLimits
 
 logger = logging.getLogger(__name__)
 
@@ -222,17 +224,17 @@ class RefinementConfig(_Section):
     keepalive_seconds: float = Field(5.0, gt=0)
     #: Caps on one verifier tree: its parts, its depth (a lone verifier is 1), and its costly
     #: parts (p_true, judge, webhook, python_tests, custom types). 400 beyond.
-    max_verifier_nodes: int = Field(32, ge=1)
-    max_verifier_depth: int = Field(4, ge=1, le=16)
-    max_costly_verifiers: int = Field(8, ge=0)
+    max_verifier_nodes: int = Field(TreeLimits.nodes, ge=1)
+    max_verifier_depth: int = Field(TreeLimits.depth, ge=1, le=16)
+    max_costly_verifiers: int = Field(TreeLimits.costly, ge=0)
     #: Maximums of a request's refinement budget (a request may ask less, not more: 400). When
     #: one runs out the loop stops with its ``stop_reason``. Engine calls: generated sequences
     #: plus verifier forwards on the engine.
-    max_engine_calls: int = Field(64, ge=1)
+    max_engine_calls: int = Field(BudgetCaps.max_engine_calls, ge=1)
     #: Wall seconds of sandboxed verifiers (python_tests) per request.
-    max_sandbox_seconds: float = Field(120.0, gt=0)
+    max_sandbox_seconds: float = Field(BudgetCaps.max_sandbox_seconds, gt=0)
     #: Wall seconds of the whole refinement loop per request.
-    max_seconds: float = Field(300.0, gt=0)
+    max_seconds: float = Field(BudgetCaps.max_seconds, gt=0)
 
 
 class SandboxConfig(_Section):
