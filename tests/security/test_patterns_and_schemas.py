@@ -20,8 +20,10 @@ pytestmark = pytest.mark.engine
 
 MESSAGES = [{"role": "user", "content": "Say hello to the world in one short sentence."}]
 MARKER = "corrigo-secret-file-marker-5f1c"
-#: Exponential backtracking with Python's re on any text over ~20 characters without \x01.
-EVIL = r"(?s)(?:.|.){1,19}\x01"
+#: Exponential backtracking with Python's re on any text without \x01: about 2**30 steps at each
+#: of its positions (a {1,19} version took 1.6 s on 80 characters), so a match on the event loop
+#: would block it for hours, far beyond MAX_PROBE_SECONDS.
+EVIL = r"(?s)(?:.|.){1,30}\x01"
 
 
 def refine(http, verifier, **refinement):
