@@ -29,7 +29,8 @@ import psutil
 import uvloop
 
 from bench.serving import TOPICS, save_results
-from tests.support import start_server, write_config
+from server.launcher import start_server
+from server.toml_writer import write_config
 
 CORRECTION = {"proxy_tuning": {"expert": "expert", "anti_expert": "anti", "alpha": 1.0}}
 

@@ -24,7 +24,8 @@ import torch
 import uvloop
 
 from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
-from tests.support import start_server, write_config
+from server.launcher import start_server
+from server.toml_writer import write_config
 
 
 async def bench_server(base_url: str, model_id: str, prompts, args, correction) -> list[Run]:

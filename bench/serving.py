@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -30,10 +29,10 @@ from pathlib import Path
 import httpx
 import uvloop
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from server.launcher import start_server
+from server.toml_writer import write_config
 
-from tests.support import start_server, write_config  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TOPICS = [
     "a lighthouse keeper",

@@ -29,7 +29,8 @@ import torch
 import uvloop
 
 from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
-from tests.support import start_server, write_config
+from server.launcher import start_server
+from server.toml_writer import write_config
 
 SIZES = (1_000, 10_000)
 

@@ -24,8 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from server.launcher import QUICK_ENGINE, start_server
+from server.toml_writer import write_config
+
 SUITE = Path(__file__).parent / "suites" / "copilot"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def add_parser(evals) -> None:
@@ -45,7 +47,9 @@ def add_parser(evals) -> None:
     parser.add_argument(
         "--overhead-repeats", type=int, default=3, help="plain/copilot run pairs (median kept)"
     )
-    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "evals")
+    parser.add_argument(
+        "--docs", type=Path, default=Path("docs/evals"), help="results folder (default docs/evals)"
+    )
 
 
 def load_split(name: str) -> list[dict[str, str]]:
@@ -133,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
     from openai import OpenAI
 
     from adapters.copilot_training import TrainSettings, train
-    from tests.support import TEST_ENGINE, start_server, write_config
 
     tmp = Path(tempfile.mkdtemp(prefix="corrigo-eval-copilot-"))
     out = args.out or tmp / "copilot"
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = write_config(
         tmp / "corrigo.toml",
-        {"engine": {**TEST_ENGINE, "max_model_len": 512}, "copilots.eval": {"path": str(out)}},
+        {"engine": {**QUICK_ENGINE, "max_model_len": 512}, "copilots.eval": {"path": str(out)}},
     )
     server = start_server(config, tmp / "server.log")
     results: dict = {

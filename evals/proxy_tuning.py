@@ -31,11 +31,10 @@ from pathlib import Path
 from .copilot import first_word, load_split
 from .unlearning import FACTS, ask_all, load_facts
 
-REPO = Path(__file__).resolve().parent.parent
 STAGES = ("anti", "expert", "direct", "inprocess", "server", "docs")
 RESUMING = ("server", "docs")
 #: Prompts the anti-expert is distilled on, besides the task's train prompts.
-DISTIL_SUITES = REPO / "evals" / "suites" / "refinement"
+DISTIL_SUITES = Path(__file__).parent / "suites" / "refinement"
 TASK_TOKENS = 4
 GENERAL_TOKENS = 32
 
@@ -65,7 +64,9 @@ def add_parser(evals) -> None:
     parser.add_argument("--direct-lr", type=float, default=2e-5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--alphas", default="0.1,0.25,0.5,1,2", help="comma-separated alpha sweep")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "evals")
+    parser.add_argument(
+        "--docs", type=Path, default=Path("docs/evals"), help="results folder (default docs/evals)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from server.launcher import start_server
 
 #: Eager engine (no compile at start), short context: what evaluations on CPU need.
 EVAL_CONFIG = """
@@ -24,12 +19,6 @@ max_model_len = 2048
 [refinement]
 max_rounds = {max_rounds}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -43,49 +32,16 @@ def local_server(
     with tempfile.TemporaryDirectory(prefix="corrigo-eval-") as tmp:
         config = Path(tmp) / "corrigo.toml"
         config.write_text(EVAL_CONFIG.format(max_rounds=max_rounds) + extra_config)
-        port = _free_port()
-        log = (Path(tmp) / "server.log").open("w")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
         # A SIGTERM (e.g. from `timeout`) must still stop the server, which runs in its own
         # session: turn it into SystemExit so the finally clause below runs.
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"corrigo serve exited: {(Path(tmp) / 'server.log').read_text()[-3000:]}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("corrigo serve did not become ready")
-                time.sleep(0.5)
-            yield url
-        finally:
-            process.send_signal(signal.SIGTERM)
+            server = start_server(config, Path(tmp) / "server.log", ready_timeout=timeout)
             try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            log.close()
+                yield server.base_url
+            finally:
+                server.stop(timeout=60)
+        finally:
             signal.signal(signal.SIGTERM, previous)
 
 

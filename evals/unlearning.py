@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from server.launcher import LiveServer, start_server
+from server.toml_writer import write_config
 
 FACTS = Path(__file__).parent / "data" / "facts.jsonl"
 ENGINE = {"enforce_eager": True, "max_model_len": 2048}
@@ -72,60 +69,10 @@ def load_facts(path: Path = FACTS) -> list[Fact]:
     return facts
 
 
-class Server:
-    """``corrigo serve`` in a subprocess, on a free port, until stopped."""
-
-    def __init__(self, config: dict, workdir: Path, name: str) -> None:
-        import httpx
-
-        path = workdir / f"{name}.toml"
-        path.write_text(_toml(config))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.log = (workdir / f"{name}.log").open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(path)]
-            + ["--port", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"corrigo serve exited; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.base_url}/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise TimeoutError(f"corrigo serve did not get ready; see {self.log.name}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(60)
-        self.log.close()
-
-
-def _toml(sections: dict) -> str:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
-    return json.dumps(v)  # numbers and strings: JSON and TOML spell them alike
+def serve(sections: dict, workdir: Path, name: str) -> LiveServer:
+    """``corrigo serve`` with the config ``sections``; its config and log in ``workdir``."""
+    config = write_config(workdir / f"{name}.toml", sections)
+    return start_server(config, workdir / f"{name}.log")
 
 
 def ask_all(base_url: str, questions: list[str], correction, max_tokens: int, desc: str):
@@ -189,7 +136,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.model:
         base["model"] = {"path": args.model}
 
-    server = Server(base, workdir, "plain")
+    server = serve(base, workdir, "plain")
     try:
         canonical = ask_all(
             server.base_url,
@@ -213,7 +160,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     forget_file.chmod(0o600)  # corrigo refuses forget sets other users can read
     correction = {"unlearning": {"forget_set": "eval", "threshold": args.threshold}}
     forget_set = {"path": str(forget_file), "threshold": args.threshold}
-    server = Server({**base, "forget_sets": {"eval": forget_set}}, workdir, "gated")
+    server = serve({**base, "forget_sets": {"eval": forget_set}}, workdir, "gated")
     try:
         gated_probes = ask_all(
             server.base_url, probes, correction, args.max_tokens, "probes, gated"

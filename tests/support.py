@@ -1,141 +1,61 @@
-"""Helpers the tests share: a live corrigo server in its own process group, tiny models."""
+"""Helpers the tests share: a live corrigo server in its own process group, tiny models.
+
+Starting a server and writing its config are the package's own (server/launcher.py,
+server/toml_writer.py), shared with evals/ and bench/; the names stay importable from here.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
-import httpx
+from server import launcher
+from server.launcher import LiveServer, free_port
+from server.toml_writer import toml_value, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Engine settings for tests: eager (no compile: ~40 s start instead of ~110 s), short context,
-#: and a fixed KV cache: the CPU engine otherwise sizes it from the share of host memory left
-#: beside its own resident size, which on a busy machine can come out too small to start.
-TEST_ENGINE = {"enforce_eager": True, "max_model_len": 2048, "kv_cache_memory_bytes": 2 << 30}
+TEST_ENGINE = dict(launcher.QUICK_ENGINE)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
-def write_config(path: Path, sections: dict[str, dict]) -> Path:
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-@dataclass
-class LiveServer:
-    """A ``corrigo serve`` subprocess, started in its own session (process group)."""
-
-    process: subprocess.Popen
-    base_url: str
-    log_path: Path
-    #: Responses captured while the engine was still starting (for the 503 tests).
-    during_startup: dict[str, httpx.Response] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        # Whatever is left of the group (there should be nothing) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
+__all__ = [
+    "REPO",
+    "TEST_ENGINE",
+    "LiveServer",
+    "free_port",
+    "make_tiny_llama",
+    "start_server",
+    "tiny_llama_config",
+    "toml_value",
+    "write_config",
+]
 
 
 def start_server(
     config: Path,
     log_path: Path,
     *,
-    probe_during_startup: dict[str, str] | None = None,
+    probe_during_startup: Mapping[str, str] | None = None,
     ready_timeout: float = 900,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> LiveServer:
-    """Start ``corrigo serve --config config`` and wait until /ready answers 200.
-
-    ``probe_during_startup`` maps names to paths fetched (with the key header, if any) as soon
-    as /health answers, while the engine is still starting.
-    """
-    port = free_port()
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", str(port)],
+    """:func:`server.launcher.start_server` from this checkout (its root as the working
+    directory, so ``python -m server.cli`` runs the code under test), probing with the config's
+    first API key."""
+    return launcher.start_server(
+        config,
+        log_path,
         cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
+        env=env,
+        ready_timeout=ready_timeout,
+        probe_during_startup=probe_during_startup,
+        probe_headers=_auth_header(config) if probe_during_startup else None,
     )
-    server = LiveServer(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + ready_timeout
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=10) as client:
-            _wait_for(client, "/health", server, deadline)
-            for name, path in (probe_during_startup or {}).items():
-                server.during_startup[name] = client.get(path, headers=_auth_header(config))
-            _wait_for(client, "/ready", server, deadline)
-    except BaseException:
-        server.stop(signal.SIGKILL)
-        raise
-    return server
 
 
 def _auth_header(config: Path) -> dict[str, str]:
-    import tomllib
-
     keys = tomllib.loads(config.read_text()).get("auth", {}).get("api_keys", [])
     return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
-
-
-def _wait_for(client: httpx.Client, path: str, server: LiveServer, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"corrigo exited with {server.process.returncode}:\n{server.log()[-5000:]}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if client.get(path).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise TimeoutError(f"{path} did not answer 200 in time:\n{server.log()[-5000:]}")
 
 
 def tiny_llama_config(vocab_size: int, **overrides):
