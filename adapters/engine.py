@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,16 @@ CPU_MEMORY_UTILIZATION = 0.2
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 #: Engine arguments corrigo sets itself; the config may not override them.
 RESERVED_ENGINE_ARGS = {"model", "served_model_name", "logits_processors"}
+#: vLLM's switch between its model runners (adapters/vllm_compat.py defaults it to 0).
+MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+#: Why corrigo refuses vLLM's V2 model runner.
+V2_RUNNER_REFUSED = (
+    "corrigo needs vLLM's V1 model runner: its corrections run inside the engine as a logits "
+    "processor written to the V1 interface (vllm.v1.sample.logits_processor.LogitsProcessor), "
+    "and the V2 runner loads only processors of its own, different interface "
+    "(vllm.v1.worker.gpu.sample.logits_processor), so the engine would refuse corrigo's. "
+    "What only the V2 runner offers is therefore unavailable (README: Scaling out)"
+)
 
 
 class EngineConfigError(ValueError):
@@ -51,6 +62,7 @@ def resolve_model(path: str | None, served_model_name: str | None) -> ServedMode
 def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArgs:
     """vLLM engine arguments: the ``[engine]`` section passed through, validated by vLLM's own
     ``AsyncEngineArgs`` (unknown names and bad values are refused here, before any start-up)."""
+    check_model_runner(os.environ)
     reserved = RESERVED_ENGINE_ARGS & set(engine)
     if reserved:
         raise EngineConfigError(
@@ -80,13 +92,33 @@ def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArg
     return args
 
 
+def check_model_runner(environ: Mapping[str, str]) -> None:
+    """Refuse ``VLLM_USE_V2_MODEL_RUNNER=1`` before vLLM sees it: with it, vLLM 0.33 on CUDA
+    fails only when its front end loads corrigo's logits processor, and the CPU build while
+    building its config, neither saying why."""
+    value = environ.get(MODEL_RUNNER_ENV)
+    if value is None or value.strip() == "0":
+        return
+    raise EngineConfigError(
+        f"{MODEL_RUNNER_ENV}={value!r} is not supported: {V2_RUNNER_REFUSED}. "
+        f"Unset it or set {MODEL_RUNNER_ENV}=0."
+    )
+
+
 def check_engine_args(args: AsyncEngineArgs) -> None:
     """Let vLLM validate the values (it builds its full config; nothing is loaded or started),
-    so a bad ``[engine]`` setting fails at start-up with vLLM's own message."""
+    so a bad ``[engine]`` setting fails at start-up with vLLM's own message. vLLM picks the V2
+    model runner by itself for some settings (e.g. watermarking), whatever the environment says:
+    refused here too."""
     try:
-        args.create_engine_config()
+        config = args.create_engine_config()
     except Exception as exc:
         raise EngineConfigError(f"[engine] rejected by vLLM: {exc}") from None
+    if config.use_v2_model_runner:
+        raise EngineConfigError(
+            f"[engine] makes vLLM choose its V2 model runner: {V2_RUNNER_REFUSED}. "
+            "Remove the setting that requires it."
+        )
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
