@@ -10,6 +10,13 @@ client, through /v1/completions (same prompt text as direct) and /v1/chat/comple
     .venv/bin/python -m bench.serving --requests 64 --max-tokens 128 --concurrency 1 8
 
 Prints a markdown table (the one in docs/benchmarks.md) and writes JSON to bench/results/.
+
+Servers already running (each an OpenAI API serving ``--model``; one at a time, never two
+engines on one machine at once) are measured the same way, over HTTP only, and compared with the
+first one (bench/gpu_check.sh: ``vllm serve`` then corrigo, on a GPU):
+
+    python -m bench.serving --model M --url vllm=http://127.0.0.1:8001 --out vllm.json
+    python -m bench.serving --table vllm.json corrigo.json
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import statistics
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import httpx
@@ -166,6 +174,13 @@ async def stream_request(client: httpx.AsyncClient, path: str, body: dict) -> tu
 
 
 async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -> list[Run]:
+    return await bench_http("corrigo", base_url, model_id, prompts, messages, args)
+
+
+async def bench_http(
+    system: str, base_url: str, model_id: str, prompts, messages, args
+) -> list[Run]:
+    """Streamed completions and chat completions against an OpenAI API at ``base_url``."""
     limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
 
@@ -184,8 +199,8 @@ async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -
         runs = []
         for c in args.concurrency:
             for name, one, jobs in (
-                ("corrigo /v1/completions", completion, prompts),
-                ("corrigo /v1/chat/completions", chat, messages),
+                (f"{system} /v1/completions", completion, prompts),
+                (f"{system} /v1/chat/completions", chat, messages),
             ):
                 wall, results = await run_pool(c, jobs, one)
                 runs.append(summarise(name, c, wall, results))
@@ -198,25 +213,97 @@ def save_results(name: str, result: dict) -> Path:
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
+    path.write_text(json.dumps(result, indent=2, default=str))
     return path
 
 
-def table(runs: list[Run]) -> str:
+def vs_direct(runs: list[Run]) -> Callable[[Run], Run]:
+    """Each run against the direct engine's at the same concurrency."""
     direct = {r.concurrency: r for r in runs if r.system.startswith("direct")}
+    return lambda r: direct[r.concurrency]
+
+
+def endpoint(run: Run) -> str:
+    return run.system.rsplit(" ", 1)[-1]
+
+
+def vs_first_server(runs: list[Run]) -> Callable[[Run], Run]:
+    """Each run against the first server's on the same endpoint and concurrency."""
+    first = runs[0].system.rsplit(" ", 1)[0]
+    base = {(r.concurrency, endpoint(r)): r for r in runs if r.system.rsplit(" ", 1)[0] == first}
+    return lambda r: base[(r.concurrency, endpoint(r))]
+
+
+def table(
+    runs: list[Run], baseline: Callable[[Run], Run] | None = None, label: str = "direct"
+) -> str:
+    """Markdown: each run's throughput and TTFT, and their ratios to ``baseline(run)`` (default:
+    the direct engine's run at the same concurrency), named ``label`` in the header."""
+    baseline = baseline or vs_direct(runs)
     lines = [
-        "| system | concurrency | output tok/s | vs direct | TTFT p50 (s) | TTFT p99 (s) | p50 vs direct |",
+        f"| system | concurrency | output tok/s | vs {label} | TTFT p50 (s) | TTFT p99 (s) | p50 vs {label} |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(
-        runs, key=lambda r: (r.concurrency, not r.system.startswith("direct"), r.system)
-    ):
-        d = direct[r.concurrency]
+    for r in sorted(runs, key=lambda r: (r.concurrency, baseline(r) is not r, r.system)):
+        d = baseline(r)
         lines.append(
             f"| {r.system} | {r.concurrency} | {r.tokens_per_s:.1f} | {r.tokens_per_s / d.tokens_per_s:.2f}x"
             f" | {r.ttft_p50_s:.3f} | {r.ttft_p99_s:.3f} | {r.ttft_p50_s / d.ttft_p50_s:.2f}x |"
         )
     return "\n".join(lines)
+
+
+def load_runs(path: Path) -> list[Run]:
+    """The runs a results file of :func:`save_results` (or ``--out``) holds."""
+    names = {f.name for f in fields(Run)}
+    return [
+        Run(**{k: v for k, v in r.items() if k in names})
+        for r in json.loads(path.read_text())["runs"]
+    ]
+
+
+def chat_workload(tokenizer, count: int) -> tuple[list[str], list[list[dict]]]:
+    """``count`` story requests: as chat messages, and as the prompts the chat template makes."""
+    messages = [
+        [
+            {
+                "role": "user",
+                "content": f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i}).",
+            }
+        ]
+        for i in range(count)
+    ]
+    prompts = [
+        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in messages
+    ]
+    return prompts, messages
+
+
+def bench_running(args) -> None:
+    """``--url``: measure servers that are already running, one after another, over HTTP."""
+    from transformers import AutoTokenizer
+
+    prompts, messages = chat_workload(AutoTokenizer.from_pretrained(args.model), args.requests)
+    runs: list[Run] = []
+    for spec in args.url:
+        system, _, url = spec.partition("=")
+        model_id = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
+        print(f"{system} ({url}, model {model_id})", flush=True)
+        runs += uvloop.run(bench_http(system, url, model_id, prompts, messages, args))
+    report = table(runs, vs_first_server(runs), runs[0].system.rsplit(" ", 1)[0])
+    print("\n" + report)
+    result = {
+        "args": vars(args),
+        "model": args.model,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
+        "table": report,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+    else:
+        save_results("serving-http", result)
 
 
 def main() -> None:
@@ -226,7 +313,26 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--compiled", action="store_true", help="let vLLM compile (default: eager)")
+    parser.add_argument(
+        "--url",
+        action="append",
+        metavar="NAME=URL",
+        help="measure this running server instead (repeatable; needs --model, its folder)",
+    )
+    parser.add_argument("--out", type=Path, help="JSON results file (with --url)")
+    parser.add_argument(
+        "--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved results"
+    )
     args = parser.parse_args()
+    if args.table:
+        runs = [r for path in args.table for r in load_runs(path)]
+        print(table(runs, vs_first_server(runs), runs[0].system.rsplit(" ", 1)[0]))
+        return
+    if args.url:
+        if not args.model:
+            parser.error("--url needs --model (the served model's folder: its chat template)")
+        bench_running(args)
+        return
 
     from transformers import AutoTokenizer
 
@@ -234,20 +340,7 @@ def main() -> None:
 
     model = resolve_model(args.model, None)
     engine_settings = {"max_model_len": 2048, "enforce_eager": not args.compiled}
-    tokenizer = AutoTokenizer.from_pretrained(model.path)
-    messages = [
-        [
-            {
-                "role": "user",
-                "content": f"Write a short story about {TOPICS[i % len(TOPICS)]} (#{i}).",
-            }
-        ]
-        for i in range(args.requests)
-    ]
-    prompts = [
-        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-        for m in messages
-    ]
+    prompts, messages = chat_workload(AutoTokenizer.from_pretrained(model.path), args.requests)
 
     print(f"direct AsyncLLM ({model.model_id}, {engine_settings})", flush=True)
     # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
