@@ -11,6 +11,7 @@ from typing import Any
 
 from .default_model import DEFAULT_MODEL_ID, ensure_default_model
 from .logits_processor import LOGITS_PROCESSOR_FQCN
+from .manifest import DeploymentManifest
 from .vllm_compat import AsyncEngineArgs, AsyncLLM, running_on_cpu
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,19 @@ CPU_MEMORY_UTILIZATION = 0.2
 #: kernels emulate bf16 and decode ~3.5x slower at batch 8 than in float32 (measured:
 #: SmolLM2-135M eager, 27 vs 97 tok/s on a 2-core AVX2 machine).
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
-#: Engine arguments corrigo sets itself; the config may not override them.
-RESERVED_ENGINE_ARGS = {"model", "served_model_name", "logits_processors"}
+#: Engine arguments corrigo sets itself; the config may not override them. ``additional_config``
+#: carries the deployment manifest to every engine process (adapters/manifest.py); vLLM then
+#: holds corrigo's object there instead of a dict, so the vLLM flags that write into it (the
+#: Mamba/KDA prefill and decode backend choices of some models) are refused too.
+RESERVED_ENGINE_ARGS = {
+    "model": "use [model] path",
+    "served_model_name": "use [model] served_model_name",
+    "logits_processors": "corrigo registers its own",
+    "additional_config": "it carries corrigo's deployment manifest",
+    "gdn_prefill_backend": "vLLM stores it in additional_config, which corrigo's manifest holds",
+    "kda_prefill_backend": "vLLM stores it in additional_config, which corrigo's manifest holds",
+    "kda_decode_backend": "vLLM stores it in additional_config, which corrigo's manifest holds",
+}
 
 
 class EngineConfigError(ValueError):
@@ -48,13 +60,22 @@ def resolve_model(path: str | None, served_model_name: str | None) -> ServedMode
     return ServedModel(path, served_model_name or path)  # a hub id, where a hub is reachable
 
 
-def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArgs:
+def engine_args(
+    model: ServedModel,
+    engine: Mapping[str, Any],
+    manifest: DeploymentManifest | None = None,
+) -> AsyncEngineArgs:
     """vLLM engine arguments: the ``[engine]`` section passed through, validated by vLLM's own
-    ``AsyncEngineArgs`` (unknown names and bad values are refused here, before any start-up)."""
-    reserved = RESERVED_ENGINE_ARGS & set(engine)
+    ``AsyncEngineArgs`` (unknown names and bad values are refused here, before any start-up),
+    with the deployment ``manifest`` for the engine side."""
+    reserved = sorted(RESERVED_ENGINE_ARGS.keys() & set(engine))
     if reserved:
+        key = reserved[0]
+        raise EngineConfigError(f"engine.{key} is set by corrigo ({RESERVED_ENGINE_ARGS[key]})")
+    if engine.get("prefill_context_parallel_size", 1) != 1:
         raise EngineConfigError(
-            f"engine.{sorted(reserved)[0]} is set by corrigo; use [model] path / served_model_name"
+            "engine.prefill_context_parallel_size: corrigo's corrections do not support "
+            "prefill context parallelism yet; leave it at 1 (tensor parallelism works)"
         )
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(set(engine) - known)
@@ -73,6 +94,7 @@ def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArg
             model=model.path,
             served_model_name=[model.model_id],
             logits_processors=[LOGITS_PROCESSOR_FQCN],
+            additional_config=manifest if manifest is not None else DeploymentManifest(),
             **settings,
         )
     except (TypeError, ValueError) as exc:

@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 import vllm  # noqa: E402
+from vllm.distributed.parallel_state import get_pp_group, get_tp_group  # noqa: E402
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # noqa: E402
 from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
@@ -81,7 +82,9 @@ __all__ = [
     "SamplingParams",
     "VLLM_VERSION",
     "frontend_args",
+    "get_pp_group",
     "get_prometheus_registry",
+    "get_tp_group",
     "init_app_state",
     "running_on_cpu",
 ]

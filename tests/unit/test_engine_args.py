@@ -12,6 +12,7 @@ from adapters.engine import (
     resolve_model,
 )
 from adapters.logits_processor import LOGITS_PROCESSOR_FQCN
+from adapters.manifest import DeploymentManifest
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,22 @@ def test_unknown_engine_argument_is_named(model):
         engine_args(model, {"max_model_length": 10})
 
 
-@pytest.mark.parametrize("key", ["model", "served_model_name", "logits_processors"])
+@pytest.mark.parametrize(
+    "key",
+    ["model", "served_model_name", "logits_processors", "additional_config", "kda_decode_backend"],
+)
 def test_arguments_corrigo_owns_are_refused(model, key):
     with pytest.raises(EngineConfigError, match=f"engine.{key} is set by corrigo"):
         engine_args(model, {key: "x"})
+
+
+def test_the_manifest_rides_in_additional_config(model):
+    assert engine_args(model, {}).additional_config == DeploymentManifest()
+
+
+def test_prefill_context_parallelism_is_refused(model):
+    with pytest.raises(EngineConfigError, match="prefill_context_parallel_size"):
+        engine_args(model, {"prefill_context_parallel_size": 2})
 
 
 def test_values_are_validated_by_vllm(model):
