@@ -12,7 +12,7 @@ from typing import Any
 from .default_model import DEFAULT_MODEL_ID, ensure_default_model
 from .logits_processor import LOGITS_PROCESSOR_FQCN
 from .manifest import DeploymentManifest
-from .vllm_compat import AsyncEngineArgs, AsyncLLM, running_on_cpu
+from .vllm_compat import AsyncEngineArgs, AsyncLLM, platform_runs_ray, running_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,12 @@ def engine_args(
 def check_engine_args(args: AsyncEngineArgs) -> None:
     """Let vLLM validate the values (it builds its full config; nothing is loaded or started),
     so a bad ``[engine]`` setting fails at start-up with vLLM's own message."""
+    if args.distributed_executor_backend == "ray" and not platform_runs_ray():
+        # vLLM itself fails only in the engine process, after spawning it.
+        raise EngineConfigError(
+            "engine.distributed_executor_backend = 'ray': vLLM's Ray executor does not support "
+            "Ray on this platform (its CPU backend); use 'mp' on one machine"
+        )
     try:
         args.create_engine_config()
     except Exception as exc:

@@ -56,6 +56,12 @@ def running_on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def platform_runs_ray() -> bool:
+    """Whether vLLM's Ray executor supports this platform (it needs the platform's Ray device
+    key; the CPU platform has none, so vLLM refuses Ray there)."""
+    return bool(current_platform.ray_device_key)
+
+
 def frontend_args(argv: list[str]):
     """Parse vLLM's own ``vllm serve`` front-end flags, giving a full namespace of defaults.
 
@@ -86,5 +92,6 @@ __all__ = [
     "get_prometheus_registry",
     "get_tp_group",
     "init_app_state",
+    "platform_runs_ray",
     "running_on_cpu",
 ]
