@@ -172,6 +172,8 @@ class CorrigoLogitsProcessor(LogitsProcessor):
 
     def _record(self, rows: Sequence[Row], figures: Mapping[str, torch.Tensor]) -> None:
         """One plugin's per-row figures of this step, for the rows that have a ticket."""
+        if not any(row.uid in self.tickets for row in rows):
+            return  # nothing to copy off the device
         columns = {_FIELD[name]: values.double().cpu().tolist() for name, values in figures.items()}
         for i, row in enumerate(rows):
             if row.uid in self.tickets:
