@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from adapters import logits_processor
 from adapters.logits_processor import LOGITS_PROCESSOR_FQCN, CorrigoLogitsProcessor
 from adapters.manifest import DeploymentManifest, ManifestError
 from adapters.vllm_compat import BatchUpdate, MoveDirectionality, SamplingParams
@@ -66,6 +67,13 @@ def test_validate_params_accepts_plain_and_refuses_bad_specs():
         )
     with pytest.raises(ValueError, match="not valid JSON"):
         CorrigoLogitsProcessor.validate_params(SamplingParams(extra_args={WIRE_KEY: "{"}))
+
+
+def test_validate_params_checks_against_the_manifest_the_server_installed(monkeypatch):
+    copilot_x = SamplingParams(extra_args={WIRE_KEY: '{"copilot": {"name": "x"}}'})
+    monkeypatch.setattr(logits_processor, "_front_end", DeploymentManifest())
+    logits_processor.install_front_end(DeploymentManifest(copilots={"x": "/copilots/x"}))
+    CorrigoLogitsProcessor.validate_params(copilot_x)
 
 
 def test_an_engine_started_without_corrigos_manifest_is_refused():
