@@ -1,22 +1,13 @@
-"""Auxiliary models a deployment declares (``[aux_models.NAME] path = ...``): resolution,
-tokenizer compatibility with the served model, and hand-over to the engine process.
-
-Logits processors run in vLLM's engine-core process, which corrigo does not construct; the
-declarations reach it through an environment variable the spawned process inherits.
-"""
+"""Auxiliary models a deployment declares (``[aux_models.NAME] path = ...``): resolution and
+tokenizer compatibility with the served model, checked by the server at start-up. The engine
+side learns of them from the deployment manifest (adapters/manifest.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
 from pathlib import Path
 
 from .default_model import ensure_default_model
 
-#: Environment variable carrying ``{name: path}`` to the engine process. Not ``CORRIGO_*``:
-#: it is internal, not a setting.
-ENGINE_ENV = "_CORRIGO_AUX_MODELS"
 #: ``path`` value naming the embedded default model's converted folder.
 EMBEDDED = "embedded"
 
@@ -54,12 +45,3 @@ def check_compatible(name: str, aux_path: str, base_path: str) -> None:
             f"aux_models.{name}: vocabulary of {aux_config.vocab_size} rows is smaller than the "
             f"served model's {base_config.vocab_size}"
         )
-
-
-def publish(aux_models: Mapping[str, str]) -> None:
-    """Make the declarations visible to the engine process (started after this call)."""
-    os.environ[ENGINE_ENV] = json.dumps(dict(aux_models))
-
-
-def published() -> dict[str, str]:
-    return json.loads(os.environ.get(ENGINE_ENV, "{}"))

@@ -1,14 +1,9 @@
 """Copilots a deployment declares (``[copilots.NAME] path = ...``): the binding check against
-the served model at start-up, hand-over to the engine process, and the engine-side runner.
-
-Like auxiliary models (adapters/aux_models.py), the declarations reach vLLM's engine-core
-process, where the logits processor loads them, through an environment variable.
-"""
+the served model at start-up, and the engine-side runner (the logits processor learns of them
+from the deployment manifest, adapters/manifest.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,9 +12,6 @@ import torch
 from decoding.copilot.binding import Binding, BindingError
 from decoding.copilot.checkpoint import CheckpointError, read
 from decoding.pipeline import TokenStream
-
-#: Environment variable carrying ``{name: checkpoint folder}`` to the engine process.
-ENGINE_ENV = "_CORRIGO_COPILOTS"
 
 
 class CopilotConfigError(ValueError):
@@ -49,15 +41,6 @@ def check_binding(name: str, path: str, pilot_path: str) -> Binding:
             f"copilots.{name} ({folder}) cannot serve the model {pilot_path}: {exc}"
         ) from None
     return checkpoint.binding
-
-
-def publish(copilots: Mapping[str, str]) -> None:
-    """Make the declarations visible to the engine process (started after this call)."""
-    os.environ[ENGINE_ENV] = json.dumps(dict(copilots))
-
-
-def published() -> dict[str, str]:
-    return json.loads(os.environ.get(ENGINE_ENV, "{}"))
 
 
 class CopilotRunner:

@@ -12,7 +12,8 @@ from typing import Any
 
 from .default_model import DEFAULT_MODEL_ID, ensure_default_model
 from .logits_processor import LOGITS_PROCESSOR_FQCN
-from .vllm_compat import AsyncEngineArgs, AsyncLLM, running_on_cpu
+from .manifest import DeploymentManifest
+from .vllm_compat import AsyncEngineArgs, AsyncLLM, platform_runs_ray, running_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +24,6 @@ CPU_MEMORY_UTILIZATION = 0.2
 #: kernels emulate bf16 and decode ~3.5x slower at batch 8 than in float32 (measured:
 #: SmolLM2-135M eager, 27 vs 97 tok/s on a 2-core AVX2 machine).
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
-#: Engine arguments corrigo sets itself; the config may not override them.
-RESERVED_ENGINE_ARGS = {"model", "served_model_name", "logits_processors"}
 #: vLLM's switch between its model runners (adapters/vllm_compat.py defaults it to 0).
 MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 #: Why corrigo refuses vLLM's V2 model runner.
@@ -35,6 +34,19 @@ V2_RUNNER_REFUSED = (
     "(vllm.v1.worker.gpu.sample.logits_processor), so the engine would refuse corrigo's. "
     "What only the V2 runner offers is therefore unavailable (README: Scaling out)"
 )
+#: Engine arguments corrigo sets itself; the config may not override them. ``additional_config``
+#: carries the deployment manifest to every engine process (adapters/manifest.py); vLLM then
+#: holds corrigo's object there instead of a dict, so the vLLM flags that write into it (the
+#: Mamba/KDA prefill and decode backend choices of some models) are refused too.
+RESERVED_ENGINE_ARGS = {
+    "model": "use [model] path",
+    "served_model_name": "use [model] served_model_name",
+    "logits_processors": "corrigo registers its own",
+    "additional_config": "it carries corrigo's deployment manifest",
+    "gdn_prefill_backend": "vLLM stores it in additional_config, which corrigo's manifest holds",
+    "kda_prefill_backend": "vLLM stores it in additional_config, which corrigo's manifest holds",
+    "kda_decode_backend": "vLLM stores it in additional_config, which corrigo's manifest holds",
+}
 
 
 class EngineConfigError(ValueError):
@@ -59,14 +71,23 @@ def resolve_model(path: str | None, served_model_name: str | None) -> ServedMode
     return ServedModel(path, served_model_name or path)  # a hub id, where a hub is reachable
 
 
-def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArgs:
+def engine_args(
+    model: ServedModel,
+    engine: Mapping[str, Any],
+    manifest: DeploymentManifest | None = None,
+) -> AsyncEngineArgs:
     """vLLM engine arguments: the ``[engine]`` section passed through, validated by vLLM's own
-    ``AsyncEngineArgs`` (unknown names and bad values are refused here, before any start-up)."""
+    ``AsyncEngineArgs`` (unknown names and bad values are refused here, before any start-up),
+    with the deployment ``manifest`` for the engine side."""
     check_model_runner(os.environ)
-    reserved = RESERVED_ENGINE_ARGS & set(engine)
+    reserved = sorted(RESERVED_ENGINE_ARGS.keys() & set(engine))
     if reserved:
+        key = reserved[0]
+        raise EngineConfigError(f"engine.{key} is set by corrigo ({RESERVED_ENGINE_ARGS[key]})")
+    if engine.get("prefill_context_parallel_size", 1) != 1:
         raise EngineConfigError(
-            f"engine.{sorted(reserved)[0]} is set by corrigo; use [model] path / served_model_name"
+            "engine.prefill_context_parallel_size: corrigo's corrections do not support "
+            "prefill context parallelism yet; leave it at 1 (tensor parallelism works)"
         )
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(set(engine) - known)
@@ -85,6 +106,7 @@ def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArg
             model=model.path,
             served_model_name=[model.model_id],
             logits_processors=[LOGITS_PROCESSOR_FQCN],
+            additional_config=manifest if manifest is not None else DeploymentManifest(),
             **settings,
         )
     except (TypeError, ValueError) as exc:
@@ -110,6 +132,12 @@ def check_engine_args(args: AsyncEngineArgs) -> None:
     so a bad ``[engine]`` setting fails at start-up with vLLM's own message. vLLM picks the V2
     model runner by itself for some settings (e.g. watermarking), whatever the environment says:
     refused here too."""
+    if args.distributed_executor_backend == "ray" and not platform_runs_ray():
+        # vLLM itself fails only in the engine process, after spawning it.
+        raise EngineConfigError(
+            "engine.distributed_executor_backend = 'ray': vLLM's Ray executor does not support "
+            "Ray on this platform (its CPU backend); use 'mp' on one machine"
+        )
     try:
         config = args.create_engine_config()
     except Exception as exc:

@@ -1,24 +1,26 @@
-"""Forget sets a deployment declares (``[forget_sets.NAME] path = ...``): loading, and the
-hand-over to the engine process, which loads them once more for the filters.
+"""Forget sets a deployment declares (``[forget_sets.NAME] path = ...``): loading, privacy,
+and the engine side's copy.
 
-Like auxiliary models (adapters/aux_models.py), the declarations reach vLLM's engine-core
-process through an environment variable it inherits; only names and paths travel, never the
-content.
+The server loads each set for the unlearning gate and names it in the deployment manifest
+(adapters/manifest.py) by path and :func:`digest`; every engine process that runs the filters
+reads the file again and refuses content other than the server's (a file edited since, or
+another node's copy that differs), so the gate's retrieved entries always index the same set.
+The text never travels in vLLM's configuration.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 from collections.abc import Mapping
-from functools import cache
+from dataclasses import astuple
 from pathlib import Path
 
 from decoding.unlearning import ForgetSet, ForgetSetError, load_forget_set
 
-#: Environment variable carrying ``{name: path}`` to the engine process (internal).
-ENGINE_ENV = "_CORRIGO_FORGET_SETS"
+from .manifest import ForgetSetEntry
 
 
 def resolve_path(path: str) -> str:
@@ -48,24 +50,35 @@ def check_private(name: str, path: str) -> None:
         )
 
 
-def publish(paths: Mapping[str, str]) -> None:
-    """Make the declarations visible to the engine process (started after this call)."""
-    os.environ[ENGINE_ENV] = json.dumps(dict(paths))
+def digest(forget_set: ForgetSet) -> str:
+    """SHA-256 of the set's entries, in order (what the filters' entry indices refer to)."""
+    entries = [astuple(entry) for entry in forget_set.entries]
+    return hashlib.sha256(json.dumps(entries, ensure_ascii=False).encode()).hexdigest()
 
 
-def published() -> dict[str, str]:
-    return json.loads(os.environ.get(ENGINE_ENV, "{}"))
+def manifest_entry(path: str, forget_set: ForgetSet) -> ForgetSetEntry:
+    """How the manifest names a set the server loaded from ``path``."""
+    return ForgetSetEntry(path=path, digest=digest(forget_set), entries=len(forget_set))
 
 
-@cache
-def sizes() -> dict[str, int]:
-    """``{name: number of entries}`` of the published sets (loaded once per process): what
-    request validation needs to know in the front end and the engine."""
-    return {name: len(s) for name, s in load_all(published()).items()}
+def load_declared(name: str, entry: ForgetSetEntry) -> ForgetSet:
+    """The engine side's copy of a set the manifest names, checked like the server's and
+    refused unless it holds the server's entries."""
+    check_private(name, entry.path)
+    forget_set = load_forget_set(name, entry.path)
+    if digest(forget_set) != entry.digest:
+        raise ForgetSetError(
+            f"forget_sets.{name}: {entry.path} does not hold the entries the server loaded "
+            "(edited since, or another node's copy differs); every engine node needs the "
+            "same file"
+        )
+    return forget_set
 
 
-def engine_plugin(tokenizer_path: str, vocab_rows: int, observe=None):
-    """The engine process's :class:`~decoding.unlearning.Unlearning` plugin over the published
+def engine_plugin(
+    entries: Mapping[str, ForgetSetEntry], tokenizer_path: str, vocab_rows: int, observe=None
+):
+    """The engine process's :class:`~decoding.unlearning.Unlearning` plugin over the declared
     sets: the served model's tokenizer for the trie, MiniLM and the vocabulary's embedding
     table (``vocab_rows`` = the logits' width) for the soft filter; ``observe`` gets each
     step's counts (:data:`decoding.unlearning.plugin.Observer`)."""
@@ -83,7 +96,7 @@ def engine_plugin(tokenizer_path: str, vocab_rows: int, observe=None):
     embedder = minilm()
     table = token_table(tokenizer, embedder, vocab_rows)
     filters = {
-        name: ForgetFilters(forget_set, encode, embedder, table)
-        for name, forget_set in load_all(published()).items()
+        name: ForgetFilters(load_declared(name, entry), encode, embedder, table)
+        for name, entry in entries.items()
     }
     return Unlearning(filters, observe)

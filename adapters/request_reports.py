@@ -1,36 +1,40 @@
-"""Per-request figures recorded in the engine process and read by the server for the
-response's ``correction`` report (the copilot's ``|rectification|``, the unlearning filters'
-counts).
+"""Per-request figures recorded by the engine and read by the server for the response's
+``correction`` report (the copilot's ``|rectification|``, the unlearning filters' counts).
 
-The server owns one file of ``SLOTS`` rows of float64, one column per :data:`FIELDS`, mapped
-into memory by both processes. For each request that wants a report it takes a free slot,
-zeroes it, stamps a fresh generation number and sends ``[slot, generation]`` to the engine in
-``vllm_xargs`` (:data:`XARGS_KEY`). The engine adds to the slot each step, only while the slot
-still carries that generation (so a late write for an aborted request cannot land in a reused
-slot). A step's figures are written before the step's token is sampled, so they are in place by
-the time the server sees the last token. Every choice of an ``n > 1`` request shares the slot:
-the report covers them all.
+For each request that wants a report the server takes a ticket ``[slot, generation]`` (a free
+slot and a fresh generation number) and sends it to the engine in ``vllm_xargs``
+(:data:`XARGS_KEY`). Each step, the engine's output rank sends the step's figures of every row
+carrying a ticket over the report channel (adapters/engine_channel.py). The server keeps them
+only while the slot still carries that generation, so a late message for an aborted request
+cannot land in a reused slot. Every choice of an ``n > 1`` request (and every prompt of a
+batched completion) shares the ticket: the report covers them all.
+
+Exactness. The channel and vLLM's output stream are separate sockets: a request's last tokens
+can reach the server before its last step's figures. The server therefore counts the steps it
+has for a ticket and, before building a report, waits (on the event loop, bounded by
+:data:`SETTLE_SECONDS`) until they cover the tokens the response carries. A step is keyed by
+``(uid, position)``, the row and the number of tokens it had generated before the step: vLLM
+runs the logits processors on a prompt's partial prefill steps too and throws their tokens
+away, and the step that then samples the row's next token has the same key and replaces it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import mmap
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import logging
+from collections.abc import Sequence
 
 import numpy as np
 
-#: Environment variable naming the slot file (set by the server before the engine starts).
-ENV = "_CORRIGO_REQUEST_REPORTS"
+logger = logging.getLogger(__name__)
+
 #: Key of ``vllm_xargs`` carrying ``[slot, generation]``.
 XARGS_KEY = "corrigo_report"
+#: Requests that can hold a ticket at once; beyond, a request is served without figures.
 SLOTS = 4096
-#: The table's columns: the slot's generation, then each plugin's figures (sums over steps,
-#: but ``*_max`` columns, which keep the maximum).
+#: Each step's figures, per row: sums over steps, but ``*_max`` fields, which keep the maximum.
 FIELDS = (
-    "generation",
     "copilot_steps",
     "copilot_abs_sum",
     "copilot_abs_max",
@@ -38,24 +42,30 @@ FIELDS = (
     "tokens_blocked",
     "tokens_penalized",
 )
-_COLUMN = {name: i for i, name in enumerate(FIELDS)}
+_MAX = np.array([name.endswith("_max") for name in FIELDS])
+#: Longest a report waits for the figures of steps whose tokens it has seen. They travel
+#: beside the tokens and are sent before them (a step's figures leave before its token is
+#: sampled), so this bound is only reached when they were lost.
+SETTLE_SECONDS = 10.0
 
 
-def _map(path: Path) -> np.ndarray:
-    with open(path, "r+b") as f:
-        view = mmap.mmap(f.fileno(), SLOTS * len(FIELDS) * 8)
-    return np.ndarray((SLOTS, len(FIELDS)), dtype=np.float64, buffer=view)
+class _Ticket:
+    """One slot's holder: its generation and its steps' figures by ``(uid, position)``."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.steps: dict[tuple[int, int], np.ndarray] = {}
+        #: (tokens to cover, event) while a report waits for this ticket's steps.
+        self.waiter: tuple[int, asyncio.Event] | None = None
 
 
-class ReportSlots:
-    """The server's side: hands out slots and reads them back."""
+class ReportBook:
+    """The server's side: hands out tickets, files the engine's step figures under them, and
+    sums them for the report. Used on the server's event loop only."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        with open(self.path, "w+b") as f:
-            f.truncate(SLOTS * len(FIELDS) * 8)
-        self.table = _map(self.path)
-        self._free = list(range(SLOTS - 1, -1, -1))
+    def __init__(self, slots: int = SLOTS) -> None:
+        self._free = list(range(slots - 1, -1, -1))
+        self._held: dict[int, _Ticket] = {}
         self._generations = itertools.count(1)
 
     def take(self) -> list[int] | None:
@@ -64,40 +74,64 @@ class ReportSlots:
         if not self._free:
             return None
         slot, generation = self._free.pop(), next(self._generations)
-        self.table[slot] = 0
-        self.table[slot, 0] = generation
+        self._held[slot] = _Ticket(generation)
         return [slot, generation]
 
-    def read(self, ticket: Sequence[int]) -> dict[str, float]:
-        """Every field recorded for the ticket's request (zeros once the slot moved on)."""
-        row = self.table[ticket[0]]
-        if row[0] != ticket[1]:
-            return dict.fromkeys(FIELDS[1:], 0.0)
-        return {name: float(row[i]) for name, i in _COLUMN.items() if i}
-
     def give_back(self, ticket: Sequence[int]) -> None:
-        self.table[ticket[0], 0] = 0  # no generation: engine writes are ignored from now on
-        self._free.append(ticket[0])
+        held = self._held.get(ticket[0])
+        if held is not None and held.generation == ticket[1]:
+            del self._held[ticket[0]]  # later messages for it are ignored from now on
+            self._free.append(ticket[0])
 
+    def record(self, rows: Sequence[Sequence[float]]) -> None:
+        """One step's ``[slot, generation, uid, position, *values]`` rows (values in
+        :data:`FIELDS` order); rows of tickets no longer held are ignored."""
+        touched = set()
+        for row in rows:
+            if len(row) != 4 + len(FIELDS):
+                continue
+            held = self._held.get(int(row[0]))
+            if held is None or held.generation != row[1]:
+                continue
+            held.steps[int(row[2]), int(row[3])] = np.asarray(row[4:], dtype=np.float64)
+            touched.add(held)
+        for held in touched:
+            if held.waiter is not None and len(held.steps) >= held.waiter[0]:
+                held.waiter[1].set()
 
-class ReportWriter:
-    """The engine's side (one per recording process; nothing happens without the server)."""
+    def steps(self, ticket: Sequence[int]) -> int:
+        """Distinct steps recorded for the ticket."""
+        held = self._held.get(ticket[0])
+        return len(held.steps) if held is not None and held.generation == ticket[1] else 0
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        path = path or os.environ.get(ENV)
-        self.table = _map(Path(path)) if path else None
+    def read(self, ticket: Sequence[int]) -> dict[str, float]:
+        """Every field summed over the ticket's steps (maximum for ``*_max``; zeros once the
+        ticket was given back)."""
+        held = self._held.get(ticket[0])
+        if held is None or held.generation != ticket[1] or not held.steps:
+            return dict.fromkeys(FIELDS, 0.0)
+        table = np.stack(list(held.steps.values()))
+        totals = np.where(_MAX, table.max(axis=0), table.sum(axis=0))
+        return {name: float(v) for name, v in zip(FIELDS, totals, strict=True)}
 
-    def record(self, tickets: Sequence[Sequence[int]], figures: Mapping[str, np.ndarray]) -> None:
-        """One step's figures, one value per ticket in each array: added to their columns,
-        or kept as the maximum in ``*_max`` columns."""
-        if self.table is None or not tickets:
-            return
-        ticket = np.asarray(tickets, dtype=np.int64)
-        ok = self.table[ticket[:, 0], 0] == ticket[:, 1]
-        slots = ticket[ok, 0]
-        for name, values in figures.items():
-            column = self.table[:, _COLUMN[name]]
-            if name.endswith("_max"):
-                np.maximum.at(column, slots, np.asarray(values)[ok])
-            else:
-                np.add.at(column, slots, np.asarray(values)[ok])
+    async def settled(
+        self, ticket: Sequence[int], tokens: int, timeout: float = SETTLE_SECONDS
+    ) -> dict[str, float]:
+        """:meth:`read` once the ticket's steps cover ``tokens`` generated tokens (all its
+        choices together), waiting for them at most ``timeout`` seconds."""
+        held = self._held.get(ticket[0])
+        if held is not None and held.generation == ticket[1] and len(held.steps) < tokens:
+            event = asyncio.Event()
+            held.waiter = (tokens, event)
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except TimeoutError:
+                logger.warning(
+                    "report figures incomplete: %d of %d steps arrived in %.0f s",
+                    len(held.steps),
+                    tokens,
+                    timeout,
+                )
+            finally:
+                held.waiter = None
+        return self.read(ticket)

@@ -1,23 +1,17 @@
-"""Per-step plugin timings, recorded in the engine process and read by the server's /metrics.
+"""Per-step plugin timings: measured by the engine's output rank, sent with each step's figures
+over the report channel (adapters/engine_channel.py), and kept here, in the server, as one
+histogram per plugin for /metrics (server/metrics.py ``corrigo_plugin_step_seconds``).
 
-vLLM runs logits processors in its engine-core (or worker) processes, while Prometheus is
-scraped from the server process. Each recording process owns one small file under a directory
-the server chooses (``$_CORRIGO_STEP_METRICS``), holding a float64 array per plugin of
-``[bucket counts..., +Inf count, sum]``, mapped into memory and updated in place (one writer per
-file, so no lock); the server's collector sums the files at scrape time.
+Only the output rank runs the plugins (adapters/tensor_parallel.py), so each engine step is
+counted once whatever the number of ranks.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-#: Environment variable naming the directory (set by the server before the engine starts).
-ENV = "_CORRIGO_STEP_METRICS"
 #: Upper bounds (seconds) of the per-step plugin time histogram: 0.1 ms .. 2.5 s.
 BUCKETS: tuple[float, ...] = (
     0.0001,
@@ -37,42 +31,18 @@ BUCKETS: tuple[float, ...] = (
 )
 
 
-class StepTimings:
-    """The writer: one per recording process."""
+class StepHistograms:
+    """Per plugin: ``[bucket counts..., +Inf count, sum]`` of its step times."""
 
-    def __init__(self, plugins: Sequence[str], directory: str | os.PathLike | None = None) -> None:
-        self.plugins = list(plugins)
-        self.array: np.ndarray | None = None
-        directory = directory or os.environ.get(ENV)
-        if not directory or not self.plugins:
-            return  # nobody reads them: record nothing
-        path = Path(directory) / f"{os.getpid()}.bin"
-        shape = (len(self.plugins), len(BUCKETS) + 2)
-        size = int(np.prod(shape)) * 8
-        with open(path, "w+b") as f:
-            f.truncate(size)
-            self._map = mmap.mmap(f.fileno(), size)
-        self.array = np.ndarray(shape, dtype=np.float64, buffer=self._map)
-        (Path(directory) / f"{os.getpid()}.plugins").write_text("\n".join(self.plugins))
+    def __init__(self) -> None:
+        self._rows: dict[str, np.ndarray] = {}
 
-    def observe(self, plugin: str, seconds: float) -> None:
-        if self.array is None:
-            return
-        row = self.array[self.plugins.index(plugin)]
-        row[int(np.searchsorted(BUCKETS, seconds))] += 1  # index len(BUCKETS) is +Inf
-        row[-1] += seconds
+    def record(self, timings: Mapping[str, float]) -> None:
+        """One step's time of each plugin that ran in it."""
+        for plugin, seconds in timings.items():
+            row = self._rows.setdefault(str(plugin), np.zeros(len(BUCKETS) + 2))
+            row[int(np.searchsorted(BUCKETS, seconds))] += 1  # index len(BUCKETS) is +Inf
+            row[-1] += seconds
 
-
-def read_totals(directory: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-    """Per plugin: summed ``[bucket counts..., +Inf count, sum]`` over every recording process."""
-    totals: dict[str, np.ndarray] = {}
-    for names_file in Path(directory).glob("*.plugins"):
-        data = names_file.with_suffix(".bin")
-        try:
-            plugins = names_file.read_text().split("\n")
-            array = np.fromfile(data, dtype=np.float64).reshape(len(plugins), len(BUCKETS) + 2)
-        except (OSError, ValueError):
-            continue  # a writer that is just starting
-        for plugin, row in zip(plugins, array, strict=True):
-            totals[plugin] = totals.get(plugin, 0) + row
-    yield from totals.items()
+    def totals(self) -> Iterator[tuple[str, np.ndarray]]:
+        yield from ((plugin, row.copy()) for plugin, row in self._rows.items())

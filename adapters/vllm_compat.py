@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 import vllm  # noqa: E402
+from vllm.distributed.parallel_state import get_pp_group, get_tp_group  # noqa: E402
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # noqa: E402
 from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
@@ -55,6 +56,12 @@ def running_on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def platform_runs_ray() -> bool:
+    """Whether vLLM's Ray executor supports this platform (it needs the platform's Ray device
+    key; the CPU platform has none, so vLLM refuses Ray there)."""
+    return bool(current_platform.ray_device_key)
+
+
 def frontend_args(argv: list[str]):
     """Parse vLLM's own ``vllm serve`` front-end flags, giving a full namespace of defaults.
 
@@ -81,7 +88,10 @@ __all__ = [
     "SamplingParams",
     "VLLM_VERSION",
     "frontend_args",
+    "get_pp_group",
     "get_prometheus_registry",
+    "get_tp_group",
     "init_app_state",
+    "platform_runs_ray",
     "running_on_cpu",
 ]

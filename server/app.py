@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -16,16 +12,17 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import aux_models, copilots, forget_sets, request_reports, sandbox, step_timing
+from adapters import sandbox
 from adapters.engine import ServedModel, engine_args
+from adapters.engine_channel import FigureReceiver
+from adapters.logits_processor import install_front_end
 from adapters.python_tests import SANDBOX_CONTEXT
-from adapters.request_reports import ReportSlots
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
-from decoding.copilot import COPILOTS_CONTEXT
-from decoding.unlearning import FORGET_SETS_CONTEXT, POLICIES_CONTEXT
+from decoding.unlearning import POLICIES_CONTEXT, ForgetSet
 
 from .auth import APIKeyAuth
 from .config import Config
+from .deployment import build_deployment
 from .errors import install_error_handlers
 from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
@@ -42,38 +39,30 @@ from .unlearning import policies as forget_set_policies
 def create_app(config: Config, model: ServedModel) -> FastAPI:
     """Build the app. The engine starts when the app starts (in the background) and is shut
     down, engine-core process included, when the app stops."""
-    aux = {name: aux_models.resolve_path(spec.path) for name, spec in config.aux_models.items()}
-    for name, path in aux.items():
-        aux_models.check_compatible(name, path, model.path)
-    runtime = EngineRuntime(model, engine_args(model, config.engine), aux)
+    # The engine's output rank sends per-step figures here (adapters/engine_channel.py).
+    figures = FigureReceiver(config.server.report_host, config.server.report_port)
+    try:
+        deployment = build_deployment(config, model, figures.channel)
+    except BaseException:
+        figures.close()
+        raise
+    manifest = deployment.manifest
+    install_front_end(manifest)
+    runtime = EngineRuntime(
+        model,
+        engine_args(model, config.engine, manifest),
+        manifest.correction_context(),
+        figures,
+    )
     judges = configure_refinement(runtime, config)
     python_sandbox = _python_sandbox(config)
     runtime.correction_context[SANDBOX_CONTEXT] = python_sandbox.refusal
-    bound = {
-        name: str(Path(spec.path).expanduser().resolve()) for name, spec in config.copilots.items()
-    }
-    for name, path in bound.items():
-        copilots.check_binding(name, path, model.path)
-    copilots.publish(bound)
-    runtime.correction_context[COPILOTS_CONTEXT] = set(bound)
-
-    # The engine process records per-step plugin times in files here; /metrics reads them.
-    step_metrics = tempfile.mkdtemp(prefix="corrigo-step-metrics-")
-    os.environ[step_timing.ENV] = step_metrics
-    # The engine process records per-request figures (copilot, unlearning) in slots of this file.
-    runtime.reports = ReportSlots(Path(step_metrics) / "request-reports.bin")
-    os.environ[request_reports.ENV] = str(runtime.reports.path)
-    runtime.unlearning = _unlearning_gate(config)
-    gates = runtime.unlearning.gates if runtime.unlearning is not None else {}
-    # Always declared, so that naming a forget set on a server without any is a 400.
-    runtime.correction_context[FORGET_SETS_CONTEXT] = {
-        n: len(g.forget_set) for n, g in gates.items()
-    }
+    runtime.unlearning = _unlearning_gate(config, deployment.forget_sets)
     runtime.correction_context[POLICIES_CONTEXT] = forget_set_policies(config.forget_sets)
     profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
     runtime.catalog = catalog(profiles, model.model_id, base_public=config.model.public)
     registry = get_prometheus_registry()
-    registry.register(PluginStepCollector(step_metrics))
+    registry.register(PluginStepCollector(runtime.step_times))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -81,7 +70,6 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         try:
             yield
         finally:
-            shutil.rmtree(step_metrics, ignore_errors=True)
             if not starting.done():
                 # The engine is mid-start in a thread; let it finish so it can be shut down.
                 with contextlib.suppress(Exception):
@@ -140,12 +128,10 @@ def _python_sandbox(config: Config) -> sandbox.Sandbox:
     return sandbox.configure(sandbox.SandboxPolicy(**config.sandbox.model_dump()))
 
 
-def _unlearning_gate(config: Config) -> UnlearningGate | None:
-    """Load the forget sets for the gate and publish them to the engine process, which loads
-    them again for the filters."""
-    paths = {name: forget_sets.resolve_path(s.path) for name, s in config.forget_sets.items()}
-    forget_sets.publish(paths)
-    if not paths:
+def _unlearning_gate(config: Config, forget_sets: dict[str, ForgetSet]) -> UnlearningGate | None:
+    """The gate over the forget sets the deployment loaded (the engine side filters with the
+    same content: adapters/forget_sets.py)."""
+    if not forget_sets:
         return None
     import torch
 
@@ -155,7 +141,7 @@ def _unlearning_gate(config: Config) -> UnlearningGate | None:
     # core(s) the engine computes on; its inputs are a few short texts per request.
     torch.set_num_threads(1)
     return UnlearningGate(
-        forget_sets.load_all(paths),
+        forget_sets,
         minilm(),
         server_metrics(),
         forget_set_policies(config.forget_sets),

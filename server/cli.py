@@ -177,6 +177,7 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.copilots import CopilotConfigError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
+    from adapters.engine_channel import ChannelError
     from adapters.remote_model import JudgeConfigError
     from adapters.verifier_plugins import VerifierPluginError
     from decoding.unlearning import ForgetSetError
@@ -197,6 +198,7 @@ def serve(args: argparse.Namespace) -> int:
         ForgetSetError,
         VerifierPluginError,
         JudgeConfigError,
+        ChannelError,
     ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2

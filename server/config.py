@@ -98,6 +98,12 @@ class ServerConfig(_Section):
     #: address is the connection's peer (uvicorn's own default would trust 127.0.0.1, letting
     #: any local process pick the address it is rate-limited as).
     forwarded_allow_ips: list[str] = Field(default_factory=list)
+    #: IP address of this host where the engine sends per-step figures (request reports,
+    #: plugin step times; adapters/engine_channel.py). Loopback serves engines on this host;
+    #: with Ray workers on other nodes, an address of this host they can reach.
+    report_host: str = "127.0.0.1"
+    #: Its TCP port; 0: any free port (set one to open it in a firewall).
+    report_port: int = Field(0, ge=0, le=65535)
 
 
 class ModelConfig(_Section):

@@ -79,8 +79,8 @@ def wire_xargs(
     spec: CorrectionSpec | None, xargs: dict[str, Any] | None, ticket: list[int] | None = None
 ) -> dict[str, Any] | None:
     """The request's ``vllm_xargs`` with the spec's per-step plugins added (unchanged when it
-    names none), and the report slot ``ticket`` where the engine records the request's
-    figures. Refinement wraps whole generations in the server and never reaches the engine."""
+    names none), and the report ``ticket`` the engine sends the request's figures under.
+    Refinement wraps whole generations in the server and never reaches the engine."""
     if spec is None:
         return xargs
     per_step = CorrectionSpec({k: v for k, v in spec.plugins.items() if k != "refinement"})

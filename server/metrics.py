@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+
+from adapters.step_timing import BUCKETS, StepHistograms
 
 # Latency buckets (seconds) sized for CPU and GPU serving alike: 10 ms .. 10 min.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 600)
@@ -106,23 +109,19 @@ def server_metrics() -> ServerMetrics:
 
 
 class PluginStepCollector:
-    """Exposes the engine process's per-step plugin timings (adapters/step_timing.py) as
-    ``corrigo_plugin_step_seconds{plugin}``."""
+    """Exposes the engine's per-step plugin timings, as the report channel brings them
+    (adapters/step_timing.py), as ``corrigo_plugin_step_seconds{plugin}``."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
+    def __init__(self, histograms: StepHistograms) -> None:
+        self.histograms = histograms
 
     def collect(self):
-        from prometheus_client.core import HistogramMetricFamily
-
-        from adapters.step_timing import BUCKETS, read_totals
-
         family = HistogramMetricFamily(
             "corrigo_plugin_step_seconds",
             "Time a correction plugin takes per engine step, for all the rows using it.",
             labels=["plugin"],
         )
-        for plugin, row in read_totals(self.directory):
+        for plugin, row in self.histograms.totals():
             counts = np.cumsum(row[:-1])
             buckets = [(str(b), c) for b, c in zip(BUCKETS, counts[:-1], strict=True)]
             buckets.append(("+Inf", counts[-1]))

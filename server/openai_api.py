@@ -88,7 +88,7 @@ class Exchange:
     unlearning: Admission | None = None
     #: Whether a streaming client asked for the final usage chunk itself.
     client_wants_usage: bool = False
-    #: The report slot where the engine records the correction's figures (request_reports).
+    #: The report ticket the engine's figures for the correction come under (request_reports).
     ticket: list[int] | None = None
     #: The request's ``X-Request-Id`` (server/request_id.py), for log lines.
     request_id: str | None = None
@@ -233,9 +233,11 @@ def build_router(
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
         return True
 
-    def _report(ex: Exchange) -> dict[str, Any]:
+    async def _report(ex: Exchange) -> dict[str, Any]:
         assert ex.correction is not None
-        figures = runtime.reports.read(ex.ticket) if ex.ticket is not None else None
+        figures = None
+        if ex.ticket is not None:  # once the figures of every step it saw tokens of are in
+            figures = await runtime.reports.settled(ex.ticket, ex.completion_tokens)
         details = {}
         if ex.unlearning is not None:
             details["unlearning"] = runtime.unlearning.finish(ex.unlearning, figures)
@@ -252,9 +254,9 @@ def build_router(
         payload = result.model_dump()
         if ex.profile is not None:
             payload["model"] = ex.profile.name
-        if ex.correction is not None:
-            payload["correction"] = _report(ex)
         ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
+        if ex.correction is not None:
+            payload["correction"] = await _report(ex)
         _record(ex)
         return JSONResponse(payload)
 
@@ -288,7 +290,7 @@ def build_router(
                 if chunk.startswith("data: [DONE]"):
                     finished = True
                     if ex.correction is not None:
-                        yield _report_chunk(first, ex)
+                        yield await _report_chunk(first, ex)
                 elif '"usage":{' in chunk:
                     usage = (_sse_json(chunk) or {}).get("usage") or {}
                     ex.completion_tokens = usage.get("completion_tokens", ex.completion_tokens)
@@ -300,7 +302,7 @@ def build_router(
             ex.status = 200 if finished else CLIENT_CLOSED
             _record(ex)
 
-    def _report_chunk(first: dict[str, Any], ex: Exchange) -> str:
+    async def _report_chunk(first: dict[str, Any], ex: Exchange) -> str:
         assert ex.correction is not None
         chunk = {
             "id": first.get("id"),
@@ -308,7 +310,7 @@ def build_router(
             "created": first.get("created"),
             "model": first.get("model", ex.model),
             "choices": [],
-            "correction": _report(ex),
+            "correction": await _report(ex),
         }
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 

@@ -12,14 +12,16 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import psutil
 from starlette.datastructures import State
 
-from adapters import aux_models
 from adapters.engine import ServedModel, start_engine, stop_engine
+from adapters.engine_channel import FigureReceiver, StepMessage
+from adapters.request_reports import ReportBook
+from adapters.step_timing import StepHistograms
 from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_app_state
-from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 
 from .errors import APIError
 from .profiles import Catalog
@@ -38,17 +40,26 @@ class EngineRuntime:
     """Owns the vLLM engine and the vLLM serving objects built on it."""
 
     def __init__(
-        self, model: ServedModel, args: AsyncEngineArgs, aux_models: Mapping[str, str] | None = None
+        self,
+        model: ServedModel,
+        args: AsyncEngineArgs,
+        correction_context: Mapping[str, Any] | None = None,
+        figures: FigureReceiver | None = None,
     ) -> None:
         #: Called when the engine cannot start; the CLI uses it to stop the server, so that a
         #: broken deployment exits non-zero instead of answering 503 forever.
         self.on_fatal: Callable[[], None] | None = None
         self.model = model
         self.args = args
-        #: Auxiliary model name -> resolved path, published to the engine process at start.
-        self.aux_models = dict(aux_models or {})
-        #: What request validation needs to know about this deployment.
-        self.correction_context = {AUX_MODELS_CONTEXT: set(self.aux_models)}
+        #: What request validation needs to know about this deployment (the manifest's
+        #: context; the app adds the server's own keys).
+        self.correction_context = dict(correction_context or {})
+        #: The report channel the engine's output rank sends each step's figures on, and
+        #: where they are kept: per request (reports) and per plugin (/metrics).
+        self.figures = figures
+        self.reports = ReportBook()
+        self.step_times = StepHistograms()
+        self._receiving: asyncio.Task | None = None
         #: The model ids clients may name: profiles by name, and the served model unless hidden
         #: (server/profiles.py); set by the app.
         self.catalog = Catalog(model.model_id, {})
@@ -65,9 +76,10 @@ class EngineRuntime:
 
     async def start(self) -> None:
         try:
+            if self.figures is not None:
+                self._receiving = asyncio.create_task(self.figures.run(self._file))
             # Engine start blocks for tens of seconds (it spawns and handshakes the engine-core
             # process); a thread keeps the event loop serving /health meanwhile.
-            aux_models.publish(self.aux_models)
             self.engine = await asyncio.to_thread(start_engine, self.args)
             self._engine_processes = psutil.Process().children(recursive=True)
             tasks = await self.engine.get_supported_tasks()
@@ -85,10 +97,19 @@ class EngineRuntime:
         self.phase = Phase.READY
         logger.info("engine ready: serving %s as '%s'", self.model.path, self.model.model_id)
 
+    def _file(self, message: StepMessage) -> None:
+        self.reports.record(message.rows)
+        self.step_times.record(message.timings)
+
     def stop(self) -> None:
         if self.engine is not None:
             stop_engine(self.engine)
             self.engine = None
+        if self._receiving is not None:
+            self._receiving.cancel()
+            self._receiving = None
+        if self.figures is not None:
+            self.figures.close()
         # A dead engine core leaves its own children (workers, resource tracker) orphaned:
         # vLLM's shutdown cannot reach them, so they go here.
         for process in self._engine_processes:

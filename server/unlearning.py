@@ -5,8 +5,8 @@ reads all of the request's text (every message, system and context included, too
 documents, template arguments, the prompt) and decides whether it concerns the forget set. The
 spec sent to the engine then carries the retrieved entries' indices (none when the gate stays
 closed: the request decodes unchanged), never the forget set's text. When the response is
-complete the counts the engine wrote in the request's report slot (adapters/request_reports.py)
-go into its report and metrics.
+complete the counts the engine sent under the request's report ticket
+(adapters/request_reports.py) go into its report and metrics.
 
 Hostile clients (docs: the operator's ``[forget_sets.NAME]`` policy). The gate fails closed:
 input it cannot read (token ids, prompt embeddings, a request's own chat template, images) or

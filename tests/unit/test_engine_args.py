@@ -12,6 +12,8 @@ from adapters.engine import (
     resolve_model,
 )
 from adapters.logits_processor import LOGITS_PROCESSOR_FQCN
+from adapters.manifest import DeploymentManifest
+from adapters.vllm_compat import platform_runs_ray
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,32 @@ def test_unknown_engine_argument_is_named(model):
         engine_args(model, {"max_model_length": 10})
 
 
-@pytest.mark.parametrize("key", ["model", "served_model_name", "logits_processors"])
+@pytest.mark.parametrize(
+    "key",
+    ["model", "served_model_name", "logits_processors", "additional_config", "kda_decode_backend"],
+)
 def test_arguments_corrigo_owns_are_refused(model, key):
     with pytest.raises(EngineConfigError, match=f"engine.{key} is set by corrigo"):
         engine_args(model, {key: "x"})
+
+
+def test_the_manifest_rides_in_additional_config(model):
+    assert engine_args(model, {}).additional_config == DeploymentManifest()
+
+
+def test_prefill_context_parallelism_is_refused(model):
+    with pytest.raises(EngineConfigError, match="prefill_context_parallel_size"):
+        engine_args(model, {"prefill_context_parallel_size": 2})
+
+
+def test_ray_is_refused_at_start_up_where_vllm_cannot_run_it(model):
+    # vLLM's CPU platform has no Ray device key: its Ray executor would fail in the engine
+    # process ("current platform cpu does not support ray"), after spawning it.
+    if platform_runs_ray():
+        pytest.skip("this platform runs Ray")
+    args = engine_args(model, {"tensor_parallel_size": 2, "distributed_executor_backend": "ray"})
+    with pytest.raises(EngineConfigError, match="does not support Ray on this platform"):
+        check_engine_args(args)
 
 
 def test_values_are_validated_by_vllm(model):

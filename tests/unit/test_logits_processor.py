@@ -1,9 +1,13 @@
 """The engine-side host of corrections, driven with vLLM's own BatchUpdate (no engine)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from adapters import logits_processor
 from adapters.logits_processor import LOGITS_PROCESSOR_FQCN, CorrigoLogitsProcessor
+from adapters.manifest import DeploymentManifest, ManifestError
 from adapters.vllm_compat import BatchUpdate, MoveDirectionality, SamplingParams
 from decoding import correction as mod
 from decoding.correction import WIRE_KEY, CorrectionError, PluginParams, parse_correction
@@ -17,6 +21,17 @@ class Params(PluginParams):
 def plugin(monkeypatch):
     monkeypatch.setattr(mod, "_REGISTRY", {})
     mod.register_plugin("proxy_tuning", Params)
+
+
+#: An engine's vLLM config as the processor reads it: one rank, corrigo's (empty) manifest.
+ONE_RANK = SimpleNamespace(
+    additional_config=DeploymentManifest(),
+    parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1),
+)
+
+
+def processor() -> CorrigoLogitsProcessor:
+    return CorrigoLogitsProcessor(ONE_RANK, torch.device("cpu"), False)
 
 
 def corrected(weight: float = 1.0) -> SamplingParams:
@@ -54,12 +69,25 @@ def test_validate_params_accepts_plain_and_refuses_bad_specs():
         CorrigoLogitsProcessor.validate_params(SamplingParams(extra_args={WIRE_KEY: "{"}))
 
 
+def test_validate_params_checks_against_the_manifest_the_server_installed(monkeypatch):
+    copilot_x = SamplingParams(extra_args={WIRE_KEY: '{"copilot": {"name": "x"}}'})
+    monkeypatch.setattr(logits_processor, "_front_end", DeploymentManifest())
+    logits_processor.install_front_end(DeploymentManifest(copilots={"x": "/copilots/x"}))
+    CorrigoLogitsProcessor.validate_params(copilot_x)
+
+
+def test_an_engine_started_without_corrigos_manifest_is_refused():
+    config = SimpleNamespace(additional_config={}, parallel_config=ONE_RANK.parallel_config)
+    with pytest.raises(ManifestError, match="corrigo serve"):
+        CorrigoLogitsProcessor(config, torch.device("cpu"), False)
+
+
 def test_is_not_argmax_invariant():
-    assert CorrigoLogitsProcessor(None, torch.device("cpu"), False).is_argmax_invariant() is False
+    assert processor().is_argmax_invariant() is False
 
 
 def test_rows_follow_adds_removals_and_moves(plugin):
-    proc = CorrigoLogitsProcessor(None, torch.device("cpu"), False)
+    proc = processor()
     out0, out2 = [5], [7]
     proc.update_state(
         update(
@@ -96,7 +124,7 @@ def test_rows_follow_adds_removals_and_moves(plugin):
 
 
 def test_apply_without_corrected_rows_is_free():
-    proc = CorrigoLogitsProcessor(None, torch.device("cpu"), False)
+    proc = processor()
     proc.update_state(update(1, added=[(0, plain(), [1], [])]))
     logits = torch.randn(1, 8)
     assert proc.apply(logits) is logits

@@ -1,43 +1,89 @@
-"""Per-request report slots: the engine's writes reach the server's reads, and a slot given
-back ignores late writes for the request that held it."""
+"""Per-request report tickets: the engine's step figures (as the channel brings them) add up
+per ticket, a ticket given back ignores late messages, a step the engine ran twice for one
+token counts once, and a report waits for the steps of the tokens it saw."""
 
-import numpy as np
+import asyncio
 
-from adapters.request_reports import FIELDS, SLOTS, ReportSlots, ReportWriter
+import pytest
+
+from adapters.request_reports import FIELDS, SLOTS, ReportBook
 
 
-def test_figures_accumulate_per_ticket_and_shared_tickets_add_up(tmp_path):
-    slots = ReportSlots(tmp_path / "r.bin")
-    writer = ReportWriter(tmp_path / "r.bin")  # as the engine process maps it
-    a, b = slots.take(), slots.take()
-    step = {"copilot_steps": np.ones(3), "copilot_abs_sum": np.array([0.1, 0.5, 0.3])}
-    writer.record([a, b, a], {**step, "copilot_abs_max": np.array([1.0, 2.0, 4.0])})  # n=2: a twice
-    writer.record([a], {"tokens_blocked": np.array([1.0]), "copilot_abs_max": np.array([0.5])})
-    got = slots.read(a)
+def row(ticket, uid, position, **figures):
+    return [*ticket, uid, position, *(figures.get(name, 0.0) for name in FIELDS)]
+
+
+def test_figures_accumulate_per_ticket_and_shared_tickets_add_up():
+    book = ReportBook()
+    a, b = book.take(), book.take()
+    # One step: request a has two choices (uids 1 and 3, n=2), request b one.
+    book.record(
+        [
+            row(a, 1, 0, copilot_steps=1, copilot_abs_sum=0.1, copilot_abs_max=1.0),
+            row(b, 2, 0, copilot_steps=1, copilot_abs_sum=0.5, copilot_abs_max=2.0),
+            row(a, 3, 0, copilot_steps=1, copilot_abs_sum=0.3, copilot_abs_max=4.0),
+        ]
+    )
+    book.record([row(a, 1, 1, tokens_blocked=1, copilot_abs_max=0.5)])
+    got = book.read(a)
     assert got["copilot_steps"] == 2 and got["copilot_abs_max"] == 4.0
-    assert np.isclose(got["copilot_abs_sum"], 0.4) and got["tokens_blocked"] == 1
-    assert slots.read(b)["copilot_abs_sum"] == 0.5 and slots.read(b)["tokens_blocked"] == 0
+    assert got["copilot_abs_sum"] == pytest.approx(0.4) and got["tokens_blocked"] == 1
+    assert book.read(b)["copilot_abs_sum"] == 0.5 and book.read(b)["tokens_blocked"] == 0
+    assert (book.steps(a), book.steps(b)) == (3, 1)
 
 
-def test_a_given_back_slot_ignores_late_writes_and_is_reused_clean(tmp_path):
-    slots = ReportSlots(tmp_path / "r.bin")
-    writer = ReportWriter(tmp_path / "r.bin")
-    old = slots.take()
-    slots.give_back(old)
-    late = {"unlearning_steps": np.array([9.0])}
-    writer.record([old], late)  # the aborted request's last step
-    new = slots.take()
+def test_a_step_run_again_for_the_same_token_replaces_the_first():
+    # vLLM runs logits processors on a prompt's partial prefill too and drops that token; the
+    # step that samples the row's token then comes with the same (uid, position).
+    book = ReportBook()
+    t = book.take()
+    book.record([row(t, 7, 0, copilot_steps=1, copilot_abs_sum=9.0)])
+    book.record([row(t, 7, 0, copilot_steps=1, copilot_abs_sum=0.25)])
+    assert book.read(t)["copilot_steps"] == 1 and book.read(t)["copilot_abs_sum"] == 0.25
+
+
+def test_a_given_back_ticket_ignores_late_messages_and_its_slot_is_reused_clean():
+    book = ReportBook()
+    old = book.take()
+    book.give_back(old)
+    late = [row(old, 1, 0, unlearning_steps=9.0)]
+    book.record(late)  # the aborted request's last step
+    new = book.take()
     assert new[0] == old[0] and new[1] != old[1]
-    writer.record([old], late)
-    assert slots.read(new) == dict.fromkeys(FIELDS[1:], 0.0)
+    book.record(late)
+    assert book.read(new) == dict.fromkeys(FIELDS, 0.0) and book.steps(new) == 0
+    book.give_back(old)  # a stale give-back leaves the new holder alone
+    assert book.take()[0] != new[0]
 
 
-def test_no_slot_left_means_no_figures(tmp_path):
-    slots = ReportSlots(tmp_path / "r.bin")
-    assert all(slots.take() is not None for _ in range(SLOTS))
-    assert slots.take() is None
+def test_no_slot_left_means_no_figures():
+    book = ReportBook()
+    assert all(book.take() is not None for _ in range(SLOTS))
+    assert book.take() is None
 
 
-def test_writer_without_a_server_records_nothing(monkeypatch):
-    monkeypatch.delenv("_CORRIGO_REQUEST_REPORTS", raising=False)
-    ReportWriter().record([[0, 1]], {"copilot_steps": np.array([1.0])})
+def test_a_report_waits_until_the_steps_of_its_tokens_are_in():
+    async def run():
+        book = ReportBook()
+        t = book.take()
+        book.record([row(t, 1, 0, copilot_steps=1)])
+        waiting = asyncio.create_task(book.settled(t, tokens=3, timeout=30))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # 1 of 3 steps in
+        book.record([row(t, 1, 1, copilot_steps=1)])
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        book.record([row(t, 1, 2, copilot_steps=1), row([t[0], t[1] + 1], 1, 3)])
+        return await asyncio.wait_for(waiting, 5)
+
+    assert asyncio.run(run())["copilot_steps"] == 3
+
+
+def test_a_report_whose_steps_never_come_is_built_after_the_bound():
+    async def run():
+        book = ReportBook()
+        t = book.take()
+        book.record([row(t, 1, 0, copilot_steps=1)])
+        return await book.settled(t, tokens=2, timeout=0.05)
+
+    assert asyncio.run(run())["copilot_steps"] == 1

@@ -1,23 +1,21 @@
-"""Per-step plugin timings cross from the engine process to /metrics through mapped files."""
+"""Per-step plugin timings, as the report channel brings them, are exposed on /metrics as the
+``corrigo_plugin_step_seconds`` histogram."""
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.step_timing import StepTimings, read_totals
+from adapters.step_timing import StepHistograms
 from server.metrics import PluginStepCollector
 
 
-def test_timings_recorded_in_one_process_are_exposed_by_another(tmp_path):
-    writer = StepTimings(["proxy_tuning", "copilot"], tmp_path)
+def test_step_times_are_exposed_as_a_histogram_per_plugin():
+    histograms = StepHistograms()
     for seconds in (0.0002, 0.003, 0.003, 7.0):
-        writer.observe("proxy_tuning", seconds)
-    writer.observe("copilot", 0.02)
-
-    totals = dict(read_totals(tmp_path))
-    assert totals["proxy_tuning"][:-1].sum() == 4 and totals["copilot"][:-1].sum() == 1
+        histograms.record({"proxy_tuning": seconds})
+    histograms.record({"copilot": 0.02})
 
     registry = CollectorRegistry()
-    registry.register(PluginStepCollector(str(tmp_path)))
+    registry.register(PluginStepCollector(histograms))
     families = {
         f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
     }
@@ -33,8 +31,8 @@ def test_timings_recorded_in_one_process_are_exposed_by_another(tmp_path):
     assert samples[("corrigo_plugin_step_seconds_count", "copilot", None)] == 1
 
 
-def test_without_a_directory_nothing_is_recorded(tmp_path, monkeypatch):
-    monkeypatch.delenv("_CORRIGO_STEP_METRICS", raising=False)
-    writer = StepTimings(["proxy_tuning"])
-    writer.observe("proxy_tuning", 1.0)
-    assert writer.array is None
+def test_nothing_recorded_exposes_an_empty_family():
+    registry = CollectorRegistry()
+    registry.register(PluginStepCollector(StepHistograms()))
+    text = generate_latest(registry).decode()
+    assert "corrigo_plugin_step_seconds_count" not in text

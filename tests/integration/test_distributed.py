@@ -1,0 +1,309 @@
+"""Corrections across ranks and processes.
+
+Tensor parallelism 2 on the CPU engine (two worker processes, one core each): proxy-tuned and
+copilot-rectified greedy decoding through the server equals the single-process references of
+tests/integration/test_proxy_tuning_exact.py and test_copilot_exact.py for a mixed batch, and
+each figure is counted once (report steps and ``corrigo_plugin_step_seconds`` equal the
+generated tokens, not twice that).
+
+Ray: vLLM's Ray executor refuses the CPU platform ("current platform cpu does not support ray":
+``CpuPlatform`` has no ``ray_device_key``, vllm/platforms/cpu.py; corrigo refuses the setting at
+start-up, tests/unit/test_engine_args.py), so no Ray-backed engine can run on this machine. What Ray adds to
+corrigo's side is tested instead: a worker of a Ray cluster the test starts, given only the
+vLLM config (shipped by Ray as vLLM's Ray executor ships it), builds the logits processor from
+the manifest in it, corrects the logits exactly, and its figures reach the server's report
+channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+from transformers import AutoModelForCausalLM
+
+from adapters.copilot_training import TrainSettings, train
+from adapters.default_model import ensure_default_model
+from adapters.engine import ServedModel, engine_args
+from adapters.engine_channel import FigureReceiver
+from adapters.manifest import AuxModelEntry, DeploymentManifest
+from adapters.request_reports import ReportBook
+from decoding.copilot.checkpoint import read
+
+from ..support import REPO, TEST_ENGINE, make_tiny_llama, start_server, write_config
+from .test_copilot_exact import STEPS as COPILOT_STEPS
+from .test_copilot_exact import TRAIN_STEPS
+from .test_copilot_exact import reference as copilot_reference
+from .test_proxy_tuning_exact import PROMPTS
+from .test_proxy_tuning_exact import STEPS as PROXY_STEPS
+from .test_proxy_tuning_exact import reference as proxy_reference
+
+pytestmark = pytest.mark.engine
+
+#: The tiny test models: 2 attention heads, so each of 2 ranks holds one.
+ENGINE = {
+    **TEST_ENGINE,
+    "max_model_len": 256,
+    "dtype": "float32",
+    "kv_cache_memory_bytes": 64 << 20,  # per rank
+}
+#: Two ranks, one core each (vLLM's CPU workers pin their threads to these cores).
+TP2 = {**ENGINE, "tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
+TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+PROXY = {"expert": "expert", "anti_expert": "anti"}
+PROXY_COEFFICIENTS = {"expert": 1.0, "anti": -1.0}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny base (the copilot's pilot too), expert and anti-expert, and a copilot bound to
+    the base, with the transformers copies the references step."""
+    tmp = tmp_path_factory.mktemp("distributed")
+    tokenizer = ensure_default_model()
+    paths = {
+        name: make_tiny_llama(tmp / name, tokenizer, seed=seed, initializer_range=0.2)
+        for seed, name in enumerate(["base", "expert", "anti"])
+    }
+    data = tmp / "data.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Add {i} and {i}.", "response": f"It is {2 * i}."}) + "\n"
+            for i in range(12)
+        )
+    )
+    # test_copilot_exact.py's copilot (its train_copilot settings), trained in this process.
+    settings = TrainSettings(
+        top_k=8,
+        hidden_size=64,
+        layers=1,
+        lr=3e-3,
+        epochs=100,
+        max_steps=TRAIN_STEPS,
+        batch_size=4,
+        space="probs",
+    )
+    for _ in train(str(paths["base"]), data, tmp / "fix", settings):
+        pass
+    loaded = {
+        name: AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
+        for name, p in paths.items()
+    }
+    return tmp, paths, loaded, read(tmp / "fix").load_model()
+
+
+@pytest.fixture(scope="module")
+def tp2(models):
+    tmp, paths, *_ = models
+    config = write_config(
+        tmp / "tp2.toml",
+        {
+            "model": {"path": str(paths["base"])},
+            "engine": TP2,
+            "aux_models.expert": {"path": str(paths["expert"])},
+            "aux_models.anti": {"path": str(paths["anti"])},
+            "copilots.fix": {"path": str(tmp / "fix")},
+        },
+    )
+    server = start_server(config, tmp / "tp2.log", env=TP2_ENV)
+    yield server
+    server.stop()
+
+
+def completion(client: OpenAI, prompt, steps: int, correction=None, *, stream=False, n=1):
+    """Generated token ids per choice, and the response's correction report."""
+    extra = {"ignore_eos": True, "return_token_ids": True}
+    if correction is not None:
+        extra["correction"] = correction
+    if n > 1:  # vLLM refuses n > 1 at temperature 0; top-1 sampling is argmax
+        extra["top_k"] = 1
+    kwargs = dict(
+        model="base",
+        prompt=prompt,
+        max_tokens=steps,
+        temperature=0 if n == 1 else 1.0,
+        n=n,
+        extra_body=extra,
+    )
+    if not stream:
+        r = client.completions.create(**kwargs)
+        ids = [c.model_extra["token_ids"] for c in sorted(r.choices, key=lambda c: c.index)]
+        return ids, r.model_extra.get("correction")
+    ids, report = {}, None
+    for chunk in client.completions.create(stream=True, **kwargs):
+        report = chunk.model_extra.get("correction") or report
+        for c in chunk.choices:
+            ids.setdefault(c.index, []).extend(c.model_extra.get("token_ids") or [])
+    return [ids[i] for i in sorted(ids)], report
+
+
+def step_counts(base_url: str) -> dict[str, float]:
+    text = httpx.get(f"{base_url}/metrics").text
+    return {
+        s.labels["plugin"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "corrigo_plugin_step_seconds"
+        for s in family.samples
+        if s.name == "corrigo_plugin_step_seconds_count"
+    }
+
+
+def _proxy(models, prompt):
+    _, _, loaded, _ = models
+    return proxy_reference(loaded, prompt, PROXY_COEFFICIENTS), None
+
+
+def _copilot(lam, space):
+    def ref(models, prompt):
+        _, _, loaded, copilot = models
+        tokens, mean, top = copilot_reference(loaded["base"], copilot, prompt, lam, space)
+        return tokens, (mean, top)
+
+    return ref
+
+
+#: case -> (correction, max_tokens, reference(models, prompt) -> (tokens, copilot figures)).
+CASES = {
+    "plain": (None, PROXY_STEPS, lambda models, p: (proxy_reference(models[2], p, {}), None)),
+    "proxy": ({"proxy_tuning": PROXY}, PROXY_STEPS, _proxy),
+    "copilot": ({"copilot": {"name": "fix"}}, COPILOT_STEPS, _copilot(1.0, "probs")),
+    "copilot logits 40": (
+        {"copilot": {"name": "fix", "lambda": 40, "space": "logits"}},
+        COPILOT_STEPS,
+        _copilot(40.0, "logits"),
+    ),
+}
+
+
+def test_tp2_mixed_batch_matches_the_single_process_references(models, tp2):
+    client = OpenAI(base_url=f"{tp2.base_url}/v1", api_key="unused", max_retries=0, timeout=600)
+    jobs = [
+        (case, prompt, stream, n)
+        for i, case in enumerate(CASES)
+        for prompt, stream, n in [(PROMPTS[i % 3], False, 1), (PROMPTS[(i + 1) % 3], True, 2)]
+    ]
+
+    def run(job):
+        case, prompt, stream, n = job
+        correction, steps, _ = CASES[case]
+        return completion(client, prompt, steps, correction, stream=stream, n=n)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:  # all in flight together: one mixed batch
+        results = list(pool.map(run, jobs))
+
+    references = {}
+
+    def reference(case, prompt):
+        if (case, tuple(prompt)) not in references:
+            references[case, tuple(prompt)] = CASES[case][2](models, prompt)
+        return references[case, tuple(prompt)]
+
+    for (case, prompt, stream, n), (got, report) in zip(jobs, results, strict=True):
+        _, steps, _ = CASES[case]
+        expected, figures = reference(case, prompt)
+        assert got == [expected] * n, f"{case} stream={stream} n={n}"
+        if figures is not None:
+            assert report["copilot"]["steps"] == steps * n  # once per token, not per rank
+            mean, top = figures
+            got_mean = report["copilot"]["mean_abs_rectification"]
+            assert got_mean == pytest.approx(mean, rel=1e-3, abs=1e-6)
+            got_max = report["copilot"]["max_abs_rectification"]
+            assert got_max == pytest.approx(top, rel=1e-3, abs=1e-6)
+    # Each correction changes these outputs, so the comparisons above have teeth.
+    for case in ("proxy", "copilot logits 40"):
+        steps = CASES[case][1]
+        assert any(reference(case, p)[0] != reference("plain", p)[0][:steps] for p in PROMPTS)
+
+
+def test_tp2_counts_each_step_once(tp2):
+    client = OpenAI(base_url=f"{tp2.base_url}/v1", api_key="unused", max_retries=0, timeout=600)
+    before = step_counts(tp2.base_url)
+    completion(client, PROMPTS[0], PROXY_STEPS, {"proxy_tuning": PROXY})
+    # The copilot's report waits for its steps' figures; the proxy request's came before them
+    # on the same channel, so both are in once this returns.
+    _, report = completion(client, PROMPTS[1], COPILOT_STEPS, {"copilot": {"name": "fix"}})
+    after = step_counts(tp2.base_url)
+    assert report["copilot"]["steps"] == COPILOT_STEPS
+    assert after["proxy_tuning"] - before.get("proxy_tuning", 0) == PROXY_STEPS
+    assert after["copilot"] - before.get("copilot", 0) == COPILOT_STEPS
+
+
+def corrected_in_a_ray_worker(vllm_config, prompt, wire, ticket, logits):
+    """Runs in a Ray worker: the logits processor as vLLM's worker would build it, one step."""
+    from adapters.logits_processor import CorrigoLogitsProcessor
+    from adapters.request_reports import XARGS_KEY
+    from adapters.vllm_compat import BatchUpdate, SamplingParams
+    from decoding.correction import WIRE_KEY
+
+    processor = CorrigoLogitsProcessor(vllm_config, torch.device("cpu"), False)
+    params = SamplingParams(extra_args={WIRE_KEY: wire, XARGS_KEY: ticket})
+    processor.update_state(BatchUpdate(1, removed=[], added=[(0, params, prompt, [])], moved=[]))
+    out = processor.apply(logits.clone())
+    processor.sender.close()  # flushes the step's figures
+    return out, sorted(k for k in os.environ if k.startswith("_CORRIGO"))
+
+
+def test_a_ray_worker_corrects_from_the_vllm_config_alone(models):
+    import ray  # the test extra installs it (pyproject.toml)
+
+    from decoding.correction import parse_correction
+
+    _, paths, loaded, _ = models
+    receiver = FigureReceiver()
+    manifest = DeploymentManifest(
+        aux_models={n: AuxModelEntry(str(paths[n])) for n in ("expert", "anti")},
+        channel=receiver.channel,
+    )
+    vllm_config = engine_args(
+        ServedModel(str(paths["base"]), "base"), ENGINE, manifest
+    ).create_engine_config()
+    prompt = PROMPTS[1]
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        scores = {n: m(input_ids=ids).logits[0, -1] for n, m in loaded.items()}
+    expected = scores["base"] + scores["expert"] - scores["anti"]
+    book = ReportBook()
+    ticket = book.take()
+    wire = parse_correction({"proxy_tuning": PROXY}, context=manifest.correction_context())
+    ray.init(
+        num_cpus=1,
+        include_dashboard=False,
+        # The worker imports corrigo as an installed node would; nothing else is passed.
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), *sys_path_extra()])}},
+    )
+    try:
+        remote = ray.remote(corrected_in_a_ray_worker)
+
+        async def run():
+            arrived = asyncio.Event()
+
+            def handle(message):
+                book.record(message.rows)
+                if book.steps(ticket):
+                    arrived.set()
+
+            listening = asyncio.create_task(receiver.run(handle))
+            ref = remote.remote(vllm_config, prompt, wire.to_wire(), ticket, scores["base"][None])
+            result = await asyncio.to_thread(ray.get, ref, timeout=600)
+            await asyncio.wait_for(arrived.wait(), 60)
+            listening.cancel()
+            return result
+
+        (out, corrigo_env) = asyncio.run(run())
+    finally:
+        ray.shutdown()
+        receiver.close()
+    assert corrigo_env == []  # no environment hand-off
+    torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-5)
+    assert book.steps(ticket) == 1
+
+
+def sys_path_extra() -> list[str]:
+    """Where this interpreter finds packages installed outside its environment (PYTHONPATH)."""
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
