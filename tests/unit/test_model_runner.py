@@ -55,6 +55,8 @@ def test_a_setting_that_forces_the_v2_runner_is_refused() -> None:
     # vLLM 0.33 on CUDA picks the V2 runner for watermarking whatever the environment says; the
     # CPU build refuses V2 while building its config, so the built config is stood in for here.
     class ForcesV2:
+        distributed_executor_backend = None
+
         def create_engine_config(self):
             return type("VllmConfig", (), {"use_v2_model_runner": True})()
 
