@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .default_model import DEFAULT_MODEL_ID, ensure_default_model
+from .dtypes import cpu_has_native_bf16
 from .logits_processor import LOGITS_PROCESSOR_FQCN
 from .vllm_compat import AsyncEngineArgs, AsyncLLM, running_on_cpu
 
@@ -18,10 +19,6 @@ logger = logging.getLogger(__name__)
 #: On the CPU build ``gpu_memory_utilization`` is the share of host memory given to the KV
 #: cache; vLLM's default (0.92) does not fit beside the server, 0.2 does (DESIGN.md section 2).
 CPU_MEMORY_UTILIZATION = 0.2
-#: CPU features that make bf16 matmuls native; without them (e.g. AVX2-only hosts) vLLM's CPU
-#: kernels emulate bf16 and decode ~3.5x slower at batch 8 than in float32 (measured:
-#: SmolLM2-135M eager, 27 vs 97 tok/s on a 2-core AVX2 machine).
-BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 #: Engine arguments corrigo sets itself; the config may not override them.
 RESERVED_ENGINE_ARGS = {"model", "served_model_name", "logits_processors"}
 
@@ -80,26 +77,14 @@ def engine_args(model: ServedModel, engine: Mapping[str, Any]) -> AsyncEngineArg
     return args
 
 
-def check_engine_args(args: AsyncEngineArgs) -> None:
+def check_engine_args(args: AsyncEngineArgs):
     """Let vLLM validate the values (it builds its full config; nothing is loaded or started),
-    so a bad ``[engine]`` setting fails at start-up with vLLM's own message."""
+    so a bad ``[engine]`` setting fails at start-up with vLLM's own message. Returns that config
+    (``VllmConfig``: defaults resolved, e.g. ``max_num_seqs`` and the dtype)."""
     try:
-        args.create_engine_config()
+        return args.create_engine_config()
     except Exception as exc:
         raise EngineConfigError(f"[engine] rejected by vLLM: {exc}") from None
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this host's CPU computes bf16 natively (assumed so where it cannot be read)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return True
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    return bool(BF16_CPU_FLAGS & set(flags))
 
 
 def start_engine(args: AsyncEngineArgs) -> AsyncLLM:
