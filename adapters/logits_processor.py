@@ -46,14 +46,15 @@ class CorrigoLogitsProcessor(LogitsProcessor):
     """Tracks which persistent-batch rows carry a correction and runs their plugins."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
-        from .aux_runner import AuxModelRunner, forward_pool
+        from .aux_overlap import overlap_for
+        from .aux_runner import AuxModelRunner
 
         sources = {
             name: AuxModelRunner(path, device=device)
             for name, path in aux_models.published().items()
         }
         plugins = {
-            ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device)),
+            ProxyTuning.name: ProxyTuning(sources, overlap_for(device)),
             CopilotRectification.name: CopilotRectification(
                 {
                     name: copilots.CopilotRunner(path, device=device)
