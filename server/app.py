@@ -17,6 +17,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters import aux_models, copilots, forget_sets, request_reports, sandbox, step_timing
+from adapters.aux_budget import Declared
+from adapters.aux_memory import copilot_shape, model_shape
 from adapters.engine import ServedModel, engine_args
 from adapters.python_tests import SANDBOX_CONTEXT
 from adapters.request_reports import ReportSlots
@@ -132,6 +134,19 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         )
     )
     return app
+
+
+def aux_declared(config: Config) -> list[Declared]:
+    """The auxiliary models and copilots the config declares, sized from their configs, for
+    the start-up memory check (adapters/aux_budget.py)."""
+    aux = [
+        Declared(f"aux_models.{name}", model_shape(aux_models.resolve_path(spec.path)), spec.dtype)
+        for name, spec in config.aux_models.items()
+    ]
+    return aux + [
+        Declared(f"copilots.{name}", copilot_shape(spec.path), spec.dtype)
+        for name, spec in config.copilots.items()
+    ]
 
 
 def _python_sandbox(config: Config) -> sandbox.Sandbox:
