@@ -8,17 +8,19 @@ Layout: the rows share a transformers ``StaticCache`` of ``[rows, kv_heads, capa
 per layer, right-aligned on a common write column ``T``: row ``r`` holds its ``n_r`` cached tokens
 in columns ``[T - n_r, T)``, padding on the left, masked out. A decode step writes every row's
 newest token at column ``T`` (so the whole batch shares one ``cache_position``, which is what a
-static cache supports), with per-row ``position_ids`` ``n_r`` for RoPE. A row that joins is first
-prefilled on its own (all its tokens but the last), then the layout is rebuilt around it; the
-rebuild also happens when a row leaves or capacity runs out. Steady-state decoding copies no KV.
+static cache supports), with per-row ``position_ids`` ``n_r`` for RoPE. When a row joins or
+leaves, or capacity runs out, the layout is rebuilt around the rows; a joining row is then
+prefilled on its own (all its tokens but the last, through the model without its head: no
+logits) straight into its slot. Steady-state decoding copies no KV.
+
+Memory (adapters/aux_memory.py estimates it): one layout of ``rows x (longest row + HEADROOM)``
+columns; a rebuild allocates the new layout a layer at a time and frees each old layer once its
+rows are copied, so it holds one layout and one layer, never two layouts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -26,30 +28,23 @@ from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 
 from decoding.pipeline import TokenStream
 
+from .dtypes import AuxDType, cpu_has_native_bf16, dtype_name, resolve_aux_dtype
+
 #: Extra capacity allocated at each rebuild, so a rebuild happens about every this many steps
 #: at most when nobody joins or leaves.
-_HEADROOM = 64
+HEADROOM = 64
 
 
-def forward_pool(models: int, device: torch.device) -> Executor | None:
-    """Threads on which auxiliary forwards run ahead of, and beside, the engine's forward.
-
-    Only on the CPU: vLLM's CPU worker binds its thread to the cores it computes on and leaves
-    the rest to the front end, so a pool thread widens its affinity to every core the process
-    may use, and the forwards overlap the engine's instead of queueing behind it on its core.
-    (On a GPU the forwards are kernel launches on the engine's device; nothing to gain.)
-    """
-    if device.type != "cpu" or models == 0:
-        return None
-
-    def use_every_core() -> None:
-        # Where affinity cannot be set, the thread keeps its creator's cores.
-        with contextlib.suppress(AttributeError, OSError):
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))  # 0: this thread only
-
-    return ThreadPoolExecutor(
-        max_workers=models, thread_name_prefix="corrigo-aux", initializer=use_every_core
+def runner_dtype(setting: AuxDType, engine_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """What an auxiliary model or copilot declared with ``dtype = setting`` loads in on
+    ``device`` beside an engine running ``engine_dtype`` (adapters/dtypes.py)."""
+    name = resolve_aux_dtype(
+        setting,
+        engine_dtype=dtype_name(engine_dtype),
+        device_type=device.type,
+        native_bf16=cpu_has_native_bf16(),
     )
+    return getattr(torch, name)
 
 
 @dataclass
@@ -69,11 +64,14 @@ class AuxModelRunner:
         dtype: torch.dtype = torch.float32,
         model: torch.nn.Module | None = None,
     ):
-        """``model``: an already loaded causal model (with ``config`` and
-        ``get_output_embeddings()``, e.g. a copilot) instead of loading ``path``."""
+        """``model``: an already loaded causal model (with ``config``,
+        ``get_output_embeddings()`` and ``get_decoder()``, e.g. a copilot) instead of loading
+        ``path``."""
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model = model.to(device=device, dtype=dtype).eval()
+        #: What a prefill runs: the model without its head (no logits for the prompt).
+        self.decoder = self.model.get_decoder()
         self.device = torch.device(device)
         self.dtype = dtype
         self.config = self.model.config
@@ -116,12 +114,16 @@ class AuxModelRunner:
         for key, stream in streams.items():
             row = self.rows.get(key)
             if row is None or row.cached != len(stream) - 1:
-                joining[key] = self._prefill(stream.tokens()[:-1])
+                joining[key] = stream.tokens()[:-1]
         if joining or self.batch != len(streams) or self.end >= self.capacity:
             self._rebuild(streams, joining)
 
         keys = list(streams)
-        slots = torch.tensor([self.rows[k].slot for k in keys], device=self.device)
+        # Nothing below reads a tensor back, and the small host-to-device copies wait only for
+        # this model's own stream, so on a GPU the forwards of several models are queued on
+        # their streams one after another without waiting for each other.
+        order = [self.rows[k].slot for k in keys]
+        slots = torch.tensor(order, device=self.device)
         lengths = torch.tensor([self.rows[k].cached for k in keys], device=self.device)
         batch = self.batch
         tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
@@ -150,53 +152,55 @@ class AuxModelRunner:
         for key in keys:
             self.rows[key].cached += 1
         logits = out.logits[:, -1]
-        if len(keys) == batch and bool((slots == torch.arange(batch, device=self.device)).all()):
+        if order == list(range(batch)):
             return logits.float()  # rows in slot order (the usual case): no gather
         return logits[slots].float()
 
-    def _prefill(
-        self, tokens: Sequence[int]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """Keys and values of ``tokens`` (one row, positions from 0), or None when empty."""
-        if not tokens:
-            return None
-        cache = DynamicCache(config=self.config)
-        ids = torch.tensor([list(tokens)], device=self.device)
-        self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
-
-    def _rebuild(self, streams: Mapping[int, TokenStream], joining: dict) -> None:
-        """Lay all rows out afresh: slots 0..n-1, right-aligned on a new end column."""
+    def _rebuild(
+        self, streams: Mapping[int, TokenStream], joining: Mapping[int, Sequence[int]]
+    ) -> None:
+        """Lay all rows out afresh: slots 0..n-1, right-aligned on a new end column; rows in
+        ``joining`` (their tokens to cache) are prefilled into their slots afterwards."""
         lengths = {key: len(stream) - 1 for key, stream in streams.items()}
         end = max(lengths.values(), default=0)
-        capacity = end + _HEADROOM
+        capacity = end + HEADROOM
         cache = StaticCache(config=self.config, max_cache_len=capacity)
         heads = self.config.num_key_value_heads
         head_dim = (
             getattr(self.config, "head_dim", None)
             or self.config.hidden_size // self.config.num_attention_heads
         )
-        cache.early_initialization(len(streams), heads, head_dim, self.dtype, self.device)
-        new_rows: dict[int, _Row] = {}
-        for slot, key in enumerate(streams):
-            n = lengths[key]
-            new_rows[key] = _Row(slot, n)
-            if not n:
-                continue
-            if key in joining:  # from its own prefill: batch 1, columns [0, n)
-                keys, values = joining[key]
-                source = [(k[0], v[0]) for k, v in zip(keys, values, strict=True)]
-            else:  # from the old layout: its slot, columns [old end - n, old end)
-                old = self.rows[key].slot
-                cols = slice(self.end - n, self.end)
-                source = [
-                    (layer.keys[old, :, cols], layer.values[old, :, cols])
-                    for layer in self.cache.layers
-                ]
-            for layer, (k, v) in zip(cache.layers, source, strict=True):
-                layer.keys[slot, :, end - n : end] = k
-                layer.values[slot, :, end - n : end] = v
-        for layer in cache.layers:
+        shape = torch.empty(len(streams), heads, 0, head_dim, dtype=self.dtype, device=self.device)
+        # (new slot, old slot, cached tokens) of the rows carried over from the old layout.
+        kept = [
+            (slot, self.rows[key].slot, lengths[key])
+            for slot, key in enumerate(streams)
+            if key not in joining and lengths[key]
+        ]
+        old_layers = self.cache.layers if self.cache is not None else [None] * len(cache.layers)
+        for layer, old in zip(cache.layers, old_layers, strict=True):
+            layer.lazy_initialization(shape, shape)  # allocates this layer only
+            for slot, old_slot, n in kept:
+                columns = slice(self.end - n, self.end)
+                layer.keys[slot, :, end - n : end] = old.keys[old_slot, :, columns]
+                layer.values[slot, :, end - n : end] = old.values[old_slot, :, columns]
+            if old is not None:
+                old.keys = old.values = None  # freed now, not with the whole old layout
             layer.cumulative_length.fill_(end)
-        self.cache, self.rows, self.end, self.capacity = cache, new_rows, end, capacity
-        self.batch = len(new_rows)
+        self.cache, self.end, self.capacity = cache, end, capacity
+        self.rows = {key: _Row(slot, lengths[key]) for slot, key in enumerate(streams)}
+        self.batch = len(self.rows)
+        for key, tokens in joining.items():
+            if tokens:
+                self._prefill(self.rows[key].slot, tokens)
+
+    def _prefill(self, slot: int, tokens: Sequence[int]) -> None:
+        """Cache ``tokens`` (one row, positions from 0) in ``slot``'s last ``len(tokens)``
+        columns of the layout."""
+        cache = DynamicCache(config=self.config)
+        ids = torch.tensor([list(tokens)], device=self.device)
+        self.decoder(input_ids=ids, past_key_values=cache, use_cache=True)
+        columns = slice(self.end - len(tokens), self.end)
+        for layer, row in zip(self.cache.layers, cache.layers, strict=True):
+            layer.keys[slot, :, columns] = row.keys[0]
+            layer.values[slot, :, columns] = row.values[0]

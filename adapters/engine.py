@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .default_model import DEFAULT_MODEL_ID, ensure_default_model
+from .dtypes import cpu_has_native_bf16
 from .logits_processor import LOGITS_PROCESSOR_FQCN
 from .manifest import DeploymentManifest
 from .vllm_compat import AsyncEngineArgs, AsyncLLM, platform_runs_ray, running_on_cpu
@@ -20,10 +21,6 @@ logger = logging.getLogger(__name__)
 #: On the CPU build ``gpu_memory_utilization`` is the share of host memory given to the KV
 #: cache; vLLM's default (0.92) does not fit beside the server, 0.2 does (DESIGN.md section 2).
 CPU_MEMORY_UTILIZATION = 0.2
-#: CPU features that make bf16 matmuls native; without them (e.g. AVX2-only hosts) vLLM's CPU
-#: kernels emulate bf16 and decode ~3.5x slower at batch 8 than in float32 (measured:
-#: SmolLM2-135M eager, 27 vs 97 tok/s on a 2-core AVX2 machine).
-BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 #: vLLM's switch between its model runners (adapters/vllm_compat.py defaults it to 0).
 MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 #: Why corrigo refuses vLLM's V2 model runner.
@@ -127,11 +124,12 @@ def check_model_runner(environ: Mapping[str, str]) -> None:
     )
 
 
-def check_engine_args(args: AsyncEngineArgs) -> None:
+def check_engine_args(args: AsyncEngineArgs):
     """Let vLLM validate the values (it builds its full config; nothing is loaded or started),
     so a bad ``[engine]`` setting fails at start-up with vLLM's own message. vLLM picks the V2
     model runner by itself for some settings (e.g. watermarking), whatever the environment says:
-    refused here too."""
+    refused here too. Returns that config (``VllmConfig``: defaults resolved, e.g.
+    ``max_num_seqs`` and the dtype)."""
     if args.distributed_executor_backend == "ray" and not platform_runs_ray():
         # vLLM itself fails only in the engine process, after spawning it.
         raise EngineConfigError(
@@ -147,19 +145,7 @@ def check_engine_args(args: AsyncEngineArgs) -> None:
             f"[engine] makes vLLM choose its V2 model runner: {V2_RUNNER_REFUSED}. "
             "Remove the setting that requires it."
         )
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this host's CPU computes bf16 natively (assumed so where it cannot be read)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return True
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    return bool(BF16_CPU_FLAGS & set(flags))
+    return config
 
 
 def start_engine(args: AsyncEngineArgs) -> AsyncLLM:

@@ -99,19 +99,26 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         self.pipeline = CorrectionPipeline(plugins, observe=self._time)
 
     def _plugins(self, manifest: DeploymentManifest, vllm_config, device) -> dict[str, StepPlugin]:
-        from .aux_runner import AuxModelRunner, forward_pool
+        from .aux_overlap import overlap_for
+        from .aux_runner import AuxModelRunner, runner_dtype
 
-        # entry.dtype (None: decide here) is for AuxModelRunner once it takes a dtype.
+        engine_dtype = vllm_config.model_config.dtype
         sources = {
-            name: AuxModelRunner(entry.path, device=device)
+            name: AuxModelRunner(
+                entry.path, device=device, dtype=runner_dtype(entry.dtype, engine_dtype, device)
+            )
             for name, entry in manifest.aux_models.items()
         }
         plugins: dict[str, StepPlugin] = {
-            ProxyTuning.name: ProxyTuning(sources, forward_pool(len(sources), device)),
+            ProxyTuning.name: ProxyTuning(sources, overlap_for(device)),
             CopilotRectification.name: CopilotRectification(
                 {
-                    name: copilots.CopilotRunner(path, device=device)
-                    for name, path in manifest.copilots.items()
+                    name: copilots.CopilotRunner(
+                        entry.path,
+                        device=device,
+                        dtype=runner_dtype(entry.dtype, engine_dtype, device),
+                    )
+                    for name, entry in manifest.copilots.items()
                 },
                 observe=self._report_copilot,
             ),

@@ -30,20 +30,23 @@ from decoding.copilot import COPILOTS_CONTEXT
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 from decoding.unlearning import FORGET_SETS_CONTEXT
 
+from .dtypes import AuxDType
+
 
 class ManifestError(RuntimeError):
     """The engine side was started without corrigo's manifest, or with a broken one."""
 
 
 @dataclass(frozen=True)
-class AuxModelEntry:
-    """An auxiliary model (``[aux_models.NAME]``), loaded by the engine side."""
+class ModelEntry:
+    """An auxiliary model (``[aux_models.NAME]``) or a copilot (``[copilots.NAME]``), loaded
+    by the engine side."""
 
-    #: Resolved HF-format folder.
+    #: Resolved HF-format folder (a copilot's: its checkpoint folder).
     path: str
-    #: torch dtype name to load it in; None: the engine side decides (``[aux_models.NAME]
-    #: dtype``, issue 13's sizing of auxiliary models, fills it in).
-    dtype: str | None = None
+    #: The declared dtype; "auto" is resolved on the engine side, against the engine's own
+    #: dtype and device (adapters/dtypes.py).
+    dtype: AuxDType = "auto"
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ class DeploymentManifest:
     folders) and forget sets, and the channel its figures go back on (None: nobody listens,
     figures are not sent)."""
 
-    aux_models: Mapping[str, AuxModelEntry] = field(default_factory=dict)
-    copilots: Mapping[str, str] = field(default_factory=dict)
+    aux_models: Mapping[str, ModelEntry] = field(default_factory=dict)
+    copilots: Mapping[str, ModelEntry] = field(default_factory=dict)
     forget_sets: Mapping[str, ForgetSetEntry] = field(default_factory=dict)
     channel: ReportChannel | None = None
 
@@ -97,8 +100,8 @@ class DeploymentManifest:
     def from_json(cls, data: Mapping[str, Any]) -> DeploymentManifest:
         channel = data.get("channel")
         return cls(
-            aux_models={n: AuxModelEntry(**e) for n, e in data.get("aux_models", {}).items()},
-            copilots=dict(data.get("copilots", {})),
+            aux_models={n: ModelEntry(**e) for n, e in data.get("aux_models", {}).items()},
+            copilots={n: ModelEntry(**e) for n, e in data.get("copilots", {}).items()},
             forget_sets={n: ForgetSetEntry(**e) for n, e in data.get("forget_sets", {}).items()},
             channel=ReportChannel(**channel) if channel is not None else None,
         )

@@ -62,6 +62,23 @@ def platform_runs_ray() -> bool:
     return bool(current_platform.ray_device_key)
 
 
+def platform_kind() -> str:
+    """vLLM's platform: "cpu", "cuda" (CUDA or ROCm, torch's ``cuda`` device either way), or
+    its name of another."""
+    if current_platform.is_cpu():
+        return "cpu"
+    return "cuda" if current_platform.is_cuda_alike() else str(current_platform.device_type)
+
+
+def device_memory(device_id: int) -> int | None:
+    """Total memory of accelerator ``device_id`` as vLLM reads it (through NVML on CUDA, which
+    creates no CUDA context), or None where this process cannot read it (no such device)."""
+    try:
+        return int(current_platform.get_device_total_memory(device_id))
+    except Exception:
+        return None
+
+
 def frontend_args(argv: list[str]):
     """Parse vLLM's own ``vllm serve`` front-end flags, giving a full namespace of defaults.
 
@@ -92,6 +109,8 @@ __all__ = [
     "get_prometheus_registry",
     "get_tp_group",
     "init_app_state",
+    "device_memory",
+    "platform_kind",
     "platform_runs_ray",
     "running_on_cpu",
 ]

@@ -145,7 +145,13 @@ def main() -> None:
             Path(tmp) / "bench.toml",
             {
                 "model": {"path": model.path, "served_model_name": model.model_id},
-                "engine": {"max_model_len": 2048, "enforce_eager": True},
+                # No more engine rows than running requests: the auxiliary models' KV caches
+                # are sized for them (docs/deployment.md, "Memory budgeting...").
+                "engine": {
+                    "max_model_len": 2048,
+                    "enforce_eager": True,
+                    "max_num_seqs": args.max_running,
+                },
                 "server": {"log_level": "warning"},
                 "limits": {
                     "max_running_requests": args.max_running,

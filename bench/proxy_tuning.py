@@ -119,7 +119,13 @@ def main() -> None:
             Path(tmp) / "bench.toml",
             {
                 "model": {"path": model.path, "served_model_name": model.model_id},
-                "engine": {"max_model_len": 2048, "enforce_eager": True},
+                # Rows beyond the highest concurrency would only size the auxiliary models'
+                # KV caches (docs/deployment.md, "Memory budgeting for auxiliary models").
+                "engine": {
+                    "max_model_len": 2048,
+                    "enforce_eager": True,
+                    "max_num_seqs": max(args.concurrency),
+                },
                 "server": {"log_level": "warning"},
                 "aux_models.expert": {"path": model.path},
                 "aux_models.anti": {"path": model.path},

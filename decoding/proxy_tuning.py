@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from .correction import PluginParams, register_plugin
+from .overlap import Inline, Overlap, Pending
 from .pipeline import Row, StepPlugin, TokenStream
 
 #: Validation context key listing the auxiliary model names the deployment declares.
@@ -103,7 +103,7 @@ class _Ahead:
     """An auxiliary model's forward started by :meth:`ProxyTuning.prepare`."""
 
     lengths: tuple[tuple[int, int], ...]  # (uid, stream length) it was computed for, in order
-    logits: Future[torch.Tensor]
+    logits: Pending
 
 
 def _lengths(streams: Mapping[int, TokenStream]) -> tuple[tuple[int, int], ...]:
@@ -114,17 +114,18 @@ class ProxyTuning(StepPlugin):
     """``s += sum_m c_m * s_m`` with ``c_m`` from :meth:`ProxyTuningParams.coefficients`:
     one batched forward per auxiliary model per step, over the rows that use it.
 
-    With an ``executor``, :meth:`prepare` starts every auxiliary model's forward for the coming
-    step on it, so they run beside the engine's own forward and beside each other; :meth:`apply`
-    then waits for them. A forward whose rows or streams no longer match the step is discarded
-    for a fresh one (the model's cache stays valid either way), so results never depend on it.
+    :meth:`prepare` submits every auxiliary model's forward for the coming step to the model's
+    lane of ``overlap`` (decoding/overlap.py), so, where the device allows, they run beside the
+    engine's own forward and beside each other; :meth:`apply` takes their results. A forward
+    whose rows or streams no longer match the step is discarded for a fresh one on the same
+    lane (the model's cache stays valid either way), so results never depend on it.
     """
 
     name = "proxy_tuning"
 
-    def __init__(self, sources: Mapping[str, LogitsSource], executor: Executor | None = None):
+    def __init__(self, sources: Mapping[str, LogitsSource], overlap: Overlap | None = None):
         self.sources = sources
-        self.executor = executor
+        self.overlap = Inline() if overlap is None else overlap
         self._ahead: dict[str, _Ahead] = {}
 
     def _users(self, rows: Sequence[Row]) -> dict[str, list[tuple[int, Row, float]]]:
@@ -137,12 +138,12 @@ class ProxyTuning(StepPlugin):
 
     def prepare(self, rows: Sequence[Row]) -> None:
         self._settle()
-        if self.executor is None:
+        if not self.sources:  # no auxiliary models declared: nothing to start
             return
         for model, entries in self._users(rows).items():
             streams = {row.uid: row.stream.snapshot() for _, row, _ in entries}
-            future = self.executor.submit(self.sources[model].step, streams)
-            self._ahead[model] = _Ahead(_lengths(streams), future)
+            pending = self.overlap.submit(model, self.sources[model].step, streams)
+            self._ahead[model] = _Ahead(_lengths(streams), pending)
 
     def apply(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
         vocab = logits.shape[-1]
@@ -154,24 +155,22 @@ class ProxyTuning(StepPlugin):
             started = ahead.pop(model, None)
             if started is not None and started.lengths == _lengths(streams):
                 aux = started.logits.result()
-            else:
-                if started is not None:
-                    started.logits.exception()  # wait: one forward at a time per model
-                aux = self.sources[model].step(streams)
+            else:  # on the model's lane, after the forward started ahead
+                aux = self.overlap.submit(model, self.sources[model].step, streams).result()
             at = torch.tensor([i for i, _, _ in entries], device=logits.device)
             coef = torch.tensor(
                 [c for _, _, c in entries], device=logits.device, dtype=logits.dtype
             )
             logits.index_add_(0, at, coef[:, None] * aux[:, :vocab].to(logits.dtype))
         for unused in ahead.values():
-            unused.logits.exception()
+            unused.logits.wait()
         return logits
 
     def _settle(self) -> None:
         """Wait for forwards started ahead and never used (the step they were for did not
-        come), so no two forwards of one model overlap."""
+        come), so that rows are released only from a model no forward is using."""
         for unused in self._ahead.values():
-            unused.logits.exception()
+            unused.logits.wait()
         self._ahead = {}
 
     def release(self, uid: int) -> None:

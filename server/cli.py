@@ -173,6 +173,7 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from adapters.aux_budget import AuxMemoryError, check_aux_memory
     from adapters.aux_models import AuxModelError
     from adapters.copilots import CopilotConfigError
     from adapters.default_model import DefaultModelError
@@ -183,16 +184,25 @@ def serve(args: argparse.Namespace) -> int:
     from decoding.unlearning import ForgetSetError
 
     from .app import create_app
+    from .deployment import aux_declared
     from .profiles import ProfileError
 
     try:
         model = resolve_model(config.model.path, config.model.served_model_name)
         app = create_app(config, model)
-        check_engine_args(app.state.runtime.args)
+        args = app.state.runtime.args
+        engine_config = check_engine_args(args)
+        budget = config.aux_memory.budget_bytes
+        logging.getLogger("corrigo").info(
+            check_aux_memory(
+                aux_declared(args.additional_config), engine_config, model.path, budget
+            )
+        )
     except (
         DefaultModelError,
         EngineConfigError,
         AuxModelError,
+        AuxMemoryError,
         CopilotConfigError,
         ProfileError,
         ForgetSetError,

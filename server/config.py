@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from adapters.dtypes import AuxDType
 from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
 from decoding.refinement.params import BudgetCaps
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
@@ -165,6 +166,10 @@ class AuxModelConfig(_Section):
     #: HF-format folder of a model sharing the served model's tokenizer, or "embedded" for the
     #: embedded SmolLM2's converted folder.
     path: str
+    #: What it runs in: "auto" (the engine's dtype on a GPU; on the CPU bf16 only where the
+    #: engine runs bf16 on a CPU that computes it natively, else float32), "float32",
+    #: "bfloat16" or "float16".
+    dtype: AuxDType = "auto"
 
 
 class ForgetSetConfig(_Section):
@@ -205,6 +210,20 @@ class CopilotConfig(_Section):
     #: Folder written by ``corrigo copilot train`` (refused at start-up unless bound to the
     #: served model).
     path: str
+    #: What it runs in (as for auxiliary models; the weights are saved in float32).
+    dtype: AuxDType = "auto"
+
+
+class AuxMemoryConfig(_Section):
+    """Memory for the auxiliary models and copilots beside the engine (docs/deployment.md,
+    "Memory budgeting for auxiliary models"). corrigo refuses to start when their estimated
+    peak does not fit."""
+
+    #: Bytes they may use beyond what vLLM counts as its own, on each GPU (on the CPU: on this
+    #: host). None: derived from ``[engine]`` (``gpu_memory_utilization``, or the CPU's
+    #: available memory). Needed where corrigo cannot see the engine's devices (Ray workers on
+    #: other nodes, ``kv_cache_memory_bytes`` on a GPU).
+    budget_bytes: int | None = Field(None, gt=0)
 
 
 class ProfileConfig(_Section):
@@ -291,6 +310,7 @@ class Config(_Section):
     forget_sets: dict[str, ForgetSetConfig] = Field(default_factory=dict)
     #: Copilots (trained by ``corrigo copilot train``), by the name requests use.
     copilots: dict[str, CopilotConfig] = Field(default_factory=dict)
+    aux_memory: AuxMemoryConfig = Field(default_factory=AuxMemoryConfig)
     #: Named bundles of a model and a default correction, listed in /v1/models and selectable
     #: as ``model`` by clients that cannot send extra body fields.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters import aux_models, copilots, forget_sets
+from adapters.aux_budget import Declared
+from adapters.aux_memory import copilot_shape, model_shape
 from adapters.engine import ServedModel
-from adapters.manifest import AuxModelEntry, DeploymentManifest, ReportChannel
+from adapters.manifest import DeploymentManifest, ModelEntry, ReportChannel
 from decoding.unlearning import ForgetSet
 
 from .config import Config
@@ -32,12 +34,12 @@ def build_deployment(config: Config, model: ServedModel, channel: ReportChannel)
     for name, spec in config.aux_models.items():
         path = aux_models.resolve_path(spec.path)
         aux_models.check_compatible(name, path, model.path)
-        aux[name] = AuxModelEntry(path=path)
+        aux[name] = ModelEntry(path, spec.dtype)
     bound = {}
     for name, spec in config.copilots.items():
         path = str(Path(spec.path).expanduser().resolve())
         copilots.check_binding(name, path, model.path)
-        bound[name] = path
+        bound[name] = ModelEntry(path, spec.dtype)
     paths = {name: forget_sets.resolve_path(s.path) for name, s in config.forget_sets.items()}
     loaded = forget_sets.load_all(paths)
     manifest = DeploymentManifest(
@@ -47,3 +49,16 @@ def build_deployment(config: Config, model: ServedModel, channel: ReportChannel)
         channel=channel,
     )
     return Deployment(manifest, loaded)
+
+
+def aux_declared(manifest: DeploymentManifest) -> list[Declared]:
+    """The auxiliary models and copilots of the deployment, sized from their configs, for the
+    start-up memory check (adapters/aux_budget.py)."""
+    aux = [
+        Declared(f"aux_models.{name}", model_shape(entry.path), entry.dtype)
+        for name, entry in manifest.aux_models.items()
+    ]
+    return aux + [
+        Declared(f"copilots.{name}", copilot_shape(entry.path), entry.dtype)
+        for name, entry in manifest.copilots.items()
+    ]

@@ -64,6 +64,11 @@ class Copilot(nn.Module):
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
 
+    def get_decoder(self) -> LlamaModel:
+        """The backbone, which caches positions read as tokens alone (:meth:`embed` without
+        pilot features) with no head to compute: the auxiliary runner's prefill."""
+        return self.backbone
+
     def embed(
         self,
         input_ids: torch.Tensor,

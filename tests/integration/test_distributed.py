@@ -33,7 +33,7 @@ from adapters.copilot_training import TrainSettings, train
 from adapters.default_model import ensure_default_model
 from adapters.engine import ServedModel, engine_args
 from adapters.engine_channel import FigureReceiver
-from adapters.manifest import AuxModelEntry, DeploymentManifest
+from adapters.manifest import DeploymentManifest, ModelEntry
 from adapters.request_reports import ReportBook
 from decoding.copilot.checkpoint import read
 
@@ -257,7 +257,7 @@ def test_a_ray_worker_corrects_from_the_vllm_config_alone(models):
     _, paths, loaded, _ = models
     receiver = FigureReceiver()
     manifest = DeploymentManifest(
-        aux_models={n: AuxModelEntry(str(paths[n])) for n in ("expert", "anti")},
+        aux_models={n: ModelEntry(str(paths[n])) for n in ("expert", "anti")},
         channel=receiver.channel,
     )
     vllm_config = engine_args(

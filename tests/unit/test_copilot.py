@@ -348,3 +348,32 @@ def test_bad_data_names_the_line(tmp_path):
     path.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(TrainingError, match="bad.jsonl:2"):
         read_pairs(path)
+
+
+def test_a_bf16_copilot_rectifies_as_its_float32_self(tmp_path):
+    """bf16 inference is sound for a copilot trained in float32: its rectification stays
+    within 2% of the float32 one's largest entry (bf16 keeps ~3 significant digits), and the
+    fused distribution picks the same tokens wherever float32's choice is not a near-tie."""
+    vocab, rows = 300, 4
+    save(tmp_path / "ck", random_copilot(vocab, top_k=4), Binding("p", "v", "c"))
+    runners = {
+        dtype: CopilotRunner(str(tmp_path / "ck"), dtype=dtype)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    generator = torch.Generator().manual_seed(0)
+    streams = {uid: [1 + uid, 7, 9 + uid] for uid in range(rows)}
+    fusion, lam = RectificationFusion("probs"), torch.ones(rows)
+    for _ in range(10):
+        logits = torch.randn(rows, vocab, generator=generator) * 3
+        features = PilotFeatures.from_logits(logits, 4)
+        inputs = {"pilot_ids": features.ids, "pilot_probs": features.probs}
+        current = {uid: TokenStream(s[:2], s[2:]) for uid, s in streams.items()}
+        f32, bf16 = (runners[d].step(current, inputs).float() for d in runners)
+        assert ((bf16 - f32).abs().amax(-1) <= 0.02 * f32.abs().amax(-1)).all()
+        exact, rounded = fusion(logits, f32, lam).softmax(-1), fusion(logits, bf16, lam).softmax(-1)
+        top = exact.topk(2).values
+        clear = top[:, 0] - top[:, 1] > 2 * (rounded - exact).abs().amax(-1)
+        assert clear.any()
+        assert torch.equal(exact.argmax(-1)[clear], rounded.argmax(-1)[clear])
+        for i, uid in enumerate(streams):
+            streams[uid].append(int(exact[i].argmax()))

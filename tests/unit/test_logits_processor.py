@@ -7,7 +7,7 @@ import torch
 
 from adapters import logits_processor
 from adapters.logits_processor import LOGITS_PROCESSOR_FQCN, CorrigoLogitsProcessor
-from adapters.manifest import DeploymentManifest, ManifestError
+from adapters.manifest import DeploymentManifest, ManifestError, ModelEntry
 from adapters.vllm_compat import BatchUpdate, MoveDirectionality, SamplingParams
 from decoding import correction as mod
 from decoding.correction import WIRE_KEY, CorrectionError, PluginParams, parse_correction
@@ -72,7 +72,7 @@ def test_validate_params_accepts_plain_and_refuses_bad_specs():
 def test_validate_params_checks_against_the_manifest_the_server_installed(monkeypatch):
     copilot_x = SamplingParams(extra_args={WIRE_KEY: '{"copilot": {"name": "x"}}'})
     monkeypatch.setattr(logits_processor, "_front_end", DeploymentManifest())
-    logits_processor.install_front_end(DeploymentManifest(copilots={"x": "/copilots/x"}))
+    logits_processor.install_front_end(DeploymentManifest(copilots={"x": ModelEntry("/copilots/x")}))
     CorrigoLogitsProcessor.validate_params(copilot_x)
 
 

@@ -9,10 +9,10 @@ import pytest
 from adapters.default_model import ensure_default_model
 from adapters.engine import engine_args, resolve_model
 from adapters.manifest import (
-    AuxModelEntry,
     DeploymentManifest,
     ForgetSetEntry,
     ManifestError,
+    ModelEntry,
     ReportChannel,
 )
 from decoding.copilot import COPILOTS_CONTEXT
@@ -27,10 +27,10 @@ def manifest(
 ) -> DeploymentManifest:
     return DeploymentManifest(
         aux_models={
-            "expert": AuxModelEntry(expert),
-            "anti": AuxModelEntry("/models/anti", "bfloat16"),
+            "expert": ModelEntry(expert),
+            "anti": ModelEntry("/models/anti", "bfloat16"),
         },
-        copilots={"fix": "/copilots/fix"},
+        copilots={"fix": ModelEntry("/copilots/fix")},
         forget_sets={"vault": ForgetSetEntry("/secret/vault.jsonl", "d" * 64, 12)},
         channel=ReportChannel(f"tcp://127.0.0.1:{port}", key),
     )

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from adapters.aux_overlap import ThreadOverlap
 from decoding.correction import CorrectionError, parse_correction
 from decoding.pipeline import Row, TokenStream
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
@@ -149,9 +150,7 @@ def test_pairs_form_validates_with_context():
 
 
 def test_forwards_started_ahead_give_the_same_logits():
-    """prepare() on an executor runs each model's forward ahead; apply() uses it, once."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """prepare() starts each model's forward on its lane; apply() uses it, once."""
     sources = {"expert": FakeSource(1), "anti": FakeSource(2)}
     rows = [
         row(0, 5, spec(expert="expert", anti_expert="anti", alpha=0.5)),
@@ -159,28 +158,24 @@ def test_forwards_started_ahead_give_the_same_logits():
     ]
     base = torch.randn(2, 10)
     expected = ProxyTuning(sources).apply(base.clone(), rows)
-    with ThreadPoolExecutor(2) as pool:
-        plugin = ProxyTuning(sources, pool)
-        plugin.prepare(rows)
-        out = plugin.apply(base.clone(), rows)
+    plugin = ProxyTuning(sources, ThreadOverlap())
+    plugin.prepare(rows)
+    out = plugin.apply(base.clone(), rows)
     assert torch.equal(out, expected)
     assert all(s.calls == 2 for s in sources.values())  # once per plugin, not twice
 
 
 def test_a_stream_that_moved_on_after_prepare_is_stepped_afresh():
-    from concurrent.futures import ThreadPoolExecutor
-
     sources = {"expert": FakeSource(1), "anti": FakeSource(2)}
     output = [5]
     live = Row(0, spec(expert="expert", anti_expert="anti"), TokenStream([1, 2], output))
-    with ThreadPoolExecutor(2) as pool:
-        plugin = ProxyTuning(sources, pool)
-        plugin.prepare([live])
-        output.append(7)  # the engine appended a token the forward ahead did not see
-        out = plugin.apply(torch.zeros(1, 10), [live])
-        t = {name: s.table for name, s in sources.items()}
-        torch.testing.assert_close(out[0], t["expert"][7] - t["anti"][7])
-        # A step that never came: the forward ahead is waited for before the row is released.
-        plugin.prepare([live])
-        plugin.release(0)
+    plugin = ProxyTuning(sources, ThreadOverlap())
+    plugin.prepare([live])
+    output.append(7)  # the engine appended a token the forward ahead did not see
+    out = plugin.apply(torch.zeros(1, 10), [live])
+    t = {name: s.table for name, s in sources.items()}
+    torch.testing.assert_close(out[0], t["expert"][7] - t["anti"][7])
+    # A step that never came: the forward ahead is waited for before the row is released.
+    plugin.prepare([live])
+    plugin.release(0)
     assert plugin._ahead == {} and all(s.released == [0] for s in sources.values())

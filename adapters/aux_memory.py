@@ -1,0 +1,156 @@
+"""What an auxiliary model or copilot needs in memory while it serves, estimated from its
+config (no weights loaded); adapters/aux_budget.py compares it with what the engine leaves.
+
+For a model of ``P`` parameters, ``L`` layers, ``A`` query and ``K`` key/value heads of ``D``
+dims, hidden size ``H``, MLP width ``I``, vocabulary ``V`` and (copilots) ``k`` pilot tokens
+read per position, in a dtype of ``b`` bytes, stepped by adapters/aux_runner.py for ``N`` rows
+of at most ``T`` tokens (vLLM's ``max_num_seqs`` and ``max_model_len``)::
+
+    weights   = P b
+    layout    = 2 L N K C D b                  the KV cache, C = T + HEADROOM columns: every row
+                                               is laid out as long as the longest
+    peak      = weights + layout + max(layer, prefill, decode) + WORKSPACE
+
+the transient on top of the layout being the largest of what one operation holds at once::
+
+    layer     = layout / L                     a rebuild: a new layer before its old one is freed
+    prefill   = T (W + 2 L K D b)              one joining row (no logits: the runner skips
+                                               the head): the widest layer's activations, its own
+                                               KV before it is copied into the layout
+    decode    = N (V (b + 12) + 2 A C D b [A > K] + 4 A C + 16 C + W + 2 k H b)
+                                               a step: logits (model dtype, a float32 copy, a
+                                               gather, proxy-tuning's scaled copy), keys
+                                               and values repeated to every query head (grouped-
+                                               query attention under a padding mask), attention
+                                               scores where a kernel materialises them, the mask
+                                               and its boolean forms, the widest layer's
+                                               activations, a copilot's pilot embeddings
+
+with ``W = (3 I + 4 H + (A + 2 K) D) b`` per token (the MLP's three ``I``-wide tensors, a few
+``H``-wide ones, the query/key/value projections), and :data:`WORKSPACE` for what the kernels
+and the allocator hold beside the tensors. tests/unit/test_aux_memory.py checks the
+weights and the layout against a loaded model byte for byte and the transient against a
+measured peak; bench/aux_streams_check.py compares the whole with a CUDA device's peak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from decoding.copilot.checkpoint import read
+from decoding.copilot.model import Copilot
+
+from .aux_runner import HEADROOM
+from .dtypes import DTYPE_BYTES
+
+#: Per model: kernel workspaces (on CUDA, the cuBLAS workspace of the model's stream: 32 MiB on
+#: Hopper) and what the allocator holds beyond the live tensors (measured on the CPU: 6 MB over
+#: the tensors for SmolLM2-135M joining 16 rows of 200 tokens).
+WORKSPACE = 64 << 20
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a model the estimate reads (from its config.json; ``parameters`` counted
+    on a weightless copy of the model)."""
+
+    parameters: int
+    layers: int
+    attention_heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    #: Copilots: pilot tokens read per position (0 for a plain model).
+    top_k: int = 0
+
+    @classmethod
+    def of(cls, config: PretrainedConfig, parameters: int, top_k: int = 0) -> ModelShape:
+        heads = config.num_attention_heads
+        hidden = config.hidden_size
+        return cls(
+            parameters=parameters,
+            layers=config.num_hidden_layers,
+            attention_heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            # As adapters/aux_runner.py lays the cache out.
+            head_dim=getattr(config, "head_dim", None) or hidden // heads,
+            hidden=hidden,
+            intermediate=getattr(config, "intermediate_size", None) or 4 * hidden,
+            vocab=config.vocab_size,
+            top_k=top_k,
+        )
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes one model holds at its peak (see the module docstring)."""
+
+    weights: int
+    #: The KV cache laid out for every row at full length.
+    layout: int
+    #: The largest of a rebuild's extra layer, a joining row's prefill and a decode step.
+    transient: int
+    workspace: int = WORKSPACE
+
+    @property
+    def peak(self) -> int:
+        return self.weights + self.layout + self.transient + self.workspace
+
+
+def layout_bytes(shape: ModelShape, dtype: str, rows: int, columns: int) -> int:
+    """The runner's KV cache for ``rows`` rows of ``columns`` columns: keys and values."""
+    return 2 * shape.layers * rows * shape.kv_heads * columns * shape.head_dim * DTYPE_BYTES[dtype]
+
+
+def estimate(shape: ModelShape, dtype: str, rows: int, tokens: int) -> Footprint:
+    """The peak of a model in ``dtype`` serving ``rows`` rows of at most ``tokens`` tokens."""
+    b = DTYPE_BYTES[dtype]
+    columns = tokens + HEADROOM
+    layout = layout_bytes(shape, dtype, rows, columns)
+    widest = (
+        3 * shape.intermediate
+        + 4 * shape.hidden
+        + (shape.attention_heads + 2 * shape.kv_heads) * shape.head_dim
+    ) * b
+    row_kv = layout_bytes(shape, dtype, 1, tokens)
+    prefill = tokens * widest + row_kv
+    repeated = shape.attention_heads > shape.kv_heads
+    decode = rows * (
+        shape.vocab * (b + 12)
+        + repeated * 2 * shape.attention_heads * columns * shape.head_dim * b
+        + 4 * shape.attention_heads * columns
+        + 16 * columns
+        + widest
+        + 2 * shape.top_k * shape.hidden * b
+    )
+    return Footprint(
+        weights=shape.parameters * b,
+        layout=layout,
+        transient=max(layout // shape.layers, prefill, decode),
+    )
+
+
+def _parameters(build) -> int:
+    """Parameters of the model ``build()`` makes, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build()
+    return sum(p.numel() for p in model.parameters())  # a tied weight counts once
+
+
+def model_shape(path: str) -> ModelShape:
+    """The shape of the HF-format model at ``path`` (reads its config.json only)."""
+    config = AutoConfig.from_pretrained(path)
+    return ModelShape.of(config, _parameters(lambda: AutoModelForCausalLM.from_config(config)))
+
+
+def copilot_shape(path: str | Path) -> ModelShape:
+    """The shape of the copilot checkpoint at ``path`` (reads its copilot.json only)."""
+    checkpoint = read(Path(path).expanduser())
+    config, top_k = checkpoint.config, checkpoint.top_k
+    return ModelShape.of(config, _parameters(lambda: Copilot(config, top_k)), top_k)
