@@ -17,8 +17,8 @@ KV cache, nothing of theirs is counted. What is outside must fit in what vLLM le
 - CPU, this host: the memory available now (the cgroup's limit included) less what the engine
   will take: ``workers x gpu_memory_utilization x host memory`` (each CPU worker's share) or
   ``workers x kv_cache_memory_bytes + the served model's weights``, less
-  ``CPU_PROCESS_RESERVE`` for each engine process (the engine core and each worker). Their
-  need counts once per worker that loads them (:attr:`EngineMemory.aux_hosts`).
+  ``CPU_PROCESS_RESERVE`` for each engine process (the engine core and each worker). Only the
+  output rank loads them (adapters/tensor_parallel.py): their need counts once.
 
 :func:`check_fits` is the pure decision; :func:`engine_memory` reads the figures.
 """
@@ -64,8 +64,6 @@ class EngineMemory:
     utilization: float  # gpu_memory_utilization
     kv_cache_bytes: int | None  # kv_cache_memory_bytes
     workers: int  # engine workers (tensor x pipeline parallel ranks)
-    #: The workers that load the auxiliary models (each on its own GPU, or all on this CPU).
-    aux_hosts: int = 1
     #: CUDA: the smallest of the workers' devices; None: not visible from this process.
     device_bytes: int | None = None
     #: CPU: memory available on this host now, and its total.
@@ -153,9 +151,8 @@ def budget(engine: EngineMemory, override: int | None) -> Budget:
     )
 
 
-def _need(footprints: Sequence[Footprint], weights_counted: bool, copies: int) -> int:
-    per_worker = sum(f.peak - (f.weights if weights_counted else 0) for f in footprints)
-    return copies * per_worker
+def _need(footprints: Sequence[Footprint], weights_counted: bool) -> int:
+    return sum(f.peak - (f.weights if weights_counted else 0) for f in footprints)
 
 
 def check_fits(
@@ -172,11 +169,10 @@ def check_fits(
         )
         for d in declared
     }
-    copies = engine.aux_hosts if engine.platform == "cpu" else 1
 
     def need(rows: int) -> int:
         footprints = [estimate(d.shape, dtypes[d.label], rows, engine.tokens) for d in declared]
-        return _need(footprints, room.weights_counted, copies)
+        return _need(footprints, room.weights_counted)
 
     needed = need(engine.rows)
     summary = (
@@ -199,8 +195,6 @@ def check_fits(
             f"  {d.label} ({dtypes[d.label]}): KV cache {_gib(f.layout)}, activations "
             f"{_gib(f.transient + f.workspace)}{weights}"
         )
-    if copies > 1:
-        lines.append(f"  x {copies} engine workers, each loading them all")
     if room.weights_counted:
         weights = sum(estimate(d.shape, dtypes[d.label], 1, 1).weights for d in declared)
         lines.append(
@@ -249,9 +243,6 @@ def engine_memory(vllm_config, served_path: str) -> EngineMemory:
         utilization=cache.gpu_memory_utilization,
         kv_cache_bytes=cache.kv_cache_memory_bytes,
         workers=workers,
-        # Every rank builds corrigo's logits processor, which loads them all
-        # (adapters/logits_processor.py).
-        aux_hosts=workers,
     )
     if platform == "cuda":
         sizes = [device_memory(i) for i in range(workers)]

@@ -296,13 +296,7 @@ def test_the_figures_come_from_vllms_resolved_config(tiny):
     )
     config = check_engine_args(args)
     engine = engine_memory(config, tiny)
-    assert (engine.platform, engine.rows, engine.tokens, engine.workers, engine.aux_hosts) == (
-        "cpu",
-        12,
-        256,
-        1,
-        1,
-    )
+    assert (engine.platform, engine.rows, engine.tokens, engine.workers) == ("cpu", 12, 256, 1)
     assert engine.dtype == dtype_name(config.model_config.dtype) and engine.kv_cache_bytes == GiB
     assert engine.engine_weights == estimate(model_shape(tiny), engine.dtype, 1, 1).weights
     assert 0 < engine.host_available <= engine.host_total
@@ -311,20 +305,3 @@ def test_the_figures_come_from_vllms_resolved_config(tiny):
     assert "needed on this host beside the engine for 12 rows of 256 tokens" in line
 
 
-def test_on_the_cpu_every_worker_that_loads_them_needs_their_memory():
-    cpu = gpu(
-        platform="cpu",
-        rows=4,
-        tokens=512,
-        device_bytes=None,
-        host_available=GiB,
-        host_total=GiB,
-        utilization=0.1,
-    )
-    declared = [Declared("aux_models.expert", LLAMA_1B, "bfloat16")]
-    one = estimate(LLAMA_1B, "bfloat16", 4, 512)
-    room = one.peak - one.weights  # the weights are in vLLM's share
-    assert "needed on this host" in check_fits(declared, cpu, room, native_bf16=True)
-    two = EngineMemory(**{**cpu.__dict__, "workers": 2, "aux_hosts": 2})
-    with pytest.raises(AuxMemoryError, match="x 2 engine workers, each loading them all"):
-        check_fits(declared, two, room, native_bf16=True)

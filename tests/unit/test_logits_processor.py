@@ -27,6 +27,7 @@ def plugin(monkeypatch):
 ONE_RANK = SimpleNamespace(
     additional_config=DeploymentManifest(),
     parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1),
+    model_config=SimpleNamespace(dtype=torch.float32),
 )
 
 
