@@ -19,57 +19,27 @@ import pytest
 import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from adapters.copilot_training import render_prompt
 from adapters.default_model import ensure_default_model
-from decoding.copilot.checkpoint import read
 from decoding.copilot.fusion import RectificationFusion
 from decoding.copilot.model import PilotFeatures
 
-from ..support import REPO, TEST_ENGINE, make_tiny_llama, start_server, write_config
+from ..support import REPO, make_tiny_llama, write_config
+from .tiny import TRAIN_STEPS
 
 pytestmark = pytest.mark.engine
 
 STEPS = 8
 PROMPTS = [[1, 504, 3458, 314], [1, 2683, 28, 940, 253, 1523], [1, 11234]]
-TRAIN_STEPS = 20
-
-
-def train_copilot(pilot, data, out, *extra) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "server.cli", "copilot", "train", "--pilot", str(pilot)]
-    command += ["--data", str(data), "--out", str(out), "--max-steps", str(TRAIN_STEPS)]
-    command += ["--epochs", "100", "--hidden-size", "64", "--layers", "1", "--top-k", "8"]
-    command += ["--lr", "3e-3", "--batch-size", "4", *extra]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("copilot")
-    pilot = make_tiny_llama(tmp / "pilot", ensure_default_model(), initializer_range=0.2)
-    data = tmp / "data.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"prompt": f"Add {i} and {i}.", "response": f"It is {2 * i}."}) + "\n"
-            for i in range(12)
-        )
-    )
-    run = train_copilot(pilot, data, tmp / "fix", "--space", "probs")
-    assert run.returncode == 0, run.stderr[-3000:]
-    config = write_config(
-        tmp / "corrigo.toml",
-        {
-            "model": {"path": str(pilot)},
-            "engine": {**TEST_ENGINE, "max_model_len": 256, "dtype": "float32"},
-            "copilots.fix": {"path": str(tmp / "fix")},
-        },
-    )
-    server = start_server(config, tmp / "server.log")
-    pilot_model = AutoModelForCausalLM.from_pretrained(str(pilot), dtype=torch.float32).eval()
-    copilot = read(tmp / "fix").load_model()
-    yield server, pilot_model, copilot, tmp
-    server.stop()
+def served(tiny_server, tiny_deployment, tiny_models):
+    """The shared tiny server (tests/integration/conftest.py): its ``base`` is the pilot."""
+    models, copilot = tiny_models
+    return tiny_server, models["base"], copilot, tiny_deployment
 
 
 def reference(pilot, copilot, prompt, lam, space):
@@ -108,8 +78,8 @@ CASES = {
 
 
 def test_training_lowers_the_rmse(served):
-    *_, tmp = served
-    losses = [json.loads(line)["loss"] for line in (tmp / "fix" / "train_log.jsonl").open()]
+    *_, deployment = served
+    losses = [json.loads(line)["loss"] for line in (deployment.copilot / "train_log.jsonl").open()]
     assert len(losses) == TRAIN_STEPS
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:3])
 
@@ -126,7 +96,7 @@ def test_mixed_batch_matches_the_fused_reference_and_reports_the_rectification(s
         if n > 1:
             extra["top_k"] = 1  # vLLM refuses n > 1 at temperature 0; top-1 sampling is argmax
         kwargs = dict(
-            model="pilot",
+            model="base",
             prompt=prompt,
             max_tokens=STEPS,
             temperature=0 if n == 1 else 1.0,
@@ -172,10 +142,10 @@ def test_mixed_batch_matches_the_fused_reference_and_reports_the_rectification(s
 
 
 def test_chat_prompts_are_rendered_as_the_trainer_renders_them(served):
-    server, pilot, copilot, tmp = served
+    server, pilot, copilot, deployment = served
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
     r = client.chat.completions.create(
-        model="pilot",
+        model="base",
         messages=[{"role": "user", "content": "Add 5 and 5."}],
         max_tokens=STEPS,
         temperature=0,
@@ -186,7 +156,9 @@ def test_chat_prompts_are_rendered_as_the_trainer_renders_them(served):
         },
     )
     prompt = r.model_extra["prompt_token_ids"]
-    assert prompt == render_prompt(AutoTokenizer.from_pretrained(tmp / "pilot"), "Add 5 and 5.")
+    assert prompt == render_prompt(
+        AutoTokenizer.from_pretrained(deployment.paths["base"]), "Add 5 and 5."
+    )
     assert (
         r.choices[0].model_extra["token_ids"] == reference(pilot, copilot, prompt, 1.0, "probs")[0]
     )
@@ -208,7 +180,7 @@ def test_bad_specs_are_400_naming_the_field(served, copilot, param):
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(
-            model="pilot", prompt="x", max_tokens=2, extra_body={"correction": {"copilot": copilot}}
+            model="base", prompt="x", max_tokens=2, extra_body={"correction": {"copilot": copilot}}
         )
     assert err.value.param == param
 
@@ -227,11 +199,11 @@ def test_every_copilot_step_is_timed(served):
 
 
 def test_a_copilot_bound_to_another_pilot_is_refused_at_start_up(served, tmp_path):
-    *_, tmp = served
+    *_, deployment = served
     other = make_tiny_llama(tmp_path / "other", ensure_default_model(), initializer_range=0.1)
     config = write_config(
         tmp_path / "corrigo.toml",
-        {"model": {"path": str(other)}, "copilots.fix": {"path": str(tmp / "fix")}},
+        {"model": {"path": str(other)}, "copilots.fix": {"path": str(deployment.copilot)}},
     )
     run = subprocess.run(
         [sys.executable, "-m", "server.cli", "serve", "--config", str(config), "--port", "0"],

@@ -4,7 +4,9 @@ Tensor parallelism 2 on the CPU engine (two worker processes, one core each): pr
 copilot-rectified greedy decoding through the server equals the single-process references of
 tests/integration/test_proxy_tuning_exact.py and test_copilot_exact.py for a mixed batch, and
 each figure is counted once (report steps and ``corrigo_plugin_step_seconds`` equal the
-generated tokens, not twice that).
+generated tokens, not twice that). Last, on the same server (saving an engine start): a dead
+engine-core process turns /ready and every request into a quick 503, and stopping the server
+then leaves no process behind, the tensor-parallel workers included.
 
 Ray: vLLM's Ray executor refuses the CPU platform ("current platform cpu does not support ray":
 ``CpuPlatform`` has no ``ray_device_key``, vllm/platforms/cpu.py; corrigo refuses the setting at
@@ -18,42 +20,35 @@ channel.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psutil
 import pytest
 import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from transformers import AutoModelForCausalLM
 
-from adapters.copilot_training import TrainSettings, train
-from adapters.default_model import ensure_default_model
 from adapters.engine import ServedModel, engine_args
 from adapters.engine_channel import FigureReceiver
 from adapters.manifest import DeploymentManifest, ModelEntry
 from adapters.request_reports import ReportBook
-from decoding.copilot.checkpoint import read
 
-from ..support import REPO, TEST_ENGINE, make_tiny_llama, start_server, write_config
+from ..support import REPO, start_server, write_config
 from .test_copilot_exact import STEPS as COPILOT_STEPS
-from .test_copilot_exact import TRAIN_STEPS
 from .test_copilot_exact import reference as copilot_reference
 from .test_proxy_tuning_exact import PROMPTS
 from .test_proxy_tuning_exact import STEPS as PROXY_STEPS
 from .test_proxy_tuning_exact import reference as proxy_reference
+from .test_shutdown import Stream, until
+from .tiny import ENGINE
 
 pytestmark = pytest.mark.engine
 
-#: The tiny test models: 2 attention heads, so each of 2 ranks holds one.
-ENGINE = {
-    **TEST_ENGINE,
-    "max_model_len": 256,
-    "dtype": "float32",
-    "kv_cache_memory_bytes": 64 << 20,  # per rank
-}
 #: Two ranks, one core each (vLLM's CPU workers pin their threads to these cores).
 TP2 = {**ENGINE, "tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
 TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
@@ -62,40 +57,11 @@ PROXY_COEFFICIENTS = {"expert": 1.0, "anti": -1.0}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """The tiny base (the copilot's pilot too), expert and anti-expert, and a copilot bound to
-    the base, with the transformers copies the references step."""
-    tmp = tmp_path_factory.mktemp("distributed")
-    tokenizer = ensure_default_model()
-    paths = {
-        name: make_tiny_llama(tmp / name, tokenizer, seed=seed, initializer_range=0.2)
-        for seed, name in enumerate(["base", "expert", "anti"])
-    }
-    data = tmp / "data.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"prompt": f"Add {i} and {i}.", "response": f"It is {2 * i}."}) + "\n"
-            for i in range(12)
-        )
-    )
-    # test_copilot_exact.py's copilot (its train_copilot settings), trained in this process.
-    settings = TrainSettings(
-        top_k=8,
-        hidden_size=64,
-        layers=1,
-        lr=3e-3,
-        epochs=100,
-        max_steps=TRAIN_STEPS,
-        batch_size=4,
-        space="probs",
-    )
-    for _ in train(str(paths["base"]), data, tmp / "fix", settings):
-        pass
-    loaded = {
-        name: AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
-        for name, p in paths.items()
-    }
-    return tmp, paths, loaded, read(tmp / "fix").load_model()
+def models(tiny_deployment, tiny_models):
+    """The shared tiny deployment (tests/integration/tiny.py): ``(folder, model folders,
+    transformers models, copilot model)``; the TP=2 server's files go in its folder."""
+    loaded, copilot = tiny_models
+    return tiny_deployment.folder, tiny_deployment.paths, loaded, copilot
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +74,7 @@ def tp2(models):
             "engine": TP2,
             "aux_models.expert": {"path": str(paths["expert"])},
             "aux_models.anti": {"path": str(paths["anti"])},
-            "copilots.fix": {"path": str(tmp / "fix")},
+            "copilots.fix": {"path": str(tmp / "fix")},  # tiny.build's copilot
         },
     )
     server = start_server(config, tmp / "tp2.log", env=TP2_ENV)
@@ -307,3 +273,41 @@ def test_a_ray_worker_corrects_from_the_vllm_config_alone(models):
 def sys_path_extra() -> list[str]:
     """Where this interpreter finds packages installed outside its environment (PYTHONPATH)."""
     return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def test_a_dead_engine_turns_ready_and_requests_into_quick_503s_and_leaves_no_process(tp2):
+    """Last in this module: it breaks the module's server."""
+    family = psutil.Process(tp2.pid).children(recursive=True)
+    engine = [p for p in family if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+    assert engine, [p.cmdline() for p in family]
+    assert len(family) > len(engine)  # the tensor-parallel workers (and vLLM's helpers)
+    stream = Stream(tp2, "", max_tokens=200, ignore_eos=True)
+    assert stream.first.wait(60)
+
+    engine[0].kill()
+    killed = time.monotonic()
+    # The stream in flight ends (with vLLM's error chunk) instead of hanging.
+    assert stream.ended.wait(15) and not stream.done
+    with httpx.Client(base_url=tp2.base_url, timeout=10) as c:
+        until(lambda: c.get("/ready").status_code == 503, 15)
+        print(f"/ready 503 {time.monotonic() - killed:.1f}s after the kill")
+        for path, body in [
+            ("/v1/completions", {"model": "base", "prompt": "a", "max_tokens": 5}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}]}),
+        ]:
+            started = time.monotonic()
+            r = c.post(path, json=body)
+            assert time.monotonic() - started < 2
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_not_ready"
+            assert "restarted" in r.json()["error"]["message"]
+        assert c.get("/health").status_code == 200  # the process itself still answers
+
+    tp2.process.send_signal(signal.SIGTERM)
+    tp2.process.wait(timeout=30)
+    time.sleep(1)
+    alive = []
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p.cmdline())
+    assert alive == [], alive

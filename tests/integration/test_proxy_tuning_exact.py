@@ -15,11 +15,6 @@ import pytest
 import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from transformers import AutoModelForCausalLM
-
-from adapters.default_model import ensure_default_model
-
-from ..support import TEST_ENGINE, make_tiny_llama, start_server, write_config
 
 pytestmark = pytest.mark.engine
 
@@ -28,32 +23,9 @@ PROMPTS = [[1, 504, 3458, 314], [1, 2683, 28, 940, 253, 1523], [1, 11234]]
 
 
 @pytest.fixture(scope="module")
-def trio(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("proxy")
-    tokenizer = ensure_default_model()
-    paths = {
-        name: make_tiny_llama(tmp / name, tokenizer, seed=seed, initializer_range=0.2)
-        for seed, name in enumerate(["base", "expert", "anti"])
-    }
-    config = write_config(
-        tmp / "corrigo.toml",
-        {
-            "model": {"path": str(paths["base"])},
-            "engine": {**TEST_ENGINE, "max_model_len": 256, "dtype": "float32"},
-            "aux_models.expert": {"path": str(paths["expert"])},
-            "aux_models.anti": {"path": str(paths["anti"])},
-            "profiles.tuned": {
-                "correction": {"proxy_tuning": {"expert": "expert", "anti_expert": "anti"}}
-            },
-        },
-    )
-    server = start_server(config, tmp / "server.log")
-    models = {
-        name: AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
-        for name, p in paths.items()
-    }
-    yield server, models
-    server.stop()
+def trio(tiny_server, tiny_models):
+    """The shared tiny server (tests/integration/conftest.py) and the transformers models."""
+    return tiny_server, tiny_models[0]
 
 
 def reference(models, prompt: list[int], coefficients: dict[str, float]) -> list[int]:

@@ -6,12 +6,12 @@ tests saturate, stop or break their server, which the shared session engine must
 - SIGTERM drains in-flight requests up to ``server.graceful_shutdown_seconds``, aborts the rest,
   and leaves no process behind (the vLLM engine core runs in a child process that, orphaned,
   ignores SIGTERM; DESIGN.md section 2).
-- A dead engine-core process turns /ready and every request into a quick 503.
+- A dead engine-core process turns /ready and every request into a quick 503: on the tensor-
+  parallel server of tests/integration/test_distributed.py, its last test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 import time
@@ -22,9 +22,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.default_model import ensure_default_model
-
-from ..support import TEST_ENGINE, LiveServer, make_tiny_llama, start_server, write_config
+from ..support import TEST_ENGINE, LiveServer, start_server, write_config
 
 pytestmark = pytest.mark.engine
 
@@ -33,11 +31,6 @@ MODEL = "busy-model"
 KEYS = ["key-admission", "key-rate", "key-other", "key-drain"]
 #: Longer than any test waits: ends only by an abort (TEST_ENGINE's context is 2048).
 LONG = {"max_tokens": 2000, "ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", ensure_default_model())
 
 
 @pytest.fixture(scope="module")
@@ -211,44 +204,3 @@ def test_sigterm_drains_within_the_grace_period_then_aborts_leaving_no_process(b
     time.sleep(1)  # let the kernel reap
     alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [p.cmdline() for p in alive]
-
-
-def test_dead_engine_process_turns_ready_and_requests_into_quick_503s(tiny_model, tmp_path):
-    config = write_config(
-        tmp_path / "corrigo.toml",
-        {"model": {"path": str(tiny_model)}, "engine": {**TEST_ENGINE, "max_model_len": 512}},
-    )
-    server = start_server(config, tmp_path / "server.log")
-    try:
-        family = psutil.Process(server.pid).children(recursive=True)
-        engine = [p for p in family if "EngineCore" in " ".join(p.cmdline()) + p.name()]
-        assert engine, [p.cmdline() for p in family]
-        stream = Stream(server, "", max_tokens=500, ignore_eos=True)
-        assert stream.first.wait(60)
-
-        engine[0].kill()
-        killed = time.monotonic()
-        # The stream in flight ends (with vLLM's error chunk) instead of hanging.
-        assert stream.ended.wait(15) and not stream.done
-        with httpx.Client(base_url=server.base_url, timeout=10) as c:
-            until(lambda: c.get("/ready").status_code == 503, 15)
-            print(f"/ready 503 {time.monotonic() - killed:.1f}s after the kill")
-            for path, body in [
-                ("/v1/completions", {"model": "tiny-llama", "prompt": "a", "max_tokens": 5}),
-                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}]}),
-            ]:
-                started = time.monotonic()
-                r = c.post(path, json=body)
-                assert time.monotonic() - started < 2
-                assert r.status_code == 503 and r.json()["error"]["code"] == "engine_not_ready"
-                assert "restarted" in r.json()["error"]["message"]
-            assert c.get("/health").status_code == 200  # the process itself still answers
-
-        server.process.send_signal(signal.SIGTERM)
-        server.process.wait(timeout=30)
-        time.sleep(1)
-        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert alive == [], [p.cmdline() for p in alive]
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop(signal.SIGKILL)

@@ -1,0 +1,41 @@
+"""Fixtures the integration modules share (tests/integration/tiny.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..support import start_server, write_config
+from . import tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_deployment(tmp_path_factory) -> tiny.TinyDeployment:
+    return tiny.build(tmp_path_factory.mktemp("tiny-deployment"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_deployment):
+    """``({name: transformers model}, copilot model)``."""
+    return tiny.load(tiny_deployment)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_deployment):
+    """``base`` served with both auxiliary models, the copilot, and a profile ``tuned``."""
+    paths = tiny_deployment.paths
+    config = write_config(
+        tiny_deployment.folder / "corrigo.toml",
+        {
+            "model": {"path": str(paths["base"])},
+            "engine": tiny.ENGINE,
+            "aux_models.expert": {"path": str(paths["expert"])},
+            "aux_models.anti": {"path": str(paths["anti"])},
+            "copilots.fix": {"path": str(tiny_deployment.copilot)},
+            "profiles.tuned": {
+                "correction": {"proxy_tuning": {"expert": "expert", "anti_expert": "anti"}}
+            },
+        },
+    )
+    server = start_server(config, tiny_deployment.folder / "server.log")
+    yield server
+    server.stop()
