@@ -27,7 +27,7 @@ from decoding.copilot.fusion import RectificationFusion
 from decoding.copilot.model import PilotFeatures
 
 from ..support import REPO, make_tiny_llama, write_config
-from .tiny import TRAIN_STEPS
+from .tiny import TRAIN_STEPS, completion
 
 pytestmark = pytest.mark.engine
 
@@ -90,29 +90,8 @@ def test_mixed_batch_matches_the_fused_reference_and_reports_the_rectification(s
 
     def run(case, prompt, stream, n):
         correction = CASES[case][0]
-        extra = {"ignore_eos": True, "return_token_ids": True}
-        if correction is not None:
-            extra["correction"] = {"copilot": correction}
-        if n > 1:
-            extra["top_k"] = 1  # vLLM refuses n > 1 at temperature 0; top-1 sampling is argmax
-        kwargs = dict(
-            model="base",
-            prompt=prompt,
-            max_tokens=STEPS,
-            temperature=0 if n == 1 else 1.0,
-            n=n,
-            extra_body=extra,
-        )
-        if not stream:
-            r = client.completions.create(**kwargs)
-            ids = [c.model_extra["token_ids"] for c in sorted(r.choices, key=lambda c: c.index)]
-            return ids, r.model_extra.get("correction")
-        ids, report = {}, None
-        for chunk in client.completions.create(stream=True, **kwargs):
-            report = chunk.model_extra.get("correction") or report
-            for c in chunk.choices:
-                ids.setdefault(c.index, []).extend(c.model_extra.get("token_ids") or [])
-        return [ids[i] for i in sorted(ids)], report
+        correction = None if correction is None else {"copilot": correction}
+        return completion(client, prompt, STEPS, correction, stream=stream, n=n)
 
     jobs = [
         (case, prompt, stream, n)

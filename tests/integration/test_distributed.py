@@ -45,7 +45,7 @@ from .test_proxy_tuning_exact import PROMPTS
 from .test_proxy_tuning_exact import STEPS as PROXY_STEPS
 from .test_proxy_tuning_exact import reference as proxy_reference
 from .test_shutdown import Stream, until
-from .tiny import ENGINE
+from .tiny import ENGINE, completion
 
 pytestmark = pytest.mark.engine
 
@@ -80,33 +80,6 @@ def tp2(models):
     server = start_server(config, tmp / "tp2.log", env=TP2_ENV)
     yield server
     server.stop()
-
-
-def completion(client: OpenAI, prompt, steps: int, correction=None, *, stream=False, n=1):
-    """Generated token ids per choice, and the response's correction report."""
-    extra = {"ignore_eos": True, "return_token_ids": True}
-    if correction is not None:
-        extra["correction"] = correction
-    if n > 1:  # vLLM refuses n > 1 at temperature 0; top-1 sampling is argmax
-        extra["top_k"] = 1
-    kwargs = dict(
-        model="base",
-        prompt=prompt,
-        max_tokens=steps,
-        temperature=0 if n == 1 else 1.0,
-        n=n,
-        extra_body=extra,
-    )
-    if not stream:
-        r = client.completions.create(**kwargs)
-        ids = [c.model_extra["token_ids"] for c in sorted(r.choices, key=lambda c: c.index)]
-        return ids, r.model_extra.get("correction")
-    ids, report = {}, None
-    for chunk in client.completions.create(stream=True, **kwargs):
-        report = chunk.model_extra.get("correction") or report
-        for c in chunk.choices:
-            ids.setdefault(c.index, []).extend(c.model_extra.get("token_ids") or [])
-    return [ids[i] for i in sorted(ids)], report
 
 
 def step_counts(base_url: str) -> dict[str, float]:

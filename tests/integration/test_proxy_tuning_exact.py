@@ -16,6 +16,8 @@ import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from .tiny import completion
+
 pytestmark = pytest.mark.engine
 
 STEPS = 10
@@ -74,29 +76,9 @@ def test_mixed_batch_matches_lockstep_reference(trio):
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
 
     def run(case: str, prompt: list[int], stream: bool, n: int) -> list[list[int]]:
-        correction, _ = CASES[case]
-        extra = {"ignore_eos": True, "return_token_ids": True}
-        if correction is not None:
-            extra["correction"] = {"proxy_tuning": correction}
-        if n > 1:  # vLLM refuses n > 1 with temperature 0; top_k=1 sampling is argmax too
-            extra["top_k"] = 1
-        temperature = 0 if n == 1 else 1.0
-        kwargs = dict(
-            model="base",
-            prompt=prompt,
-            max_tokens=STEPS,
-            temperature=temperature,
-            n=n,
-            extra_body=extra,
-        )
-        if not stream:
-            r = client.completions.create(**kwargs)
-            return [c.model_extra["token_ids"] for c in sorted(r.choices, key=lambda c: c.index)]
-        ids: dict[int, list[int]] = {}
-        for chunk in client.completions.create(stream=True, **kwargs):
-            for c in chunk.choices:
-                ids.setdefault(c.index, []).extend(c.model_extra.get("token_ids") or [])
-        return [ids[i] for i in sorted(ids)]
+        correction = CASES[case][0]
+        correction = None if correction is None else {"proxy_tuning": correction}
+        return completion(client, prompt, STEPS, correction, stream=stream, n=n)[0]
 
     jobs = [
         (case, prompt, stream, n)
