@@ -13,6 +13,8 @@ from decoding.copilot.binding import Binding, BindingError
 from decoding.copilot.checkpoint import CheckpointError, read
 from decoding.pipeline import TokenStream
 
+from .aux_runner import AuxModelRunner
+
 
 class CopilotConfigError(ValueError):
     """A declared copilot that cannot serve beside the served model; the message says why."""
@@ -56,8 +58,6 @@ class CopilotRunner:
     def __init__(
         self, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> None:
-        from .aux_runner import AuxModelRunner
-
         checkpoint = read(path)
         self.top_k = checkpoint.top_k
         self.binding = checkpoint.binding

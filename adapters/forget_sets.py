@@ -18,8 +18,17 @@ from collections.abc import Mapping
 from dataclasses import astuple
 from pathlib import Path
 
-from decoding.unlearning import ForgetSet, ForgetSetError, load_forget_set
+from transformers import AutoTokenizer
 
+from decoding.unlearning import (
+    ForgetFilters,
+    ForgetSet,
+    ForgetSetError,
+    Unlearning,
+    load_forget_set,
+)
+
+from .embeddings import minilm, token_table
 from .manifest import ForgetSetEntry
 
 
@@ -82,12 +91,6 @@ def engine_plugin(
     sets: the served model's tokenizer for the trie, MiniLM and the vocabulary's embedding
     table (``vocab_rows`` = the logits' width) for the soft filter; ``observe`` gets each
     step's counts (:data:`decoding.unlearning.plugin.Observer`)."""
-    from transformers import AutoTokenizer
-
-    from decoding.unlearning import ForgetFilters, Unlearning
-
-    from .embeddings import minilm, token_table
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
 
     def encode(texts: list[str]) -> list[list[int]]:

@@ -31,6 +31,8 @@ from decoding.proxy_tuning import ProxyTuning
 from decoding.unlearning import GATED_CONTEXT, Unlearning
 
 from . import copilots, forget_sets
+from .aux_overlap import overlap_for
+from .aux_runner import AuxModelRunner, runner_dtype
 from .engine_channel import FigureSender, StepMessage
 from .manifest import DeploymentManifest
 from .request_reports import FIELDS, SLOTS, XARGS_KEY
@@ -99,8 +101,6 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         self.pipeline = CorrectionPipeline(plugins, observe=self._time)
 
     def _plugins(self, manifest: DeploymentManifest, vllm_config, device) -> dict[str, StepPlugin]:
-        from .aux_overlap import overlap_for
-        from .aux_runner import AuxModelRunner, runner_dtype
 
         engine_dtype = vllm_config.model_config.dtype
         sources = {
