@@ -1,5 +1,5 @@
 """``corrigo copilot train``: the mistake log of a pilot over a dataset, and the copilot
-trained on it (DESIGN.md 4.2; Zou et al. 2025, "Transformer Copilot").
+trained on it (Zou et al. 2025, "Transformer Copilot").
 
 1. **Mistake log.** The pilot (transformers) reads each ``{"prompt", "response"}`` pair with
    teacher forcing: the prompt rendered by the pilot's chat template exactly as the server

@@ -19,7 +19,7 @@ from .vllm_compat import AsyncEngineArgs, AsyncLLM, platform_runs_ray, running_o
 logger = logging.getLogger(__name__)
 
 #: On the CPU build ``gpu_memory_utilization`` is the share of host memory given to the KV
-#: cache; vLLM's default (0.92) does not fit beside the server, 0.2 does (DESIGN.md section 2).
+#: cache; vLLM's default (0.92) does not fit beside the server, 0.2 does.
 CPU_MEMORY_UTILIZATION = 0.2
 #: vLLM's switch between its model runners (adapters/vllm_compat.py defaults it to 0).
 MODEL_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 # corrigo hosts its plugins through the V1 logits-processor interface; vLLM 0.33 on GPU would
-# otherwise pick Model Runner V2, which rejects V1-interface processors (DESIGN.md section 2).
+# otherwise pick Model Runner V2, which rejects V1-interface processors (README: Scaling out).
 # Must be set before vLLM reads its environment.
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 #: Key of ``SamplingParams.extra_args`` (the OpenAI field ``vllm_xargs``) that carries the spec.
 WIRE_KEY = "corrigo"
 
-#: Every correction the product defines, in the order per-step plugins run on a row's logits
-#: (DESIGN.md section 4): proxy-tuning shift, copilot rectification, unlearning penalties and
+#: Every correction the product defines, in the order per-step plugins run on a row's logits:
+#: proxy-tuning shift, copilot rectification, unlearning penalties and
 #: blocks (blocks last). Refinement wraps whole generations and is not a per-step plugin.
 PLUGIN_NAMES: tuple[str, ...] = ("proxy_tuning", "copilot", "unlearning", "refinement")
 

@@ -1,5 +1,5 @@
 """Copilot rectification: a small transformer trained on a pilot's mistake log corrects the
-pilot's next-token scores each step (DESIGN.md 4.2). One concept per module: the network
+pilot's next-token scores each step (Zou et al. 2025, "Transformer Copilot"). One concept per module: the network
 (``model``), the fusion rule (``fusion``), the pilot binding (``binding``), the checkpoint
 folder (``checkpoint``), the request parameters (``params``) and the step plugin (``plugin``).
 """

@@ -1,5 +1,5 @@
 """Copilot rectification (Zou et al. 2025, "Transformer Copilot"), adapted to an engine that
-exposes logits but no hidden states (DESIGN.md 4.2).
+exposes logits but no hidden states: the copilot reads the pilot's top-k, not its hidden states.
 
 Each step, for the rows that ask for copilot ``c`` with weight ``lambda`` and space ``sp``::
 

@@ -23,7 +23,7 @@ import torch
 
 from .forget_set import ForgetSet
 
-#: Default gate threshold (DESIGN.md 4.3; the GUARD reimplementation's p > 0.5).
+#: Default gate threshold (the GUARD reimplementation's p > 0.5).
 DEFAULT_THRESHOLD = 0.5
 #: How many entries an open gate retrieves at most.
 MAX_TARGETS = 3

@@ -5,7 +5,7 @@ tests saturate, stop or break their server, which the shared session engine must
 - Per-key rate limits through the OpenAI SDK.
 - SIGTERM drains in-flight requests up to ``server.graceful_shutdown_seconds``, aborts the rest,
   and leaves no process behind (the vLLM engine core runs in a child process that, orphaned,
-  ignores SIGTERM; DESIGN.md section 2).
+  ignores SIGTERM).
 - A dead engine-core process turns /ready and every request into a quick 503: on the tensor-
   parallel server of tests/integration/test_distributed.py, its last test.
 """
