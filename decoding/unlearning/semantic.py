@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-#: Default ban threshold on cosine similarity (GUARD's reference range is 0.3-0.7). 0.7: on MiniLM, " Berlin" scores 0.57 and " city" 0.57 against "paris", so 0.5
+#: Default ban threshold on cosine similarity (GUARD's reference range is 0.3-0.7). 0.7: on
+#: MiniLM, " Berlin" scores 0.57 and " city" 0.57 against "paris", so 0.5
 #: would ban other capitals' names whenever France's capital is forgotten.
 DEFAULT_DELTA = 0.7
 #: Default penalty weight lambda (GUARD's reimplementation subtracts max_sim itself).
