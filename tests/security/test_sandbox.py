@@ -502,8 +502,8 @@ def test_the_memory_limit_holds_for_the_whole_tree(confined):
         "    if pid == 0:\n"
         "        try:\n"
         "            block = b'x' * (120 * 1024 * 1024)\n"  # written, so resident
-        "            print('allocated', i, flush=True)\n"
-        "            time.sleep(2)\n"
+        "            time.sleep(3)\n"  # all four hold theirs at once
+        "            print('survived', i, flush=True)\n"
         "        finally:\n"
         "            os._exit(0)\n"
         "    pids.append(pid)\n"
@@ -511,8 +511,10 @@ def test_the_memory_limit_holds_for_the_whole_tree(confined):
         "    os.waitpid(pid, 0)\n"
     )
     result = confined.run(program, memory_mb=256, wall_seconds=10)
-    # Each child alone is within its rlimit; together they exceed the tree's 256 MB.
-    assert result["stdout"].count("allocated") < 4, result
+    # Each child alone is within its rlimit; together they exceed the tree's 256 MB, so the
+    # cgroup's OOM killer ends some of them. Which ones is the kernel's choice (often a child
+    # that had already allocated), so the test counts the children that lived to the end.
+    assert result["stdout"].count("survived") < 4, result
 
 
 def test_orphans_are_killed_and_nothing_is_left_behind(confined):
