@@ -32,8 +32,9 @@ from pathlib import Path
 
 import psutil
 
+from decoding.aux.dtypes import AuxDType, cpu_has_native_bf16, dtype_name, resolve_aux_dtype
+
 from .aux_memory import Footprint, ModelShape, estimate, model_shape
-from .dtypes import AuxDType, cpu_has_native_bf16, dtype_name, resolve_aux_dtype
 from .vllm_compat import device_memory, platform_kind
 
 #: Device memory a CUDA worker uses outside vLLM's share: its CUDA context (about 0.5 GiB on

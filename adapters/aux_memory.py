@@ -3,7 +3,7 @@ config (no weights loaded); adapters/aux_budget.py compares it with what the eng
 
 For a model of ``P`` parameters, ``L`` layers, ``A`` query and ``K`` key/value heads of ``D``
 dims, hidden size ``H``, MLP width ``I``, vocabulary ``V`` and (copilots) ``k`` pilot tokens
-read per position, in a dtype of ``b`` bytes, stepped by adapters/aux_runner.py for ``N`` rows
+read per position, in a dtype of ``b`` bytes, stepped by decoding/aux/runner.py for ``N`` rows
 of at most ``T`` tokens (vLLM's ``max_num_seqs`` and ``max_model_len``)::
 
     weights   = P b
@@ -41,11 +41,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from decoding.aux.dtypes import DTYPE_BYTES
+from decoding.aux.runner import HEADROOM
 from decoding.copilot.checkpoint import read
 from decoding.copilot.model import Copilot
-
-from .aux_runner import HEADROOM
-from .dtypes import DTYPE_BYTES
 
 #: Per model: kernel workspaces (on CUDA, the cuBLAS workspace of the model's stream: 32 MiB on
 #: Hopper) and what the allocator holds beyond the live tensors (measured on the CPU: 6 MB over
@@ -78,7 +77,7 @@ class ModelShape:
             layers=config.num_hidden_layers,
             attention_heads=heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            # As adapters/aux_runner.py lays the cache out.
+            # As decoding/aux/runner.py lays the cache out.
             head_dim=getattr(config, "head_dim", None) or hidden // heads,
             hidden=hidden,
             intermediate=getattr(config, "intermediate_size", None) or 4 * hidden,

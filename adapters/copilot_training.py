@@ -38,6 +38,9 @@ from tqdm.auto import tqdm
 from decoding.copilot import checkpoint
 from decoding.copilot.binding import Binding
 from decoding.copilot.model import Copilot
+from decoding.copilot.runner import pilot_identity
+
+from .aux_models import resolve_path
 
 LOG_DIR = "mistake_log"
 STATE = "train_state.pt"
@@ -300,9 +303,6 @@ def train(
     """Build the mistake log, train, save the checkpoint; yields ``(step, loss)`` as it goes.
     Resumes from whatever ``out`` already holds for the same pilot, data and settings."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from .aux_models import resolve_path
-    from .copilots import pilot_identity
 
     pilot_path = resolve_path(pilot)
     tokenizer = AutoTokenizer.from_pretrained(pilot_path)

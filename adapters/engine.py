@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from decoding.aux.dtypes import cpu_has_native_bf16
+
 from .default_model import DEFAULT_MODEL_ID, ensure_default_model
-from .dtypes import cpu_has_native_bf16
 from .logits_processor import LOGITS_PROCESSOR_FQCN
 from .manifest import DeploymentManifest
 from .vllm_compat import AsyncEngineArgs, AsyncLLM, platform_runs_ray, running_on_cpu

@@ -24,52 +24,53 @@ from typing import Any
 
 import torch
 
-from decoding.copilot import CopilotRectification
-from decoding.correction import WIRE_KEY, CorrectionSpec, decode_wire
+from decoding.contract import EngineSetup, Record
+from decoding.correction import decode_wire
 from decoding.pipeline import CorrectionPipeline, Row, StepPlugin
-from decoding.proxy_tuning import ProxyTuning
-from decoding.unlearning import GATED_CONTEXT, Unlearning
+from decoding.registry import Registry
+from decoding.spec import WIRE_KEY, CorrectionSpec
+from decoding.unlearning import GATED_CONTEXT
 
-from . import copilots, forget_sets
-from .aux_overlap import overlap_for
-from .aux_runner import AuxModelRunner, runner_dtype
 from .engine_channel import FigureSender, StepMessage
 from .manifest import DeploymentManifest
-from .request_reports import FIELDS, SLOTS, XARGS_KEY
+from .request_reports import SLOTS, XARGS_KEY
 from .tensor_parallel import RankRole
 from .vllm_compat import BatchUpdate, LogitsProcessor, MoveDirectionality, SamplingParams
 
-_FIELD = {name: i for i, name in enumerate(FIELDS)}
 
-#: The manifest of the server in this process, for ``validate_params`` (install_front_end).
-_front_end = DeploymentManifest()
+class _FrontEnd:
+    """The server's deployment in this process, for ``validate_params`` (install_front_end)."""
+
+    def __init__(self, manifest: DeploymentManifest) -> None:
+        self.registry = manifest.registry()
+        self.context = engine_context(manifest, self.registry)
 
 
 def install_front_end(manifest: DeploymentManifest) -> None:
     """Let ``validate_params``, which vLLM calls on the class in the server's process, check
     requests against this deployment (the server calls it once, at start-up)."""
     global _front_end
-    _front_end = manifest
+    _front_end = _FrontEnd(manifest)
 
 
-def engine_context(manifest: DeploymentManifest) -> dict[str, Any]:
+def engine_context(manifest: DeploymentManifest, registry: Registry) -> dict[str, Any]:
     """The validation context of a spec on the wire: the deployment's names, and the gate's
     fields, which only corrigo's server sets (server/corrections.py refuses them from clients)."""
-    return {**manifest.correction_context(), GATED_CONTEXT: True}
+    return {**manifest.correction_context(registry), GATED_CONTEXT: True}
 
 
-def spec_of(params: SamplingParams, context: Mapping[str, Any]) -> CorrectionSpec:
+#: Until the server installs its deployment: built-in corrections, nothing declared.
+_front_end = _FrontEnd(DeploymentManifest())
+
+
+def spec_of(
+    params: SamplingParams, registry: Registry, context: Mapping[str, Any]
+) -> CorrectionSpec:
     """The correction a request carries (empty when it carries none)."""
     extra = params.extra_args or {}
     if WIRE_KEY not in extra:
         return CorrectionSpec()
-    return decode_wire(extra[WIRE_KEY], context=context)
-
-
-def plugin_names(manifest: DeploymentManifest) -> list[str]:
-    """The per-step plugins an engine of this deployment hosts."""
-    names = [ProxyTuning.name, CopilotRectification.name]
-    return [*names, Unlearning.name] if manifest.forget_sets else names
+    return decode_wire(extra[WIRE_KEY], registry=registry, context=context)
 
 
 class _ComputedElsewhere(StepPlugin):
@@ -86,58 +87,40 @@ class CorrigoLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         manifest = DeploymentManifest.of(vllm_config)
-        self.context = engine_context(manifest)
+        self.registry = manifest.registry()
+        self.context = engine_context(manifest, self.registry)
         self.role = RankRole.of(vllm_config)
         self.tickets: dict[int, list[int]] = {}  # row uid -> its request's report ticket
-        #: This step's figures (row uid -> FIELDS values) and plugin times, sent after apply.
+        #: Where each correction's figures sit in a row of figures (the registry's order).
+        self._columns = {
+            key: i
+            for i, key in enumerate((name, figure.name) for name, figure in self.registry.figures)
+        }
+        #: This step's figures (row uid -> one row of figures) and plugin times, sent after apply.
         self._figures: dict[int, list[float]] = {}
         self._timings: dict[str, float] = {}
+        served = [c for c in self.registry if c.serves(manifest)]
         if self.role.leads:
-            plugins = self._plugins(manifest, vllm_config, device)
+            model_config = vllm_config.model_config
+            setup = EngineSetup(
+                deployment=manifest,
+                device=device,
+                dtype=model_config.dtype,
+                tokenizer=model_config.tokenizer,
+                vocab_size=model_config.get_vocab_size(),
+                recorder=self._recorder,
+            )
+            plugins = {c.name: c.plugin(setup) for c in served}
             self.sender = FigureSender(manifest.channel) if manifest.channel else None
         else:
-            plugins = {name: _ComputedElsewhere() for name in plugin_names(manifest)}
+            plugins = {c.name: _ComputedElsewhere() for c in served}
             self.sender = None
         self.pipeline = CorrectionPipeline(plugins, observe=self._time)
-
-    def _plugins(self, manifest: DeploymentManifest, vllm_config, device) -> dict[str, StepPlugin]:
-
-        engine_dtype = vllm_config.model_config.dtype
-        sources = {
-            name: AuxModelRunner(
-                entry.path, device=device, dtype=runner_dtype(entry.dtype, engine_dtype, device)
-            )
-            for name, entry in manifest.aux_models.items()
-        }
-        plugins: dict[str, StepPlugin] = {
-            ProxyTuning.name: ProxyTuning(sources, overlap_for(device)),
-            CopilotRectification.name: CopilotRectification(
-                {
-                    name: copilots.CopilotRunner(
-                        entry.path,
-                        device=device,
-                        dtype=runner_dtype(entry.dtype, engine_dtype, device),
-                    )
-                    for name, entry in manifest.copilots.items()
-                },
-                observe=self._report_copilot,
-            ),
-        }
-        if manifest.forget_sets:
-            model_config = vllm_config.model_config
-            plugins[Unlearning.name] = forget_sets.engine_plugin(
-                manifest.forget_sets,
-                model_config.tokenizer,
-                model_config.get_vocab_size(),
-                self._report_unlearning,
-            )
-        assert list(plugins) == plugin_names(manifest)
-        return plugins
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
         # Raises CorrectionError (a ValueError): vLLM answers 400.
-        spec_of(params, engine_context(_front_end))
+        spec_of(params, _front_end.registry, _front_end.context)
 
     def is_argmax_invariant(self) -> bool:
         # Corrections change which token wins, so vLLM must call us even for greedy batches.
@@ -150,7 +133,10 @@ class CorrigoLogitsProcessor(LogitsProcessor):
                 self.pipeline.remove(index)
             for index, params, prompt_ids, output_ids in batch_update.added:
                 self.pipeline.add(
-                    index, spec_of(params, self.context), prompt_ids or [], output_ids
+                    index,
+                    spec_of(params, self.registry, self.context),
+                    prompt_ids or [],
+                    output_ids,
                 )
                 self._take_ticket(index, params)
             for source, target, direction in batch_update.moved:
@@ -177,21 +163,29 @@ class CorrigoLogitsProcessor(LogitsProcessor):
     def _time(self, plugin: str, seconds: float) -> None:
         self._timings[plugin] = seconds
 
-    def _record(self, rows: Sequence[Row], figures: Mapping[str, torch.Tensor]) -> None:
-        """One plugin's per-row figures of this step, for the rows that have a ticket."""
-        if not any(row.uid in self.tickets for row in rows):
-            return  # nothing to copy off the device
-        columns = {_FIELD[name]: values.double().cpu().tolist() for name, values in figures.items()}
-        for i, row in enumerate(rows):
-            if row.uid in self.tickets:
-                values = self._figures.setdefault(row.uid, [0.0] * len(FIELDS))
-                for column, per_row in columns.items():
-                    values[column] = per_row[i]
+    def _recorder(self, correction: str) -> Record:
+        """The callback through which ``correction``'s plugin records per-row figures."""
+
+        def record(rows: Sequence[Row], figures: Mapping[str, torch.Tensor]) -> None:
+            if not any(row.uid in self.tickets for row in rows):
+                return  # nothing to copy off the device
+            width = len(self._columns)
+            columns = {
+                self._columns[correction, name]: values.double().cpu().tolist()
+                for name, values in figures.items()
+            }
+            for i, row in enumerate(rows):
+                if row.uid in self.tickets:
+                    values = self._figures.setdefault(row.uid, [0.0] * width)
+                    for column, per_row in columns.items():
+                        values[column] = per_row[i]
+
+        return record
 
     def _send(self) -> None:
         """This step's message: each ticketed row (whether or not a plugin had figures for it,
         so the server can count the step) and each plugin's time."""
-        none = [0.0] * len(FIELDS)
+        none = [0.0] * len(self._columns)
         rows = [
             [
                 *self.tickets[row.uid],
@@ -206,21 +200,6 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             self.sender.send(StepMessage(dict(self._timings), rows))
         self._figures.clear()
         self._timings.clear()
-
-    def _report_copilot(self, rows: Sequence[Row], mean: torch.Tensor, top: torch.Tensor) -> None:
-        steps = torch.ones(len(rows))
-        self._record(
-            rows, {"copilot_steps": steps, "copilot_abs_sum": mean, "copilot_abs_max": top}
-        )
-
-    def _report_unlearning(
-        self, rows: Sequence[Row], blocked: torch.Tensor, penalized: torch.Tensor
-    ) -> None:
-        steps = torch.ones(len(rows))
-        self._record(
-            rows,
-            {"unlearning_steps": steps, "tokens_blocked": blocked, "tokens_penalized": penalized},
-        )
 
 
 def _is_ticket(value) -> bool:

@@ -26,11 +26,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from decoding.copilot import COPILOTS_CONTEXT
-from decoding.proxy_tuning import AUX_MODELS_CONTEXT
-from decoding.unlearning import FORGET_SETS_CONTEXT
-
-from .dtypes import AuxDType
+from decoding.aux.dtypes import AuxDType
+from decoding.registry import Registry
+from decoding.unlearning.loading import ForgetSetEntry
 
 
 class ManifestError(RuntimeError):
@@ -45,21 +43,8 @@ class ModelEntry:
     #: Resolved HF-format folder (a copilot's: its checkpoint folder).
     path: str
     #: The declared dtype; "auto" is resolved on the engine side, against the engine's own
-    #: dtype and device (adapters/dtypes.py).
+    #: dtype and device (decoding/aux/dtypes.py).
     dtype: AuxDType = "auto"
-
-
-@dataclass(frozen=True)
-class ForgetSetEntry:
-    """A forget set (``[forget_sets.NAME]``): where each engine process reads it, and what it
-    must find there."""
-
-    #: Resolved path of the JSONL file (private to corrigo's user).
-    path: str
-    #: :func:`adapters.forget_sets.digest` of the entries the server loaded.
-    digest: str
-    #: Number of entries (request validation bounds the retrieved indices by it).
-    entries: int
 
 
 @dataclass(frozen=True)
@@ -81,17 +66,19 @@ class DeploymentManifest:
     aux_models: Mapping[str, ModelEntry] = field(default_factory=dict)
     copilots: Mapping[str, ModelEntry] = field(default_factory=dict)
     forget_sets: Mapping[str, ForgetSetEntry] = field(default_factory=dict)
+    #: The operator's own corrections (``[corrections] extra``), run after the built-ins.
+    extra_corrections: tuple[str, ...] = ()
     channel: ReportChannel | None = None
 
-    def correction_context(self) -> dict[str, Any]:
+    def registry(self) -> Registry:
+        """The corrections this deployment serves (decoding/registry.py)."""
+        return Registry.with_extras(self.extra_corrections)
+
+    def correction_context(self, registry: Registry) -> dict[str, Any]:
         """The validation context of per-step corrections on this deployment: the names a
         request may use (and each forget set's size). The server adds its own keys (refinement,
         sandbox, policies); the engine side adds that the gate's fields were set by corrigo."""
-        return {
-            AUX_MODELS_CONTEXT: set(self.aux_models),
-            COPILOTS_CONTEXT: set(self.copilots),
-            FORGET_SETS_CONTEXT: {name: s.entries for name, s in self.forget_sets.items()},
-        }
+        return registry.context(self)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +90,7 @@ class DeploymentManifest:
             aux_models={n: ModelEntry(**e) for n, e in data.get("aux_models", {}).items()},
             copilots={n: ModelEntry(**e) for n, e in data.get("copilots", {}).items()},
             forget_sets={n: ForgetSetEntry(**e) for n, e in data.get("forget_sets", {}).items()},
+            extra_corrections=tuple(data.get("extra_corrections", ())),
             channel=ReportChannel(**channel) if channel is not None else None,
         )
 

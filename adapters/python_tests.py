@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
-from decoding.correction import NestedFieldError
+from decoding.params import NestedFieldError
 from decoding.refinement.verdict import Verdict, failed
 from decoding.refinement.verifier import Cost, VerifierParams, VerifyContext, register_verifier
 

@@ -1,5 +1,7 @@
 """Per-request figures recorded by the engine and read by the server for the response's
 ``correction`` report (the copilot's ``|rectification|``, the unlearning filters' counts).
+Which figures there are, and their order in a row, comes from the registry
+(decoding/registry.py ``Registry.figures``): both processes build the same one.
 
 For each request that wants a report the server takes a ticket ``[slot, generation]`` (a free
 slot and a fresh generation number) and sends it to the engine in ``vllm_xargs``
@@ -27,22 +29,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from decoding.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 #: Key of ``vllm_xargs`` carrying ``[slot, generation]``.
 XARGS_KEY = "corrigo_report"
 #: Requests that can hold a ticket at once; beyond, a request is served without figures.
 SLOTS = 4096
-#: Each step's figures, per row: sums over steps, but ``*_max`` fields, which keep the maximum.
-FIELDS = (
-    "copilot_steps",
-    "copilot_abs_sum",
-    "copilot_abs_max",
-    "unlearning_steps",
-    "tokens_blocked",
-    "tokens_penalized",
-)
-_MAX = np.array([name.endswith("_max") for name in FIELDS])
 #: Longest a report waits for the figures of steps whose tokens it has seen. They travel
 #: beside the tokens and are sent before them (a step's figures leave before its token is
 #: sampled), so this bound is only reached when they were lost.
@@ -63,7 +57,10 @@ class ReportBook:
     """The server's side: hands out tickets, files the engine's step figures under them, and
     sums them for the report. Used on the server's event loop only."""
 
-    def __init__(self, slots: int = SLOTS) -> None:
+    def __init__(self, registry: Registry, slots: int = SLOTS) -> None:
+        self.registry = registry
+        self._width = len(registry.figures)
+        self._max = np.array([figure.reduce == "max" for _, figure in registry.figures])
         self._free = list(range(slots - 1, -1, -1))
         self._held: dict[int, _Ticket] = {}
         self._generations = itertools.count(1)
@@ -84,11 +81,11 @@ class ReportBook:
             self._free.append(ticket[0])
 
     def record(self, rows: Sequence[Sequence[float]]) -> None:
-        """One step's ``[slot, generation, uid, position, *values]`` rows (values in
-        :data:`FIELDS` order); rows of tickets no longer held are ignored."""
+        """One step's ``[slot, generation, uid, position, *values]`` rows (values in the
+        registry's figure order); rows of tickets no longer held are ignored."""
         touched = set()
         for row in rows:
-            if len(row) != 4 + len(FIELDS):
+            if len(row) != 4 + self._width:
                 continue
             held = self._held.get(int(row[0]))
             if held is None or held.generation != row[1]:
@@ -104,19 +101,19 @@ class ReportBook:
         held = self._held.get(ticket[0])
         return len(held.steps) if held is not None and held.generation == ticket[1] else 0
 
-    def read(self, ticket: Sequence[int]) -> dict[str, float]:
-        """Every field summed over the ticket's steps (maximum for ``*_max``; zeros once the
-        ticket was given back)."""
+    def read(self, ticket: Sequence[int]) -> dict[str, dict[str, float]]:
+        """``{correction: {figure: value}}`` over the ticket's steps: each figure reduced as
+        it declares (sum or max; zeros once the ticket was given back)."""
         held = self._held.get(ticket[0])
         if held is None or held.generation != ticket[1] or not held.steps:
-            return dict.fromkeys(FIELDS, 0.0)
+            return self.registry.split([0.0] * self._width)
         table = np.stack(list(held.steps.values()))
-        totals = np.where(_MAX, table.max(axis=0), table.sum(axis=0))
-        return {name: float(v) for name, v in zip(FIELDS, totals, strict=True)}
+        totals = np.where(self._max, table.max(axis=0), table.sum(axis=0))
+        return self.registry.split([float(v) for v in totals])
 
     async def settled(
         self, ticket: Sequence[int], tokens: int, timeout: float = SETTLE_SECONDS
-    ) -> dict[str, float]:
+    ) -> dict[str, dict[str, float]]:
         """:meth:`read` once the ticket's steps cover ``tokens`` generated tokens (all its
         choices together), waiting for them at most ``timeout`` seconds."""
         held = self._held.get(ticket[0])

@@ -9,7 +9,7 @@ It builds two small random Llama models and checks, on ``--device``:
 
 1. **Streams.** Proxy-tuning's code path (``ProxyTuning.prepare`` then ``apply``) steps both
    models for ``--rows`` rows, once with every forward inline on the current stream and once
-   with each model on its own CUDA stream (adapters/aux_overlap.py ``StreamOverlap``), from
+   with each model on its own CUDA stream (decoding/aux/streams.py ``StreamOverlap``), from
    the same state. The corrected logits must be bitwise identical at every step (a missing
    event or ``record_stream`` shows as a difference or a crash); it reports the milliseconds
    per step of each.
@@ -35,10 +35,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from adapters.aux_budget import CUDA_RESERVE
 from adapters.aux_memory import ModelShape, estimate
-from adapters.aux_overlap import StreamOverlap
-from adapters.aux_runner import AuxModelRunner
+from decoding.aux.overlap import Inline
+from decoding.aux.runner import AuxModelRunner
+from decoding.aux.streams import StreamOverlap
 from decoding.correction import parse_correction
-from decoding.overlap import Inline
 from decoding.pipeline import Row, TokenStream
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 

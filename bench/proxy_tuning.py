@@ -3,7 +3,7 @@
 The reference loop is how the authors' code runs proxy-tuning: per request, the base, expert
 and anti-expert transformers models are stepped one after another, batch 1, each with its own
 KV cache, and requests are served one at a time. corrigo runs the base in vLLM and the two
-auxiliary models batched across all proxy-tuned rows inside the engine (adapters/aux_runner.py).
+auxiliary models batched across all proxy-tuned rows inside the engine (decoding/aux/runner.py).
 
 By default all three models are the embedded SmolLM2-135M (the expert and anti-expert are two
 separately loaded copies), so the model FLOP ratio of a proxy-tuned step to a plain one is 3 and

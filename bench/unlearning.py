@@ -88,7 +88,7 @@ async def bench_server(base_url, model_id, prompts, args, forget_set) -> list[Ru
 
 def soft_strategies(tokenizer, sample: int = 2048, rows: int = 8, steps: int = 50) -> str:
     """Time both soft-filter strategies on one torch thread (as in the engine process)."""
-    from adapters.embeddings import minilm
+    from decoding.unlearning.embeddings import minilm
     from decoding.unlearning.semantic import penalty, similarity
 
     torch.set_num_threads(1)

@@ -1,8 +1,8 @@
 """What happens to one token: the per-step correction pipeline over a batch of rows.
 
 Each engine step the pipeline gets the raw logits ``[rows, vocab]`` of the whole batch and
-applies, in the fixed order of :data:`decoding.correction.PLUGIN_NAMES`, each per-step plugin
-to the rows whose request asked for it::
+applies, in the fixed order of the registry (decoding/registry.py), each per-step plugin to
+the rows whose request asked for it::
 
     proxy-tuning shift -> copilot rectification -> unlearning penalties -> unlearning blocks
 
@@ -30,7 +30,8 @@ from typing import ClassVar
 
 import torch
 
-from .correction import PLUGIN_NAMES, CorrectionSpec, PluginParams
+from .params import CorrectionParams
+from .spec import CorrectionSpec
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Row:
     spec: CorrectionSpec
     stream: TokenStream
 
-    def params(self, plugin: str) -> PluginParams:
-        return self.spec.plugins[plugin]
+    def params(self, plugin: str) -> CorrectionParams:
+        return self.spec.steps[plugin]
 
 
 class StepPlugin(ABC):
@@ -95,11 +96,9 @@ class CorrectionPipeline:
         plugins: Mapping[str, StepPlugin],
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        """``observe(plugin, seconds)``, if given, is told each plugin's time per step."""
-        unknown = set(plugins) - set(PLUGIN_NAMES)
-        if unknown:
-            raise ValueError(f"not per-step corrections: {sorted(unknown)}")
-        self.plugins = [(name, plugins[name]) for name in PLUGIN_NAMES if name in plugins]
+        """``plugins`` by correction name, in the order they run on a row (the registry's);
+        ``observe(plugin, seconds)``, if given, is told each plugin's time per step."""
+        self.plugins = list(plugins.items())
         self.rows: dict[int, Row] = {}
         self._uids = itertools.count()
         self._observe = observe
@@ -111,7 +110,7 @@ class CorrectionPipeline:
     ) -> None:
         """A request entered slot ``index`` (replacing whatever was there)."""
         self.remove(index)
-        if any(name in spec.plugins for name, _ in self.plugins):
+        if any(name in spec.steps for name, _ in self.plugins):
             self.rows[index] = Row(next(self._uids), spec, TokenStream(prompt, output))
 
     def remove(self, index: int) -> None:
@@ -137,7 +136,7 @@ class CorrectionPipeline:
 
     def _selected(self, name: str) -> list[tuple[int, Row]]:
         """The rows using plugin ``name``, in batch order."""
-        return sorted((index, row) for index, row in self.rows.items() if name in row.spec.plugins)
+        return sorted((index, row) for index, row in self.rows.items() if name in row.spec.steps)
 
     def prepare(self) -> None:
         """The batch is final for the coming step (call before the engine's forward)."""

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from decoding.cache import cache_dir
+
 from .copilot import first_word, load_split
 from .unlearning import FACTS, ask_all, load_facts
 
@@ -73,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from adapters.default_model import cache_dir
 
     work = args.work_dir or cache_dir() / "evals" / "proxy-tuning"
     (work / "stages").mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
@@ -19,6 +20,7 @@ from adapters.logits_processor import install_front_end
 from adapters.python_tests import SANDBOX_CONTEXT
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.unlearning import POLICIES_CONTEXT, ForgetSet
+from decoding.unlearning.embeddings import minilm
 
 from .auth import APIKeyAuth
 from .config import Config
@@ -48,19 +50,22 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         raise
     manifest = deployment.manifest
     install_front_end(manifest)
+    python_sandbox = _python_sandbox(config)
+    # What requests are validated against: the deployment's names, then the server's keys.
+    context = manifest.correction_context(deployment.registry)
+    judges = configure_refinement(context, config)
+    context[SANDBOX_CONTEXT] = python_sandbox.refusal
+    context[POLICIES_CONTEXT] = forget_set_policies(config.forget_sets)
+    profiles = load_profiles(config.profiles, model.model_id, context, deployment.registry)
     runtime = EngineRuntime(
         model,
         engine_args(model, config.engine, manifest),
-        manifest.correction_context(),
-        figures,
+        registry=deployment.registry,
+        correction_context=context,
+        catalog=catalog(profiles, model.model_id, base_public=config.model.public),
+        unlearning=_unlearning_gate(config, deployment.forget_sets),
+        figures=figures,
     )
-    judges = configure_refinement(runtime, config)
-    python_sandbox = _python_sandbox(config)
-    runtime.correction_context[SANDBOX_CONTEXT] = python_sandbox.refusal
-    runtime.unlearning = _unlearning_gate(config, deployment.forget_sets)
-    runtime.correction_context[POLICIES_CONTEXT] = forget_set_policies(config.forget_sets)
-    profiles = load_profiles(config.profiles, model.model_id, runtime.correction_context)
-    runtime.catalog = catalog(profiles, model.model_id, base_public=config.model.public)
     registry = get_prometheus_registry()
     registry.register(PluginStepCollector(runtime.step_times))
 
@@ -130,13 +135,9 @@ def _python_sandbox(config: Config) -> sandbox.Sandbox:
 
 def _unlearning_gate(config: Config, forget_sets: dict[str, ForgetSet]) -> UnlearningGate | None:
     """The gate over the forget sets the deployment loaded (the engine side filters with the
-    same content: adapters/forget_sets.py)."""
+    same content: decoding/unlearning/loading.py)."""
     if not forget_sets:
         return None
-    import torch
-
-    from adapters.embeddings import minilm
-
     # The gate's MiniLM is the only torch work in this process. One thread keeps it off the
     # core(s) the engine computes on; its inputs are a few short texts per request.
     torch.set_num_threads(1)

@@ -175,12 +175,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from adapters.aux_budget import AuxMemoryError, check_aux_memory
     from adapters.aux_models import AuxModelError
-    from adapters.copilots import CopilotConfigError
     from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
     from adapters.engine_channel import ChannelError
     from adapters.remote_model import JudgeConfigError
     from adapters.verifier_plugins import VerifierPluginError
+    from decoding.copilot.runner import CopilotConfigError
     from decoding.unlearning import ForgetSetError
 
     from .app import create_app
@@ -209,6 +209,7 @@ def serve(args: argparse.Namespace) -> int:
         VerifierPluginError,
         JudgeConfigError,
         ChannelError,
+        ConfigError,
     ) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2

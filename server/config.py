@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.dtypes import AuxDType
 from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
+from decoding.aux.dtypes import AuxDType
 from decoding.refinement.params import BudgetCaps
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
 from decoding.refinement.verifier import TreeLimits
@@ -242,9 +242,7 @@ class RefinementConfig(_Section):
     #: Where requests may send verifications (webhook, judge ``url``): entries
     #: ``scheme://host[:port][/path]`` (port ``*`` or empty: any port), matched by parsed scheme,
     #: host, port and path segments (decoding/refinement/urls.py); empty: nowhere.
-    url_prefixes: list[Annotated[str, AfterValidator(_url_prefix)]] = Field(
-        default_factory=list
-    )
+    url_prefixes: list[Annotated[str, AfterValidator(_url_prefix)]] = Field(default_factory=list)
     #: Streaming: seconds between SSE keep-alive comments while the rounds run.
     keepalive_seconds: float = Field(5.0, gt=0)
     #: Caps on one verifier tree: its parts, its depth (a lone verifier is 1), and its costly
@@ -299,6 +297,13 @@ class VerifierConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class CorrectionsConfig(_Section):
+    #: The operator's own per-step corrections, ``"package.module:OBJECT"`` each naming a
+    #: ``decoding.contract.Correction``; they run after the built-ins, in this order
+    #: (decoding/registry.py). Every engine process imports them too.
+    extra: list[str] = Field(default_factory=list)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -311,6 +316,7 @@ class Config(_Section):
     #: Copilots (trained by ``corrigo copilot train``), by the name requests use.
     copilots: dict[str, CopilotConfig] = Field(default_factory=dict)
     aux_memory: AuxMemoryConfig = Field(default_factory=AuxMemoryConfig)
+    corrections: CorrectionsConfig = Field(default_factory=CorrectionsConfig)
     #: Named bundles of a model and a default correction, listed in /v1/models and selectable
     #: as ``model`` by clients that cannot send extra body fields.
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict)

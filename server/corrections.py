@@ -10,21 +10,18 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import decoding.copilot  # noqa: F401  (registers the copilot correction)
-import decoding.proxy_tuning  # noqa: F401  (registers the proxy_tuning correction)
-import decoding.refinement  # noqa: F401  (registers the refinement correction)
-import decoding.unlearning  # noqa: F401  (registers the unlearning correction)
 from adapters.request_reports import XARGS_KEY as REPORT_KEY
-from decoding.correction import WIRE_KEY, CorrectionError, CorrectionSpec, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
+from decoding.registry import Registry
+from decoding.spec import WIRE_KEY, CorrectionSpec
 
 from .errors import APIError
-
-#: Corrections whose report carries figures recorded in the engine (adapters/request_reports.py).
-MEASURED = ("copilot", "unlearning")
 
 
 def take_correction(
     body: dict[str, Any],
+    registry: Registry,
     context: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     enforced: Collection[str] = frozenset(),
@@ -58,7 +55,7 @@ def take_correction(
     if defaults is not None and (requested is None or isinstance(requested, Mapping)):
         requested = merge_correction(defaults, requested or {})
     try:
-        return parse_correction(requested, context=context)
+        return parse_correction(requested, registry=registry, context=context)
     except CorrectionError as exc:
         raise APIError(400, exc.message, param=exc.param, code="invalid_correction") from None
 
@@ -78,37 +75,36 @@ def merge_correction(defaults: Mapping[str, Any], request: Mapping[str, Any]) ->
 def wire_xargs(
     spec: CorrectionSpec | None, xargs: dict[str, Any] | None, ticket: list[int] | None = None
 ) -> dict[str, Any] | None:
-    """The request's ``vllm_xargs`` with the spec's per-step plugins added (unchanged when it
-    names none), and the report ``ticket`` the engine sends the request's figures under.
+    """The request's ``vllm_xargs`` with the spec's per-step corrections added (unchanged when
+    it names none), and the report ``ticket`` the engine sends the request's figures under.
     Refinement wraps whole generations in the server and never reaches the engine."""
-    if spec is None:
+    if spec is None or not spec.steps:
         return xargs
-    per_step = CorrectionSpec({k: v for k, v in spec.plugins.items() if k != "refinement"})
-    if not per_step:
-        return xargs
-    wired = {**(xargs or {}), WIRE_KEY: per_step.to_wire()}
+    wired = {**(xargs or {}), WIRE_KEY: spec.to_wire()}
     if ticket is not None:
         wired[REPORT_KEY] = ticket
     return wired
 
 
-def wants_figures(spec: CorrectionSpec | None) -> bool:
-    return bool(spec) and any(name in spec.plugins for name in MEASURED)
+def wants_figures(spec: CorrectionSpec | None, registry: Registry) -> bool:
+    """Whether the spec names a correction whose plugin records per-row figures."""
+    return spec is not None and any(name in spec.steps for name in registry.measured)
 
 
 def correction_report(
-    spec: CorrectionSpec, figures: Mapping[str, float | int] | None = None, **details: Any
+    spec: CorrectionSpec,
+    registry: Registry,
+    figures: Mapping[str, Mapping[str, float]] | None = None,
+    **details: Any,
 ) -> dict[str, Any]:
-    """The ``correction`` object added to a response that asked for corrections; ``details``
-    are per-plugin reports (e.g. ``unlearning=...``). With a copilot: ``{"steps",
-    "mean_abs_rectification", "max_abs_rectification"}`` over the request's steps (all its
-    choices), ``|lambda * f|`` over the vocabulary, in the fusion space's units."""
-    report: dict[str, Any] = {"plugins": list(spec.names), **details}
-    if figures is not None and "copilot" in spec.plugins:
-        steps = int(figures["copilot_steps"])
-        report["copilot"] = {
-            "steps": steps,
-            "mean_abs_rectification": figures["copilot_abs_sum"] / steps if steps else 0.0,
-            "max_abs_rectification": figures["copilot_abs_max"],
-        }
-    return report
+    """The ``correction`` object added to a response that asked for corrections: the names it
+    applied, each per-step correction's own report from its figures over the request's steps
+    (decoding/contract.py ``Correction.report``), and ``details`` built elsewhere (e.g. the
+    unlearning gate's, ``unlearning=...``)."""
+    report: dict[str, Any] = {"plugins": list(spec.names)}
+    for name, params in spec.steps.items():
+        if figures is not None and name in figures and name not in details:
+            part = registry[name].report(params, figures[name])
+            if part is not None:
+                report[name] = part
+    return {**report, **details}

@@ -11,14 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters import aux_models, copilots, forget_sets
+from adapters import aux_models
 from adapters.aux_budget import Declared
 from adapters.aux_memory import copilot_shape, model_shape
 from adapters.engine import ServedModel
 from adapters.manifest import DeploymentManifest, ModelEntry, ReportChannel
+from decoding.copilot import runner as copilots
+from decoding.registry import Registry, RegistryError
 from decoding.unlearning import ForgetSet
+from decoding.unlearning import loading as forget_sets
 
-from .config import Config
+from .config import Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Deployment:
 
     manifest: DeploymentManifest
     forget_sets: dict[str, ForgetSet]
+    #: The corrections served (built-ins and the operator's extras: decoding/registry.py).
+    registry: Registry
 
 
 def build_deployment(config: Config, model: ServedModel, channel: ReportChannel) -> Deployment:
@@ -46,9 +51,14 @@ def build_deployment(config: Config, model: ServedModel, channel: ReportChannel)
         aux_models=aux,
         copilots=bound,
         forget_sets={n: forget_sets.manifest_entry(paths[n], s) for n, s in loaded.items()},
+        extra_corrections=tuple(config.corrections.extra),
         channel=channel,
     )
-    return Deployment(manifest, loaded)
+    try:
+        registry = manifest.registry()
+    except RegistryError as exc:
+        raise ConfigError(f"corrections.extra: {exc}") from None
+    return Deployment(manifest, loaded, registry)
 
 
 def aux_declared(manifest: DeploymentManifest) -> list[Declared]:

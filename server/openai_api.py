@@ -27,7 +27,7 @@ from adapters.vllm_compat import (
     ErrorResponse,
     error_response_from_exception,
 )
-from decoding.correction import CorrectionSpec
+from decoding.spec import CorrectionSpec
 
 from .admission import AdmissionControl, RateLimiter, Slot
 from .auth import validated_key
@@ -47,6 +47,7 @@ from .openapi import (
 from .profiles import Profile
 from .refinement import RefinementDriver
 from .runtime import EngineRuntime
+from .unlearning import NAME as UNLEARNING_NAME
 from .unlearning import Admission, GateJob
 
 #: Status recorded when the client went away before the response was complete (nginx's code).
@@ -148,7 +149,7 @@ def build_router(
                 rate_limiter.check(_client_id(raw))
             runtime.require_ready()
             request = await _parse(raw, ex)
-            refine = ex.correction is not None and "refinement" in ex.correction.plugins
+            refine = ex.correction is not None and ex.correction.refinement is not None
             if refine:
                 if endpoint is not Endpoint.CHAT or refinement is None:
                     raise APIError(
@@ -198,7 +199,9 @@ def build_router(
         body["model"] = runtime.model.model_id  # the engine serves a profile's base model
         defaults = ex.profile.correction if ex.profile is not None else None
         enforced = ex.profile.enforced if ex.profile is not None else frozenset()
-        ex.correction = take_correction(body, runtime.correction_context, defaults, enforced)
+        ex.correction = take_correction(
+            body, runtime.registry, runtime.correction_context, defaults, enforced
+        )
         if body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
             # for one, and drops it again when the client did not.
@@ -228,7 +231,7 @@ def build_router(
             if gated is None:
                 return False
             ex.correction, ex.unlearning = gated
-        if wants_figures(ex.correction):
+        if wants_figures(ex.correction, runtime.registry):
             ex.ticket = runtime.reports.take()
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
         return True
@@ -240,8 +243,9 @@ def build_router(
             figures = await runtime.reports.settled(ex.ticket, ex.completion_tokens)
         details = {}
         if ex.unlearning is not None:
-            details["unlearning"] = runtime.unlearning.finish(ex.unlearning, figures)
-        return correction_report(ex.correction, figures, **details)
+            own = figures.get(UNLEARNING_NAME) if figures is not None else None
+            details["unlearning"] = runtime.unlearning.finish(ex.unlearning, own)
+        return correction_report(ex.correction, runtime.registry, figures, **details)
 
     async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
         result = await scope.run(_call_vllm(raw, request, ex.endpoint))

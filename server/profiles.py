@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
+from decoding.registry import DEFAULT, Registry
 
 from .config import ProfileConfig
 from .errors import APIError
@@ -70,7 +72,10 @@ class Catalog:
 
 
 def load_profiles(
-    profiles: Mapping[str, ProfileConfig], served_model: str, context: Mapping[str, Any]
+    profiles: Mapping[str, ProfileConfig],
+    served_model: str,
+    context: Mapping[str, Any],
+    registry: Registry = DEFAULT,
 ) -> dict[str, Profile]:
     """Check every profile against the deployment (model, correction) at start-up."""
     out: dict[str, Profile] = {}
@@ -83,7 +88,10 @@ def load_profiles(
             )
         try:
             parse_correction(
-                config.correction, context=context, prefix=f"profiles.{name}.correction"
+                config.correction,
+                registry=registry,
+                context=context,
+                prefix=f"profiles.{name}.correction",
             )
         except CorrectionError as exc:
             raise ProfileError(exc.message) from None

@@ -33,7 +33,6 @@ import adapters.webhook  # noqa: F401  (registers the webhook verifier)
 from adapters import verifier_plugins
 from adapters.remote_model import configured_judges, remote_generate
 from adapters.vllm_compat import CompletionRequest, ErrorResponse
-from decoding.correction import CorrectionSpec
 from decoding.refinement import (
     Candidate,
     Generation,
@@ -51,6 +50,7 @@ from decoding.refinement.model_verifiers import JUDGES_CONTEXT
 from decoding.refinement.params import BUDGET_CAPS_CONTEXT, MAX_ROUNDS_CONTEXT, BudgetCaps
 from decoding.refinement.urls import URL_PREFIXES_CONTEXT, parse_prefix
 from decoding.refinement.verifier import TREE_LIMITS_CONTEXT, TreeLimits
+from decoding.spec import CorrectionSpec
 
 from .cancellation import CancelScope
 from .config import Config
@@ -62,23 +62,24 @@ from .unlearning import NAME as UNLEARNING
 from .unlearning import request_texts
 
 
-def configure_refinement(runtime: EngineRuntime, config: Config) -> dict[str, GenerateFn]:
-    """Load the configured custom verifiers, declare the caps, the URL allow-list and the
-    judge names requests are validated against; the configured judges' clients (each holding
-    its key, read from the environment now: a missing one is a start-up error)."""
+def configure_refinement(context: dict[str, Any], config: Config) -> dict[str, GenerateFn]:
+    """Load the configured custom verifiers, declare in the validation ``context`` the caps,
+    the URL allow-list and the judge names requests are validated against; the configured
+    judges' clients (each holding its key, read from the environment now: a missing one is a
+    start-up error)."""
     verifier_plugins.load_verifiers(config.verifiers)
-    runtime.correction_context[MAX_ROUNDS_CONTEXT] = config.refinement.max_rounds
-    runtime.correction_context[URL_PREFIXES_CONTEXT] = tuple(
+    context[MAX_ROUNDS_CONTEXT] = config.refinement.max_rounds
+    context[URL_PREFIXES_CONTEXT] = tuple(
         parse_prefix(entry) for entry in config.refinement.url_prefixes
     )
-    runtime.correction_context[JUDGES_CONTEXT] = frozenset(config.judges)
+    context[JUDGES_CONTEXT] = frozenset(config.judges)
     settings = config.refinement
-    runtime.correction_context[TREE_LIMITS_CONTEXT] = TreeLimits(
+    context[TREE_LIMITS_CONTEXT] = TreeLimits(
         nodes=settings.max_verifier_nodes,
         depth=settings.max_verifier_depth,
         costly=settings.max_costly_verifiers,
     )
-    runtime.correction_context[BUDGET_CAPS_CONTEXT] = BudgetCaps(
+    context[BUDGET_CAPS_CONTEXT] = BudgetCaps(
         max_engine_calls=settings.max_engine_calls,
         max_sandbox_seconds=settings.max_sandbox_seconds,
         max_seconds=settings.max_seconds,
@@ -135,7 +136,7 @@ class RefinementDriver:
         Every round runs in ``scope``: a client that leaves cancels the rounds."""
         from .openai_api import CLIENT_CLOSED
 
-        params: RefinementParams = ex.correction.plugins["refinement"]
+        params: RefinementParams = ex.correction.refinement
         usage = _Usage()
         messages = [dict(m) for m in request.messages]
         outcome = await scope.run(self._run(request, ex, params, messages, usage))
@@ -150,7 +151,7 @@ class RefinementDriver:
     def stream(self, request, ex, record: Callable[[Any], None]) -> AsyncIterator[str]:
         """The SSE events of a streamed refinement (the streaming response runs them and
         cancels them when the client leaves)."""
-        params: RefinementParams = ex.correction.plugins["refinement"]
+        params: RefinementParams = ex.correction.refinement
         messages = [dict(m) for m in request.messages]
         return self._stream(request, ex, params, messages, _Usage(), record)
 
@@ -194,7 +195,7 @@ class RefinementDriver:
         serving = self.runtime.serving.openai_serving_chat
         plain = _without_corrigo(request.vllm_xargs)
         # The texts the gate read at admission (only a request with unlearning is gated).
-        unlearning = ex.correction is not None and UNLEARNING in ex.correction.plugins
+        unlearning = ex.correction is not None and UNLEARNING in ex.correction.steps
         admitted = set(request_texts({"messages": request.messages})) if unlearning else set()
         cap = request.max_completion_tokens or request.max_tokens
         base = f"refine-{uuid.uuid4().hex[:16]}"
@@ -251,8 +252,8 @@ class RefinementDriver:
         client text: a regex verifier's feedback quotes its pattern) is gated too, and the
         entries it retrieves join the request's targets: a round can only be filtered more."""
         spec = ex.correction
-        plugins = dict(spec.plugins) if per_step and spec is not None else {}
-        params = spec.plugins.get(UNLEARNING) if spec is not None else None
+        steps = dict(spec.steps) if per_step and spec is not None else {}
+        params = spec.steps.get(UNLEARNING) if spec is not None else None
         if params is not None and self.runtime.unlearning is not None:
             added = [t for t in request_texts({"messages": messages}) if t not in admitted]
             try:
@@ -260,8 +261,8 @@ class RefinementDriver:
             except APIError as err:
                 raise GenerationRefused(err.message, err) from None
             targets = tuple(sorted({*(params.targets or ()), *more}))
-            plugins[UNLEARNING] = params.model_copy(update={"targets": targets})
-        return wire_xargs(CorrectionSpec(plugins), plain) if plugins else plain
+            steps[UNLEARNING] = params.model_copy(update={"targets": targets})
+        return wire_xargs(CorrectionSpec(steps), plain) if steps else plain
 
     async def _next_token(self, prompt: str, top: int) -> dict[str, float]:
         """The ``top`` next-token log-probabilities after ``prompt``: one forward (a 1-token
@@ -296,7 +297,7 @@ class RefinementDriver:
             self.metrics.refinement_flips.labels(outcome.strategy, outcome.truth.flip).inc()
 
     def _report(self, outcome: Outcome, ex) -> dict[str, Any]:
-        return {**correction_report(ex.correction), "refinement": outcome.report()}
+        return correction_report(ex.correction, self.runtime.registry, refinement=outcome.report())
 
     def _response(self, outcome: Outcome, usage: _Usage, ex) -> dict[str, Any]:
         result, choice = outcome.chosen.payload
@@ -416,7 +417,7 @@ def _smallest(*limits: int | None) -> int | None:
 
 
 def _without_corrigo(xargs: dict[str, Any] | None) -> dict[str, Any] | None:
-    from decoding.correction import WIRE_KEY
+    from decoding.spec import WIRE_KEY
 
     if not xargs or WIRE_KEY not in xargs:
         return xargs

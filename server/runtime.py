@@ -22,9 +22,11 @@ from adapters.engine_channel import FigureReceiver, StepMessage
 from adapters.request_reports import ReportBook
 from adapters.step_timing import StepHistograms
 from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_app_state
+from decoding.registry import DEFAULT, Registry
 
 from .errors import APIError
 from .profiles import Catalog
+from .unlearning import UnlearningGate
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ class EngineRuntime:
         self,
         model: ServedModel,
         args: AsyncEngineArgs,
+        *,
+        registry: Registry = DEFAULT,
         correction_context: Mapping[str, Any] | None = None,
+        catalog: Catalog | None = None,
+        unlearning: UnlearningGate | None = None,
         figures: FigureReceiver | None = None,
     ) -> None:
         #: Called when the engine cannot start; the CLI uses it to stop the server, so that a
@@ -51,20 +57,22 @@ class EngineRuntime:
         self.on_fatal: Callable[[], None] | None = None
         self.model = model
         self.args = args
-        #: What request validation needs to know about this deployment (the manifest's
-        #: context; the app adds the server's own keys).
+        #: The per-step corrections served (decoding/registry.py), as the engine has them.
+        self.registry = registry
+        #: What request validation needs to know about this deployment: the manifest's
+        #: context and the server's own keys (refinement caps, sandbox, forget-set policies).
         self.correction_context = dict(correction_context or {})
+        #: The model ids clients may name: profiles by name, and the served model unless hidden
+        #: (server/profiles.py).
+        self.catalog = catalog if catalog is not None else Catalog(model.model_id, {})
+        #: The unlearning gate (server/unlearning.py), where forget sets are declared.
+        self.unlearning = unlearning
         #: The report channel the engine's output rank sends each step's figures on, and
         #: where they are kept: per request (reports) and per plugin (/metrics).
         self.figures = figures
-        self.reports = ReportBook()
+        self.reports = ReportBook(registry)
         self.step_times = StepHistograms()
         self._receiving: asyncio.Task | None = None
-        #: The model ids clients may name: profiles by name, and the served model unless hidden
-        #: (server/profiles.py); set by the app.
-        self.catalog = Catalog(model.model_id, {})
-        #: The unlearning gate (server/unlearning.py), set by the app when forget sets exist.
-        self.unlearning = None
         self.phase = Phase.STARTING
         self.failure: str | None = None
         self.engine: AsyncLLM | None = None

@@ -25,12 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from decoding.correction import CorrectionSpec
+from decoding.spec import CorrectionSpec
 from decoding.unlearning import (
     ForgetGate,
     ForgetSet,
     ForgetSetPolicy,
     GateDecision,
+    Unlearning,
     UnlearningParams,
 )
 from decoding.unlearning.gate import Embedder, chunks
@@ -39,7 +40,7 @@ from .config import ForgetSetConfig, LimitsConfig
 from .errors import APIError
 from .metrics import ServerMetrics
 
-NAME = "unlearning"
+NAME = Unlearning.name
 #: Gate decisions as metric labels and in the report.
 FILTER, PASS = "filter", "pass"
 #: Request fields whose text a chat template may render into the prompt: the gate reads them.
@@ -183,14 +184,14 @@ class UnlearningGate:
         self.policies = dict(policies)
         self.max_chars = limits.max_gate_chars
         self.max_pieces = limits.max_gate_pieces
-        # MiniLM serialises its encodes (adapters/embeddings.py): one thread of its own, so
+        # MiniLM serialises its encodes (decoding/unlearning/embeddings.py): one thread of its own, so
         # queued gate work never holds the event loop's default executor.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearning-gate")
 
     def prepare(self, spec: CorrectionSpec | None, body: Mapping[str, Any]) -> GateJob | None:
         """Cheap checks before admission (fail closed): 400 for text the gate cannot read or
         more than it reads; None when the request asks no unlearning."""
-        params = spec.plugins.get(NAME) if spec is not None else None
+        params = spec.steps.get(NAME) if spec is not None else None
         if params is None:
             return None
         assert isinstance(params, UnlearningParams)
@@ -221,8 +222,7 @@ class UnlearningGate:
         label = FILTER if decision.opened else PASS
         self.metrics.unlearning_gate.labels(self.policy(params).label, label).inc()
         gated = params.model_copy(update={"targets": decision.targets})
-        plugins = {**spec.plugins, NAME: gated}
-        return CorrectionSpec(plugins), Admission(params, decision)
+        return spec.with_step(NAME, gated), Admission(params, decision)
 
     async def more_targets(self, params: UnlearningParams, texts: Sequence[str]) -> tuple[int, ...]:
         """The entries ``texts`` retrieve under an admitted request's ``params``: text the
@@ -248,14 +248,15 @@ class UnlearningGate:
         return self.policies.get(params.forget_set) or ForgetSetPolicy()
 
     def finish(self, admission: Admission, figures: Mapping[str, float] | None) -> dict[str, Any]:
-        """The request's report, from the figures the engine recorded for it (once its
+        """The request's report, from the unlearning figures the engine recorded for it
+        (decoding/unlearning/correction.py; once its
         generation is over; idempotent). Without the set's ``report_detail``: the decision only
         (the score, its threshold, the entries retrieved and the tokens blocked would each tell
         the client how near its text, or the model's output, is to the set's content)."""
         if admission.report is None:
             figures = figures or {}
             counts = {
-                "steps": int(figures.get("unlearning_steps", 0)),
+                "steps": int(figures.get("steps", 0)),
                 "tokens_blocked": int(figures.get("tokens_blocked", 0)),
                 "tokens_penalized": int(figures.get("tokens_penalized", 0)),
             }

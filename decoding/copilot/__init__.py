@@ -4,15 +4,14 @@ pilot's next-token scores each step (Zou et al. 2025, "Transformer Copilot"). On
 folder (``checkpoint``), the request parameters (``params``) and the step plugin (``plugin``).
 """
 
-from ..correction import register_plugin
 from .binding import Binding, BindingError
+from .correction import CORRECTION
 from .fusion import SPACES, RectificationFusion
 from .params import COPILOTS_CONTEXT, CopilotParams
 from .plugin import CopilotRectification
 
-register_plugin(CopilotRectification.name, CopilotParams)
-
 __all__ = [
+    "CORRECTION",
     "COPILOTS_CONTEXT",
     "SPACES",
     "Binding",

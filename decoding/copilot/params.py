@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
-from ..correction import PluginParams
+from ..params import CorrectionParams
 
 #: Validation context key listing the copilot names the deployment declares (each one already
 #: checked, at start-up, to be bound to the served model).
 COPILOTS_CONTEXT = "copilots"
 
 
-class CopilotParams(PluginParams):
+class CopilotParams(CorrectionParams):
     """``{"name": NAME, "lambda": 1.0, "space": "logits" | "probs"}``; ``lambda`` and
     ``space`` default to the checkpoint's (recorded when it was trained)."""
 

@@ -39,7 +39,7 @@ Observer = Callable[[Sequence[Row], torch.Tensor, torch.Tensor], None]
 
 
 class RectificationSource(Protocol):
-    """A copilot stepped in lockstep with the engine (adapters/copilots.py)."""
+    """A copilot stepped in lockstep with the engine (decoding/copilot/runner.py)."""
 
     top_k: int
     binding: Binding

@@ -29,7 +29,7 @@ import referencing.exceptions
 import referencing.jsonschema
 from jsonschema.exceptions import ValidationError
 
-from ..correction import NestedFieldError
+from ..params import NestedFieldError
 from .patterns import check_deadline, compile_pattern
 
 #: Deepest nesting of the schema document (objects and arrays).
@@ -160,8 +160,7 @@ class _Walk:
         self.visited += 1
         if self.visited > MAX_EXPANDED:
             raise NestedFieldError(
-                f"the schema expands to more than {MAX_EXPANDED} subschemas through its "
-                "references"
+                f"the schema expands to more than {MAX_EXPANDED} subschemas through its references"
             )
         resolver = resolver.in_subresource(resource)
         expanding = bool(chain)  # inside a reference's target: already checked in place

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
-from ..correction import NestedFieldError
+from ..params import NestedFieldError
 from .generation import user_text
 from .templates import check_template
 from .urls import check_url

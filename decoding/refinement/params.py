@@ -29,9 +29,12 @@ from pydantic import (
     model_validator,
 )
 
-from ..correction import NestedFieldError, PluginParams, register_plugin
+from ..params import CorrectionParams, NestedFieldError
 from .templates import check_template
 from .verifier import build_verifier, parse_verifier
+
+#: The key of the request's ``correction`` object that asks for refinement.
+REFINEMENT = "refinement"
 
 #: Validation context key: the server's cap on ``max_rounds``.
 MAX_ROUNDS_CONTEXT = "refinement_max_rounds"
@@ -110,7 +113,7 @@ def _verifier_spec(value: Any, info: ValidationInfo) -> dict[str, Any]:
     return parse_verifier(value, info.context)
 
 
-class RefinementParams(PluginParams):
+class RefinementParams(CorrectionParams):
     """Generate, verify, and while not accepted and budget remains, regenerate with feedback;
     then return the best-scoring candidate (ties go to the earliest, so never below the
     draft)."""
@@ -183,6 +186,3 @@ class RefinementParams(PluginParams):
 
 def _caps(info: ValidationInfo) -> BudgetCaps:
     return (info.context or {}).get(BUDGET_CAPS_CONTEXT) or BudgetCaps()
-
-
-register_plugin("refinement", RefinementParams)

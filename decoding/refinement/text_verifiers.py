@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, FiniteFloat, field_validator, model_validator
 
-from ..correction import NestedFieldError
+from ..params import NestedFieldError
 from .json_schemas import build_validator, check_schema, validation_errors
 from .patterns import PatternTimeout, check_deadline, compile_pattern, run_bounded
 from .verdict import Verdict, failed, passed

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from ..correction import NestedFieldError, PluginParams
+from ..params import CorrectionParams, NestedFieldError
 from .budget import SANDBOX_SECONDS, Budget
 from .generation import GenerateFn, Message, NextTokenFn
 from .verdict import Verdict, failed
@@ -63,7 +63,7 @@ class TreeLimits:
     costly: int = 8
 
 
-class VerifierParams(PluginParams):
+class VerifierParams(CorrectionParams):
     """Base of every verifier type's parameters: ``type`` plus the type's own keys."""
 
     type: str

@@ -6,6 +6,7 @@ meaning penalised (:mod:`.semantic`) at every step (:mod:`.plugin`). This regula
 does not remove knowledge from the weights, and the forget sets must stay server-side.
 """
 
+from .correction import CORRECTION
 from .forget_set import ForgetEntry, ForgetSet, ForgetSetError, load_forget_set
 from .gate import ForgetGate, GateDecision
 from .params import (
@@ -19,6 +20,7 @@ from .params import (
 from .plugin import ForgetFilters, Unlearning
 
 __all__ = [
+    "CORRECTION",
     "FORGET_SETS_CONTEXT",
     "GATED_CONTEXT",
     "POLICIES_CONTEXT",

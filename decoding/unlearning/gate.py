@@ -37,7 +37,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 class Embedder(Protocol):
-    """A sentence encoder (adapters/embeddings.py: MiniLM)."""
+    """A sentence encoder (decoding/unlearning/embeddings.py: MiniLM)."""
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """``[len(texts), dim]`` float32 embeddings of unit norm."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
-from ..correction import PluginParams
+from ..params import CorrectionParams
 from .gate import DEFAULT_THRESHOLD
 from .semantic import DEFAULT_DELTA, DEFAULT_LAMBDA
 
@@ -51,7 +51,7 @@ class ForgetSetPolicy:
         return self.public_label or UNDISCLOSED
 
 
-class UnlearningParams(PluginParams):
+class UnlearningParams(CorrectionParams):
     #: Name of a configured forget set.
     forget_set: str
     #: Gate threshold on MiniLM cosine similarity between the request and the set's entries;

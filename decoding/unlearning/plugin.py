@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..correction import register_plugin
 from ..pipeline import Row, StepPlugin
 from .forget_set import ForgetSet
 from .gate import Embedder
@@ -158,6 +157,3 @@ class Unlearning(StepPlugin):
 
     def release(self, uid: int) -> None:
         self._states.pop(uid, None)
-
-
-register_plugin(Unlearning.name, UnlearningParams)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from adapters import sandbox
 from adapters.python_tests import SANDBOX_CONTEXT, PythonTestsParams, PythonTestsVerifier
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.refinement import VerifyContext
 
 

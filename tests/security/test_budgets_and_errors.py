@@ -26,7 +26,7 @@ def assert_error(response, status: int, param=None, code=None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert "Traceback" not in response.text and "File \"" not in response.text
+    assert "Traceback" not in response.text and 'File "' not in response.text
     if param is not None:
         assert (error["param"] or "").startswith(param), error
     if code is not None:

@@ -584,10 +584,18 @@ def test_refused_with_a_400_where_user_namespaces_are_unavailable(tmp_path):
         assert not report["available"] and worker.refusal.startswith(REFUSAL), worker.hello
         assert "unshare" in worker.refusal and 'isolation = "limits-only"' in worker.refusal
         answer = worker.ask(
-            {"correction": {"refinement": {"verifier": {"all": [
-                {"type": "regex", "pattern": "."},
-                {"type": "python_tests", "tests": ["assert True"]},
-            ]}}}}  # fmt: skip
+            {
+                "correction": {
+                    "refinement": {
+                        "verifier": {
+                            "all": [
+                                {"type": "regex", "pattern": "."},
+                                {"type": "python_tests", "tests": ["assert True"]},
+                            ]
+                        }
+                    }
+                }
+            }  # fmt: skip
         )
         assert answer["status"] == 400, answer
         assert answer["param"] == "correction.refinement.verifier.all.1.type"

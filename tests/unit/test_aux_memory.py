@@ -29,14 +29,14 @@ from adapters.aux_memory import (
     layout_bytes,
     model_shape,
 )
-from adapters.aux_runner import HEADROOM, AuxModelRunner, runner_dtype
-from adapters.copilots import CopilotRunner
 from adapters.default_model import ensure_default_model
-from adapters.dtypes import dtype_name, resolve_aux_dtype
 from adapters.engine import ServedModel, check_engine_args, engine_args
+from decoding.aux.dtypes import dtype_name, resolve_aux_dtype
+from decoding.aux.runner import HEADROOM, AuxModelRunner, runner_dtype
 from decoding.copilot.binding import Binding
 from decoding.copilot.checkpoint import save
 from decoding.copilot.model import Copilot
+from decoding.copilot.runner import CopilotRunner
 from decoding.pipeline import TokenStream
 
 from ..support import make_tiny_llama, tiny_llama_config
@@ -303,5 +303,3 @@ def test_the_figures_come_from_vllms_resolved_config(tiny):
     declared = [Declared("aux_models.same", model_shape(tiny), "auto")]
     line = check_aux_memory(declared, config, tiny, None)
     assert "needed on this host beside the engine for 12 rows of 256 tokens" in line
-
-

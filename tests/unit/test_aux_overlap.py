@@ -1,4 +1,4 @@
-"""Lanes for auxiliary forwards (decoding/overlap.py, adapters/aux_overlap.py): order within a
+"""Lanes for auxiliary forwards (decoding/aux/overlap.py, decoding/aux/streams.py): order within a
 lane, overlap across lanes, errors taken with the result, the device choosing the kind, and
 proxy-tuning on real auxiliary models giving the same logits on threads as inline. The CUDA
 streams are checked by bench/aux_streams_check.py on a CUDA host."""
@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 
-from adapters.aux_overlap import StreamOverlap, ThreadOverlap, overlap_for
-from adapters.aux_runner import AuxModelRunner
 from adapters.default_model import ensure_default_model
+from decoding.aux.overlap import Inline
+from decoding.aux.runner import AuxModelRunner
+from decoding.aux.streams import StreamOverlap, ThreadOverlap, overlap_for
 from decoding.correction import parse_correction
-from decoding.overlap import Inline
 from decoding.pipeline import Row, TokenStream
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from adapters.aux_runner import AuxModelRunner
 from adapters.default_model import ensure_default_model
+from decoding.aux.runner import AuxModelRunner
 from decoding.pipeline import TokenStream
 
 from ..support import make_tiny_llama

@@ -19,12 +19,12 @@ from adapters.copilot_training import (
     tail_bound,
     train,
 )
-from adapters.copilots import CopilotConfigError, CopilotRunner, check_binding
 from adapters.default_model import ensure_default_model
 from decoding.copilot import COPILOTS_CONTEXT, CopilotRectification, RectificationFusion
 from decoding.copilot.binding import Binding, BindingError
 from decoding.copilot.checkpoint import CheckpointError, read, save
 from decoding.copilot.model import Copilot, PilotFeatures
+from decoding.copilot.runner import CopilotConfigError, CopilotRunner, check_binding
 from decoding.correction import CorrectionError, decode_wire, parse_correction
 from decoding.pipeline import Row, TokenStream
 
@@ -119,8 +119,8 @@ def test_params_round_trip_through_the_wire_with_lambda_spelled_out():
     }
     assert decode_wire(spec.to_wire(), context=CONTEXT) == spec
     defaults = parse_correction({"copilot": {"name": "fix"}}, context=CONTEXT)
-    assert defaults.plugins["copilot"].lambda_ is None
-    assert defaults.plugins["copilot"].space is None
+    assert defaults.steps["copilot"].lambda_ is None
+    assert defaults.steps["copilot"].space is None
 
 
 # -- binding and checkpoint -----------------------------------------------------------------------

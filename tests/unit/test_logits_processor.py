@@ -9,25 +9,43 @@ from adapters import logits_processor
 from adapters.logits_processor import LOGITS_PROCESSOR_FQCN, CorrigoLogitsProcessor
 from adapters.manifest import DeploymentManifest, ManifestError, ModelEntry
 from adapters.vllm_compat import BatchUpdate, MoveDirectionality, SamplingParams
-from decoding import correction as mod
-from decoding.correction import WIRE_KEY, CorrectionError, PluginParams, parse_correction
+from decoding.contract import Correction, EngineSetup
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError, CorrectionParams
+from decoding.pipeline import StepPlugin
+from decoding.spec import WIRE_KEY
 
 
-class Params(PluginParams):
+class Params(CorrectionParams):
     weight: float = 1.0
 
 
-@pytest.fixture
-def plugin(monkeypatch):
-    monkeypatch.setattr(mod, "_REGISTRY", {})
-    mod.register_plugin("proxy_tuning", Params)
+class _Unchanged(StepPlugin):
+    name = "weighted"
+
+    def apply(self, logits, rows):
+        return logits
 
 
-#: An engine's vLLM config as the processor reads it: one rank, corrigo's (empty) manifest.
+class Weighted(Correction):
+    """An operator's extra correction (``[corrections] extra``) that leaves logits alone."""
+
+    name = "weighted"
+    params = Params
+
+    def plugin(self, setup: EngineSetup) -> StepPlugin:
+        return _Unchanged()
+
+
+WEIGHTED = Weighted()
+#: The deployment: no models declared, the extra correction above.
+MANIFEST = DeploymentManifest(extra_corrections=(f"{__name__}:WEIGHTED",))
+
+#: An engine's vLLM config as the processor reads it: one rank, the manifest above.
 ONE_RANK = SimpleNamespace(
-    additional_config=DeploymentManifest(),
+    additional_config=MANIFEST,
     parallel_config=SimpleNamespace(tensor_parallel_size=1, pipeline_parallel_size=1),
-    model_config=SimpleNamespace(dtype=torch.float32),
+    model_config=SimpleNamespace(dtype=torch.float32, tokenizer="", get_vocab_size=lambda: 8),
 )
 
 
@@ -36,7 +54,7 @@ def processor() -> CorrigoLogitsProcessor:
 
 
 def corrected(weight: float = 1.0) -> SamplingParams:
-    spec = parse_correction({"proxy_tuning": {"weight": weight}})
+    spec = parse_correction({"weighted": {"weight": weight}}, registry=MANIFEST.registry())
     return SamplingParams(extra_args={WIRE_KEY: spec.to_wire()})
 
 
@@ -50,7 +68,7 @@ def update(size, removed=(), added=(), moved=()):
 
 def weights(proc):
     rows = proc.pipeline.rows
-    return {index: row.params("proxy_tuning").weight for index, row in rows.items()}
+    return {index: row.params("weighted").weight for index, row in rows.items()}
 
 
 def test_fqcn_points_at_the_class():
@@ -72,8 +90,10 @@ def test_validate_params_accepts_plain_and_refuses_bad_specs():
 
 def test_validate_params_checks_against_the_manifest_the_server_installed(monkeypatch):
     copilot_x = SamplingParams(extra_args={WIRE_KEY: '{"copilot": {"name": "x"}}'})
-    monkeypatch.setattr(logits_processor, "_front_end", DeploymentManifest())
-    logits_processor.install_front_end(DeploymentManifest(copilots={"x": ModelEntry("/copilots/x")}))
+    monkeypatch.setattr(logits_processor, "_front_end", logits_processor._front_end)
+    logits_processor.install_front_end(
+        DeploymentManifest(copilots={"x": ModelEntry("/copilots/x")})
+    )
     CorrigoLogitsProcessor.validate_params(copilot_x)
 
 
@@ -87,7 +107,7 @@ def test_is_not_argmax_invariant():
     assert processor().is_argmax_invariant() is False
 
 
-def test_rows_follow_adds_removals_and_moves(plugin):
+def test_rows_follow_adds_removals_and_moves():
     proc = processor()
     out0, out2 = [5], [7]
     proc.update_state(

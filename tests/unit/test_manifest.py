@@ -17,6 +17,7 @@ from adapters.manifest import (
 )
 from decoding.copilot import COPILOTS_CONTEXT
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
+from decoding.registry import DEFAULT
 from decoding.unlearning import FORGET_SETS_CONTEXT
 
 KEY = "ab" * 32
@@ -44,7 +45,7 @@ def test_it_round_trips_through_json_and_pickle():
 
 
 def test_the_validation_context_names_what_requests_may_use():
-    assert manifest().correction_context() == {
+    assert manifest().correction_context(DEFAULT) == {
         AUX_MODELS_CONTEXT: {"expert", "anti"},
         COPILOTS_CONTEXT: {"fix"},
         FORGET_SETS_CONTEXT: {"vault": 12},

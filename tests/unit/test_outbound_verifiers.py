@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from adapters.remote_model import JudgeConfigError, configured_judges
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.refinement import Services, VerifyContext, build_verifier, parse_verifier
 from decoding.refinement.generation import Generation
 from decoding.refinement.loop import RefinementRun
@@ -33,7 +34,7 @@ def test_a_client_naming_an_environment_variable_is_refused_alike(name):
 
 
 def test_judge_names_are_checked_and_exclusive_with_url_and_model():
-    assert judge(judge="grader").plugins["refinement"].verifier["judge"] == "grader"
+    assert judge(judge="grader").refinement.verifier["judge"] == "grader"
     with pytest.raises(CorrectionError) as err:
         judge(judge="other")
     assert err.value.param == "correction.refinement.verifier.judge"

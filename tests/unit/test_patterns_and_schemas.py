@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.refinement import VerifyContext, build_verifier, parse_verifier
 from decoding.refinement.json_schemas import check_schema
 from decoding.refinement.patterns import compile_pattern
@@ -115,9 +116,7 @@ def test_patterns_re2_cannot_run_are_refused_saying_so(pattern, words):
 def test_answer_extract_and_schema_patterns_are_re2_too():
     err = refused({"type": "answer", "reference": "1", "extract": r"(\d)\1"})
     assert err.param == "correction.refinement.verifier.extract" and "RE2" in err.message
-    err = refused(
-        {"type": "json_schema", "schema": {"properties": {"a": {"pattern": "(?=x)"}}}}
-    )
+    err = refused({"type": "json_schema", "schema": {"properties": {"a": {"pattern": "(?=x)"}}}})
     assert err.param == "correction.refinement.verifier.schema.properties.a.pattern"
     err = refused({"type": "json_schema", "schema": {"patternProperties": {"(?<=x)": {}}}})
     assert err.param.startswith("correction.refinement.verifier.schema.patternProperties")

@@ -3,13 +3,30 @@
 import pytest
 import torch
 
-from decoding import correction as mod
-from decoding.correction import PluginParams, parse_correction
+from decoding.contract import Correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionParams
 from decoding.pipeline import CorrectionPipeline, Row, StepPlugin
+from decoding.registry import Registry
 
 
-class Mark(PluginParams):
+class Mark(CorrectionParams):
     value: float = 0.0
+
+
+def _marked(correction_name):
+    class Marked(Correction):
+        name = correction_name
+        params = Mark
+
+        def plugin(self, setup):
+            return Recorder(self.name)
+
+    return Marked()
+
+
+#: Three corrections with the built-ins' names, in the built-ins' order.
+REGISTRY = Registry(tuple(_marked(n) for n in ("proxy_tuning", "copilot", "unlearning")))
 
 
 class Recorder(StepPlugin):
@@ -31,23 +48,20 @@ class Recorder(StepPlugin):
 
 
 @pytest.fixture
-def plugins(monkeypatch):
-    monkeypatch.setattr(mod, "_REGISTRY", {})
-    for name in ("proxy_tuning", "copilot", "unlearning"):
-        mod.register_plugin(name, Mark)
+def plugins():
     Recorder.calls = []
-    return {name: Recorder(name) for name in ("unlearning", "proxy_tuning", "copilot")}
+    return {c.name: c.plugin(None) for c in REGISTRY}  # the registry's order
 
 
 def spec(**values):
-    return parse_correction({name: {"value": v} for name, v in values.items()})
+    return parse_correction({n: {"value": v} for n, v in values.items()}, registry=REGISTRY)
 
 
 def test_plugins_run_in_pipeline_order_on_their_rows_only(plugins):
     pipeline = CorrectionPipeline(plugins)
     pipeline.add(0, spec(unlearning=1.0, proxy_tuning=2.0), [1], [])
     pipeline.add(2, spec(copilot=4.0), [1], [])
-    pipeline.add(1, parse_correction({}), [1], [])  # plain: not tracked
+    pipeline.add(1, parse_correction({}, registry=REGISTRY), [1], [])  # plain: not tracked
     assert set(pipeline.rows) == {0, 2}
     logits = torch.zeros(3, 4)
     pipeline.apply(logits)
@@ -76,7 +90,9 @@ def test_rows_keep_their_uid_through_moves_and_release_on_removal(plugins):
     pipeline.move(0, 1, swap=True)
     assert {i: r.uid for i, r in pipeline.rows.items()} == {0: uids[2], 1: uids[0]}
 
-    pipeline.add(0, parse_correction({}), [5], [])  # a plain request takes the slot over
+    pipeline.add(
+        0, parse_correction({}, registry=REGISTRY), [5], []
+    )  # a plain request takes the slot over
     assert plugins["copilot"].released == [uids[1], uids[2]]
     assert set(pipeline.rows) == {1}
 
@@ -102,6 +118,10 @@ def test_live_output_lists_are_seen(plugins):
     assert len(row.stream) == 3 and row.stream.last == 9 and row.stream.tokens() == [7, 8, 9]
 
 
-def test_only_per_step_corrections_are_plugins():
-    with pytest.raises(ValueError):
-        CorrectionPipeline({"telepathy": Recorder("telepathy")})
+def test_plugins_run_in_the_order_given():
+    Recorder.calls = []
+    pipeline = CorrectionPipeline({"b": Recorder("b"), "a": Recorder("a")})
+    both = parse_correction({}, registry=REGISTRY).with_step("a", Mark()).with_step("b", Mark())
+    pipeline.add(0, both, [1], [])
+    pipeline.apply(torch.zeros(1, 2))
+    assert [name for name, _ in Recorder.calls] == ["b", "a"]

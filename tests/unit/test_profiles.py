@@ -1,6 +1,5 @@
 import pytest
 
-import decoding.proxy_tuning  # noqa: F401  (registers proxy_tuning)
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 from server.config import ProfileConfig
 from server.corrections import merge_correction

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from adapters.aux_overlap import ThreadOverlap
-from decoding.correction import CorrectionError, parse_correction
+from decoding.aux.streams import ThreadOverlap
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.pipeline import Row, TokenStream
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 
@@ -81,7 +82,7 @@ def test_unknown_model_message_lists_declared_models():
 
 
 def test_coefficients():
-    assert spec(expert="expert", anti_expert="anti", alpha=0.5).plugins[
+    assert spec(expert="expert", anti_expert="anti", alpha=0.5).steps[
         "proxy_tuning"
     ].coefficients == {
         "expert": 0.5,
@@ -93,9 +94,9 @@ def test_coefficients():
             {"expert": "expert2", "anti_expert": "anti", "weight": 1.0},
         ],
         alpha=0.5,
-    ).plugins["proxy_tuning"]
+    ).steps["proxy_tuning"]
     assert pairs.coefficients == {"expert": 1.0, "anti": -1.5, "expert2": 0.5}
-    same = spec(expert="expert", anti_expert="expert", alpha=3.0).plugins["proxy_tuning"]
+    same = spec(expert="expert", anti_expert="expert", alpha=3.0).steps["proxy_tuning"]
     assert same.coefficients == {"expert": 0.0}
 
 
@@ -145,7 +146,7 @@ def test_alpha_zero_is_exactly_plain():
 
 
 def test_pairs_form_validates_with_context():
-    params = spec(pairs=[{"expert": "expert", "anti_expert": "anti"}]).plugins["proxy_tuning"]
+    params = spec(pairs=[{"expert": "expert", "anti_expert": "anti"}]).steps["proxy_tuning"]
     assert params.expert is None and params.coefficients == {"expert": 1.0, "anti": -1.0}
 
 

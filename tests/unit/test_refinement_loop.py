@@ -38,7 +38,7 @@ class Script:
 
 def params(**refinement):
     refinement.setdefault("verifier", NUMERIC)
-    return parse_correction({"refinement": refinement}).plugins["refinement"]
+    return parse_correction({"refinement": refinement}).refinement
 
 
 def run(p, script, **kw):

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.refinement import Services, VerifyContext, build_verifier, parse_verifier
 from decoding.refinement.generation import Generation
 from decoding.refinement.text_verifiers import extract_json, normalise

@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from adapters.request_reports import FIELDS, SLOTS, ReportBook
+from adapters.request_reports import SLOTS, ReportBook
+from decoding.registry import DEFAULT
+
+#: The built-in registry's figures, flattened as ``<correction>_<figure>``.
+FIELDS = [f"{name}_{figure.name}" for name, figure in DEFAULT.figures]
+
+
+def flat(figures):
+    return {f"{c}_{name}": v for c, values in figures.items() for name, v in values.items()}
 
 
 def row(ticket, uid, position, **figures):
@@ -14,7 +22,7 @@ def row(ticket, uid, position, **figures):
 
 
 def test_figures_accumulate_per_ticket_and_shared_tickets_add_up():
-    book = ReportBook()
+    book = ReportBook(DEFAULT)
     a, b = book.take(), book.take()
     # One step: request a has two choices (uids 1 and 3, n=2), request b one.
     book.record(
@@ -24,26 +32,31 @@ def test_figures_accumulate_per_ticket_and_shared_tickets_add_up():
             row(a, 3, 0, copilot_steps=1, copilot_abs_sum=0.3, copilot_abs_max=4.0),
         ]
     )
-    book.record([row(a, 1, 1, tokens_blocked=1, copilot_abs_max=0.5)])
-    got = book.read(a)
+    book.record([row(a, 1, 1, unlearning_tokens_blocked=1, copilot_abs_max=0.5)])
+    got = flat(book.read(a))
     assert got["copilot_steps"] == 2 and got["copilot_abs_max"] == 4.0
-    assert got["copilot_abs_sum"] == pytest.approx(0.4) and got["tokens_blocked"] == 1
-    assert book.read(b)["copilot_abs_sum"] == 0.5 and book.read(b)["tokens_blocked"] == 0
+    assert got["copilot_abs_sum"] == pytest.approx(0.4) and got["unlearning_tokens_blocked"] == 1
+    assert (
+        flat(book.read(b))["copilot_abs_sum"] == 0.5
+        and flat(book.read(b))["unlearning_tokens_blocked"] == 0
+    )
     assert (book.steps(a), book.steps(b)) == (3, 1)
 
 
 def test_a_step_run_again_for_the_same_token_replaces_the_first():
     # vLLM runs logits processors on a prompt's partial prefill too and drops that token; the
     # step that samples the row's token then comes with the same (uid, position).
-    book = ReportBook()
+    book = ReportBook(DEFAULT)
     t = book.take()
     book.record([row(t, 7, 0, copilot_steps=1, copilot_abs_sum=9.0)])
     book.record([row(t, 7, 0, copilot_steps=1, copilot_abs_sum=0.25)])
-    assert book.read(t)["copilot_steps"] == 1 and book.read(t)["copilot_abs_sum"] == 0.25
+    assert (
+        flat(book.read(t))["copilot_steps"] == 1 and flat(book.read(t))["copilot_abs_sum"] == 0.25
+    )
 
 
 def test_a_given_back_ticket_ignores_late_messages_and_its_slot_is_reused_clean():
-    book = ReportBook()
+    book = ReportBook(DEFAULT)
     old = book.take()
     book.give_back(old)
     late = [row(old, 1, 0, unlearning_steps=9.0)]
@@ -51,20 +64,20 @@ def test_a_given_back_ticket_ignores_late_messages_and_its_slot_is_reused_clean(
     new = book.take()
     assert new[0] == old[0] and new[1] != old[1]
     book.record(late)
-    assert book.read(new) == dict.fromkeys(FIELDS, 0.0) and book.steps(new) == 0
+    assert flat(book.read(new)) == dict.fromkeys(FIELDS, 0.0) and book.steps(new) == 0
     book.give_back(old)  # a stale give-back leaves the new holder alone
     assert book.take()[0] != new[0]
 
 
 def test_no_slot_left_means_no_figures():
-    book = ReportBook()
+    book = ReportBook(DEFAULT)
     assert all(book.take() is not None for _ in range(SLOTS))
     assert book.take() is None
 
 
 def test_a_report_waits_until_the_steps_of_its_tokens_are_in():
     async def run():
-        book = ReportBook()
+        book = ReportBook(DEFAULT)
         t = book.take()
         book.record([row(t, 1, 0, copilot_steps=1)])
         waiting = asyncio.create_task(book.settled(t, tokens=3, timeout=30))
@@ -76,14 +89,14 @@ def test_a_report_waits_until_the_steps_of_its_tokens_are_in():
         book.record([row(t, 1, 2, copilot_steps=1), row([t[0], t[1] + 1], 1, 3)])
         return await asyncio.wait_for(waiting, 5)
 
-    assert asyncio.run(run())["copilot_steps"] == 3
+    assert flat(asyncio.run(run()))["copilot_steps"] == 3
 
 
 def test_a_report_whose_steps_never_come_is_built_after_the_bound():
     async def run():
-        book = ReportBook()
+        book = ReportBook(DEFAULT)
         t = book.take()
         book.record([row(t, 1, 0, copilot_steps=1)])
         return await book.settled(t, tokens=2, timeout=0.05)
 
-    assert asyncio.run(run())["copilot_steps"] == 1
+    assert flat(asyncio.run(run()))["copilot_steps"] == 1

@@ -7,7 +7,8 @@ import string
 import pytest
 import torch
 
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.pipeline import CorrectionPipeline
 from decoding.unlearning import (
     FORGET_SETS_CONTEXT,
@@ -276,4 +277,4 @@ def test_params_are_validated_naming_the_field():
     assert err.param == "correction.unlearning.targets" and "gate" in err.message
     assert bad({"forget_set": "capitals", "targets": [5]}).param.endswith(".targets")
     ok = parse_correction({"unlearning": {"forget_set": "capitals"}}, context=client)
-    assert ok.plugins["unlearning"].threshold == 0.5
+    assert ok.steps["unlearning"].threshold == 0.5

@@ -2,8 +2,8 @@
 
 import pytest
 
-from adapters.embeddings import minilm
 from decoding.unlearning import ForgetEntry, ForgetGate, ForgetSet
+from decoding.unlearning.embeddings import minilm
 from decoding.unlearning.gate import chunks
 
 SET = ForgetSet(

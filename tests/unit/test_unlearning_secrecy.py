@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-import decoding.unlearning  # noqa: F401  (registers the unlearning correction)
-from adapters.forget_sets import load_all
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
+from decoding.registry import DEFAULT
 from decoding.unlearning import (
     FORGET_SETS_CONTEXT,
     POLICIES_CONTEXT,
@@ -17,6 +17,7 @@ from decoding.unlearning import (
     ForgetSetPolicy,
 )
 from decoding.unlearning.gate import WINDOW_CHARS, chunks, windows
+from decoding.unlearning.loading import load_all
 from server.config import ConfigError, ForgetSetConfig, LimitsConfig, ProfileConfig, load_config
 from server.corrections import take_correction
 from server.errors import APIError
@@ -37,7 +38,7 @@ CONTEXT = {FORGET_SETS_CONTEXT: {"vault": 1, "capitals": 1, "hr": 1}, POLICIES_C
 
 
 def unlearning(**params):
-    return parse_correction({"unlearning": params}, context=CONTEXT).plugins["unlearning"]
+    return parse_correction({"unlearning": params}, context=CONTEXT).steps["unlearning"]
 
 
 def refused(**params) -> CorrectionError:
@@ -196,7 +197,7 @@ GUARD = {"unlearning": {"forget_set": "vault"}}
 
 def _take(correction, enforced=frozenset({"unlearning"})):
     body = {"model": "base", "correction": correction}
-    return take_correction(body, CONTEXT, GUARD, enforced)
+    return take_correction(body, DEFAULT, CONTEXT, GUARD, enforced)
 
 
 @pytest.mark.parametrize(
@@ -219,13 +220,16 @@ def test_an_enforced_correction_cannot_be_touched(correction):
 def test_an_enforced_profile_still_applies_without_a_correction_and_beside_others():
     for correction in (None, {}):
         spec = _take(correction)
-        assert spec.plugins["unlearning"].forget_set == "vault"
+        assert spec.steps["unlearning"].forget_set == "vault"
     with pytest.raises(APIError, match="must be an object"):
         _take(["unlearning"])
     # Not enforced: overridable as before.
-    assert _take({"unlearning": {"forget_set": "capitals"}}, frozenset()).plugins[
-        "unlearning"
-    ].forget_set == "capitals"
+    assert (
+        _take({"unlearning": {"forget_set": "capitals"}}, frozenset())
+        .steps["unlearning"]
+        .forget_set
+        == "capitals"
+    )
 
 
 def test_enforce_names_keys_of_the_profile():

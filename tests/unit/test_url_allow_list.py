@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 import adapters.webhook  # noqa: F401  (registers the webhook verifier)
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.refinement.urls import parse_prefix, parse_url
 from server.config import ConfigError, load_config
 
@@ -113,7 +114,7 @@ def test_bypass_attempts_are_refused(url):
 @pytest.mark.parametrize(("url", "sent"), ALLOWED.items())
 def test_allowed_urls_are_sent_normalised(url, sent):
     spec = parse_correction(webhook(url), context=CONTEXT)
-    assert spec.plugins["refinement"].verifier["url"] == sent
+    assert spec.refinement.verifier["url"] == sent
 
 
 @pytest.mark.parametrize(

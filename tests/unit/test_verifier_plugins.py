@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from adapters.verifier_plugins import VerifierPluginError, load_verifiers
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
 from decoding.refinement import VerifyContext, build_verifier
 from decoding.refinement import verifier as verifier_module
 from server.config import VerifierConfig
@@ -58,7 +59,7 @@ def installed(tmp_path, monkeypatch):
 def test_a_configured_entry_point_becomes_a_verifier_type(installed):
     load_verifiers({"short": VerifierConfig(entry_point="word_limit", options={"hard_cap": 3})})
     spec = parse_correction({"refinement": {"verifier": {"type": "short", "max_words": 5}}})
-    params = spec.plugins["refinement"]
+    params = spec.refinement
     verifier = build_verifier(params.verifier)
     assert verifier.name == "short" and verifier.exact
     ctx = VerifyContext([])

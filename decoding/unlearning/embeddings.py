@@ -7,12 +7,18 @@ process) and the soft filter (engine process).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import threading
 from collections.abc import Sequence
 from functools import cache
 
 import torch
+from tqdm.auto import tqdm
+
+from ..cache import cache_dir
 
 #: Texts per forward pass; MiniLM inputs here are short (messages, words, token texts).
 BATCH_SIZE = 256
@@ -59,14 +65,6 @@ def token_table(tokenizer, embedder: MiniLM, rows: int) -> torch.Tensor:
     corrigo's cache folder, keyed by the tokenizer's vocabulary, and built once under a file
     lock (the first engine start pays it; later ones load it in well under a second).
     """
-    import fcntl
-    import hashlib
-    import json
-
-    from tqdm.auto import tqdm
-
-    from .default_model import cache_dir
-
     vocab = tokenizer.get_vocab()
     key = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
     folder = cache_dir() / "token-embeddings"

@@ -1,4 +1,4 @@
-"""Where auxiliary forwards overlap (decoding/overlap.py's lanes, by device).
+"""Where auxiliary forwards overlap (decoding/aux/overlap.py's lanes, by device).
 
 - CPU, :class:`ThreadOverlap`: a thread per lane. vLLM's CPU worker binds its thread to the
   cores it computes on and leaves the rest to the front end; a lane thread widens its affinity
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from decoding.overlap import Done, Inline, Overlap, Pending
+from .overlap import Done, Inline, Overlap, Pending
 
 
 def overlap_for(device: torch.device) -> Overlap:

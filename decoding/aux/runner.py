@@ -37,7 +37,7 @@ HEADROOM = 64
 
 def runner_dtype(setting: AuxDType, engine_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """What an auxiliary model or copilot declared with ``dtype = setting`` loads in on
-    ``device`` beside an engine running ``engine_dtype`` (adapters/dtypes.py)."""
+    ``device`` beside an engine running ``engine_dtype`` (decoding/aux/dtypes.py)."""
     name = resolve_aux_dtype(
         setting,
         engine_dtype=dtype_name(engine_dtype),

@@ -13,7 +13,7 @@ from decoding.copilot.binding import Binding, BindingError
 from decoding.copilot.checkpoint import CheckpointError, read
 from decoding.pipeline import TokenStream
 
-from .aux_runner import AuxModelRunner
+from ..aux.runner import AuxModelRunner
 
 
 class CopilotConfigError(ValueError):

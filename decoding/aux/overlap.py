@@ -3,7 +3,7 @@
 A plugin submits each auxiliary model's forward to that model's lane (its name) and takes the
 result later. Forwards on one lane run in submission order, so a model's KV cache is only ever
 touched by one forward at a time; forwards on different lanes may overlap. How they overlap is
-a device detail (adapters/aux_overlap.py: a thread per lane on the CPU, a CUDA stream per lane
+a device detail (decoding/aux/streams.py: a thread per lane on the CPU, a CUDA stream per lane
 on a GPU); the plugin's code is the same for all. :class:`Inline` runs each forward at once,
 where there is nothing to overlap.
 

@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from .correction import PluginParams, register_plugin
-from .overlap import Inline, Overlap, Pending
-from .pipeline import Row, StepPlugin, TokenStream
+from ..aux.overlap import Inline, Overlap, Pending
+from ..params import CorrectionParams
+from ..pipeline import Row, StepPlugin, TokenStream
 
 #: Validation context key listing the auxiliary model names the deployment declares.
 AUX_MODELS_CONTEXT = "aux_models"
@@ -56,7 +56,7 @@ class ProxyPair(BaseModel):
     _check_models = field_validator("expert", "anti_expert")(_known_model)
 
 
-class ProxyTuningParams(PluginParams):
+class ProxyTuningParams(CorrectionParams):
     """``{"expert", "anti_expert", "alpha"}`` or ``{"pairs": [...], "alpha"}``."""
 
     expert: str | None = None
@@ -88,7 +88,7 @@ class ProxyTuningParams(PluginParams):
 
 
 class LogitsSource(Protocol):
-    """An auxiliary model stepped in lockstep with the engine (adapters/aux_runner.py)."""
+    """An auxiliary model stepped in lockstep with the engine (decoding/aux/runner.py)."""
 
     vocab_size: int
 
@@ -115,7 +115,7 @@ class ProxyTuning(StepPlugin):
     one batched forward per auxiliary model per step, over the rows that use it.
 
     :meth:`prepare` submits every auxiliary model's forward for the coming step to the model's
-    lane of ``overlap`` (decoding/overlap.py), so, where the device allows, they run beside the
+    lane of ``overlap`` (decoding/aux/overlap.py), so, where the device allows, they run beside the
     engine's own forward and beside each other; :meth:`apply` takes their results. A forward
     whose rows or streams no longer match the step is discarded for a fresh one on the same
     lane (the model's cache stays valid either way), so results never depend on it.
@@ -177,6 +177,3 @@ class ProxyTuning(StepPlugin):
         self._settle()
         for source in self.sources.values():
             source.release(uid)
-
-
-register_plugin(ProxyTuning.name, ProxyTuningParams)

@@ -15,21 +15,27 @@ import json
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from decoding.unlearning import (
-    ForgetFilters,
-    ForgetSet,
-    ForgetSetError,
-    Unlearning,
-    load_forget_set,
-)
-
 from .embeddings import minilm, token_table
-from .manifest import ForgetSetEntry
+from .forget_set import ForgetSet, ForgetSetError, load_forget_set
+from .plugin import ForgetFilters, Unlearning
+
+
+@dataclass(frozen=True)
+class ForgetSetEntry:
+    """How the deployment manifest (adapters/manifest.py) names a forget set: where each engine
+    process reads it, and what it must find there."""
+
+    #: Resolved path of the JSONL file (private to corrigo's user).
+    path: str
+    #: :func:`digest` of the entries the server loaded.
+    digest: str
+    #: Number of entries (request validation bounds the retrieved indices by it).
+    entries: int
 
 
 def resolve_path(path: str) -> str:

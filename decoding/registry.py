@@ -1,0 +1,107 @@
+"""The per-step corrections this build serves, in the order they run on a row's logits.
+
+Like vLLM's list of built-in logits processors, :data:`BUILT_IN` is one explicit list: nothing
+registers itself by being imported. A deployment may add corrections of its own
+(``[corrections] extra = ["package.module:OBJECT"]`` in the server's config); they run after the
+built-ins, in the order given, and every engine process loads the same list from the
+deployment manifest. A :class:`Registry` is what the layers above derive everything from:
+request validation (decoding/correction.py), the pipeline's order (adapters/logits_processor.py),
+the layout of the per-row figures the engine sends (adapters/request_reports.py) and the
+report (server/corrections.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import copilot, proxy_tuning, unlearning
+from .contract import Correction, Figure
+from .refinement.params import REFINEMENT
+
+#: Proxy-tuning shift, copilot rectification, unlearning penalties and blocks (blocks last, so
+#: that nothing re-enables a blocked token).
+BUILT_IN: tuple[Correction, ...] = (
+    proxy_tuning.CORRECTION,
+    copilot.CORRECTION,
+    unlearning.CORRECTION,
+)
+
+
+class RegistryError(ValueError):
+    """An extra correction that cannot be loaded or clashes with another."""
+
+
+class Registry:
+    """An ordered set of per-step corrections, and the per-row figure layout they imply."""
+
+    def __init__(self, corrections: Sequence[Correction] = BUILT_IN) -> None:
+        names = [c.name for c in corrections]
+        clash = {n for n in names if names.count(n) > 1} | ({REFINEMENT} & set(names))
+        if clash:
+            raise RegistryError(f"correction names must be unique and not {REFINEMENT!r}: {clash}")
+        self.corrections = tuple(corrections)
+        self._by_name = {c.name: c for c in self.corrections}
+        #: Every correction's figures, in one row: ``(correction name, figure)``.
+        self.figures: tuple[tuple[str, Figure], ...] = tuple(
+            (c.name, f) for c in self.corrections for f in c.figures
+        )
+
+    @classmethod
+    def with_extras(cls, references: Sequence[str]) -> Registry:
+        """The built-ins followed by the corrections ``references`` name
+        (``"package.module:OBJECT"``, each a :class:`Correction` instance)."""
+        return cls((*BUILT_IN, *(load_correction(ref) for ref in references)))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._by_name)
+
+    def __iter__(self) -> Iterator[Correction]:
+        return iter(self.corrections)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __getitem__(self, name: str) -> Correction:
+        return self._by_name[name]
+
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """The corrections whose plugins record per-row figures."""
+        return tuple(c.name for c in self.corrections if c.figures)
+
+    def context(self, deployment: Any) -> dict[str, Any]:
+        """Every correction's validation context on ``deployment``."""
+        merged: dict[str, Any] = {}
+        for correction in self.corrections:
+            merged.update(correction.context(deployment))
+        return merged
+
+    def split(self, row: Sequence[float]) -> dict[str, dict[str, float]]:
+        """A row of figures (:attr:`figures` order) as ``{correction: {figure: value}}``."""
+        out: dict[str, dict[str, float]] = {}
+        for (name, figure), value in zip(self.figures, row, strict=True):
+            out.setdefault(name, {})[figure.name] = value
+        return out
+
+
+def load_correction(reference: str) -> Correction:
+    """The :class:`Correction` ``"package.module:OBJECT"`` names (an operator's setting)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise RegistryError(f"{reference!r}: expected 'package.module:OBJECT'")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise RegistryError(f"{reference!r} cannot be loaded: {exc}") from None
+    if not isinstance(target, Correction):
+        raise RegistryError(
+            f"{reference!r} is a {type(target).__name__}, not a decoding.contract.Correction"
+        )
+    return target
+
+
+#: The built-in corrections, for code that serves no extras (tests, tools).
+DEFAULT = Registry()

@@ -1,0 +1,42 @@
+"""Guarded unlearning as a per-step correction (decoding/contract.py): the deployment's forget
+sets, and the filters' counts per request. Its report is the gate's (it knows the decision)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..contract import Correction, EngineSetup, Figure
+from ..pipeline import Row
+from .loading import engine_plugin
+from .params import FORGET_SETS_CONTEXT, UnlearningParams
+from .plugin import Unlearning
+
+
+class UnlearningCorrection(Correction):
+    name = Unlearning.name
+    params = UnlearningParams
+    #: Per step: 1, whether the row's most likely token was blocked, or else penalised away.
+    figures = (Figure("steps"), Figure("tokens_blocked"), Figure("tokens_penalized"))
+
+    def context(self, deployment: Any) -> Mapping[str, Any]:
+        return {FORGET_SETS_CONTEXT: {n: s.entries for n, s in deployment.forget_sets.items()}}
+
+    def serves(self, deployment: Any) -> bool:
+        return bool(deployment.forget_sets)
+
+    def plugin(self, setup: EngineSetup) -> Unlearning:
+        record = setup.recorder(self.name)
+
+        def observe(rows: Sequence[Row], blocked: torch.Tensor, penalized: torch.Tensor) -> None:
+            steps = torch.ones(len(rows))
+            record(rows, {"steps": steps, "tokens_blocked": blocked, "tokens_penalized": penalized})
+
+        return engine_plugin(
+            setup.deployment.forget_sets, setup.tokenizer, setup.vocab_size, observe
+        )
+
+
+CORRECTION = UnlearningCorrection()
