@@ -45,7 +45,7 @@ class ChannelError(ValueError):
 class StepMessage:
     """One engine step's figures: each plugin's time for the step, and for each row that
     carries a report ticket, ``[slot, generation, uid, position, *values]`` (values in the
-    order of :data:`adapters.request_reports.FIELDS`; ``uid`` tells rows of one request apart,
+    order of the registry's figures (decoding/registry.py); ``uid`` tells rows of one request apart,
     ``position`` is how many tokens the row had generated before this step)."""
 
     timings: Mapping[str, float] = field(default_factory=dict)

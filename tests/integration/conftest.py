@@ -21,7 +21,8 @@ def tiny_models(tiny_deployment):
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_deployment):
-    """``base`` served with both auxiliary models, the copilot, and a profile ``tuned``."""
+    """``base`` served with both auxiliary models, the copilot, a profile ``tuned`` and an
+    extra correction (tests/integration/delayed_bias/)."""
     paths = tiny_deployment.paths
     config = write_config(
         tiny_deployment.folder / "corrigo.toml",
@@ -31,6 +32,8 @@ def tiny_server(tiny_deployment):
             "aux_models.expert": {"path": str(paths["expert"])},
             "aux_models.anti": {"path": str(paths["anti"])},
             "copilots.fix": {"path": str(tiny_deployment.copilot)},
+            # A correction added by configuration only (tests/integration/test_extra_correction.py).
+            "corrections": {"extra": ["tests.integration.delayed_bias:CORRECTION"]},
             "profiles.tuned": {
                 "correction": {"proxy_tuning": {"expert": "expert", "anti_expert": "anti"}}
             },
