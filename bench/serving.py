@@ -178,14 +178,21 @@ async def bench_corrigo(base_url: str, model_id: str, prompts, messages, args) -
 
 
 async def bench_http(
-    system: str, base_url: str, model_id: str, prompts, messages, args
+    system: str,
+    base_url: str,
+    model_id: str,
+    prompts,
+    messages,
+    args,
+    extra_body: dict | None = None,
 ) -> list[Run]:
-    """Streamed completions and chat completions against an OpenAI API at ``base_url``."""
+    """Streamed completions and chat completions against an OpenAI API at ``base_url``, each
+    request's body with ``extra_body`` added (e.g. a ``correction``)."""
     limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
 
         async def stream(path: str, body: dict) -> tuple[float, int]:
-            body = {**body, "model": model_id, "max_tokens": args.max_tokens}
+            body = {**body, **(extra_body or {}), "model": model_id, "max_tokens": args.max_tokens}
             return await stream_request(client, path, body)
 
         async def completion(prompt: str):

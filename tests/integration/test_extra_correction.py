@@ -21,7 +21,7 @@ PROMPT = [1, 504, 3458, 314]
 
 @pytest.fixture(scope="module")
 def client(tiny_server):
-    return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0)
+    return OpenAI(base_url=f"{tiny_server.base_url}/v1", api_key="unused", max_retries=0)
 
 
 def test_it_is_listed_and_validated_like_a_built_in(client):
@@ -49,7 +49,7 @@ def test_the_engine_applies_it_from_its_step_and_reports_it(client, stream):
 
 def test_its_step_time_is_a_metric(tiny_server, client):
     completion(client, PROMPT, 2, {"delayed_bias": {"token": 7}})
-    text = httpx.get(f"{tiny_server.url}/metrics").text
+    text = httpx.get(f"{tiny_server.base_url}/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     plugins = {s.labels.get("plugin") for s in families["corrigo_plugin_step_seconds"].samples}
     assert "delayed_bias" in plugins

@@ -32,10 +32,18 @@ def ask(client, question, max_tokens=40, **extra):
     )
 
 
-def test_the_base_model_knows_the_fact(client):
-    # Without the correction SmolLM2 says Paris: what the filtered runs below must not say.
-    answers = [ask(client, q).choices[0].message.content for q in FRANCE_PROBES[:2]]
-    assert all("paris" in a.lower() for a in answers), answers
+@pytest.fixture(scope="module")
+def paris_probe(client):
+    """A probe SmolLM2 answers with Paris without the correction. Which ones it does depends on
+    the engine's dtype (bf16 where the CPU computes it natively, else float32)."""
+    answers = {q: ask(client, q).choices[0].message.content for q in FRANCE_PROBES}
+    said = [q for q, a in answers.items() if "paris" in a.lower()]
+    assert said, answers  # the base model knows the fact: what the filtered runs must not say
+    return said[0]
+
+
+def test_the_base_model_knows_the_fact(paris_probe):
+    assert paris_probe in FRANCE_PROBES
 
 
 @pytest.mark.parametrize("question", FRANCE_PROBES)
@@ -49,10 +57,10 @@ def test_never_says_paris_to_questions_about_france_s_capital(client, question):
     assert report["steps"] == response.usage.completion_tokens
 
 
-def test_never_says_paris_when_streaming_and_reports_at_the_end(client):
+def test_never_says_paris_when_streaming_and_reports_at_the_end(client, paris_probe):
     stream = client.chat.completions.create(
         model=SERVED_MODEL,
-        messages=[{"role": "user", "content": FRANCE_PROBES[0]}],
+        messages=[{"role": "user", "content": paris_probe}],
         max_tokens=40,
         temperature=0,
         stream=True,
@@ -119,7 +127,7 @@ def test_bad_input_is_a_400_naming_the_field(client, params, field):
     assert err.value.body["param"] == field
 
 
-def test_metrics_and_logs(live_server, client):
+def test_metrics_and_logs(live_server, client, paris_probe):
     def scrape():
         text = httpx.get(f"{live_server.base_url}/metrics").text
         return [s for f in text_string_to_metric_families(text) for s in f.samples]
@@ -130,7 +138,7 @@ def test_metrics_and_logs(live_server, client):
         )
 
     before = scrape()
-    ask(client, FRANCE_PROBES[0], **FORGET)
+    ask(client, paris_probe, **FORGET)
     ask(client, "Write one sentence about the ocean.", **FORGET)
     after = scrape()
     gate = "corrigo_unlearning_gate_total"
