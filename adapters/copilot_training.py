@@ -39,6 +39,9 @@ from decoding.copilot import checkpoint
 from decoding.copilot.binding import Binding
 from decoding.copilot.model import Copilot
 
+from .aux_models import resolve_path
+from .copilots import pilot_identity
+
 LOG_DIR = "mistake_log"
 STATE = "train_state.pt"
 TRAIN_LOG = "train_log.jsonl"
@@ -300,9 +303,6 @@ def train(
     """Build the mistake log, train, save the checkpoint; yields ``(step, loss)`` as it goes.
     Resumes from whatever ``out`` already holds for the same pilot, data and settings."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from .aux_models import resolve_path
-    from .copilots import pilot_identity
 
     pilot_path = resolve_path(pilot)
     tokenizer = AutoTokenizer.from_pretrained(pilot_path)

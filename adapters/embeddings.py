@@ -14,6 +14,8 @@ from functools import cache
 
 import torch
 
+from .default_model import cache_dir
+
 #: Texts per forward pass; MiniLM inputs here are short (messages, words, token texts).
 BATCH_SIZE = 256
 
@@ -64,8 +66,6 @@ def token_table(tokenizer, embedder: MiniLM, rows: int) -> torch.Tensor:
     import json
 
     from tqdm.auto import tqdm
-
-    from .default_model import cache_dir
 
     vocab = tokenizer.get_vocab()
     key = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]

@@ -29,10 +29,11 @@ from pydantic import (
 )
 
 from adapters.dtypes import AuxDType
-from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
 from decoding.refinement.params import BudgetCaps
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
 from decoding.refinement.verifier import TreeLimits
+
+from .refinement.sandbox.runner import DEFAULT_UID_BASE, CgroupMode, Isolation
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +243,7 @@ class RefinementConfig(_Section):
     #: Where requests may send verifications (webhook, judge ``url``): entries
     #: ``scheme://host[:port][/path]`` (port ``*`` or empty: any port), matched by parsed scheme,
     #: host, port and path segments (decoding/refinement/urls.py); empty: nowhere.
-    url_prefixes: list[Annotated[str, AfterValidator(_url_prefix)]] = Field(
-        default_factory=list
-    )
+    url_prefixes: list[Annotated[str, AfterValidator(_url_prefix)]] = Field(default_factory=list)
     #: Streaming: seconds between SSE keep-alive comments while the rounds run.
     keepalive_seconds: float = Field(5.0, gt=0)
     #: Caps on one verifier tree: its parts, its depth (a lone verifier is 1), and its costly
@@ -263,8 +262,9 @@ class RefinementConfig(_Section):
 
 
 class SandboxConfig(_Section):
-    """The python_tests sandbox (adapters/sandbox.py). Probed at start-up; when the host cannot
-    give the configured isolation, python_tests is refused (400), never run weaker."""
+    """The python_tests sandbox (server/refinement/sandbox/runner.py). Probed at start-up; when
+    the host cannot give the configured isolation, python_tests is refused (400), never run
+    weaker."""
 
     #: false: python_tests is refused.
     enabled: bool = True
