@@ -10,7 +10,7 @@
 # from the project, the image installs that wheel (with its `gpu` extra) and nothing else of
 # the source tree, so a module or data file the wheel lacks fails here, as it would for a user.
 #
-# The python_tests sandbox (adapters/sandbox.py) needs unprivileged user namespaces, which
+# The python_tests sandbox (server/refinement/sandbox/) needs unprivileged user namespaces, which
 # Docker's default seccomp profile refuses to a container without CAP_SYS_ADMIN: as shipped,
 # corrigo's start-up probe finds none and python_tests is refused (400). To allow it, add
 #   --security-opt seccomp=unconfined

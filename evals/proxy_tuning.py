@@ -28,9 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+from adapters.default_model import ensure_default_model
 from decoding.cache import cache_dir
 
 from .copilot import first_word, load_split
+from .server import local_server
 from .unlearning import FACTS, ask_all, load_facts
 
 STAGES = ("anti", "expert", "direct", "inprocess", "server", "docs")
@@ -75,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
     work = args.work_dir or cache_dir() / "evals" / "proxy-tuning"
     (work / "stages").mkdir(parents=True, exist_ok=True)
     wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -108,8 +109,6 @@ def run(args: argparse.Namespace) -> int:
 def _base():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adapters.default_model import ensure_default_model
 
     path = ensure_default_model()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -267,8 +266,6 @@ def _decode(model, tokenizer, prompts, tokens: int, desc: str) -> list[str]:
 
 
 def stage_server(args, work: Path, before: dict) -> dict:
-    from .server import local_server
-
     extra = "".join(
         f"\n[aux_models.{name}]\npath = {json.dumps(str(work / name))}\n"
         for name in ("expert", "anti")

@@ -23,10 +23,13 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from decoding.refinement.params import STRATEGIES
+
+from .server import local_server
+
 SUITES_DIR = Path(__file__).parent / "suites" / "refinement"
-STRATEGIES = ("try_again", "self_refine", "best_of_n", "decompose")
 #: The strategies that write a feedback turn (best_of_n only samples and reranks).
-WITH_FEEDBACK = ("try_again", "self_refine", "decompose")
+WITH_FEEDBACK = tuple(s for s in STRATEGIES if s != "best_of_n")
 #: max_tokens per candidate, per suite: enough for the answer, short for a 2-core CPU.
 MAX_TOKENS = {
     "arithmetic": 16,
@@ -283,8 +286,6 @@ def run(args: argparse.Namespace) -> int:
     if args.base_url:
         rows = asyncio.run(go(args.base_url))
     else:
-        from .server import local_server
-
         with local_server(args.max_rounds) as url:
             rows = asyncio.run(go(url))
     elapsed = time.monotonic() - started

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from adapters.default_model import ensure_default_model
 from server.launcher import LiveServer, start_server
 from server.toml_writer import write_config
 
@@ -100,8 +101,6 @@ def perplexity(facts: list[Fact]) -> float:
     """The base model's perplexity on the answers, after the chat-formatted question."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adapters.default_model import ensure_default_model
 
     path = ensure_default_model()
     tok = AutoTokenizer.from_pretrained(path)

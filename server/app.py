@@ -13,11 +13,9 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import sandbox
 from adapters.engine import ServedModel, engine_args
 from adapters.engine_channel import FigureReceiver
 from adapters.logits_processor import install_front_end
-from adapters.python_tests import SANDBOX_CONTEXT
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.unlearning import POLICIES_CONTEXT, ForgetSet
 from decoding.unlearning.embeddings import minilm
@@ -30,7 +28,10 @@ from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
 from .openapi import error_responses
 from .profiles import catalog, load_profiles
-from .refinement import RefinementDriver, configure_refinement
+from .refinement.configure import configure_refinement
+from .refinement.driver import RefinementDriver
+from .refinement.python_tests import SANDBOX_CONTEXT
+from .refinement.sandbox import runner as sandbox
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 from .trusted_hosts import TrustedHostMiddleware

@@ -9,7 +9,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from adapters.aux_models import AuxModelError
+from adapters.default_model import DefaultModelError
+
+from .auth import keyless_exposure_warning
 from .config import ConfigError, ServerConfig, load_config
+from .profiles import ProfileError
+from .refinement.remote_model import JudgeConfigError
+from .refinement.verifier_plugins import VerifierPluginError
 
 #: `corrigo eval NAME` runs evals/NAME.py, dashes as underscores (its add_parser() and run()).
 EVALS = ("unlearning", "refinement", "copilot", "proxy-tuning")
@@ -164,28 +171,23 @@ def serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .auth import keyless_exposure_warning
-
     exposure = keyless_exposure_warning(config.server.host, config.auth.api_keys)
     if exposure is not None:
         logging.getLogger("corrigo").warning(exposure)
         print(f"corrigo: WARNING: {exposure}", file=sys.stderr)
 
+    # These import vLLM or torch (seconds): `corrigo --help`, `corrigo eval` and the other
+    # commands start without them.
     import uvicorn
 
     from adapters.aux_budget import AuxMemoryError, check_aux_memory
-    from adapters.aux_models import AuxModelError
-    from adapters.default_model import DefaultModelError
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
     from adapters.engine_channel import ChannelError
-    from adapters.remote_model import JudgeConfigError
-    from adapters.verifier_plugins import VerifierPluginError
     from decoding.copilot.runner import CopilotConfigError
     from decoding.unlearning import ForgetSetError
 
     from .app import create_app
     from .deployment import aux_declared
-    from .profiles import ProfileError
 
     try:
         model = resolve_model(config.model.path, config.model.served_model_name)

@@ -28,11 +28,12 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.sandbox import DEFAULT_UID_BASE, CgroupMode, Isolation
 from decoding.aux.dtypes import AuxDType
 from decoding.refinement.params import BudgetCaps
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
 from decoding.refinement.verifier import TreeLimits
+
+from .refinement.sandbox.runner import DEFAULT_UID_BASE, CgroupMode, Isolation
 
 logger = logging.getLogger(__name__)
 
@@ -261,8 +262,9 @@ class RefinementConfig(_Section):
 
 
 class SandboxConfig(_Section):
-    """The python_tests sandbox (adapters/sandbox.py). Probed at start-up; when the host cannot
-    give the configured isolation, python_tests is refused (400), never run weaker."""
+    """The python_tests sandbox (server/refinement/sandbox/runner.py). Probed at start-up; when
+    the host cannot give the configured isolation, python_tests is refused (400), never run
+    weaker."""
 
     #: false: python_tests is refused.
     enabled: bool = True

@@ -8,11 +8,9 @@ On the way back it adds the ``correction`` report and records corrigo_* metrics.
 
 from __future__ import annotations
 
-import enum
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -27,7 +25,6 @@ from adapters.vllm_compat import (
     ErrorResponse,
     error_response_from_exception,
 )
-from decoding.spec import CorrectionSpec
 
 from .admission import AdmissionControl, RateLimiter, Slot
 from .auth import validated_key
@@ -35,6 +32,7 @@ from .cancellation import CancelScope
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wants_figures, wire_xargs
 from .errors import APIError, status_of
+from .exchange import CLIENT_CLOSED, Endpoint, Exchange
 from .metrics import ServerMetrics
 from .openapi import (
     CHAT_RESPONSES,
@@ -44,55 +42,10 @@ from .openapi import (
     error_responses,
     request_body,
 )
-from .profiles import Profile
-from .refinement import RefinementDriver
+from .refinement.driver import RefinementDriver
 from .runtime import EngineRuntime
 from .unlearning import NAME as UNLEARNING_NAME
-from .unlearning import Admission, GateJob
-
-#: Status recorded when the client went away before the response was complete (nginx's code).
-CLIENT_CLOSED = 499
-
-
-class Endpoint(enum.Enum):
-    CHAT = "chat_completions"
-    COMPLETION = "completions"
-
-    @property
-    def request_model(self) -> type[ChatCompletionRequest] | type[CompletionRequest]:
-        return ChatCompletionRequest if self is Endpoint.CHAT else CompletionRequest
-
-    @property
-    def prompt_param(self) -> str:
-        return "messages" if self is Endpoint.CHAT else "prompt"
-
-    @property
-    def chunk_object(self) -> str:
-        return "chat.completion.chunk" if self is Endpoint.CHAT else "text_completion"
-
-
-@dataclass
-class Exchange:
-    """One request's bookkeeping for metrics and the correction report."""
-
-    endpoint: Endpoint
-    started: float = field(default_factory=time.perf_counter)
-    model: str = ""
-    status: int = 200
-    correction: CorrectionSpec | None = None
-    #: The profile the request named as its model, if any.
-    profile: Profile | None = None
-    completion_tokens: int = 0
-    #: The unlearning gate's work, checked before admission and done after it.
-    gate_job: GateJob | None = None
-    #: The unlearning gate's admission (server/unlearning.py), for gated requests.
-    unlearning: Admission | None = None
-    #: Whether a streaming client asked for the final usage chunk itself.
-    client_wants_usage: bool = False
-    #: The report ticket the engine's figures for the correction come under (request_reports).
-    ticket: list[int] | None = None
-    #: The request's ``X-Request-Id`` (server/request_id.py), for log lines.
-    request_id: str | None = None
+from .vllm_errors import from_vllm_error
 
 
 def build_router(
@@ -216,7 +169,7 @@ def build_router(
             param = ".".join(str(p) for p in err["loc"]) or None
             raise APIError(400, f"Invalid '{param}': {err['msg']}", param=param) from None
         except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
-            raise _from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
+            raise from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         _check_limits(request, limits)
         if runtime.unlearning is not None:
             # Only the cheap checks here; the embedding waits for an admission slot (_admitted).
@@ -253,7 +206,7 @@ def build_router(
             return _client_closed(ex)
         if isinstance(result, ErrorResponse):
             runtime.require_ready()  # the engine died under it: 503, not vLLM's 500
-            raise _from_vllm_error(result, ex.endpoint)
+            raise from_vllm_error(result, ex.endpoint)
         assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
         payload = result.model_dump()
         if ex.profile is not None:
@@ -268,7 +221,7 @@ def build_router(
         result = await _call_vllm(raw, request, ex.endpoint)
         if isinstance(result, ErrorResponse):
             runtime.require_ready()
-            raise _from_vllm_error(result, ex.endpoint)
+            raise from_vllm_error(result, ex.endpoint)
         return _SlotStreamingResponse(_relay(result, ex), slot=slot, media_type="text/event-stream")
 
     async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
@@ -470,21 +423,6 @@ def _sse_json(chunk: str) -> dict[str, Any] | None:
         return json.loads(chunk[6:])
     except json.JSONDecodeError:
         return None
-
-
-def _from_vllm_error(result: ErrorResponse, endpoint: Endpoint) -> APIError:
-    """vLLM's error object, in corrigo's OpenAI shape; context overflows get OpenAI's code."""
-    err = result.error
-    param, code = err.param, None
-    if "maximum context length" in err.message:
-        param, code = endpoint.prompt_param, "context_length_exceeded"
-    elif param is None:
-        # Some of vLLM's checks raise a bare ValueError ("n must be at least 1, got 0."): its
-        # message opens with the field's name, which is enough to name the parameter.
-        first_word = err.message.split(" ", 1)[0].strip("'`\"")
-        if first_word in endpoint.request_model.model_fields:
-            param = first_word
-    return APIError(int(err.code), err.message, param=param, code=code)
 
 
 class _SlotStreamingResponse(StreamingResponse):

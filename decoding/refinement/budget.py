@@ -1,6 +1,6 @@
 """One refinement request's budget: engine calls, sandbox seconds and wall time.
 
-The loop (decoding/refinement/loop.py) and the verifiers (through
+The loop's run (decoding/refinement/run.py) and the verifiers (through
 :attr:`decoding.refinement.verifier.VerifyContext.budget`) draw on the same :class:`Budget`.
 Its caps come from the request's ``correction.refinement`` (``max_engine_calls``,
 ``max_sandbox_seconds``, ``max_seconds``), which may not exceed the server's maximums

@@ -1,54 +1,26 @@
 """The refinement loop: generate, verify, and while not accepted and budget remains,
 regenerate with feedback; then select.
 
-A :class:`RefinementRun` holds one request's loop: its budgets (rounds, tokens, and the
-:class:`~decoding.refinement.budget.Budget` of engine calls, sandbox seconds and wall time it
-shares with the verifiers), the candidates with their verdicts, and why it stopped. The strategy (strategies.py) decides
-what to generate next; the run accounts for it. :func:`refine` runs a strategy and selects:
-the candidate with the highest score, ties going to the earliest, so the answer never scores
-below the draft.
+:func:`refine` starts a :class:`~decoding.refinement.run.RefinementRun` (the request's budgets
+and candidates), lets the request's strategy (strategies.py) decide what to generate, and
+selects: the candidate with the highest score, ties going to the earliest, so the answer never
+scores below the draft.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .budget import WALL_TIME, Budget
-from .generation import GenerateFn, Generation, GenerationRefused, Message
-from .params import RefinementParams, RefinementPrompts
-from .verdict import Verdict
-from .verifier import Services, Verifier, VerifyContext, build_verifier
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One answer the loop produced. ``step`` is how: draft, retry, refine or sample."""
-
-    index: int
-    step: str
-    text: str
-    tokens: int
-    finish_reason: str | None
-    verdict: Verdict
-    #: The generation's engine record (see :attr:`Generation.payload`).
-    payload: Any = field(default=None, compare=False, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.index,
-            "step": self.step,
-            "tokens": self.tokens,
-            "finish_reason": self.finish_reason,
-            "verdict": self.verdict.to_json(),
-        }
+from .generation import GenerateFn, Message
+from .params import RefinementParams
+from .run import Candidate, RefinementRun
+from .specs import build_verifier
+from .strategies import strategy_for
+from .verifier import VerifierTypes, VerifyContext
+from .verifier_types import BUILTIN_VERIFIER_TYPES
 
 
 @dataclass(frozen=True)
@@ -96,150 +68,6 @@ class Outcome:
         return out
 
 
-class RefinementRun:
-    """One request's loop state and budgets. Strategies call :meth:`generate` (which returns
-    None once a budget is spent) and :meth:`add` (which verifies a new candidate)."""
-
-    def __init__(
-        self,
-        params: RefinementParams,
-        messages: Sequence[Message],
-        generate: GenerateFn,
-        verifier: Verifier,
-        ctx: VerifyContext,
-        *,
-        on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.params = params
-        self.messages = list(messages)
-        self._generate = generate
-        self.verifier = verifier
-        self.budget = Budget(
-            engine_calls=params.max_engine_calls,
-            sandbox_seconds=params.max_sandbox_seconds,
-            seconds=params.max_seconds,
-            clock=clock,
-        )
-        self.ctx = dataclasses.replace(
-            ctx, services=_metered(ctx.services, self.budget), budget=self.budget
-        )
-        self.on_candidate = on_candidate
-        self.clock = clock
-        self.started = self.budget.started
-        self.tokens = 0
-        self.candidates: list[Candidate] = []
-        self.stop_reason: str | None = None
-        #: The first refusal from the engine, if any.
-        self.refusal: GenerationRefused | None = None
-
-    @property
-    def prompts(self) -> RefinementPrompts:
-        return self.params.prompts
-
-    @property
-    def rounds_left(self) -> int:
-        return self.params.max_rounds - len(self.candidates)
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-
-    def _spent(self) -> str | None:
-        budget = self.params.max_total_tokens
-        if budget is not None and self.tokens >= budget:
-            return "token_budget"
-        self.budget.time_left()
-        return self.budget.spent
-
-    async def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        n: int = 1,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation] | None:
-        """Generations within the budgets, or None (and the run stops) when one is spent."""
-        if self.stop_reason is not None:
-            return None
-        spent = self._spent()
-        if spent is not None:
-            self.stop(spent)
-            return None
-        if self.params.max_total_tokens is not None:
-            left = self.params.max_total_tokens - self.tokens
-            max_tokens = left if max_tokens is None else min(max_tokens, left)
-        n = self.budget.grant_engine_calls(n)
-        if n == 0:
-            self.stop(self.budget.spent or "engine_call_budget")
-            return None
-        call = self._generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
-        try:
-            generations = await asyncio.wait_for(call, self.budget.time_left())
-        except TimeoutError:
-            self.stop(WALL_TIME)
-            return None
-        except GenerationRefused as exc:
-            self.refusal = self.refusal or exc
-            self.stop("generation_refused")
-            return None
-        self.tokens += sum(g.tokens for g in generations)
-        return generations
-
-    async def verify(self, text: str, verifier: Verifier | None = None) -> Verdict:
-        verifier = verifier or self.verifier
-        try:
-            return await verifier.verify(text, self.ctx)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a broken verifier rejects; it does not fail the request
-            # What failed (a URL, a refused connection, an environment) is for the operator:
-            # the client learns only that it failed, the same way whatever the cause, so
-            # outbound verifiers cannot be used to probe the network.
-            request = self.ctx.request_id
-            logger.warning(
-                "request %s: verifier %s failed: %s: %s",
-                request,
-                verifier.name,
-                type(exc).__name__,
-                exc,
-            )
-            where = f" for request {request}" if request else ""
-            message = f"the {verifier.name} verifier failed; see the server log{where}"
-            return Verdict(verifier.name, False, 0.0, details={"error": message})
-
-    async def verify_in_budget(self, text: str, verifier: Verifier | None = None) -> Verdict:
-        """:meth:`verify`, cut off (rejected, and the run stopped) when the wall time runs out;
-        a verifier that spent the engine-call or sandbox budget stops the run too."""
-        verifier = verifier or self.verifier
-        try:
-            verdict = await asyncio.wait_for(self.verify(text, verifier), self.budget.time_left())
-        except TimeoutError:
-            self.budget.exhaust(WALL_TIME)
-            verdict = Verdict(verifier.name, False, 0.0, details={"error": "time budget spent"})
-        if self.budget.spent is not None:
-            self.stop(self.budget.spent)
-        return verdict
-
-    async def add(self, generation: Generation, step: str) -> Candidate:
-        """Verify ``generation`` and record it as the next candidate."""
-        verdict = await self.verify_in_budget(generation.text)
-        candidate = Candidate(
-            len(self.candidates),
-            step,
-            generation.text,
-            generation.tokens,
-            generation.finish_reason,
-            verdict,
-            generation.payload,
-        )
-        self.candidates.append(candidate)
-        if self.on_candidate is not None:
-            await self.on_candidate(candidate)
-        return candidate
-
-
 def select(candidates: Sequence[Candidate]) -> Candidate:
     """The highest score, then accepted, then the earliest: never below the draft's score."""
     return max(candidates, key=lambda c: (c.verdict.score, c.verdict.accepted, -c.index))
@@ -261,12 +89,12 @@ async def refine(
     *,
     on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    verifier_types: VerifierTypes = BUILTIN_VERIFIER_TYPES,
 ) -> Outcome:
-    """Run the request's strategy and select its answer."""
-    from .strategies import strategy_for
-
+    """Run the request's strategy and select its answer. ``verifier_types``: the registry the
+    request's specs were validated against (the server's)."""
     ctx = ctx or VerifyContext(messages)
-    verifier = build_verifier(params.verifier)
+    verifier = build_verifier(params.verifier, verifier_types)
     run = RefinementRun(
         params, messages, generate, verifier, ctx, on_candidate=on_candidate, clock=clock
     )
@@ -277,7 +105,7 @@ async def refine(
         raise NoCandidate("the refinement budget ran out before the first answer was generated")
     run.stop("accepted" if run.candidates[-1].verdict.accepted else "max_rounds")
     chosen = select(run.candidates)
-    truth = await _truth(run, chosen)
+    truth = await _truth(run, chosen, verifier_types)
     return Outcome(
         params.strategy,
         tuple(run.candidates),
@@ -289,13 +117,13 @@ async def refine(
     )
 
 
-async def _truth(run: RefinementRun, chosen: Candidate) -> Truth | None:
+async def _truth(run: RefinementRun, chosen: Candidate, types: VerifierTypes) -> Truth | None:
     draft = run.candidates[0]
     if run.params.truth is None:
         if not run.verifier.exact:
             return None
         return Truth(draft.verdict.accepted, chosen.verdict.accepted)
-    judge = build_verifier(run.params.truth)
+    judge = build_verifier(run.params.truth, types)
     draft_ok = (await run.verify_in_budget(draft.text, judge)).accepted
     chosen_ok = (
         draft_ok if chosen is draft else (await run.verify_in_budget(chosen.text, judge)).accepted
@@ -303,31 +131,4 @@ async def _truth(run: RefinementRun, chosen: Candidate) -> Truth | None:
     return Truth(draft_ok, chosen_ok)
 
 
-def _metered(services: Services, budget: Budget) -> Services:
-    """The services with every engine call a verifier makes drawn from ``budget``."""
-    generate, next_token = services.generate, services.next_token
-
-    async def metered_generate(
-        messages: Sequence[Message],
-        *,
-        n: int = 1,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        assert generate is not None
-        budget.engine_call()
-        return await generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
-
-    async def metered_next_token(prompt: str, top: int) -> dict[str, float]:
-        assert next_token is not None
-        budget.engine_call()
-        return await next_token(prompt, top)
-
-    return dataclasses.replace(
-        services,
-        generate=metered_generate if generate is not None else None,
-        next_token=metered_next_token if next_token is not None else None,
-    )
-
-
-__all__ = ["Candidate", "NoCandidate", "Outcome", "RefinementRun", "Truth", "refine", "select"]
+__all__ = ["NoCandidate", "Outcome", "Truth", "refine", "select"]

@@ -18,7 +18,7 @@ from .generation import user_text
 from .templates import check_template
 from .urls import check_url
 from .verdict import Verdict
-from .verifier import VerifierParams, VerifyContext, register_verifier
+from .verifier import VerifierParams, VerifierType, VerifyContext
 
 #: Validation context key: the names of the judges the server's config declares
 #: (``[judges.NAME]``); absent: any name (library use).
@@ -190,5 +190,5 @@ class JudgeVerifier:
         )
 
 
-register_verifier("p_true", PTrueParams, PTrueVerifier)
-register_verifier("judge", JudgeParams, JudgeVerifier)
+P_TRUE = VerifierType(PTrueParams, PTrueVerifier)
+JUDGE = VerifierType(JudgeParams, JudgeVerifier)

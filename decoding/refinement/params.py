@@ -17,7 +17,7 @@ context :data:`BUDGET_CAPS_CONTEXT`); a request that leaves one out gets the max
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -30,8 +30,9 @@ from pydantic import (
 )
 
 from ..params import CorrectionParams, NestedFieldError
+from .specs import build_verifier, parse_verifier
 from .templates import check_template
-from .verifier import build_verifier, parse_verifier
+from .verifier_types import verifier_types_in
 
 #: The key of the request's ``correction`` object that asks for refinement.
 REFINEMENT = "refinement"
@@ -56,7 +57,9 @@ class BudgetCaps:
 #: The budget fields of :class:`RefinementParams`, named as in :class:`BudgetCaps`.
 _BUDGETS = ("max_seconds", "max_engine_calls", "max_sandbox_seconds")
 
-STRATEGIES = ("try_again", "self_refine", "best_of_n", "decompose")
+#: The strategies a request may name (decoding/refinement/strategies.py implements each).
+StrategyName = Literal["try_again", "self_refine", "best_of_n", "decompose"]
+STRATEGIES: tuple[str, ...] = get_args(StrategyName)
 
 
 class RefinementPrompts(BaseModel):
@@ -119,7 +122,7 @@ class RefinementParams(CorrectionParams):
     draft)."""
 
     verifier: dict[str, Any]
-    strategy: Literal["try_again", "self_refine", "best_of_n", "decompose"] = "try_again"
+    strategy: StrategyName = "try_again"
     #: Candidate answers, the draft included (best_of_n: samples drawn).
     max_rounds: int = Field(3, ge=1)
     #: Budget on all completion tokens the loop spends (critiques and checks included).
@@ -152,7 +155,7 @@ class RefinementParams(CorrectionParams):
         if value is None:
             return None
         spec = parse_verifier(value, info.context)
-        if not build_verifier(spec).exact:
+        if not build_verifier(spec, verifier_types_in(info.context)).exact:
             raise NestedFieldError(
                 "must be exact (regex, json_schema, answer, python_tests or their combinations)"
             )

@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import ClassVar
 
 from .generation import Message, user_text
-from .loop import Candidate, RefinementRun
+from .params import StrategyName
+from .run import Candidate, RefinementRun
 from .text_verifiers import normalise
 
 
 class Strategy(ABC):
-    name: ClassVar[str]
+    name: ClassVar[StrategyName]
 
     @abstractmethod
     async def run(self, run: RefinementRun) -> None:
@@ -225,10 +228,11 @@ class Decompose(Strategy):
         ]
 
 
-_STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (TryAgain(), SelfRefine(), BestOfN(), Decompose())
-}
+#: Every strategy, by the name a request gives (``params.STRATEGIES``: the same names).
+STRATEGIES_BY_NAME: Mapping[str, Strategy] = MappingProxyType(
+    {s.name: s for s in (TryAgain(), SelfRefine(), BestOfN(), Decompose())}
+)
 
 
-def strategy_for(name: str) -> Strategy:
-    return _STRATEGIES[name]
+def strategy_for(name: StrategyName) -> Strategy:
+    return STRATEGIES_BY_NAME[name]

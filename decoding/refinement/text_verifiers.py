@@ -20,7 +20,7 @@ from ..params import NestedFieldError
 from .json_schemas import build_validator, check_schema, validation_errors
 from .patterns import PatternTimeout, check_deadline, compile_pattern, run_bounded
 from .verdict import Verdict, failed, passed
-from .verifier import Cost, VerifierParams, VerifyContext, register_verifier
+from .verifier import Cost, VerifierParams, VerifierType, VerifyContext
 
 
 def _timed_out(name: str) -> Verdict:
@@ -229,6 +229,6 @@ class AnswerVerifier:
         return failed(self.name, "The answer is incorrect.", answer=answer)
 
 
-register_verifier("regex", RegexParams, RegexVerifier, cost=Cost.CHEAP)
-register_verifier("json_schema", JsonSchemaParams, JsonSchemaVerifier, cost=Cost.CHEAP)
-register_verifier("answer", AnswerParams, AnswerVerifier, cost=Cost.CHEAP)
+REGEX = VerifierType(RegexParams, RegexVerifier, Cost.CHEAP)
+JSON_SCHEMA = VerifierType(JsonSchemaParams, JsonSchemaVerifier, Cost.CHEAP)
+ANSWER = VerifierType(AnswerParams, AnswerVerifier, Cost.CHEAP)

@@ -1,4 +1,4 @@
-"""The verifier protocol, the registry of verifier types, and verifier specs.
+"""The verifier protocol, verifier types, and the registry of the types a server has.
 
 A request names its verifier as an object with a ``type`` and that type's parameters, or as a
 combination ``{"all": [...]}`` / ``{"any": [...]}`` of such objects::
@@ -6,16 +6,17 @@ combination ``{"all": [...]}`` / ``{"any": [...]}`` of such objects::
     {"type": "json_schema", "schema": {...}}
     {"all": [{"type": "regex", "pattern": "^\\\\d+$"}, {"type": "p_true", "threshold": 0.6}]}
 
-Each type registers the pydantic model of its parameters and a factory with
-:func:`register_verifier`: the pure ones here in decoding/, the ones that reach the outside
-world (sandboxed tests, webhooks) in adapters/, custom ones from entry points the server's
-config names. :func:`parse_verifier` validates a spec against the registry (errors name the
-key), :func:`build_verifier` turns a validated spec into a :class:`Verifier`.
+A :class:`VerifierType` declares a type: the pydantic model of its parameters (whose ``type``
+literal names it), a factory, and what one verification may cost. A :class:`VerifierTypes`
+registry is built once from explicit lists (no import registers anything): the pure types in
+decoding/refinement/verifier_types.py, the ones that reach the outside world (sandboxed tests,
+webhooks) and the operator's plugins in server/refinement/verifiers.py. Specs are read and
+built against a registry in decoding/refinement/specs.py.
 
 A tree is capped (:class:`TreeLimits`, from the server's ``[refinement]`` config): its nodes,
-its depth, and its costly parts (every type registered with a :class:`Cost` other than
-``CHEAP``: model calls, outbound requests, the sandbox). Sandboxed parts draw on the request's
-sandbox seconds (:class:`decoding.refinement.budget.Budget`).
+its depth, and its costly parts (every type with a :class:`Cost` other than ``CHEAP``: model
+calls, outbound requests, the sandbox). Sandboxed parts draw on the request's sandbox seconds
+(:class:`decoding.refinement.budget.Budget`).
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
-from pydantic import ValidationError
-
-from ..params import CorrectionParams, NestedFieldError
+from ..params import CorrectionParams
 from .budget import SANDBOX_SECONDS, Budget
 from .generation import GenerateFn, Message, NextTokenFn
 from .verdict import Verdict, failed
 
-COMBINATORS = ("all", "any")
+#: The keys that combine verifiers instead of naming a type.
+Combinator = Literal["all", "any"]
+COMBINATORS: tuple[str, ...] = get_args(Combinator)
 
 #: Validation context key: the server's :class:`TreeLimits`.
 TREE_LIMITS_CONTEXT = "verifier_tree_limits"
@@ -110,134 +111,52 @@ class Verifier(Protocol):
 
 @dataclass(frozen=True)
 class VerifierType:
+    """One verifier type: ``{"type": name, ...}`` is validated by ``params`` and built by
+    ``factory(validated params)``. ``cost`` defaults to costly: only types known to be cheap
+    say otherwise."""
+
     params: type[VerifierParams]
     factory: Callable[[Any], Verifier]
-    cost: Cost
+    cost: Cost = Cost.COSTLY
+
+    @property
+    def name(self) -> str:
+        """The type's name: the one value its parameters' ``type`` field admits."""
+        names = get_args(self.params.model_fields["type"].annotation)
+        if len(names) != 1 or not isinstance(names[0], str):
+            raise ValueError(f"{self.params.__name__}.type must be a Literal of one name")
+        return names[0]
 
 
-_TYPES: dict[str, VerifierType] = {}
+class VerifierTypes(Mapping[str, VerifierType]):
+    """The verifier types a server has, by name (immutable; built from explicit lists)."""
 
+    def __init__(self, types: Iterable[VerifierType]) -> None:
+        by_name: dict[str, VerifierType] = {}
+        for entry in types:
+            name = entry.name
+            if name in COMBINATORS:
+                raise ValueError(f"'{name}' is reserved for combinations")
+            if name in by_name:
+                raise ValueError(f"two verifier types are named '{name}'")
+            by_name[name] = entry
+        self._by_name = by_name
 
-def register_verifier(
-    name: str,
-    params: type[VerifierParams],
-    factory: Callable[[Any], Verifier],
-    *,
-    cost: Cost = Cost.COSTLY,
-) -> None:
-    """Make ``{"type": name, ...}`` available; ``factory(validated params)`` builds it.
-    ``cost`` defaults to costly: only types known to be cheap say otherwise."""
-    if name in COMBINATORS:
-        raise ValueError(f"'{name}' is reserved for combinations")
-    _TYPES[name] = VerifierType(params, factory, cost)
+    def __getitem__(self, name: str) -> VerifierType:
+        return self._by_name[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
 
-def verifier_types() -> tuple[str, ...]:
-    return tuple(sorted(_TYPES))
+    def __len__(self) -> int:
+        return len(self._by_name)
 
+    def __add__(self, more: Iterable[VerifierType]) -> VerifierTypes:
+        """These types and ``more`` (a name given twice is an error)."""
+        return VerifierTypes([*self._by_name.values(), *more])
 
-def parse_verifier(value: Any, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The validated, normalised form of a verifier spec. Raises :class:`NestedFieldError`
-    whose ``path`` names the offending key below the spec."""
-    context = dict(context or {})
-    tally = _Tally(context.get(TREE_LIMITS_CONTEXT) or TreeLimits())
-    return _parse(value, (), context, tally)
-
-
-@dataclass
-class _Tally:
-    """What a tree has used of its :class:`TreeLimits` so far (counted while parsing, so an
-    oversized tree is refused before it is walked further)."""
-
-    limits: TreeLimits
-    nodes: int = 0
-    costly: int = 0
-
-    def node(self, path: tuple[str | int, ...]) -> None:
-        self.nodes += 1
-        if self.nodes > self.limits.nodes:
-            raise NestedFieldError(
-                f"the verifier tree has more than {self.limits.nodes} parts; this server "
-                f"allows at most {self.limits.nodes} ([refinement] max_verifier_nodes)",
-                path,
-            )
-        if len([p for p in path if p in COMBINATORS]) + 1 > self.limits.depth:
-            raise NestedFieldError(
-                f"the verifier tree nests deeper than {self.limits.depth} levels "
-                "([refinement] max_verifier_depth)",
-                path,
-            )
-
-    def cost(self, cost: Cost, path: tuple[str | int, ...]) -> None:
-        if cost is Cost.CHEAP:
-            return
-        self.costly += 1
-        if self.costly > self.limits.costly:
-            raise NestedFieldError(
-                f"the verifier tree has more than {self.limits.costly} costly parts (model "
-                "calls, outbound requests, sandboxed tests); this server allows at most "
-                f"{self.limits.costly} ([refinement] max_costly_verifiers)",
-                path,
-            )
-
-
-def _parse(
-    value: Any, path: tuple[str | int, ...], context: dict[str, Any], tally: _Tally
-) -> dict[str, Any]:
-    tally.node(path)
-    if not isinstance(value, Mapping):
-        raise NestedFieldError(
-            f"a verifier is an object with a 'type', or {{'all': [...]}} / {{'any': [...]}}; "
-            f"got {type(value).__name__}",
-            path,
-        )
-    combinator = [key for key in COMBINATORS if key in value]
-    if combinator:
-        key = combinator[0]
-        if len(value) != 1:
-            raise NestedFieldError(f"'{key}' takes no sibling keys", path)
-        parts = value[key]
-        if not isinstance(parts, list) or not parts:
-            raise NestedFieldError(f"'{key}' needs a non-empty list of verifiers", (*path, key))
-        return {
-            key: [_parse(part, (*path, key, i), context, tally) for i, part in enumerate(parts)]
-        }
-    kind = value.get("type")
-    known = ", ".join(verifier_types())
-    if kind is None:
-        raise NestedFieldError(
-            f"a verifier needs a 'type' (one of: {known}) or 'all'/'any'", (*path, "type")
-        )
-    entry = _TYPES.get(kind) if isinstance(kind, str) else None
-    if entry is None:
-        raise NestedFieldError(
-            f"unknown verifier type {kind!r}; this server has: {known}", (*path, "type")
-        )
-    tally.cost(entry.cost, path)
-    try:
-        params = entry.params.model_validate(value, context=context)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        nested = getattr((err.get("ctx") or {}).get("error"), "path", ())
-        message = err["msg"].removeprefix("Value error, ")
-        raise NestedFieldError(message, (*path, *err["loc"], *nested)) from None
-    except (RecursionError, MemoryError):
-        # A validator choked on the size or nesting of a value (e.g. compiling huge code).
-        raise NestedFieldError("a value here is too large or too deeply nested", path) from None
-    return params.model_dump(mode="json", by_alias=True)
-
-
-def build_verifier(spec: Mapping[str, Any]) -> Verifier:
-    """The verifier a validated spec (see :func:`parse_verifier`) describes."""
-    from .combinators import AllOf, AnyOf
-
-    if "all" in spec:
-        return AllOf([build_verifier(part) for part in spec["all"]])
-    if "any" in spec:
-        return AnyOf([build_verifier(part) for part in spec["any"]])
-    entry = _TYPES[spec["type"]]
-    verifier = entry.factory(entry.params.model_validate(spec))
-    return SandboxMetered(verifier) if entry.cost is Cost.SANDBOX else verifier
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._by_name))
 
 
 class SandboxMetered:

@@ -178,7 +178,7 @@ def corrected_in_a_ray_worker(vllm_config, prompt, wire, ticket, logits):
     from adapters.logits_processor import CorrigoLogitsProcessor
     from adapters.request_reports import XARGS_KEY
     from adapters.vllm_compat import BatchUpdate, SamplingParams
-    from decoding.correction import WIRE_KEY
+    from decoding.spec import WIRE_KEY
 
     processor = CorrigoLogitsProcessor(vllm_config, torch.device("cpu"), False)
     params = SamplingParams(extra_args={WIRE_KEY: wire, XARGS_KEY: ticket})

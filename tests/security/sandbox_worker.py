@@ -22,11 +22,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from adapters import sandbox
-from adapters.python_tests import SANDBOX_CONTEXT, PythonTestsParams, PythonTestsVerifier
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
-from decoding.refinement import VerifyContext
+from decoding.refinement import VERIFIER_TYPES_CONTEXT, VerifyContext
+from server.refinement.python_tests import SANDBOX_CONTEXT, PythonTestsParams, PythonTestsVerifier
+from server.refinement.sandbox import runner as sandbox
+from server.refinement.verifiers import SERVER_VERIFIER_TYPES
 
 
 def _cap_eff() -> str:
@@ -53,7 +54,8 @@ async def _verify(spec: dict) -> dict:
 
 def _validate(box: sandbox.Sandbox, correction: dict) -> dict:
     try:
-        parse_correction(correction, context={SANDBOX_CONTEXT: box.refusal})
+        context = {SANDBOX_CONTEXT: box.refusal, VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES}
+        parse_correction(correction, context=context)
     except CorrectionError as err:
         return {"status": 400, "param": err.param, "message": err.message}
     return {"status": 200}

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adapters.sandbox import DEFAULT_UID_BASE
+from server.refinement.sandbox.runner import DEFAULT_UID_BASE
 
 from .support import LoopbackListener
 
@@ -36,7 +36,8 @@ FORGET_SET = REPO / "tests" / "data" / "forget_capitals.jsonl"
 CAP_SYS_ADMIN = 21
 LIMITS = {"wall_seconds": 4, "cpu_seconds": 2, "memory_mb": 256}
 SECRET = "s3cret-of-the-server"
-#: The documented refusal (adapters/sandbox.py, Sandbox.refusal; README, python_tests).
+#: The documented refusal (server/refinement/sandbox/runner.py, Sandbox.refusal; README,
+#: python_tests).
 REFUSAL = "python_tests is unavailable on this server: its sandbox cannot be confined"
 #: Uids of these tests' slots: away from the shared server's (which uses DEFAULT_UID_BASE).
 UID_BASES = {"as-is": DEFAULT_UID_BASE + 10_000, "no-cap-sys-admin": DEFAULT_UID_BASE + 10_100}

@@ -121,7 +121,7 @@ def test_an_enforcing_profile_gates_every_request(http):
     unrelated = {"refinement": {"verifier": {"type": "regex", "pattern": "x"}, "max_rounds": 1}}
     r = chat(http, VAULT_QUESTION, unrelated, model=GUARDED_PROFILE)
     assert r.status_code == 200, r.text
-    # (Refinement's report carries no unlearning section: server/refinement.py.)
+    # (Refinement's report carries no unlearning section: server/refinement/driver.py.)
     assert "unlearning" in r.json()["correction"]["plugins"]
 
 

@@ -25,7 +25,8 @@ from decoding.copilot.binding import Binding, BindingError
 from decoding.copilot.checkpoint import CheckpointError, read, save
 from decoding.copilot.model import Copilot, PilotFeatures
 from decoding.copilot.runner import CopilotConfigError, CopilotRunner, check_binding
-from decoding.correction import CorrectionError, decode_wire, parse_correction
+from decoding.correction import decode_wire, parse_correction
+from decoding.params import CorrectionError
 from decoding.pipeline import Row, TokenStream
 
 from ..support import make_tiny_llama, tiny_llama_config

@@ -7,14 +7,14 @@ import logging
 
 import pytest
 
-from adapters.remote_model import JudgeConfigError, configured_judges
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
 from decoding.refinement import Services, VerifyContext, build_verifier, parse_verifier
 from decoding.refinement.generation import Generation
-from decoding.refinement.loop import RefinementRun
 from decoding.refinement.params import RefinementParams
+from decoding.refinement.run import RefinementRun
 from server.config import ConfigError, JudgeConfig, load_config
+from server.refinement.remote_model import JudgeConfigError, configured_judges
 
 CONTEXT = {"verifier_judges": frozenset({"grader"}), "verifier_url_prefixes": ["http://127.0.0.1:"]}
 MESSAGES = [{"role": "user", "content": "What is 6 * 7?"}]
@@ -90,7 +90,7 @@ def test_a_failing_verifier_reports_one_generic_message_and_logs_the_cause(exc, 
         return [Generation("42", 1)]
 
     run = RefinementRun(params, MESSAGES, generate, _Broken(exc), ctx)
-    with caplog.at_level(logging.WARNING, logger="decoding.refinement.loop"):
+    with caplog.at_level(logging.WARNING, logger="decoding.refinement.run"):
         verdict = asyncio.run(run.verify("42"))
     assert not verdict.accepted
     assert verdict.details == {

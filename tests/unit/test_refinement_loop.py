@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from decoding.correction import parse_correction
-from decoding.refinement import Generation, NoCandidate, refine
-from decoding.refinement.strategies import parse_constraints
+from decoding.refinement import STRATEGIES, Generation, NoCandidate, refine
+from decoding.refinement.strategies import STRATEGIES_BY_NAME, parse_constraints
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7? Reply with the number."}]
 NUMERIC = {"type": "answer", "reference": 42, "mode": "numeric"}
@@ -194,3 +194,9 @@ def test_on_candidate_sees_every_round_in_order():
 
     run(params(), Script("41", "42"), on_candidate=on_candidate)
     assert seen == ["41", "42"]
+
+
+def test_every_strategy_name_has_its_strategy():
+    # The names are defined once (params.StrategyName); each names exactly one strategy.
+    assert set(STRATEGIES_BY_NAME) == set(STRATEGIES)
+    assert all(STRATEGIES_BY_NAME[name].name == name for name in STRATEGIES)

@@ -6,9 +6,21 @@ import importlib.util
 
 import pytest
 
-import adapters.python_tests  # noqa: F401  (registers the python_tests verifier)
-from decoding.refinement import VerifyContext, build_verifier, parse_verifier
+from decoding.refinement import (
+    VERIFIER_TYPES_CONTEXT,
+    VerifyContext,
+    build_verifier,
+    parse_verifier,
+)
 from evals.refinement import MAX_TOKENS, SUITES_DIR, available_suites, load_suite
+from server.refinement.verifiers import SERVER_VERIFIER_TYPES
+
+#: The suites' verifiers are read as a server reads them (python_tests is one of its types).
+CONTEXT = {VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES}
+
+
+def _verifier(spec):
+    return build_verifier(parse_verifier(spec, CONTEXT), SERVER_VERIFIER_TYPES)
 
 
 def _generator():
@@ -25,7 +37,7 @@ def test_every_item_has_an_exact_verifier(suite):
     assert items and len({i["id"] for i in items}) == len(items)
     assert suite in MAX_TOKENS
     for item in items:
-        assert build_verifier(parse_verifier(item["verifier"])).exact, item["id"]
+        assert _verifier(item["verifier"]).exact, item["id"]
 
 
 def test_python_edge_cases_is_what_its_generator_writes(tmp_path):
@@ -41,7 +53,7 @@ def test_python_edge_cases_reference_passes_and_a_stub_fails():
     async def check():
         for item in load_suite("python_edge_cases"):
             name = item["prompt"].split("function ", 1)[1].split("(", 1)[0]
-            verifier = build_verifier(parse_verifier(item["verifier"]))
+            verifier = _verifier(item["verifier"])
             assert (await verifier.verify(reference[name], ctx)).accepted, item["id"]
             stub = f"def {name}(*args):\n    return 0"
             assert not (await verifier.verify(stub, ctx)).accepted, item["id"]

@@ -6,10 +6,19 @@ import math
 import pytest
 
 from decoding.correction import parse_correction
-from decoding.params import CorrectionError
-from decoding.refinement import Services, VerifyContext, build_verifier, parse_verifier
+from decoding.params import CorrectionError, NestedFieldError
+from decoding.refinement import (
+    BUILTIN_VERIFIER_TYPES,
+    Services,
+    VerifierParams,
+    VerifierType,
+    VerifyContext,
+    build_verifier,
+    parse_verifier,
+)
 from decoding.refinement.generation import Generation
 from decoding.refinement.text_verifiers import extract_json, normalise
+from server.refinement.verifiers import SERVER_VERIFIER_TYPES
 
 CTX = VerifyContext([{"role": "user", "content": "What is 6 * 7?"}])
 
@@ -202,3 +211,21 @@ def test_judge_on_the_engine_and_on_a_remote_url():
     second = verdict({"type": "judge", "url": "http://127.0.0.1:1/v1"}, "42", ctx)
     assert second.accepted
     assert "Response:\n41" in calls[0][0][0]["content"] and calls[0][2] == 0.0
+
+
+def test_the_registry_is_explicit():
+    # decoding's built-ins are the pure types; a server adds the outside-world ones.
+    assert BUILTIN_VERIFIER_TYPES.names() == ("answer", "json_schema", "judge", "p_true", "regex")
+    assert set(SERVER_VERIFIER_TYPES) == {*BUILTIN_VERIFIER_TYPES, "python_tests", "webhook"}
+    with pytest.raises(NestedFieldError, match="unknown verifier type 'webhook'"):
+        parse_verifier({"type": "webhook", "url": "http://127.0.0.1:9/"})
+    with pytest.raises(ValueError, match="two verifier types are named 'regex'"):
+        BUILTIN_VERIFIER_TYPES + [BUILTIN_VERIFIER_TYPES["regex"]]
+
+
+def test_a_type_is_named_by_its_parameters_type_literal():
+    class Untyped(VerifierParams):
+        pass
+
+    with pytest.raises(ValueError, match="Literal of one name"):
+        _ = VerifierType(Untyped, lambda params: None).name

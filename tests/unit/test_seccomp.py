@@ -1,4 +1,5 @@
-"""The sandbox's seccomp filter (adapters/seccomp.py): its syscall numbers and its jumps."""
+"""The sandbox's seccomp filter (server/refinement/sandbox/seccomp.py): its syscall numbers and
+its jumps."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters import seccomp
+from server.refinement.sandbox import seccomp
 
 HEADERS = {
     "x86_64": Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),

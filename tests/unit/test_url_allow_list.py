@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-import adapters.webhook  # noqa: F401  (registers the webhook verifier)
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
+from decoding.refinement import VERIFIER_TYPES_CONTEXT
 from decoding.refinement.urls import parse_prefix, parse_url
 from server.config import ConfigError, load_config
+from server.refinement.verifiers import SERVER_VERIFIER_TYPES
 
 PREFIXES = [
     "http://127.0.0.1:",  # any port on 127.0.0.1 (the legacy spelling of :*)
@@ -20,7 +21,8 @@ PREFIXES = [
     "http://10.0.0.5:8080/ok",
     "http://[::1]:8000/v1/",
 ]
-CONTEXT = {"verifier_url_prefixes": PREFIXES}
+# webhook is one of a server's verifier types (server/refinement/verifiers.py).
+CONTEXT = {"verifier_url_prefixes": PREFIXES, VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES}
 
 REFUSED = [
     # userinfo: the host is what follows the '@'

@@ -7,12 +7,12 @@ import textwrap
 
 import pytest
 
-from adapters.verifier_plugins import VerifierPluginError, load_verifiers
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
-from decoding.refinement import VerifyContext, build_verifier
-from decoding.refinement import verifier as verifier_module
+from decoding.refinement import VERIFIER_TYPES_CONTEXT, VerifyContext, build_verifier
 from server.config import VerifierConfig
+from server.refinement.verifier_plugins import VerifierPluginError, load_verifiers
+from server.refinement.verifiers import SERVER_VERIFIER_TYPES, server_verifier_types
 
 PLUGIN = textwrap.dedent(
     """
@@ -51,29 +51,51 @@ def installed(tmp_path, monkeypatch):
         "[corrigo.verifiers]\nword_limit = corrigo_test_plugin:WordLimit\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(verifier_module, "_TYPES", dict(verifier_module._TYPES))
     yield
     sys.modules.pop("corrigo_test_plugin", None)
 
 
 def test_a_configured_entry_point_becomes_a_verifier_type(installed):
-    load_verifiers({"short": VerifierConfig(entry_point="word_limit", options={"hard_cap": 3})})
-    spec = parse_correction({"refinement": {"verifier": {"type": "short", "max_words": 5}}})
+    plugins = load_verifiers(
+        {"short": VerifierConfig(entry_point="word_limit", options={"hard_cap": 3})}
+    )
+    types = server_verifier_types(plugins)
+    context = {VERIFIER_TYPES_CONTEXT: types}
+    spec = parse_correction(
+        {"refinement": {"verifier": {"type": "short", "max_words": 5}}}, context=context
+    )
     params = spec.refinement
-    verifier = build_verifier(params.verifier)
+    verifier = build_verifier(params.verifier, types)
     assert verifier.name == "short" and verifier.exact
     ctx = VerifyContext([])
     assert asyncio.run(verifier.verify("one two three", ctx)).accepted
     assert not asyncio.run(verifier.verify("one two three four", ctx)).accepted  # hard cap 3
     with pytest.raises(CorrectionError) as err:
-        parse_correction({"refinement": {"verifier": {"type": "short", "max_words": 0}}})
+        parse_correction(
+            {"refinement": {"verifier": {"type": "short", "max_words": 0}}}, context=context
+        )
     assert err.value.param == "correction.refinement.verifier.max_words"
+    # Loading a plugin changes no other registry: without it, the type is unknown.
+    with pytest.raises(CorrectionError) as err:
+        parse_correction(
+            {"refinement": {"verifier": {"type": "short"}}},
+            context={VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES},
+        )
+    assert err.value.param == "correction.refinement.verifier.type"
 
 
 def test_installed_but_not_configured_is_not_available(installed):
+    context = {VERIFIER_TYPES_CONTEXT: server_verifier_types(load_verifiers({}))}
     with pytest.raises(CorrectionError) as err:
-        parse_correction({"refinement": {"verifier": {"type": "word_limit"}}})
+        parse_correction({"refinement": {"verifier": {"type": "word_limit"}}}, context=context)
     assert err.value.param == "correction.refinement.verifier.type"
+
+
+@pytest.mark.parametrize("name", ["regex", "python_tests", "webhook", "all"])
+def test_a_plugin_cannot_take_a_built_in_name(installed, name):
+    plugins = load_verifiers({name: VerifierConfig(entry_point="word_limit")})
+    with pytest.raises(VerifierPluginError, match=f"'{name}'"):
+        server_verifier_types(plugins)
 
 
 def test_a_missing_entry_point_is_a_clear_startup_error(installed):

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import create_model
 
-from decoding.refinement.verifier import VerifierParams, register_verifier
+from decoding.refinement.verifier import VerifierParams, VerifierType
 
 GROUP = "corrigo.verifiers"
 
@@ -33,9 +33,11 @@ class VerifierPluginError(RuntimeError):
     """A configured verifier that cannot be loaded; the message says which and why."""
 
 
-def load_verifiers(configured: Mapping[str, Any]) -> list[str]:
-    """Register every ``[verifiers.NAME]`` (objects with ``entry_point`` and ``options``)."""
+def load_verifiers(configured: Mapping[str, Any]) -> list[VerifierType]:
+    """The verifier type of every ``[verifiers.NAME]`` (objects with ``entry_point`` and
+    ``options``)."""
     available = {ep.name: ep for ep in entry_points(group=GROUP)}
+    types = []
     for name, config in configured.items():
         target = config.entry_point or name
         ep = available.get(target)
@@ -52,8 +54,8 @@ def load_verifiers(configured: Mapping[str, Any]) -> list[str]:
         if not (isinstance(base, type) and issubclass(base, VerifierParams)):
             raise VerifierPluginError(f"verifier '{name}': {ep.value}.Params is not VerifierParams")
         params = create_model(f"{name}Params", __base__=base, type=(Literal[name], name))
-        register_verifier(name, params, _factory(cls, name, dict(config.options)))
-    return list(configured)
+        types.append(VerifierType(params, _factory(cls, name, dict(config.options))))
+    return types
 
 
 def _factory(cls: type, name: str, options: dict[str, Any]):

@@ -4,8 +4,8 @@ rlimits bind each process on its own (four processes get four times RLIMIT_AS), 
 host lets corrigo create cgroups, each run gets its own: cgroup v2 below corrigo's cgroup when
 memory and pids are enabled in its ``cgroup.subtree_control`` (a delegated subtree), else the
 v1 memory, pids and cpu hierarchies where corrigo may create directories. :func:`detect` says
-which, once at start-up (adapters/sandbox.py logs it); :class:`RunCgroup` creates a run's
-cgroups before the launcher starts and removes them, killing whatever is left, after it ends.
+which, once at start-up (runner.py logs it); :class:`RunCgroup` creates a run's cgroups before
+the launcher starts and removes them, killing whatever is left, after it ends.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Confines the untrusted program of a python_tests run, then execs the interpreter on it.
 
-Started by adapters/sandbox.py as ``python -I sandbox_launcher.py '<json settings>'`` with a
-clean environment; it imports nothing outside the standard library (adapters/seccomp.py is
+Started by runner.py (beside this) as ``python -I launcher.py '<json settings>'`` with a clean
+environment; it imports nothing outside the standard library (seccomp.py, beside it, is
 loaded by path). Three processes, one code path whether or not the server holds CAP_SYS_ADMIN:
 
 - **A, the launcher** (the server's user, root or not): a child subreaper, so whatever the
@@ -23,7 +23,7 @@ loaded by path). Three processes, one code path whether or not the server holds 
   rlimits, sets NO_NEW_PRIVS, loads the seccomp filter and execs ``python -I -S -B -``. The
   program's uid is not 0 in its namespace, so execve leaves it no capability.
 
-In ``limits-only`` mode (explicitly configured; adapters/sandbox.py never falls back to it) B
+In ``limits-only`` mode (explicitly configured; runner.py never falls back to it) B
 only switches uid and C only applies the limits, NO_NEW_PRIVS and the filter (no sockets then).
 """
 

@@ -1,10 +1,10 @@
 """Run untrusted Python in a confined subprocess (the ``python_tests`` verifier's engine).
 
-The child is started through adapters/sandbox_launcher.py, which confines it (user, mount,
-network, PID, IPC, UTS and cgroup namespaces; a minimal read-only root; NO_NEW_PRIVS and the
-seccomp filter of adapters/seccomp.py; rlimits; a uid of its own) before exec'ing the
-interpreter on the program read from stdin. This side adds what the child cannot enforce on
-itself: a cgroup per run for limits on the whole tree (adapters/sandbox_cgroups.py), a
+The child is started through launcher.py (beside this, run as a script by its path), which
+confines it (user, mount, network, PID, IPC, UTS and cgroup namespaces; a minimal read-only
+root; NO_NEW_PRIVS and the seccomp filter of seccomp.py; rlimits; a uid of its own) before
+exec'ing the interpreter on the program read from stdin. This side adds what the child cannot
+enforce on itself: a cgroup per run for limits on the whole tree (cgroups.py), a
 wall-clock limit, a cap on the output read back, a clean environment, and a bound on how many
 sandboxes run at once, each in a slot with its own uid.
 
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import seccomp
-from .sandbox_cgroups import CgroupSupport, RunCgroup, detect
-from .sandbox_launcher import SETUP_FAILED
-from .sandbox_rootfs import RootFiles, RootFilesError, root_files
+from .cgroups import CgroupSupport, RunCgroup, detect
+from .launcher import SETUP_FAILED
+from .rootfs import RootFiles, RootFilesError, root_files
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
+LAUNCHER = Path(__file__).with_name("launcher.py")
 #: ``namespaces``: the full confinement (the default); ``limits-only``: rlimits, a uid of its
 #: own, NO_NEW_PRIVS and seccomp (no sockets) but the host's file system and processes in view.
 Isolation = Literal["namespaces", "limits-only"]

@@ -1,5 +1,9 @@
 """Drives ``correction.refinement`` on the engine: the server side of decoding/refinement.
 
+A request-level wrapper, not a per-step correction: the route (server/openai_api.py) hands a
+request whose correction asks for refinement (``CorrectionSpec.refinement``)
+to :class:`RefinementDriver` instead of calling vLLM once.
+
 Each round is an ordinary chat completion on this server's engine through vLLM's serving
 layer, carrying the request's sampling settings and its other (per-step) corrections; the loop
 itself (decoding/refinement/loop.py) decides what to generate and which answer wins.
@@ -20,7 +24,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,10 +31,6 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
-import adapters.python_tests  # noqa: F401  (registers the python_tests verifier)
-import adapters.webhook  # noqa: F401  (registers the webhook verifier)
-from adapters import verifier_plugins
-from adapters.remote_model import configured_judges, remote_generate
 from adapters.vllm_compat import CompletionRequest, ErrorResponse
 from decoding.refinement import (
     Candidate,
@@ -46,45 +45,19 @@ from decoding.refinement import (
     refine,
 )
 from decoding.refinement.generation import GenerateFn
-from decoding.refinement.model_verifiers import JUDGES_CONTEXT
-from decoding.refinement.params import BUDGET_CAPS_CONTEXT, MAX_ROUNDS_CONTEXT, BudgetCaps
-from decoding.refinement.urls import URL_PREFIXES_CONTEXT, parse_prefix
-from decoding.refinement.verifier import TREE_LIMITS_CONTEXT, TreeLimits
-from decoding.spec import CorrectionSpec
+from decoding.refinement.verifier_types import verifier_types_in
+from decoding.spec import WIRE_KEY, CorrectionSpec
 
-from .cancellation import CancelScope
-from .config import Config
-from .corrections import correction_report, wire_xargs
-from .errors import APIError
-from .metrics import ServerMetrics
-from .runtime import EngineRuntime
-from .unlearning import NAME as UNLEARNING
-from .unlearning import request_texts
-
-
-def configure_refinement(context: dict[str, Any], config: Config) -> dict[str, GenerateFn]:
-    """Load the configured custom verifiers, declare in the validation ``context`` the caps,
-    the URL allow-list and the judge names requests are validated against; the configured
-    judges' clients (each holding its key, read from the environment now: a missing one is a
-    start-up error)."""
-    verifier_plugins.load_verifiers(config.verifiers)
-    context[MAX_ROUNDS_CONTEXT] = config.refinement.max_rounds
-    context[URL_PREFIXES_CONTEXT] = tuple(
-        parse_prefix(entry) for entry in config.refinement.url_prefixes
-    )
-    context[JUDGES_CONTEXT] = frozenset(config.judges)
-    settings = config.refinement
-    context[TREE_LIMITS_CONTEXT] = TreeLimits(
-        nodes=settings.max_verifier_nodes,
-        depth=settings.max_verifier_depth,
-        costly=settings.max_costly_verifiers,
-    )
-    context[BUDGET_CAPS_CONTEXT] = BudgetCaps(
-        max_engine_calls=settings.max_engine_calls,
-        max_sandbox_seconds=settings.max_sandbox_seconds,
-        max_seconds=settings.max_seconds,
-    )
-    return configured_judges(config.judges, os.environ)
+from ..cancellation import CancelScope
+from ..corrections import correction_report, wire_xargs
+from ..errors import APIError, error_body
+from ..exchange import CLIENT_CLOSED, Endpoint, Exchange
+from ..metrics import ServerMetrics
+from ..runtime import EngineRuntime
+from ..unlearning import NAME as UNLEARNING
+from ..unlearning import request_texts
+from ..vllm_errors import from_vllm_error
+from .remote_model import remote_generate
 
 
 class _Usage:
@@ -134,9 +107,7 @@ class RefinementDriver:
         """The non-streaming response to a chat request carrying ``correction.refinement``
         (``ex`` is the route's bookkeeping; ``record`` records its metrics once it is done).
         Every round runs in ``scope``: a client that leaves cancels the rounds."""
-        from .openai_api import CLIENT_CLOSED
-
-        params: RefinementParams = ex.correction.refinement
+        params = _params(ex)
         usage = _Usage()
         messages = [dict(m) for m in request.messages]
         outcome = await scope.run(self._run(request, ex, params, messages, usage))
@@ -151,7 +122,7 @@ class RefinementDriver:
     def stream(self, request, ex, record: Callable[[Any], None]) -> AsyncIterator[str]:
         """The SSE events of a streamed refinement (the streaming response runs them and
         cancels them when the client leaves)."""
-        params: RefinementParams = ex.correction.refinement
+        params = _params(ex)
         messages = [dict(m) for m in request.messages]
         return self._stream(request, ex, params, messages, _Usage(), record)
 
@@ -177,6 +148,8 @@ class RefinementDriver:
                 self._generate(request, ex, usage, per_step=True),
                 VerifyContext(messages, services, request_id=ex.request_id),
                 on_candidate=on_candidate,
+                # The registry the request's specs were validated against.
+                verifier_types=verifier_types_in(self.runtime.correction_context),
             )
         except NoCandidate as exc:
             if isinstance(exc.cause, APIError):
@@ -224,9 +197,7 @@ class RefinementDriver:
                 update["temperature"] = temperature
             result = await serving.create_chat_completion(request.model_copy(update=update), None)
             if isinstance(result, ErrorResponse):
-                from .openai_api import Endpoint, _from_vllm_error
-
-                err = _from_vllm_error(result, Endpoint.CHAT)
+                err = from_vllm_error(result, Endpoint.CHAT)
                 raise GenerationRefused(err.message, err)
             usage.add(result.usage)
             total = result.usage.completion_tokens if result.usage else 0
@@ -318,8 +289,6 @@ class RefinementDriver:
         usage: _Usage,
         record: Callable[[Any], None],
     ) -> AsyncIterator[str]:
-        from .openai_api import CLIENT_CLOSED
-
         stream_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         model = ex.profile.name if ex.profile is not None else ex.model
@@ -416,9 +385,15 @@ def _smallest(*limits: int | None) -> int | None:
     return min(given) if given else None
 
 
-def _without_corrigo(xargs: dict[str, Any] | None) -> dict[str, Any] | None:
-    from decoding.spec import WIRE_KEY
+def _params(ex: Exchange) -> RefinementParams:
+    """The refinement a request the route handed over asks for."""
+    assert ex.correction is not None and ex.correction.refinement is not None, (
+        "the route hands over only requests that ask for refinement"
+    )
+    return ex.correction.refinement
 
+
+def _without_corrigo(xargs: dict[str, Any] | None) -> dict[str, Any] | None:
     if not xargs or WIRE_KEY not in xargs:
         return xargs
     rest = {k: v for k, v in xargs.items() if k != WIRE_KEY}
@@ -426,6 +401,4 @@ def _without_corrigo(xargs: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _error_json(err: APIError) -> dict[str, Any]:
-    from .errors import error_body
-
     return error_body(err.status, err.message, param=err.param, code=err.code)["error"]

@@ -1,6 +1,6 @@
 """The seccomp filter of the python_tests sandbox: a classic BPF program built here with ctypes.
 
-Loaded by adapters/sandbox_launcher.py into the sandboxed process just before it execs the
+Loaded by launcher.py (beside this) into the sandboxed process just before it execs the
 interpreter (after PR_SET_NO_NEW_PRIVS), so the untrusted program and everything it starts run
 under it. The filter refuses, with EPERM, what the sandbox's namespaces do not already contain
 or what would let a process undo them: new namespaces (unshare, setns, clone with any

@@ -11,7 +11,7 @@ this adds is that nothing about the exchange is left to the remote or to the env
   identity``; a compressed answer would not parse), so no small answer inflates in memory.
 
 Failures raise :class:`OutboundError` with the details for the server log; callers never show
-them to clients (decoding/refinement/loop.py reports a generic failure).
+them to clients (decoding/refinement/run.py reports a generic failure).
 """
 
 from __future__ import annotations

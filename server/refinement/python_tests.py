@@ -1,5 +1,5 @@
 """The ``python_tests`` verifier: run the candidate's code against the request's tests in the
-sandbox (adapters/sandbox.py).
+sandbox (server/refinement/sandbox/runner.py).
 
 ``{"type": "python_tests", "tests": ["assert add(1, 2) == 3", ...]}``: the candidate's code
 (its first fenced Python block, else its whole text) runs first, then each test in a fresh copy
@@ -8,8 +8,8 @@ the host from hostile code; it does not stop code written to fool its own tests 
 same interpreter), which is the request's problem, not the server's.
 
 Where the server's sandbox cannot be confined at the configured level (its start-up probe,
-adapters/sandbox.py), the server declares why under :data:`SANDBOX_CONTEXT` and every
-``python_tests`` spec is refused at validation: a 400 naming ``...verifier.type``.
+server/refinement/sandbox/runner.py), the server declares why under :data:`SANDBOX_CONTEXT`
+and every ``python_tests`` spec is refused at validation: a 400 naming ``...verifier.type``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_
 
 from decoding.params import NestedFieldError
 from decoding.refinement.verdict import Verdict, failed
-from decoding.refinement.verifier import Cost, VerifierParams, VerifyContext, register_verifier
+from decoding.refinement.verifier import Cost, VerifierParams, VerifierType, VerifyContext
 
-from .sandbox import SandboxLimits, SandboxUnavailable, run_python
+from .sandbox.runner import SandboxLimits, SandboxUnavailable, run_python
 
 #: Validation context key: None when the sandbox may run, else why it may not (the 400's text).
 SANDBOX_CONTEXT = "python_tests_sandbox_refusal"
@@ -146,4 +146,4 @@ class PythonTestsVerifier:
         )
 
 
-register_verifier("python_tests", PythonTestsParams, PythonTestsVerifier, cost=Cost.SANDBOX)
+PYTHON_TESTS = VerifierType(PythonTestsParams, PythonTestsVerifier, Cost.SANDBOX)

@@ -1,5 +1,5 @@
 """What the python_tests sandbox's minimal root shows: the interpreter, its standard library and
-the shared libraries they need, nothing else (adapters/sandbox_launcher.py binds them read-only
+the shared libraries they need, nothing else (launcher.py, beside this, binds them read-only
 at their host paths, so the interpreter finds its prefix as usual).
 
 Worked out once at start-up: the interpreter is the server's own (its real path), the standard

@@ -4,8 +4,8 @@ Request body: ``{"candidate": str, "messages": [...], "metadata": {...}}``. The 
 answers ``{"accepted": bool, "score": float (optional, default 1/0), "feedback": str
 (optional)}``. Timeouts, connection errors and 5xx answers are retried (``retries`` times,
 exponential backoff); what still fails is a rejection. The URL is the allow-list's canonical
-form (decoding/refinement/urls.py) and the POST is adapters/outbound.py's (no redirects, one
-deadline per attempt, bounded answer); why it failed goes to the server log, not the client.
+form (decoding/refinement/urls.py) and the POST is outbound.py's (beside this: no redirects,
+one deadline per attempt, bounded answer); why it failed goes to the server log, not the client.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pydantic import Field, FiniteFloat, field_validator
 
 from decoding.refinement.urls import check_url
 from decoding.refinement.verdict import Verdict
-from decoding.refinement.verifier import VerifierParams, VerifyContext, register_verifier
+from decoding.refinement.verifier import VerifierParams, VerifierType, VerifyContext
 
 from .outbound import OutboundError, post_json
 
@@ -92,4 +92,4 @@ class WebhookVerifier:
         raise WebhookError(f"{url} failed after {self.params.retries + 1} attempts: {last}")
 
 
-register_verifier("webhook", WebhookParams, WebhookVerifier)
+WEBHOOK = VerifierType(WebhookParams, WebhookVerifier)

@@ -3,8 +3,8 @@
 Two kinds of caller: a judge the server's config declares (``[judges.NAME]``: its URL, model
 and key, the key read from the environment once, at start-up, by :func:`configured_judges`),
 and a request's own keyless ``url`` (already through the allow-list). The POST is
-adapters/outbound.py's; failures raise :class:`~adapters.outbound.OutboundError` with details
-for the server log only.
+server/refinement/outbound.py's; failures raise
+:class:`~server.refinement.outbound.OutboundError` with details for the server log only.
 """
 
 from __future__ import annotations

@@ -1,0 +1,59 @@
+"""One request's exchange as the routes see it: which endpoint, its bookkeeping, and the status
+recorded when the client leaves. Shared by the routes (server/openai_api.py) and the refinement
+driver (server/refinement/driver.py)."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from adapters.vllm_compat import ChatCompletionRequest, CompletionRequest
+from decoding.spec import CorrectionSpec
+
+from .profiles import Profile
+from .unlearning import Admission, GateJob
+
+#: Status recorded when the client went away before the response was complete (nginx's code).
+CLIENT_CLOSED = 499
+
+
+class Endpoint(enum.Enum):
+    CHAT = "chat_completions"
+    COMPLETION = "completions"
+
+    @property
+    def request_model(self) -> type[ChatCompletionRequest] | type[CompletionRequest]:
+        return ChatCompletionRequest if self is Endpoint.CHAT else CompletionRequest
+
+    @property
+    def prompt_param(self) -> str:
+        return "messages" if self is Endpoint.CHAT else "prompt"
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self is Endpoint.CHAT else "text_completion"
+
+
+@dataclass
+class Exchange:
+    """One request's bookkeeping for metrics and the correction report."""
+
+    endpoint: Endpoint
+    started: float = field(default_factory=time.perf_counter)
+    model: str = ""
+    status: int = 200
+    correction: CorrectionSpec | None = None
+    #: The profile the request named as its model, if any.
+    profile: Profile | None = None
+    completion_tokens: int = 0
+    #: The unlearning gate's work, checked before admission and done after it.
+    gate_job: GateJob | None = None
+    #: The unlearning gate's admission (server/unlearning.py), for gated requests.
+    unlearning: Admission | None = None
+    #: Whether a streaming client asked for the final usage chunk itself.
+    client_wants_usage: bool = False
+    #: The report ticket the engine's figures for the correction come under (request_reports).
+    ticket: list[int] | None = None
+    #: The request's ``X-Request-Id`` (server/request_id.py), for log lines.
+    request_id: str | None = None
