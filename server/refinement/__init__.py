@@ -1,7 +1,7 @@
 """Refinement's home on the server: the request-level wrapper around the per-step path.
 
-A request whose correction asks for refinement (spec.py) is driven by driver.py, which runs
-decoding/refinement's loop with this server's engine as its ``generate``; configure.py declares
+A request whose correction asks for refinement (``CorrectionSpec.refinement``) is driven by
+driver.py, which runs decoding/refinement's loop with this server's engine as its ``generate``; configure.py declares
 the server's caps, URL allow-list, judges and verifier types for validation. Beside it live
 the verifiers that touch the outside world: python_tests (the sandbox/ subpackage), webhook
 and remote judges (outbound.py, remote_model.py), and the operator's plugins

@@ -312,3 +312,38 @@ def test_the_cycles_are_found_and_named() -> None:
         "pkg.a -> pkg.b [pkg/a.py:1] -> pkg.a [pkg/b.py:2 (inside a function)]",
         "pkg.c -> pkg.sub [pkg/c.py:1] -> pkg.c [pkg/sub/__init__.py:1]",
     ]
+
+
+#: Which top-level packages each layer may import (docs/architecture.md): imports only go down.
+LAYERS = {
+    "decoding": {"decoding"},
+    "adapters": {"adapters", "decoding"},
+    "server": {"server", "adapters", "decoding"},
+}
+
+
+def upward_imports(graph: Graph) -> list[str]:
+    return [
+        f"{edge.where()}: {edge.source} imports {edge.target}"
+        for edge in graph.edges
+        if edge.source.split(".")[0] in LAYERS
+        and edge.target.split(".")[0] not in LAYERS[edge.source.split(".")[0]]
+    ]
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    found = upward_imports(GRAPH)
+    assert not found, "imports up the layers:\n" + "\n".join(found)
+
+
+def test_an_upward_import_is_found() -> None:
+    toy = {
+        "decoding/__init__.py": "",
+        "decoding/x.py": "from server import app\n",
+        "server/__init__.py": "",
+        "server/app.py": "from decoding import x\n",
+    }
+    assert upward_imports(build_graph(toy)) == [
+        "decoding/x.py:1: decoding.x imports server",  # the package runs first
+        "decoding/x.py:1: decoding.x imports server.app",
+    ]
