@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from decoding.refinement.loop import FLIPS
 from decoding.refinement.params import STRATEGIES
 
 from .server import local_server
@@ -132,14 +133,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     for row in rows:
         cell = out.setdefault(row["suite"], {}).setdefault(
             row["config"],
-            {
-                "n": 0,
-                "passed": 0,
-                "incorrect_to_correct": 0,
-                "correct_to_incorrect": 0,
-                "rounds": 0,
-                "tokens": 0,
-            },
+            {"n": 0, "passed": 0, **dict.fromkeys(FLIPS, 0), "rounds": 0, "tokens": 0},
         )
         cell["n"] += 1
         cell["passed"] += row["chosen"]

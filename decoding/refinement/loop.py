@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .generation import GenerateFn, Message
 from .params import RefinementParams
@@ -21,6 +21,10 @@ from .specs import build_verifier
 from .strategies import strategy_for
 from .verifier import VerifierTypes, VerifyContext
 from .verifier_types import BUILTIN_VERIFIER_TYPES
+
+#: How the chosen answer's correctness differs from the draft's.
+Flip = Literal["incorrect_to_correct", "correct_to_incorrect"]
+FLIPS: tuple[str, ...] = get_args(Flip)
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Truth:
     chosen: bool
 
     @property
-    def flip(self) -> str | None:
+    def flip(self) -> Flip | None:
         if self.draft != self.chosen:
             return "incorrect_to_correct" if self.chosen else "correct_to_incorrect"
         return None
@@ -131,4 +135,4 @@ async def _truth(run: RefinementRun, chosen: Candidate, types: VerifierTypes) ->
     return Truth(draft_ok, chosen_ok)
 
 
-__all__ = ["NoCandidate", "Outcome", "Truth", "refine", "select"]
+__all__ = ["FLIPS", "Flip", "NoCandidate", "Outcome", "Truth", "refine", "select"]
