@@ -16,8 +16,9 @@ import importlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import copilot, proxy_tuning, unlearning
+from . import proxy_tuning, unlearning
 from .contract import Correction, Figure
+from .copilot import correction as copilot
 from .refinement.params import REFINEMENT
 
 #: Proxy-tuning shift, copilot rectification, unlearning penalties and blocks (blocks last, so

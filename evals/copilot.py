@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from decoding.copilot.params import SPACES
 from server.launcher import QUICK_ENGINE, start_server
 from server.toml_writer import write_config
 
@@ -41,7 +42,7 @@ def add_parser(evals) -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lambdas", default="0.5,1,2", help="comma-separated sweep (probs space)")
-    parser.add_argument("--space", choices=["logits", "probs"], default="probs")
+    parser.add_argument("--space", choices=SPACES, default="probs")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--overhead-tokens", type=int, default=64)
     parser.add_argument(

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from adapters.aux_models import AuxModelError
 from adapters.default_model import DefaultModelError
+from decoding.copilot.params import SPACES
 
 from .auth import keyless_exposure_warning
 from .config import ConfigError, ServerConfig, load_config
-from .profiles import ProfileError
 from .refinement.remote_model import JudgeConfigError
 from .refinement.verifier_plugins import VerifierPluginError
 
@@ -95,9 +95,7 @@ def _add_copilot_commands(commands) -> None:
     train.add_argument("--top-k", type=int, default=32, help="pilot tokens logged per position")
     train.add_argument("--hidden-size", type=int, default=128)
     train.add_argument("--layers", type=int, default=2)
-    train.add_argument(
-        "--space", choices=["logits", "probs"], default="logits", help="default fusion space"
-    )
+    train.add_argument("--space", choices=SPACES, default="logits", help="default fusion space")
     train.add_argument(
         "--lambda", dest="default_lambda", type=float, default=1.0, help="default fusion weight"
     )
@@ -188,6 +186,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .deployment import aux_declared
+    from .profiles import ProfileError
 
     try:
         model = resolve_model(config.model.path, config.model.served_model_name)

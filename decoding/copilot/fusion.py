@@ -16,12 +16,9 @@ probability, so the engine's temperature, top-p and sampling apply to ``q`` as u
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Space = Literal["logits", "probs"]
-SPACES: tuple[str, ...] = ("logits", "probs")
+from .params import SPACES, Space
 
 
 class RectificationFusion:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, Field, FiniteFloat, ValidationInfo, field_validator
 
@@ -11,6 +11,10 @@ from ..params import CorrectionParams
 #: Validation context key listing the copilot names the deployment declares (each one already
 #: checked, at start-up, to be bound to the served model).
 COPILOTS_CONTEXT = "copilots"
+
+#: Where the rectification is added (decoding/copilot/fusion.py).
+Space = Literal["logits", "probs"]
+SPACES: tuple[str, ...] = get_args(Space)
 
 
 class CopilotParams(CorrectionParams):
@@ -21,7 +25,7 @@ class CopilotParams(CorrectionParams):
 
     name: str
     lambda_: FiniteFloat | None = Field(None, alias="lambda", ge=0)
-    space: Literal["logits", "probs"] | None = None
+    space: Space | None = None
 
     @field_validator("name")
     @classmethod

@@ -20,10 +20,12 @@ from adapters.copilot_training import (
     train,
 )
 from adapters.default_model import ensure_default_model
-from decoding.copilot import COPILOTS_CONTEXT, CopilotRectification, RectificationFusion
 from decoding.copilot.binding import Binding, BindingError
 from decoding.copilot.checkpoint import CheckpointError, read, save
+from decoding.copilot.fusion import RectificationFusion
 from decoding.copilot.model import Copilot, PilotFeatures
+from decoding.copilot.params import COPILOTS_CONTEXT
+from decoding.copilot.plugin import CopilotRectification
 from decoding.copilot.runner import CopilotConfigError, CopilotRunner, check_binding
 from decoding.correction import decode_wire, parse_correction
 from decoding.params import CorrectionError

@@ -15,7 +15,7 @@ from adapters.manifest import (
     ModelEntry,
     ReportChannel,
 )
-from decoding.copilot import COPILOTS_CONTEXT
+from decoding.copilot.params import COPILOTS_CONTEXT
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 from decoding.registry import DEFAULT
 from decoding.unlearning import FORGET_SETS_CONTEXT
