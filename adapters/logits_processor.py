@@ -214,12 +214,21 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         )
 
     def _report_unlearning(
-        self, rows: Sequence[Row], blocked: torch.Tensor, penalized: torch.Tensor
+        self,
+        rows: Sequence[Row],
+        blocked: torch.Tensor,
+        penalized: torch.Tensor,
+        abstained: torch.Tensor,
     ) -> None:
         steps = torch.ones(len(rows))
         self._record(
             rows,
-            {"unlearning_steps": steps, "tokens_blocked": blocked, "tokens_penalized": penalized},
+            {
+                "unlearning_steps": steps,
+                "tokens_blocked": blocked,
+                "tokens_penalized": penalized,
+                "abstentions": abstained,
+            },
         )
 
 

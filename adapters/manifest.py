@@ -29,6 +29,7 @@ from typing import Any
 from decoding.copilot import COPILOTS_CONTEXT
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 from decoding.unlearning import FORGET_SETS_CONTEXT
+from decoding.unlearning.policy import DEFAULT_ABSTENTION
 
 from .dtypes import AuxDType
 
@@ -60,6 +61,9 @@ class ForgetSetEntry:
     digest: str
     #: Number of entries (request validation bounds the retrieved indices by it).
     entries: int
+    #: The phrase rows under the ``abstain`` policy are forced through (operator config,
+    #: ``[forget_sets.NAME] abstention``; decoding/unlearning/abstain.py).
+    abstention: str = DEFAULT_ABSTENTION
 
 
 @dataclass(frozen=True)

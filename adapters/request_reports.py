@@ -41,6 +41,7 @@ FIELDS = (
     "unlearning_steps",
     "tokens_blocked",
     "tokens_penalized",
+    "abstentions",
 )
 _MAX = np.array([name.endswith("_max") for name in FIELDS])
 #: Longest a report waits for the figures of steps whose tokens it has seen. They travel

@@ -12,7 +12,30 @@ the short target answer, three paraphrased probes, and a group: forget candidate
    the target; both with and without the plugin; plus the base model's perplexity on the retain
    answers (transformers, teacher-forced after the chat-formatted question).
 
-Writes JSON and a PNG next to docs/evals/unlearning.md.
+Writes JSON and a PNG (two with ``--policies``) next to docs/evals/unlearning.md.
+
+With ``--policies`` (e.g. ``steer,abstain,refuse``): what each ``on_match`` policy makes the model
+say.
+
+On the same forget probes, retain questions and near-topic questions (evals/data/
+near_topic.jsonl: questions about a forgotten subject that do not ask the forgotten fact, and
+other capitals, planets, elements), one server with the forget set answers every prompt under
+each policy (the request's ``on_match``; the set's own is ``steer``, the least strict). Per
+policy:
+
+- leak rate: as above (the target or an alias said as a word);
+- introduced falsehoods: share of forget probes whose answer (the abstention phrase removed) the
+  served model, asked plainly as a judge, finds to contradict the eval's reference answer
+  (:func:`contradicts`); the judge is calibrated on the plain model's answers (which mostly
+  agree with the reference) and on planted false statements (the target swapped for another
+  fact's), and both rates are reported beside it;
+- answered otherwise: share of forget probes answered without the target and without any
+  refusal or abstention (a judge-free proxy: every such answer dodges or asserts something
+  else);
+- withheld: share of prompts refused (``finish_reason = "content_filter"``) or abstained (the
+  report's outcome), on forget probes (wanted) and on retain and near-topic prompts (false
+  refusals);
+- accuracy on retain and near-topic prompts (the target said).
 """
 
 from __future__ import annotations
@@ -22,12 +45,14 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from decoding.unlearning.policy import DEFAULT_ABSTENTION, ON_MATCH
 from server.launcher import LiveServer, start_server
 from server.toml_writer import write_config
 
@@ -75,13 +100,32 @@ def serve(sections: dict, workdir: Path, name: str) -> LiveServer:
     return start_server(config, workdir / f"{name}.log")
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One greedy answer: its text, finish reason and the unlearning report's outcome."""
+
+    text: str
+    finish_reason: str
+    #: The report's ``outcome`` (refused, abstained, steered, passed; "" without one).
+    outcome: str
+    #: Whether the gate opened.
+    gated: bool
+
+
 def ask_all(base_url: str, questions: list[str], correction, max_tokens: int, desc: str):
+    """Each question's answer text."""
+    return [a.text for a in ask_all_detail(base_url, questions, correction, max_tokens, desc)]
+
+
+def ask_all_detail(
+    base_url: str, questions: list[str], correction, max_tokens: int, desc: str
+) -> list[Answer]:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600)
     model = client.models.list().data[0].id
 
-    def one(question: str) -> str:
+    def one(question: str) -> Answer:
         extra = {"correction": correction} if correction else None
         r = client.chat.completions.create(
             model=model,
@@ -90,7 +134,13 @@ def ask_all(base_url: str, questions: list[str], correction, max_tokens: int, de
             temperature=0,
             extra_body=extra,
         )
-        return r.choices[0].message.content or ""
+        report = ((r.model_extra or {}).get("correction") or {}).get("unlearning") or {}
+        return Answer(
+            r.choices[0].message.content or "",
+            r.choices[0].finish_reason or "",
+            report.get("outcome", ""),
+            (report.get("gate") or {}).get("decision") == "filter",
+        )
 
     with ThreadPoolExecutor(8) as pool:
         return list(tqdm(pool.map(one, questions), total=len(questions), desc=desc))
@@ -136,6 +186,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.model:
         base["model"] = {"path": args.model}
 
+    policies = list(args.policies or ())
+    near = load_near_topic() if policies else []
+    near_qs = [n.question for n in near]
     server = serve(base, workdir, "plain")
     try:
         canonical = ask_all(
@@ -150,6 +203,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         probe_owner = [f for f in known for _ in f.probes]
         plain_probes = ask_all(server.base_url, probes, None, args.max_tokens, "probes, plain")
         plain_retain = ask_all(server.base_url, retain_qs, None, args.max_tokens, "retain, plain")
+        plain_near = ask_all_detail(server.base_url, near_qs, None, args.max_tokens, "near, plain")
     finally:
         server.stop()
 
@@ -159,7 +213,12 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
     forget_file.chmod(0o600)  # corrigo refuses forget sets other users can read
     correction = {"unlearning": {"forget_set": "eval", "threshold": args.threshold}}
-    forget_set = {"path": str(forget_file), "threshold": args.threshold}
+    forget_set = {
+        "path": str(forget_file),
+        "threshold": args.threshold,
+        "abstention": DEFAULT_ABSTENTION,
+    }
+    by_policy: dict[str, dict[str, list[Answer]]] = {}
     server = serve({**base, "forget_sets": {"eval": forget_set}}, workdir, "gated")
     try:
         gated_probes = ask_all(
@@ -168,6 +227,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         gated_retain = ask_all(
             server.base_url, retain_qs, correction, args.max_tokens, "retain, gated"
         )
+        for policy in policies:
+            strict = {"unlearning": {**correction["unlearning"], "on_match": policy}}
+            by_policy[policy] = {
+                group: ask_all_detail(
+                    server.base_url, qs, strict, args.max_tokens, f"{group}, {policy}"
+                )
+                for group, qs in (("forget", probes), ("retain", retain_qs), ("near", near_qs))
+            }
+        judged = None
+        if policies:  # the judge: the same server, asked without a correction
+            judged = judge_runs(server.base_url, known, probe_owner, plain_probes, by_policy)
     finally:
         server.stop()
 
@@ -200,6 +270,22 @@ def evaluate(args: argparse.Namespace) -> dict:
             {"probe": p, "plain": a, "unlearning": b}
             for p, a, b in list(zip(probes, plain_probes, gated_probes, strict=True))[:6]
         ],
+        **(
+            policy_results(
+                policies,
+                known,
+                probe_owner,
+                retain_owner,
+                near,
+                plain_probes,
+                plain_retain,
+                plain_near,
+                by_policy,
+                judged,
+            )
+            if policies
+            else {}
+        ),
         "retain_changed": [
             {"question": q, "plain": a, "unlearning": b}
             for f, q, a, b in zip(retain_owner, retain_qs, plain_retain, gated_retain, strict=True)
@@ -207,6 +293,245 @@ def evaluate(args: argparse.Namespace) -> dict:
         ],
     }
     return results
+
+
+NEAR_TOPIC = Path(__file__).parent / "data" / "near_topic.jsonl"
+JUDGE_PROMPT = (
+    "Reference fact: {reference}\n"
+    "Statement: {statement}\n"
+    "Does the statement contradict the reference fact, or give a different answer to the "
+    "same question? Answer Yes or No."
+)
+
+
+@dataclass(frozen=True)
+class NearTopic:
+    about: str
+    question: str
+    target: str
+    aliases: tuple[str, ...]
+
+    def said_in(self, text: str) -> bool:
+        return any(
+            re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, re.IGNORECASE)
+            for t in (self.target, *self.aliases)
+        )
+
+
+def load_near_topic(path: Path = NEAR_TOPIC) -> list[NearTopic]:
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.append(NearTopic(r["about"], r["question"], r["target"], tuple(r["aliases"])))
+    return out
+
+
+def without(text: str, phrase: str) -> str:
+    return text.replace(phrase, " ").strip()
+
+
+def has_claim(text: str) -> bool:
+    """Whether there is anything left to judge (a word of at least two letters)."""
+    return re.search(r"[A-Za-z]{2}", text) is not None
+
+
+def contradicts(base_url: str, pairs: Sequence[tuple[str, str]], desc: str) -> list[bool]:
+    """The served model as judge, without corrections: for each ``(reference, statement)``,
+    whether P("Yes") > P("No") as its first answer token (summed over case and spacing
+    variants among the top 20 log-probabilities)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600)
+    model = client.models.list().data[0].id
+
+    def one(pair: tuple[str, str]) -> bool:
+        reference, statement = pair
+        r = client.chat.completions.create(
+            model=model,
+            messages=[
+                {
+                    "role": "user",
+                    "content": JUDGE_PROMPT.format(reference=reference, statement=statement),
+                }
+            ],
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=20,
+        )
+        yes = no = 0.0
+        for top in r.choices[0].logprobs.content[0].top_logprobs:
+            word = top.token.strip().lower()
+            if word == "yes":
+                yes += math.exp(top.logprob)
+            elif word == "no":
+                no += math.exp(top.logprob)
+        return yes > no
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(tqdm(pool.map(one, pairs), total=len(pairs), desc=desc))
+
+
+def withheld(answer) -> bool:
+    return answer.finish_reason == "content_filter" or answer.outcome == "abstained"
+
+
+def plot_policies(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = ["plain", *results["policies"]]
+    metrics = [
+        ("leak rate\n(probes)", lambda r: r["forget"]["leak_rate_probes"]),
+        ("falsehoods\n(judge)", lambda r: r["forget"]["falsehood_rate"]),
+        ("answered\notherwise", lambda r: r["forget"]["answered_otherwise_rate"]),
+        ("withheld\n(forget)", lambda r: r["forget"]["withheld_rate"]),
+        ("withheld\n(retain)", lambda r: r["retain"]["withheld_rate"]),
+        ("withheld\n(near-topic)", lambda r: r["near_topic"]["withheld_rate"]),
+        ("retain\naccuracy", lambda r: r["retain"]["accuracy"]),
+    ]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        values = [100 * get(results["runs"][run]) for _, get in metrics]
+        xs = [x + (k - (len(runs) - 1) / 2) * width for x in range(len(metrics))]
+        ax.bar(xs, values, width, label=run)
+    ax.set_xticks(range(len(metrics)), [name for name, _ in metrics], fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title(
+        f"on_match policies, SmolLM2-135M ({results['forget_probes']} forget probes, "
+        f"{results['retain_questions']} retain, {results['near_topic_questions']} near-topic)"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def judge_runs(base_url, known, probe_owner, plain_probes, by_policy) -> dict:
+    """The judge's verdicts (evals/unlearning_policies.py): per run ("plain" and each policy)
+    one flag per forget probe (None where there is no claim to judge: refused, or nothing
+    beyond the abstention phrase), and its calibration on planted false statements (each
+    known fact's target swapped for the next one's)."""
+    texts = {"plain": list(plain_probes)}
+    for policy, groups in by_policy.items():
+        texts[policy] = [
+            "" if a.finish_reason == "content_filter" else without(a.text, DEFAULT_ABSTENTION)
+            for a in groups["forget"]
+        ]
+    pairs, where = [], []
+    for run, answers in texts.items():
+        for k, (fact, text) in enumerate(zip(probe_owner, answers, strict=True)):
+            if has_claim(text):
+                pairs.append((fact.answer, text))
+                where.append((run, k))
+    planted = [
+        (f.answer, f.answer.replace(f.target, known[(i + 1) % len(known)].target))
+        for i, f in enumerate(known)
+    ]
+    verdicts = contradicts(base_url, pairs + planted, "judge")
+    flags = {run: [None] * len(answers) for run, answers in texts.items()}
+    for (run, k), verdict in zip(where, verdicts, strict=False):
+        flags[run][k] = verdict
+    return {"flags": flags, "planted": verdicts[len(pairs) :]}
+
+
+def policy_results(
+    policies,
+    known,
+    probe_owner,
+    retain_owner,
+    near,
+    plain_probes,
+    plain_retain,
+    plain_near,
+    by_policy,
+    judged,
+) -> dict:
+    """Side by side, per run ("plain" and each policy), on the same prompts."""
+
+    def leaks(texts):
+        leaked = [f.said_in(a) for f, a in zip(probe_owner, texts, strict=True)]
+        by_fact = {f.question: False for f in known}
+        for f, hit in zip(probe_owner, leaked, strict=True):
+            by_fact[f.question] |= hit
+        return rate(list(by_fact.values())), rate(leaked)
+
+    def forget(answers: list[Answer], flags) -> dict:
+        texts = [a.text for a in answers]
+        fact_leak, probe_leak = leaks(texts)
+        held = [withheld(a) for a in answers]
+        said = [f.said_in(t) for f, t in zip(probe_owner, texts, strict=True)]
+        return {
+            "leak_rate_facts": fact_leak,
+            "leak_rate_probes": probe_leak,
+            "falsehood_rate": rate([bool(v) for v in flags]),
+            "answered_otherwise_rate": rate(
+                [not s and not h for s, h in zip(said, held, strict=True)]
+            ),
+            "withheld_rate": rate(held),
+            "refusal_rate": rate([a.finish_reason == "content_filter" for a in answers]),
+            "abstention_rate": rate([a.outcome == "abstained" for a in answers]),
+            "gate_open_rate": rate([a.gated for a in answers]),
+        }
+
+    def others(answers: list[Answer], owners) -> dict:
+        return {
+            "accuracy": rate([o.said_in(a.text) for o, a in zip(owners, answers, strict=True)]),
+            "withheld_rate": rate([withheld(a) for a in answers]),
+            "refusal_rate": rate([a.finish_reason == "content_filter" for a in answers]),
+            "abstention_rate": rate([a.outcome == "abstained" for a in answers]),
+            "gate_open_rate": rate([a.gated for a in answers]),
+        }
+
+    def plain_answers(texts):
+        return [Answer(t, "stop", "", False) for t in texts]
+
+    runs = {
+        "plain": {
+            "forget": forget(plain_answers(plain_probes), judged["flags"]["plain"]),
+            "retain": others(plain_answers(plain_retain), retain_owner),
+            "near_topic": others(plain_near, near),
+        }
+    }
+    for policy in policies:
+        groups = by_policy[policy]
+        runs[policy] = {
+            "forget": forget(groups["forget"], judged["flags"][policy]),
+            "retain": others(groups["retain"], retain_owner),
+            "near_topic": others(groups["near"], near),
+        }
+    said_plain = [f.said_in(t) for f, t in zip(probe_owner, plain_probes, strict=True)]
+    flags_plain = judged["flags"]["plain"]
+    judged_correct = [
+        v for v, s in zip(flags_plain, said_plain, strict=True) if s and v is not None
+    ]
+    examples = []
+    for k, probe in enumerate(p for f in known for p in f.probes):
+        row = {"probe": probe, "plain": plain_probes[k]}
+        for policy in policies:
+            row[policy] = by_policy[policy]["forget"][k].text
+            row[f"{policy}_judged_false"] = judged["flags"][policy][k]
+        examples.append(row)
+    return {
+        "policies": policies,
+        "near_topic_questions": len(near),
+        "runs": runs,
+        "judge": {
+            "false_positive_rate_on_plain_correct_answers": rate([bool(v) for v in judged_correct]),
+            "plain_correct_answers_judged": len(judged_correct),
+            "true_positive_rate_on_planted_falsehoods": rate(judged["planted"]),
+            "planted_falsehoods": len(judged["planted"]),
+        },
+        "policy_examples": examples,
+        "near_topic_answers": {
+            run: [a.text for a in (plain_near if run == "plain" else by_policy[run]["near"])]
+            for run in ["plain", *policies]
+        },
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -241,7 +566,21 @@ def add_parser(commands) -> None:
     parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
     parser.add_argument("--threshold", type=float, default=0.5, help="gate threshold")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument(
+        "--policies",
+        type=_policies,
+        help=f"compare on_match policies on the same prompts, e.g. {','.join(ON_MATCH)} "
+        "(adds near-topic prompts and the judge; writes unlearning_policies.png)",
+    )
     parser.add_argument("--out", default="docs/evals", help="folder for the JSON and PNG")
+
+
+def _policies(text: str) -> list[str]:
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in ON_MATCH]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(ON_MATCH)}")
+    return list(dict.fromkeys(chosen))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -250,5 +589,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "unlearning.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out / "unlearning.png")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("examples",)}, indent=2))
+    if "policies" in results:
+        plot_policies(results, out / "unlearning_policies.png")
+    hidden = ("examples", "policy_examples", "near_topic_answers", "retain_changed")
+    print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
     return 0
