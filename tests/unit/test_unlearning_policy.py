@@ -297,3 +297,13 @@ def test_the_policy_and_its_texts_are_configured_per_set(tmp_path):
     for bad in ({"on_match": "lenient"}, {"refusal": "  "}, {"abstention": ""}):
         with pytest.raises(ValidationError):
             ForgetSetConfig(path="f.jsonl", **bad)
+
+
+def test_the_eval_s_judge_threshold_maximises_balanced_accuracy():
+    from evals.unlearning import calibrate
+
+    best = calibrate(negatives=[0.1, 0.2, 0.6], positives=[0.5, 0.7, 0.9])
+    assert best["threshold"] == 0.7 and best["tpr"] == pytest.approx(2 / 3)
+    assert best["fpr"] == 0.0 and best["balanced_accuracy"] == pytest.approx(5 / 6)
+    useless = calibrate(negatives=[0.4, 0.4], positives=[0.4])
+    assert useless["balanced_accuracy"] == 0.5 and useless["threshold"] > 1  # flags nothing
