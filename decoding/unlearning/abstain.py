@@ -92,8 +92,15 @@ class Abstention:
         return self.start == position and not self.done
 
 
+#: What the other candidates' logits become while a token is forced: ``exp(-1e9)`` is 0 in
+#: float32, so any sampler at any temperature picks the forced token, yet the row keeps finite
+#: candidates should vLLM's own bans (``bad_words``) later remove the forced one: a row of
+#: ``-inf`` only would sample from NaN.
+FORCED_OUT = -1e9
+
+
 def force(logits: torch.Tensor, token: int) -> None:
-    """Make ``token`` the only finite logit of the 1-D ``logits`` (in place): any sampler, at
-    any temperature, picks it."""
-    logits.fill_(-torch.inf)
+    """Leave ``token`` the only candidate with probability of the 1-D ``logits`` (in place);
+    banned candidates (``-inf``) stay banned."""
+    logits[torch.isfinite(logits)] = FORCED_OUT
     logits[token] = 0.0
