@@ -556,6 +556,10 @@ def policy_results(
             by_policy, probe_owner, retain_owner, near, plain_probes, plain_retain, plain_near
         ),
         "policy_examples": examples,
+        "gate_scores": {  # per prompt; the same under every policy (the prompt's alone)
+            group: [a.score for a in next(iter(by_policy.values()))[group]]
+            for group in ("forget", "retain", "near")
+        },
         "near_topic_answers": {
             run: [a.text for a in (plain_near if run == "plain" else by_policy[run]["near"])]
             for run in ["plain", *policies]
