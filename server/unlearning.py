@@ -4,8 +4,10 @@ For a request whose ``correction`` names ``unlearning``, the gate (decoding/unle
 reads all of the request's text (every message, system and context included, tool definitions,
 documents, template arguments, the prompt) and decides whether it concerns the forget set. The
 spec sent to the engine then carries the retrieved entries' indices (none when the gate stays
-closed: the request decodes unchanged), never the forget set's text. When the response is
-complete the counts the engine sent under the request's report ticket
+closed: the request decodes unchanged) and the ``on_match`` policy in force (the strictest of
+the set's and the request's: decoding/unlearning/policy.py; an open gate under ``refuse`` is
+answered by server/unlearning_refusal.py without the engine), never the forget set's text.
+When the response is complete the counts the engine sent under the request's report ticket
 (adapters/request_reports.py) go into its report and metrics.
 
 Hostile clients (docs: the operator's ``[forget_sets.NAME]`` policy). The gate fails closed:
