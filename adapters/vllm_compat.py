@@ -22,10 +22,19 @@ from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # no
 from vllm.entrypoints.openai.chat_completion.protocol import (  # noqa: E402
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+    DeltaMessage,
+    UsageInfo,
 )
 from vllm.entrypoints.openai.completion.protocol import (  # noqa: E402
     CompletionRequest,
     CompletionResponse,
+    CompletionResponseChoice,
+    CompletionResponseStreamChoice,
+    CompletionStreamResponse,
 )
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse  # noqa: E402
 from vllm.entrypoints.serve.exception_handling.error_response import (  # noqa: E402
@@ -42,6 +51,14 @@ from vllm.v1.sample.logits_processor import (  # noqa: E402
     LogitsProcessor,
     MoveDirectionality,
 )
+
+try:  # where vLLM 0.32 keeps it; a rendered prompt is its token ids otherwise
+    from vllm.renderers.inputs.preprocess import extract_prompt_len
+except ImportError:  # pragma: no cover
+
+    def extract_prompt_len(model_config, prompt) -> int:
+        return len(prompt["prompt_token_ids"])
+
 
 try:  # vLLM >= 0.33
     from vllm.entrypoints.common.cli_args import make_arg_parser
@@ -94,8 +111,18 @@ __all__ = [
     "BatchUpdate",
     "ChatCompletionRequest",
     "ChatCompletionResponse",
+    "ChatCompletionResponseChoice",
+    "ChatCompletionResponseStreamChoice",
+    "ChatCompletionStreamResponse",
+    "ChatMessage",
     "CompletionRequest",
     "CompletionResponse",
+    "CompletionResponseChoice",
+    "CompletionResponseStreamChoice",
+    "CompletionStreamResponse",
+    "DeltaMessage",
+    "UsageInfo",
+    "extract_prompt_len",
     "EngineDeadError",
     "ErrorResponse",
     "error_response_from_exception",

@@ -32,6 +32,12 @@ from decoding.aux.dtypes import AuxDType
 from decoding.refinement.params import BudgetCaps
 from decoding.refinement.urls import URLError, parse_prefix, parse_url
 from decoding.refinement.verifier import TreeLimits
+from decoding.unlearning.policy import (
+    DEFAULT_ABSTENTION,
+    DEFAULT_ON_MATCH,
+    DEFAULT_REFUSAL,
+    OnMatch,
+)
 
 from .refinement.sandbox.runner import DEFAULT_UID_BASE, CgroupMode, Isolation
 
@@ -192,6 +198,15 @@ class ForgetSetConfig(_Section):
     public_name: bool = False
     #: The label errors, metrics and reports use instead of the name.
     alias: str | None = Field(None, min_length=1, max_length=64)
+    #: What an open gate does (decoding/unlearning/policy.py): "steer" (generate under the
+    #: filters), "abstain" (force ``abstention`` at the first blocked token) or "refuse" (no
+    #: generation: ``refusal`` with finish_reason "content_filter"). Profiles and requests may
+    #: only make it stricter (steer < abstain < refuse).
+    on_match: OnMatch = DEFAULT_ON_MATCH
+    #: The response under "refuse" (every choice's content).
+    refusal: str = Field(DEFAULT_REFUSAL, min_length=1, max_length=1000)
+    #: The phrase forced under "abstain", in the served model's tokens.
+    abstention: str = Field(DEFAULT_ABSTENTION, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _threshold_within_bounds(self) -> ForgetSetConfig:
@@ -204,6 +219,9 @@ class ForgetSetConfig(_Section):
             )
         if self.public_name and self.alias is not None:
             raise ValueError("set public_name or alias, not both")
+        for name in ("refusal", "abstention"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name} is blank")
         return self
 
 

@@ -17,6 +17,7 @@ from decoding.registry import Registry
 from decoding.spec import WIRE_KEY, CorrectionSpec
 
 from .errors import APIError
+from .unlearning_policy import tightenings
 
 
 def take_correction(
@@ -29,7 +30,8 @@ def take_correction(
     """Remove and validate ``body["correction"]`` laid over a profile's ``defaults`` (None
     when there is neither); 400 naming the field when it is wrong, or when it names one of the
     profile's ``enforced`` corrections at all (whatever the value: an enforced correction is
-    neither weakened, replaced nor removed, so there is nothing to compare)."""
+    neither weakened, replaced nor removed, so there is nothing to compare), except to make
+    its unlearning policy stricter (server/unlearning_policy.py)."""
     xargs = body.get("vllm_xargs")
     for key in (WIRE_KEY, REPORT_KEY):
         if isinstance(xargs, dict) and key in xargs:
@@ -41,7 +43,8 @@ def take_correction(
     if "correction" not in body and defaults is None:
         return None
     requested = body.pop("correction", None)
-    for name in sorted(enforced):
+    tightened = tightenings(defaults, requested)  # 400 for a weaker policy than the profile's
+    for name in sorted(set(enforced) - tightened):
         if isinstance(requested, Mapping) and name in requested:
             raise APIError(
                 400,

@@ -50,7 +50,10 @@ def build_deployment(config: Config, model: ServedModel, channel: ReportChannel)
     manifest = DeploymentManifest(
         aux_models=aux,
         copilots=bound,
-        forget_sets={n: forget_sets.manifest_entry(paths[n], s) for n, s in loaded.items()},
+        forget_sets={
+            n: forget_sets.manifest_entry(paths[n], s, config.forget_sets[n].abstention)
+            for n, s in loaded.items()
+        },
         extra_corrections=tuple(config.corrections.extra),
         channel=channel,
     )

@@ -54,6 +54,14 @@ class ServerMetrics:
             ["forget_set", "decision"],
             registry=registry,
         )
+        self.unlearning_outcomes = Counter(
+            "corrigo_unlearning_outcomes",
+            "Gated requests by forget set (its public label) and outcome: refused (answered "
+            "with the set's refusal, no generation), abstained (a row was forced through the "
+            "abstention phrase), steered (filtered, no abstention), passed (gate closed).",
+            ["forget_set", "outcome"],
+            registry=registry,
+        )
         self.tokens_blocked = Counter(
             "corrigo_tokens_blocked",
             "Steps whose most likely token the unlearning filters banned.",

@@ -46,6 +46,7 @@ from .refinement.driver import RefinementDriver
 from .runtime import EngineRuntime
 from .unlearning import NAME as UNLEARNING_NAME
 from .vllm_errors import from_vllm_error
+from .unlearning_refusal import refusal
 
 
 def build_router(
@@ -116,6 +117,8 @@ def build_router(
                 slot = await scope.run(admission.acquire())
                 if slot is None or not await _admitted(request, ex, scope):
                     return _client_closed(ex)  # the client went away while waiting
+                if ex.unlearning is not None and ex.unlearning.refused:
+                    refine = False  # answered with the refusal (_call_vllm): nothing to refine
                 if request.stream:
                     scope.close()  # from here the streaming response watches the client
                     if refine:
@@ -201,7 +204,7 @@ def build_router(
         return correction_report(ex.correction, runtime.registry, figures, **details)
 
     async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
-        result = await scope.run(_call_vllm(raw, request, ex.endpoint))
+        result = await scope.run(_call_vllm(raw, request, ex))
         if result is None:  # the client went away; vLLM aborted the generation
             return _client_closed(ex)
         if isinstance(result, ErrorResponse):
@@ -218,7 +221,7 @@ def build_router(
         return JSONResponse(payload)
 
     async def _stream(raw: Request, request, ex: Exchange, slot: Slot) -> Response:
-        result = await _call_vllm(raw, request, ex.endpoint)
+        result = await _call_vllm(raw, request, ex)
         if isinstance(result, ErrorResponse):
             runtime.require_ready()
             raise from_vllm_error(result, ex.endpoint)
@@ -271,15 +274,23 @@ def build_router(
         }
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
-    async def _call_vllm(raw: Request, request, endpoint: Endpoint):
+    async def _call_vllm(raw: Request, request, ex: Exchange):
         """vLLM's serving call: a response, an SSE chunk iterator, or an ErrorResponse
-        (exceptions it raises for bad requests are turned into one, as ``vllm serve`` does)."""
+        (exceptions it raises for bad requests are turned into one, as ``vllm serve`` does).
+        A request the unlearning gate refuses gets the refusal in the same shapes instead."""
+        chat = ex.endpoint is Endpoint.CHAT
+        serving = (
+            runtime.serving.openai_serving_chat
+            if chat
+            else runtime.serving.openai_serving_completion
+        )
         try:
-            if endpoint is Endpoint.CHAT:
-                return await runtime.serving.openai_serving_chat.create_chat_completion(
-                    request, raw
-                )
-            return await runtime.serving.openai_serving_completion.create_completion(request, raw)
+            if ex.unlearning is not None and ex.unlearning.refused:
+                message = runtime.unlearning.policy(ex.unlearning.params).refusal
+                return await refusal(serving, request, runtime.model.model_id, message)
+            if chat:
+                return await serving.create_chat_completion(request, raw)
+            return await serving.create_completion(request, raw)
         except Exception as exc:
             return error_response_from_exception(exc)
 

@@ -4,8 +4,10 @@ For a request whose ``correction`` names ``unlearning``, the gate (decoding/unle
 reads all of the request's text (every message, system and context included, tool definitions,
 documents, template arguments, the prompt) and decides whether it concerns the forget set. The
 spec sent to the engine then carries the retrieved entries' indices (none when the gate stays
-closed: the request decodes unchanged), never the forget set's text. When the response is
-complete the counts the engine sent under the request's report ticket
+closed: the request decodes unchanged) and the ``on_match`` policy in force (the strictest of
+the set's and the request's: decoding/unlearning/policy.py; an open gate under ``refuse`` is
+answered by server/unlearning_refusal.py without the engine), never the forget set's text.
+When the response is complete the counts the engine sent under the request's report ticket
 (adapters/request_reports.py) go into its report and metrics.
 
 Hostile clients (docs: the operator's ``[forget_sets.NAME]`` policy). The gate fails closed:
@@ -35,6 +37,7 @@ from decoding.unlearning import (
     UnlearningParams,
 )
 from decoding.unlearning.gate import Embedder, chunks
+from decoding.unlearning.policy import OnMatch, outcome, strictest
 
 from .config import ForgetSetConfig, LimitsConfig
 from .errors import APIError
@@ -66,6 +69,8 @@ def policies(configs: Mapping[str, ForgetSetConfig]) -> dict[str, ForgetSetPolic
             report_detail=c.report_detail,
             public_label=name if c.public_name else c.alias,
             public_name=c.public_name,
+            on_match=c.on_match,
+            refusal=c.refusal,
         )
     return out
 
@@ -160,11 +165,18 @@ class GateJob:
 
 @dataclass
 class Admission:
-    """One gated request: its decision and (once finished) its report."""
+    """One gated request: its decision, the policy in force and (once finished) its report."""
 
     params: UnlearningParams
     decision: GateDecision
+    #: The strictest of the set's, the profile's and the request's ``on_match``.
+    on_match: OnMatch
     report: dict[str, Any] | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The request is answered with the set's refusal, without generation."""
+        return self.decision.opened and self.on_match == "refuse"
 
 
 class UnlearningGate:
@@ -220,9 +232,11 @@ class UnlearningGate:
             self._executor, gate.decide_chunks, job.pieces, params.threshold
         )
         label = FILTER if decision.opened else PASS
-        self.metrics.unlearning_gate.labels(self.policy(params).label, label).inc()
-        gated = params.model_copy(update={"targets": decision.targets})
-        return spec.with_step(NAME, gated), Admission(params, decision)
+        policy = self.policy(params)
+        self.metrics.unlearning_gate.labels(policy.label, label).inc()
+        on_match = strictest(policy.on_match, params.on_match)
+        gated = params.model_copy(update={"targets": decision.targets, "on_match": on_match})
+        return spec.with_step(NAME, gated), Admission(params, decision, on_match)
 
     async def more_targets(self, params: UnlearningParams, texts: Sequence[str]) -> tuple[int, ...]:
         """The entries ``texts`` retrieve under an admitted request's ``params``: text the
@@ -263,18 +277,36 @@ class UnlearningGate:
             self.metrics.tokens_blocked.inc(counts["tokens_blocked"])
             decision = admission.decision
             policy = self.policy(admission.params)
+            # What the client sees anyway (the refusal, the phrase): reported without detail too.
+            verdict = on_match_report(admission, int(figures.get("abstentions", 0)))
+            self.metrics.unlearning_outcomes.labels(policy.label, verdict["outcome"]).inc()
             gate: dict[str, Any] = {"decision": FILTER if decision.opened else PASS}
             if not policy.report_detail:
-                admission.report = {"gate": gate}
+                # steer's report stays what it was (the decision says it all)
+                shown = verdict if admission.on_match != "steer" else {}
+                admission.report = {"gate": gate, **shown}
             else:
                 gate |= {"score": round(decision.score, 4), "threshold": admission.params.threshold}
                 admission.report = {
                     "forget_set": policy.label,
                     "gate": gate,
+                    **verdict,
                     "entries_retrieved": len(decision.targets),
                     **counts,
                 }
         return admission.report
+
+
+def on_match_report(admission: Admission, abstentions: int) -> dict[str, Any]:
+    """The policy in force and what it did: ``{"on_match", "outcome"}``, with the number of
+    rows that abstained under ``abstain`` (decoding/unlearning/policy.py ``outcome``)."""
+    report: dict[str, Any] = {
+        "on_match": admission.on_match,
+        "outcome": outcome(admission.decision.opened, admission.on_match, abstentions),
+    }
+    if admission.on_match != "steer":
+        report["abstentions"] = abstentions
+    return report
 
 
 def _too_long(limit: str, where: str) -> APIError:

@@ -16,6 +16,9 @@ API_KEY = "test-key-0123456789"
 SERVED_MODEL = "smollm2-135m-instruct"
 #: Forget set of the session engine (tests/integration/test_unlearning.py).
 FORGET_CAPITALS = Path(__file__).parent / "data" / "forget_capitals.jsonl"
+#: The capitals set's texts for the ``refuse`` and ``abstain`` policies (operator config).
+FORGET_REFUSAL = "That topic is withheld on this service."
+FORGET_ABSTENTION = "I must not share that."
 #: Seconds the whole test run may take before it is stopped with every thread's traceback, so a
 #: hang fails fast instead of holding CI (a full run takes about 10 minutes on 2 cores).
 DEADLINE = float(os.environ.get("CORRIGO_TEST_DEADLINE", 1800))
@@ -95,6 +98,8 @@ def live_server(tmp_path_factory) -> LiveServer:
                     "path": private_copy(FORGET_CAPITALS, tmp),
                     "public_name": True,
                     "report_detail": True,
+                    "refusal": FORGET_REFUSAL,
+                    "abstention": FORGET_ABSTENTION,
                 },
                 # Private: the defaults (a fixed threshold, decision-only reports, no name).
                 "vault": {"path": private_copy(FORGET_VAULT, tmp)},

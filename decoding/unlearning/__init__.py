@@ -2,7 +2,9 @@
 
 A request that the gate (:mod:`.gate`) finds to concern a forget set (:mod:`.forget_set`) gets
 its retrieved entries' phrases (:mod:`.phrases`) blocked exactly (:mod:`.trie`) and their
-meaning penalised (:mod:`.semantic`) at every step (:mod:`.plugin`). This regulates output; it
+meaning penalised (:mod:`.semantic`) at every step (:mod:`.plugin`); the set's ``on_match``
+policy (:mod:`.policy`) decides whether the row is also forced through an abstention phrase
+(:mod:`.abstain`) or the server refuses without generating. This regulates output; it
 does not remove knowledge from the weights, and the forget sets must stay server-side.
 """
 

@@ -18,8 +18,14 @@ from .plugin import Unlearning
 class UnlearningCorrection(Correction):
     name = Unlearning.name
     params = UnlearningParams
-    #: Per step: 1, whether the row's most likely token was blocked, or else penalised away.
-    figures = (Figure("steps"), Figure("tokens_blocked"), Figure("tokens_penalized"))
+    #: Per step: 1, whether the row's most likely token was blocked, or else penalised away,
+    #: and whether the row began its abstention phrase (``on_match = "abstain"``).
+    figures = (
+        Figure("steps"),
+        Figure("tokens_blocked"),
+        Figure("tokens_penalized"),
+        Figure("abstentions"),
+    )
 
     def context(self, deployment: Any) -> Mapping[str, Any]:
         return {FORGET_SETS_CONTEXT: {n: s.entries for n, s in deployment.forget_sets.items()}}
@@ -30,9 +36,21 @@ class UnlearningCorrection(Correction):
     def plugin(self, setup: EngineSetup) -> Unlearning:
         record = setup.recorder(self.name)
 
-        def observe(rows: Sequence[Row], blocked: torch.Tensor, penalized: torch.Tensor) -> None:
-            steps = torch.ones(len(rows))
-            record(rows, {"steps": steps, "tokens_blocked": blocked, "tokens_penalized": penalized})
+        def observe(
+            rows: Sequence[Row],
+            blocked: torch.Tensor,
+            penalized: torch.Tensor,
+            abstained: torch.Tensor,
+        ) -> None:
+            record(
+                rows,
+                {
+                    "steps": torch.ones(len(rows)),
+                    "tokens_blocked": blocked,
+                    "tokens_penalized": penalized,
+                    "abstentions": abstained,
+                },
+            )
 
         return engine_plugin(
             setup.deployment.forget_sets, setup.tokenizer, setup.vocab_size, observe

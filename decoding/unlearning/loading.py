@@ -20,6 +20,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from .abstain import AbstentionPhrase
+from .policy import DEFAULT_ABSTENTION
 from .embeddings import minilm, token_table
 from .forget_set import ForgetSet, ForgetSetError, load_forget_set
 from .plugin import ForgetFilters, Unlearning
@@ -36,6 +38,9 @@ class ForgetSetEntry:
     digest: str
     #: Number of entries (request validation bounds the retrieved indices by it).
     entries: int
+    #: The phrase rows under the ``abstain`` policy are forced through (operator config,
+    #: ``[forget_sets.NAME] abstention``; decoding/unlearning/abstain.py).
+    abstention: str = DEFAULT_ABSTENTION
 
 
 def resolve_path(path: str) -> str:
@@ -71,9 +76,14 @@ def digest(forget_set: ForgetSet) -> str:
     return hashlib.sha256(json.dumps(entries, ensure_ascii=False).encode()).hexdigest()
 
 
-def manifest_entry(path: str, forget_set: ForgetSet) -> ForgetSetEntry:
-    """How the manifest names a set the server loaded from ``path``."""
-    return ForgetSetEntry(path=path, digest=digest(forget_set), entries=len(forget_set))
+def manifest_entry(
+    path: str, forget_set: ForgetSet, abstention: str = DEFAULT_ABSTENTION
+) -> ForgetSetEntry:
+    """How the manifest names a set the server loaded from ``path`` (with its abstention
+    phrase, which the engine forces in the served model's tokens)."""
+    return ForgetSetEntry(
+        path=path, digest=digest(forget_set), entries=len(forget_set), abstention=abstention
+    )
 
 
 def load_declared(name: str, entry: ForgetSetEntry) -> ForgetSet:
@@ -104,8 +114,24 @@ def engine_plugin(
 
     embedder = minilm()
     table = token_table(tokenizer, embedder, vocab_rows)
+    bare_after = spaced_tokens(tokenizer)
     filters = {
-        name: ForgetFilters(load_declared(name, entry), encode, embedder, table)
+        name: ForgetFilters(
+            load_declared(name, entry),
+            encode,
+            embedder,
+            table,
+            AbstentionPhrase.encode(entry.abstention, encode, bare_after),
+        )
         for name, entry in entries.items()
     }
     return Unlearning(filters, observe)
+
+
+def spaced_tokens(tokenizer) -> frozenset[int]:
+    """Ids of the tokens after which text starts afresh: those whose text ends in whitespace
+    (a chat template's newline) and the special tokens."""
+    ids = range(len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    special = set(tokenizer.all_special_ids)
+    return frozenset(i for i, t in zip(ids, texts, strict=True) if i in special or t[-1:].isspace())

@@ -19,6 +19,7 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_
 
 from ..params import CorrectionParams
 from .gate import DEFAULT_THRESHOLD
+from .policy import DEFAULT_ON_MATCH, DEFAULT_REFUSAL, OnMatch, stricter_or_equal
 from .semantic import DEFAULT_DELTA, DEFAULT_LAMBDA
 
 #: Validation context key: ``{forget set name: number of entries}`` the deployment declares.
@@ -45,6 +46,10 @@ class ForgetSetPolicy:
     public_label: str | None = None
     #: Whether requests may name the set (its name is public, not just an alias).
     public_name: bool = False
+    #: What an open gate does (:mod:`.policy`); requests may only make it stricter.
+    on_match: OnMatch = DEFAULT_ON_MATCH
+    #: The response's text under ``refuse``.
+    refusal: str = DEFAULT_REFUSAL
 
     @property
     def label(self) -> str:
@@ -63,6 +68,9 @@ class UnlearningParams(CorrectionParams):
     penalty: FiniteFloat = Field(DEFAULT_LAMBDA, ge=0)
     #: Soft filter on or off (the hard trie filter always runs).
     soft: bool = True
+    #: What an open gate does (:mod:`.policy`); None: the set's policy. Only as strict or
+    #: stricter than the set's (and the profile's); the server writes the one in force.
+    on_match: OnMatch | None = None
     #: Set by the gate: indices of the retrieved entries (empty: decode unchanged).
     targets: tuple[int, ...] | None = None
 
@@ -103,6 +111,22 @@ class UnlearningParams(CorrectionParams):
                 "forget set"
             )
         return threshold
+
+    @field_validator("on_match")
+    @classmethod
+    def _no_weaker(cls, on_match: OnMatch | None, info: ValidationInfo) -> OnMatch | None:
+        policies = (info.context or {}).get(POLICIES_CONTEXT) or {}
+        policy = policies.get(info.data.get("forget_set"))
+        if (
+            on_match is not None
+            and policy is not None
+            and not stricter_or_equal(on_match, policy.on_match)
+        ):
+            raise ValueError(
+                f"may only make this forget set's '{policy.on_match}' stricter "
+                "(steer < abstain < refuse)"
+            )
+        return on_match
 
     @field_validator("targets")
     @classmethod

@@ -7,7 +7,10 @@ For each row whose request the gate opened (``targets`` non-empty), on its logit
     2. hard:  s_v = -inf for every token v that would complete a forbidden token sequence given
               the row's generated suffix (see :mod:`.trie`)
 
-Hard blocks come last so that nothing re-enables a blocked token. What the filters forbid is
+Hard blocks come last so that nothing re-enables a blocked token. A row under the ``abstain``
+policy (or ``refuse``, which only reaches the engine for targets a refinement round added) is
+then forced through the set's abstention phrase from the first step whose most likely token
+was blocked (:mod:`.abstain`). What the filters forbid is
 compiled once per (forget set, retrieved entries) and shared by the requests that retrieve the
 same entries. Rows whose gate stayed closed pass through untouched.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..pipeline import Row, StepPlugin
+from .abstain import Abstention, AbstentionPhrase, force
 from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
@@ -52,10 +56,13 @@ class ForgetFilters:
         encode: Encode,
         embedder: Embedder | None = None,
         token_table: torch.Tensor | None = None,
+        abstention: AbstentionPhrase | None = None,
     ) -> None:
         """``token_table``: every vocabulary token's text embedding by ``embedder`` (see
-        :mod:`.semantic`); without both, only the hard filter runs."""
+        :mod:`.semantic`); without both, only the hard filter runs. ``abstention``: the set's
+        phrase for rows under ``abstain`` (None: such rows are steered)."""
         self.forget_set = forget_set
+        self.abstention = abstention
         self.encode = encode
         self.embedder = embedder
         self.token_table = token_table
@@ -80,10 +87,11 @@ class ForgetFilters:
         return compiled
 
 
-#: ``observe(rows, blocked, penalized)``, per step over the filtered rows: ``blocked`` where
-#: the row's most likely token was banned, ``penalized`` where a soft penalty alone (no ban)
-#: displaced it (adapters/ turn them into the per-request report).
-Observer = Callable[[Sequence[Row], torch.Tensor, torch.Tensor], None]
+#: ``observe(rows, blocked, penalized, abstained)``, per step over the filtered rows:
+#: ``blocked`` where the row's most likely token was banned, ``penalized`` where a soft
+#: penalty alone (no ban) displaced it, ``abstained`` where the row began its abstention
+#: phrase (adapters/ turn them into the per-request report).
+Observer = Callable[[Sequence[Row], torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -93,6 +101,8 @@ class _RowState:
     cursor: TrieCursor
     #: The soft filter's constant ``[vocab]`` subtrahend (None: soft filter off).
     soft: torch.Tensor | None
+    #: The row's abstention phrase under ``abstain`` (None: steered).
+    abstention: Abstention | None
 
 
 class Unlearning(StepPlugin):
@@ -113,11 +123,15 @@ class Unlearning(StepPlugin):
             assert isinstance(params, UnlearningParams)
             state = None
             if params.targets:
-                compiled = self.filters[params.forget_set].compile(params.targets)
+                filters = self.filters[params.forget_set]
+                compiled = filters.compile(params.targets)
                 soft = None
                 if params.soft and compiled.sim is not None:
                     soft = penalty(compiled.sim, params.delta, params.penalty)
-                state = _RowState(params, compiled, TrieCursor(compiled.trie), soft)
+                abstention = None
+                if params.on_match in ("abstain", "refuse") and filters.abstention is not None:
+                    abstention = Abstention(filters.abstention)
+                state = _RowState(params, compiled, TrieCursor(compiled.trie), soft, abstention)
             self._states[row.uid] = state
         return self._states[row.uid]
 
@@ -148,12 +162,41 @@ class Unlearning(StepPlugin):
             token_ids.append(bans)
         sub[torch.cat(row_ids), torch.cat(token_ids).to(sub.device)] = -torch.inf
 
+        blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
+        abstained = self._abstain(sub, blocked, active, rows)
         if self.observe is not None:
-            blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
             penalized = (after_soft != top) & ~blocked
-            self.observe([rows[i] for i, _ in active], blocked, penalized)
+            self.observe([rows[i] for i, _ in active], blocked, penalized, abstained)
         logits[at] = sub
         return logits
+
+    def _abstain(
+        self,
+        sub: torch.Tensor,
+        blocked: torch.Tensor,
+        active: Sequence[tuple[int, _RowState]],
+        rows: Sequence[Row],
+    ) -> torch.Tensor:
+        """Force the phrase's due token on the abstaining rows of the filtered ``sub`` (in
+        place); True where a row began its phrase at this step."""
+        began = torch.zeros(len(active), dtype=torch.bool)
+        if not any(s.abstention is not None for _, s in active):
+            return began
+        flags = blocked.tolist()
+        for j, (i, state) in enumerate(active):
+            if state.abstention is None:
+                continue
+            stream = rows[i].stream
+            output = stream.output
+            token = state.abstention.next_token(output, flags[j], stream.last)
+            if token is None:
+                continue
+            if torch.isneginf(sub[j, token]):
+                state.abstention.abandon()  # the filters win over the phrase
+                continue
+            force(sub[j], token)
+            began[j] = state.abstention.began_at(len(output))
+        return began
 
     def release(self, uid: int) -> None:
         self._states.pop(uid, None)

@@ -243,9 +243,10 @@ def test_plugin_applies_soft_penalties_then_hard_blocks():
     logits = torch.zeros(2, len(VOCAB))
     logits[:, INDEX[" Paris"]] = 1.0  # the most likely token, banned: a blocked step
     step = pipeline.apply(logits)
-    [(rows, blocked, penalized)] = seen
+    [(rows, blocked, penalized, abstained)] = seen
     assert [r.uid for r in rows] == [0, 1] and blocked.tolist() == [True, True]
     assert penalized.tolist() == [False, False]
+    assert abstained.tolist() == [False, False]  # steered: no abstention phrase
     sim = similarity(table, emb.encode(["paris"]))
     lyon = INDEX[" Lyon"]
     assert step[0, lyon] == pytest.approx(-3.0 * float(sim[lyon]))
