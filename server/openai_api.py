@@ -45,8 +45,8 @@ from .openapi import (
 from .refinement.driver import RefinementDriver
 from .runtime import EngineRuntime
 from .unlearning import NAME as UNLEARNING_NAME
-from .vllm_errors import from_vllm_error
 from .unlearning_refusal import refusal
+from .vllm_errors import from_vllm_error
 
 
 def build_router(

@@ -21,10 +21,10 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from .abstain import AbstentionPhrase
-from .policy import DEFAULT_ABSTENTION
 from .embeddings import minilm, token_table
 from .forget_set import ForgetSet, ForgetSetError, load_forget_set
 from .plugin import ForgetFilters, Unlearning
+from .policy import DEFAULT_ABSTENTION
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from decoding.correction import CorrectionError, parse_correction
+from decoding.correction import parse_correction
+from decoding.params import CorrectionError
+from decoding.registry import DEFAULT
 from decoding.pipeline import CorrectionPipeline
 from decoding.unlearning import (
     FORGET_SETS_CONTEXT,
@@ -167,9 +169,9 @@ def test_a_request_may_only_make_the_set_s_policy_stricter():
     ok = parse_correction(
         {"unlearning": {"forget_set": "capitals", "on_match": "refuse"}}, context=SET_FLOOR
     )
-    assert ok.plugins["unlearning"].on_match == "refuse"
+    assert ok.steps["unlearning"].on_match == "refuse"
     unset = parse_correction({"unlearning": {"forget_set": "capitals"}}, context=SET_FLOOR)
-    assert unset.plugins["unlearning"].on_match is None  # the set's applies (the gate)
+    assert unset.steps["unlearning"].on_match is None  # the set's applies (the gate)
     for weaker in ("steer", "nope", 3):
         with pytest.raises(CorrectionError) as err:
             parse_correction(
@@ -183,15 +185,15 @@ PROFILE = {"unlearning": {"forget_set": "capitals", "on_match": "abstain"}}
 
 def _take(correction, enforced=frozenset()):
     body = {"correction": correction} if correction is not None else {}
-    return take_correction(body, SET_FLOOR, PROFILE, enforced)
+    return take_correction(body, DEFAULT, SET_FLOOR, PROFILE, enforced)
 
 
 @pytest.mark.parametrize("enforced", [frozenset(), frozenset({"unlearning"})])
 def test_a_request_may_only_make_the_profile_s_policy_stricter(enforced):
     spec = _take({"unlearning": {"on_match": "refuse"}}, enforced)
-    params = spec.plugins["unlearning"]
+    params = spec.steps["unlearning"]
     assert params.on_match == "refuse" and params.forget_set == "capitals"
-    assert _take(None, enforced).plugins["unlearning"].on_match == "abstain"
+    assert _take(None, enforced).steps["unlearning"].on_match == "abstain"
     with pytest.raises(APIError) as err:
         _take({"unlearning": {"on_match": "steer"}}, enforced)
     assert err.value.status == 400 and err.value.param == "correction.unlearning.on_match"
@@ -248,7 +250,7 @@ def test_the_gate_applies_the_strictest_policy_and_reports_its_outcome():
 
     spec, admission = admit({"forget_set": "capitals"})
     assert admission.on_match == "abstain" and not admission.refused
-    assert spec.plugins["unlearning"].on_match == "abstain"  # what the engine is told
+    assert spec.steps["unlearning"].on_match == "abstain"  # what the engine is told
     report = gate.finish(admission, {"abstentions": 1.0, "unlearning_steps": 3.0})
     assert report["on_match"] == "abstain" and report["outcome"] == "abstained"
     assert report["abstentions"] == 1
@@ -280,7 +282,7 @@ def test_a_closed_gate_never_refuses():
         parse_correction(
             {"unlearning": {"forget_set": "capitals"}},
             context={FORGET_SETS_CONTEXT: {"capitals": 2}},
-        ).plugins["unlearning"],
+        ).steps["unlearning"],
         GateDecision(0.1, ()),
         "refuse",
     )
