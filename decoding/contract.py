@@ -4,8 +4,10 @@ A per-step correction (decoding/proxy_tuning/, decoding/copilot/, decoding/unlea
 :class:`Correction`: it names itself, declares the pydantic model of its request parameters,
 what the deployment tells request validation about it (:meth:`Correction.context`), the
 per-row figures its step plugin records for the response's report (:attr:`Correction.figures`),
-how it builds that plugin in an engine process (:meth:`Correction.plugin`) and how it turns
-the recorded figures into its part of the report (:meth:`Correction.report`). The explicit list
+how it builds that plugin in an engine process (:meth:`Correction.plugin`), how it turns the
+recorded figures into its part of the report (:meth:`Correction.report`), and, optionally, a
+step the server runs on each request that asks for it before the engine sees it
+(:meth:`Correction.admission`: the unlearning gate). The explicit list
 in decoding/registry.py is the only place that lists corrections; everything else (validation,
 the wire format, the per-row figures' layout, reports, metrics labels, the pipeline's order) is
 derived from it. docs/architecture.md shows the path of a request through these hooks.
@@ -57,6 +59,52 @@ class EngineSetup:
     vocab_size: int
     #: ``recorder(name)`` is the :data:`Record` callback of the correction ``name``.
     recorder: Callable[[str], Record]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What an :class:`AdmissionStep` decided for one request."""
+
+    #: The correction's parameters to send to the engine (e.g. with the gate's fields set).
+    params: CorrectionParams
+    #: The step's own record of the request, for its report.
+    state: Any
+    #: Set when the request is answered with this text and no generation
+    #: (``finish_reason = "content_filter"``).
+    answer: str | None = None
+
+
+class AdmissionStep(ABC):
+    """A correction's work in the server on each request that asks for it, before the engine:
+    cheap checks before the request waits for an admission slot, the real work once it holds
+    one (so the admission queue bounds it), and the correction's report at the end. Raises
+    :class:`~decoding.params.RequestRefused` to refuse a request."""
+
+    @abstractmethod
+    def prepare(self, params: CorrectionParams, body: Mapping[str, Any]) -> Any:
+        """Checks on the request ``body`` before admission; what :meth:`admit` needs."""
+
+    @abstractmethod
+    async def admit(self, params: CorrectionParams, prepared: Any) -> Admitted:
+        """The request holds an admission slot: decide (on the event loop: blocking work goes
+        to a thread)."""
+
+    @abstractmethod
+    def report(self, admitted: Admitted, figures: Mapping[str, float] | None) -> dict[str, Any]:
+        """The correction's part of the response's report, from the figures its plugin recorded
+        (None: none arrived), once the response is complete."""
+
+
+@dataclass(frozen=True)
+class ServerSetup:
+    """What the server offers a correction building its admission step."""
+
+    #: What the server loaded for this deployment (server/deployment.py ``Deployment``).
+    deployment: Any
+    #: The server's configuration (server/config.py ``Config``).
+    config: Any
+    #: The server's Prometheus series (server/metrics.py ``ServerMetrics``).
+    metrics: Any
 
 
 class Correction(ABC):

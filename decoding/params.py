@@ -27,3 +27,17 @@ class CorrectionError(ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+class RequestRefused(ValueError):
+    """A correction's server-side step refuses the request (decoding/contract.py
+    ``AdmissionStep``): the server answers ``status`` with an OpenAI error object."""
+
+    def __init__(
+        self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code

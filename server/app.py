@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
@@ -17,12 +16,13 @@ from adapters.engine import ServedModel, engine_args
 from adapters.engine_channel import FigureReceiver
 from adapters.logits_processor import install_front_end
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
-from decoding.unlearning import POLICIES_CONTEXT, ForgetSet
-from decoding.unlearning.embeddings import minilm
+from decoding.contract import AdmissionStep, ServerSetup
+from decoding.unlearning import POLICIES_CONTEXT
+from decoding.unlearning.admission import policies as forget_set_policies
 
 from .auth import APIKeyAuth
 from .config import Config
-from .deployment import build_deployment
+from .deployment import Deployment, build_deployment
 from .errors import install_error_handlers
 from .metrics import PluginStepCollector, server_metrics
 from .openai_api import build_router
@@ -35,8 +35,6 @@ from .refinement.sandbox import runner as sandbox
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 from .trusted_hosts import TrustedHostMiddleware
-from .unlearning import UnlearningGate
-from .unlearning import policies as forget_set_policies
 
 
 def create_app(config: Config, model: ServedModel) -> FastAPI:
@@ -64,7 +62,7 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
         registry=deployment.registry,
         correction_context=context,
         catalog=catalog(profiles, model.model_id, base_public=config.model.public),
-        unlearning=_unlearning_gate(config, deployment.forget_sets),
+        admissions=_admissions(config, deployment),
         figures=figures,
     )
     registry = get_prometheus_registry()
@@ -134,21 +132,11 @@ def _python_sandbox(config: Config) -> sandbox.Sandbox:
     return sandbox.configure(sandbox.SandboxPolicy(**config.sandbox.model_dump()))
 
 
-def _unlearning_gate(config: Config, forget_sets: dict[str, ForgetSet]) -> UnlearningGate | None:
-    """The gate over the forget sets the deployment loaded (the engine side filters with the
-    same content: decoding/unlearning/loading.py)."""
-    if not forget_sets:
-        return None
-    # The gate's MiniLM is the only torch work in this process. One thread keeps it off the
-    # core(s) the engine computes on; its inputs are a few short texts per request.
-    torch.set_num_threads(1)
-    return UnlearningGate(
-        forget_sets,
-        minilm(),
-        server_metrics(),
-        forget_set_policies(config.forget_sets),
-        config.limits,
-    )
+def _admissions(config: Config, deployment: Deployment) -> dict[str, AdmissionStep]:
+    """Each served correction's server-side step, where it has one (the unlearning gate)."""
+    setup = ServerSetup(deployment, config, server_metrics())
+    steps = {c.name: c.admission(setup) for c in deployment.registry}
+    return {name: step for name, step in steps.items() if step is not None}
 
 
 class _ASGIEndpoint:

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from decoding.params import RequestRefused
+
 logger = logging.getLogger(__name__)
 
 #: The ``error.type`` OpenAI's API uses for each status.
@@ -51,6 +53,11 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers
+
+    @classmethod
+    def refused(cls, exc: RequestRefused) -> APIError:
+        """A correction's refusal (decoding/params.py) as the error the client gets."""
+        return cls(exc.status, exc.message, param=exc.param, code=exc.code)
 
 
 def error_body(

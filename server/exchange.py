@@ -7,12 +7,13 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from adapters.vllm_compat import ChatCompletionRequest, CompletionRequest
+from decoding.contract import Admitted
 from decoding.spec import CorrectionSpec
 
 from .profiles import Profile
-from .unlearning import Admission, GateJob
 
 #: Status recorded when the client went away before the response was complete (nginx's code).
 CLIENT_CLOSED = 499
@@ -47,13 +48,18 @@ class Exchange:
     #: The profile the request named as its model, if any.
     profile: Profile | None = None
     completion_tokens: int = 0
-    #: The unlearning gate's work, checked before admission and done after it.
-    gate_job: GateJob | None = None
-    #: The unlearning gate's admission (server/unlearning.py), for gated requests.
-    unlearning: Admission | None = None
+    #: What each correction's admission step (decoding/contract.py) prepared before
+    #: admission, by correction name, then what it decided once admitted.
+    prepared: dict[str, Any] = field(default_factory=dict)
+    admitted: dict[str, Admitted] = field(default_factory=dict)
     #: Whether a streaming client asked for the final usage chunk itself.
     client_wants_usage: bool = False
     #: The report ticket the engine's figures for the correction come under (request_reports).
     ticket: list[int] | None = None
     #: The request's ``X-Request-Id`` (server/request_id.py), for log lines.
     request_id: str | None = None
+
+    @property
+    def answer(self) -> str | None:
+        """The text an admission step answers the request with, without generation."""
+        return next((a.answer for a in self.admitted.values() if a.answer is not None), None)

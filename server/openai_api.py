@@ -25,6 +25,7 @@ from adapters.vllm_compat import (
     ErrorResponse,
     error_response_from_exception,
 )
+from decoding.params import RequestRefused
 
 from .admission import AdmissionControl, RateLimiter, Slot
 from .auth import validated_key
@@ -44,7 +45,6 @@ from .openapi import (
 )
 from .refinement.driver import RefinementDriver
 from .runtime import EngineRuntime
-from .unlearning import NAME as UNLEARNING_NAME
 from .unlearning_refusal import refusal
 from .vllm_errors import from_vllm_error
 
@@ -117,8 +117,8 @@ def build_router(
                 slot = await scope.run(admission.acquire())
                 if slot is None or not await _admitted(request, ex, scope):
                     return _client_closed(ex)  # the client went away while waiting
-                if ex.unlearning is not None and ex.unlearning.refused:
-                    refine = False  # answered with the refusal (_call_vllm): nothing to refine
+                if ex.answer is not None:
+                    refine = False  # answered without generation (_call_vllm): nothing to refine
                 if request.stream:
                     scope.close()  # from here the streaming response watches the client
                     if refine:
@@ -174,19 +174,30 @@ def build_router(
         except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
             raise from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         _check_limits(request, limits)
-        if runtime.unlearning is not None:
-            # Only the cheap checks here; the embedding waits for an admission slot (_admitted).
-            ex.gate_job = runtime.unlearning.prepare(ex.correction, body)
+        # Only the admission steps' cheap checks here (the unlearning gate's embedding waits for
+        # an admission slot: _admitted).
+        for name, step in runtime.admissions.items():
+            if ex.correction is not None and name in ex.correction.steps:
+                try:
+                    ex.prepared[name] = step.prepare(ex.correction.steps[name], body)
+                except RequestRefused as exc:
+                    raise APIError.refused(exc) from None
         return request
 
     async def _admitted(request, ex: Exchange, scope: CancelScope) -> bool:
-        """Once the request holds a slot: the unlearning gate, then the correction's wiring.
-        False when the client went away meanwhile."""
-        if ex.gate_job is not None:
-            gated = await scope.run(runtime.unlearning.admit(ex.correction, ex.gate_job))
-            if gated is None:
+        """Once the request holds a slot: the admission steps (the unlearning gate), then the
+        correction's wiring. False when the client went away meanwhile."""
+        for name, prepared in ex.prepared.items():
+            assert ex.correction is not None
+            params = ex.correction.steps[name]
+            try:
+                admitted = await scope.run(runtime.admissions[name].admit(params, prepared))
+            except RequestRefused as exc:
+                raise APIError.refused(exc) from None
+            if admitted is None:
                 return False
-            ex.correction, ex.unlearning = gated
+            ex.correction = ex.correction.with_step(name, admitted.params)
+            ex.admitted[name] = admitted
         if wants_figures(ex.correction, runtime.registry):
             ex.ticket = runtime.reports.take()
         request.vllm_xargs = wire_xargs(ex.correction, request.vllm_xargs, ex.ticket)
@@ -197,10 +208,12 @@ def build_router(
         figures = None
         if ex.ticket is not None:  # once the figures of every step it saw tokens of are in
             figures = await runtime.reports.settled(ex.ticket, ex.completion_tokens)
-        details = {}
-        if ex.unlearning is not None:
-            own = figures.get(UNLEARNING_NAME) if figures is not None else None
-            details["unlearning"] = runtime.unlearning.finish(ex.unlearning, own)
+        details = {
+            name: runtime.admissions[name].report(
+                admitted, figures.get(name) if figures is not None else None
+            )
+            for name, admitted in ex.admitted.items()
+        }
         return correction_report(ex.correction, runtime.registry, figures, **details)
 
     async def _complete(raw: Request, request, ex: Exchange, scope: CancelScope) -> Response:
@@ -277,7 +290,8 @@ def build_router(
     async def _call_vllm(raw: Request, request, ex: Exchange):
         """vLLM's serving call: a response, an SSE chunk iterator, or an ErrorResponse
         (exceptions it raises for bad requests are turned into one, as ``vllm serve`` does).
-        A request the unlearning gate refuses gets the refusal in the same shapes instead."""
+        A request an admission step answers (the unlearning gate's refusal) gets that answer in
+        the same shapes instead."""
         chat = ex.endpoint is Endpoint.CHAT
         serving = (
             runtime.serving.openai_serving_chat
@@ -285,9 +299,8 @@ def build_router(
             else runtime.serving.openai_serving_completion
         )
         try:
-            if ex.unlearning is not None and ex.unlearning.refused:
-                message = runtime.unlearning.policy(ex.unlearning.params).refusal
-                return await refusal(serving, request, runtime.model.model_id, message)
+            if ex.answer is not None:
+                return await refusal(serving, request, runtime.model.model_id, ex.answer)
             if chat:
                 return await serving.create_chat_completion(request, raw)
             return await serving.create_completion(request, raw)

@@ -22,11 +22,11 @@ from adapters.engine_channel import FigureReceiver, StepMessage
 from adapters.request_reports import ReportBook
 from adapters.step_timing import StepHistograms
 from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_app_state
+from decoding.contract import AdmissionStep
 from decoding.registry import DEFAULT, Registry
 
 from .errors import APIError
 from .profiles import Catalog
-from .unlearning import UnlearningGate
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class EngineRuntime:
         registry: Registry = DEFAULT,
         correction_context: Mapping[str, Any] | None = None,
         catalog: Catalog | None = None,
-        unlearning: UnlearningGate | None = None,
+        admissions: Mapping[str, AdmissionStep] | None = None,
         figures: FigureReceiver | None = None,
     ) -> None:
         #: Called when the engine cannot start; the CLI uses it to stop the server, so that a
@@ -65,8 +65,9 @@ class EngineRuntime:
         #: The model ids clients may name: profiles by name, and the served model unless hidden
         #: (server/profiles.py).
         self.catalog = catalog if catalog is not None else Catalog(model.model_id, {})
-        #: The unlearning gate (server/unlearning.py), where forget sets are declared.
-        self.unlearning = unlearning
+        #: The served corrections' server-side steps, by correction name (the unlearning gate,
+        #: where forget sets are declared: decoding/unlearning/admission.py).
+        self.admissions = dict(admissions or {})
         #: The report channel the engine's output rank sends each step's figures on, and
         #: where they are kept: per request (reports) and per plugin (/metrics).
         self.figures = figures

@@ -1,5 +1,6 @@
 """Guarded unlearning as a per-step correction (decoding/contract.py): the deployment's forget
-sets, and the filters' counts per request. Its report is the gate's (it knows the decision)."""
+sets, the filters' counts per request, and the gate as its admission step in the server (its
+report is the gate's: it knows the decision)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 import torch
 
-from ..contract import Correction, EngineSetup, Figure
+from ..contract import Correction, EngineSetup, Figure, ServerSetup
 from ..pipeline import Row
+from .admission import UnlearningGate, policies
+from .embeddings import minilm
 from .loading import engine_plugin
 from .params import FORGET_SETS_CONTEXT, UnlearningParams
 from .plugin import Unlearning
@@ -54,6 +57,22 @@ class UnlearningCorrection(Correction):
 
         return engine_plugin(
             setup.deployment.forget_sets, setup.tokenizer, setup.vocab_size, observe
+        )
+
+    def admission(self, setup: ServerSetup) -> UnlearningGate | None:
+        """The gate over the forget sets the server loaded (the engine side filters with the
+        same content: decoding/unlearning/loading.py)."""
+        if not setup.deployment.forget_sets:
+            return None
+        # The gate's MiniLM is the only torch work in the server's process. One thread keeps
+        # it off the core(s) the engine computes on; its inputs are a few short texts each.
+        torch.set_num_threads(1)
+        return UnlearningGate(
+            setup.deployment.forget_sets,
+            minilm(),
+            setup.metrics,
+            policies(setup.config.forget_sets),
+            setup.config.limits,
         )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 
 from adapters.vllm_compat import CompletionRequest, ErrorResponse
+from decoding.params import RequestRefused
 from decoding.refinement import (
     Candidate,
     Generation,
@@ -47,6 +48,8 @@ from decoding.refinement import (
 from decoding.refinement.generation import GenerateFn
 from decoding.refinement.verifier_types import verifier_types_in
 from decoding.spec import WIRE_KEY, CorrectionSpec
+from decoding.unlearning.admission import NAME as UNLEARNING
+from decoding.unlearning.admission import UnlearningGate, request_texts
 
 from ..cancellation import CancelScope
 from ..corrections import correction_report, wire_xargs
@@ -54,8 +57,6 @@ from ..errors import APIError, error_body
 from ..exchange import CLIENT_CLOSED, Endpoint, Exchange
 from ..metrics import ServerMetrics
 from ..runtime import EngineRuntime
-from ..unlearning import NAME as UNLEARNING
-from ..unlearning import request_texts
 from ..vllm_errors import from_vllm_error
 from .remote_model import remote_generate
 
@@ -225,11 +226,13 @@ class RefinementDriver:
         spec = ex.correction
         steps = dict(spec.steps) if per_step and spec is not None else {}
         params = spec.steps.get(UNLEARNING) if spec is not None else None
-        if params is not None and self.runtime.unlearning is not None:
+        gate = self.runtime.admissions.get(UNLEARNING)
+        if params is not None and isinstance(gate, UnlearningGate):
             added = [t for t in request_texts({"messages": messages}) if t not in admitted]
             try:
-                more = await self.runtime.unlearning.more_targets(params, added)
-            except APIError as err:
+                more = await gate.more_targets(params, added)
+            except RequestRefused as exc:
+                err = APIError.refused(exc)
                 raise GenerationRefused(err.message, err) from None
             targets = tuple(sorted({*(params.targets or ()), *more}))
             steps[UNLEARNING] = params.model_copy(update={"targets": targets})

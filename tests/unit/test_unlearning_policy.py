@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
-from decoding.registry import DEFAULT
 from decoding.pipeline import CorrectionPipeline
+from decoding.registry import DEFAULT
 from decoding.unlearning import (
     FORGET_SETS_CONTEXT,
     POLICIES_CONTEXT,
@@ -19,13 +19,13 @@ from decoding.unlearning import (
     Unlearning,
 )
 from decoding.unlearning.abstain import Abstention, AbstentionPhrase, force
+from decoding.unlearning.admission import Admission, UnlearningGate, policies
 from decoding.unlearning.gate import GateDecision
 from decoding.unlearning.policy import ON_MATCH, outcome, stricter_or_equal, strictest
 from server.config import ForgetSetConfig, LimitsConfig
 from server.corrections import take_correction
 from server.errors import APIError
 from server.metrics import ServerMetrics
-from server.unlearning import Admission, UnlearningGate, policies
 
 from .test_unlearning import CAPITALS, INDEX, VOCAB, encode, gated, ids
 
@@ -245,25 +245,28 @@ def test_the_gate_applies_the_strictest_policy_and_reports_its_outcome():
 
     def admit(params):
         spec = parse_correction({"unlearning": params}, context=context)
-        job = gate.prepare(spec, {"prompt": "What is the capital of France?"})
-        return asyncio.run(gate.admit(spec, job))
+        params = spec.steps["unlearning"]
+        job = gate.prepare(params, {"prompt": "What is the capital of France?"})
+        admitted = asyncio.run(gate.admit(params, job))
+        return admitted, admitted.state
 
-    spec, admission = admit({"forget_set": "capitals"})
+    admitted, admission = admit({"forget_set": "capitals"})
     assert admission.on_match == "abstain" and not admission.refused
-    assert spec.steps["unlearning"].on_match == "abstain"  # what the engine is told
-    report = gate.finish(admission, {"abstentions": 1.0, "unlearning_steps": 3.0})
+    assert admitted.answer is None
+    assert admitted.params.on_match == "abstain"  # what the engine is told
+    report = gate.report(admitted, {"abstentions": 1.0, "steps": 3.0})
     assert report["on_match"] == "abstain" and report["outcome"] == "abstained"
     assert report["abstentions"] == 1
 
-    spec, admission = admit({"forget_set": "capitals", "on_match": "refuse"})
-    assert admission.refused
-    assert gate.finish(admission, None)["outcome"] == "refused"
+    admitted, admission = admit({"forget_set": "capitals", "on_match": "refuse"})
+    assert admission.refused and admitted.answer == "No."
+    assert gate.report(admitted, None)["outcome"] == "refused"
 
     # A private set under steer reports the decision only, as before the policies.
-    spec, admission = admit({"forget_set": "vault"})
-    assert gate.finish(admission, {}) == {"gate": {"decision": "filter"}}
-    _, refused = admit({"forget_set": "vault", "on_match": "refuse"})
-    assert gate.finish(refused, {}) == {
+    admitted, _ = admit({"forget_set": "vault"})
+    assert gate.report(admitted, {}) == {"gate": {"decision": "filter"}}
+    refused, _ = admit({"forget_set": "vault", "on_match": "refuse"})
+    assert gate.report(refused, {}) == {
         "gate": {"decision": "filter"},
         "on_match": "refuse",
         "outcome": "refused",

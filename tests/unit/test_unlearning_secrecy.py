@@ -8,13 +8,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from decoding.correction import parse_correction
-from decoding.params import CorrectionError
+from decoding.params import CorrectionError, RequestRefused
 from decoding.registry import DEFAULT
 from decoding.unlearning import (
     FORGET_SETS_CONTEXT,
     POLICIES_CONTEXT,
     ForgetSetError,
     ForgetSetPolicy,
+)
+from decoding.unlearning.admission import (
+    TOO_LONG,
+    UngateableInput,
+    UnlearningGate,
+    policies,
+    request_texts,
 )
 from decoding.unlearning.gate import WINDOW_CHARS, chunks, windows
 from decoding.unlearning.loading import load_all
@@ -23,7 +30,6 @@ from server.corrections import take_correction
 from server.errors import APIError
 from server.metrics import ServerMetrics
 from server.profiles import ProfileError, catalog, load_profiles
-from server.unlearning import TOO_LONG, UngateableInput, UnlearningGate, policies, request_texts
 
 POLICIES = policies(
     {
@@ -180,14 +186,14 @@ def test_text_beyond_the_gates_caps_is_refused_before_any_embedding():
         {"prompt": " ".join(f"s{i}." for i in range(20))},  # sentences
         {"messages": [{"role": "user", "content": "a"}]} | {"tools": ["y" * 2000]},
     ]
+    params = spec.steps["unlearning"]
     for body in cases:
-        with pytest.raises(APIError) as err:
-            gate.prepare(spec, body)
+        with pytest.raises(RequestRefused) as err:
+            gate.prepare(params, body)
         assert err.value.status == 400 and err.value.code == TOO_LONG
         assert "Halvorsen" not in err.value.message
-    job = gate.prepare(spec, {"prompt": tail})
-    assert job is not None and job.pieces == (tail,)
-    assert gate.prepare(None, {"prompt": tail}) is None
+    job = gate.prepare(params, {"prompt": tail})
+    assert job.pieces == (tail,)
 
 
 # -- profiles ---------------------------------------------------------------------------------

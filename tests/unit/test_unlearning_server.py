@@ -1,7 +1,7 @@
 """The server side of unlearning: what the gate reads, and its configuration."""
 
+from decoding.unlearning.admission import request_texts
 from server.config import load_config
-from server.unlearning import request_texts
 
 
 def test_the_gate_reads_every_message_part_and_prompt():

@@ -1,4 +1,5 @@
-"""The unlearning gate in the server: decide per request, forward only what the filters need.
+"""The unlearning gate, unlearning's admission step in the server (decoding/contract.py
+``AdmissionStep``): decide per request, forward only what the filters need.
 
 For a request whose ``correction`` names ``unlearning``, the gate (decoding/unlearning/gate.py)
 reads all of the request's text (every message, system and context included, tool definitions,
@@ -6,7 +7,7 @@ documents, template arguments, the prompt) and decides whether it concerns the f
 spec sent to the engine then carries the retrieved entries' indices (none when the gate stays
 closed: the request decodes unchanged) and the ``on_match`` policy in force (the strictest of
 the set's and the request's: decoding/unlearning/policy.py; an open gate under ``refuse`` is
-answered by server/unlearning_refusal.py without the engine), never the forget set's text.
+answered with the set's refusal, without the engine), never the forget set's text.
 When the response is complete the counts the engine sent under the request's report ticket
 (adapters/request_reports.py) go into its report and metrics.
 
@@ -27,21 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from decoding.spec import CorrectionSpec
-from decoding.unlearning import (
-    ForgetGate,
-    ForgetSet,
-    ForgetSetPolicy,
-    GateDecision,
-    Unlearning,
-    UnlearningParams,
-)
-from decoding.unlearning.gate import Embedder, chunks
-from decoding.unlearning.policy import OnMatch, outcome, strictest
-
-from .config import ForgetSetConfig, LimitsConfig
-from .errors import APIError
-from .metrics import ServerMetrics
+from ..contract import AdmissionStep, Admitted
+from ..params import RequestRefused
+from .forget_set import ForgetSet
+from .gate import Embedder, ForgetGate, GateDecision, chunks
+from .params import ForgetSetPolicy, UnlearningParams
+from .plugin import Unlearning
+from .policy import OnMatch, outcome, strictest
 
 NAME = Unlearning.name
 #: Gate decisions as metric labels and in the report.
@@ -58,8 +51,8 @@ _STRUCTURAL = frozenset({"role", "type", "id", "tool_call_id"})
 TOO_LONG = "unlearning_input_too_long"
 
 
-def policies(configs: Mapping[str, ForgetSetConfig]) -> dict[str, ForgetSetPolicy]:
-    """Each declared set's policy (server/config.py ``[forget_sets.NAME]``)."""
+def policies(configs: Mapping[str, Any]) -> dict[str, ForgetSetPolicy]:
+    """Each declared set's policy (server/config.py ``[forget_sets.NAME]`` sections)."""
     out = {}
     for name, c in configs.items():
         out[name] = ForgetSetPolicy(
@@ -179,7 +172,7 @@ class Admission:
         return self.decision.opened and self.on_match == "refuse"
 
 
-class UnlearningGate:
+class UnlearningGate(AdmissionStep):
     """The deployment's forget sets, embedded once, their policies, and the per-request
     admission."""
 
@@ -187,10 +180,13 @@ class UnlearningGate:
         self,
         forget_sets: Mapping[str, ForgetSet],
         embedder: Embedder,
-        metrics: ServerMetrics,
+        metrics: Any,
         policies: Mapping[str, ForgetSetPolicy],
-        limits: LimitsConfig,
+        limits: Any,
     ) -> None:
+        """``metrics``: the server's (server/metrics.py: ``unlearning_gate``,
+        ``tokens_blocked``, ``unlearning_outcomes``); ``limits``: its ``[limits]``
+        (``max_gate_chars``, ``max_gate_pieces``)."""
         self.gates = {name: ForgetGate(s, embedder) for name, s in forget_sets.items()}
         self.metrics = metrics
         self.policies = dict(policies)
@@ -200,18 +196,14 @@ class UnlearningGate:
         # queued gate work never holds the event loop's default executor.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearning-gate")
 
-    def prepare(self, spec: CorrectionSpec | None, body: Mapping[str, Any]) -> GateJob | None:
+    def prepare(self, params: UnlearningParams, body: Mapping[str, Any]) -> GateJob:
         """Cheap checks before admission (fail closed): 400 for text the gate cannot read or
-        more than it reads; None when the request asks no unlearning."""
-        params = spec.steps.get(NAME) if spec is not None else None
-        if params is None:
-            return None
-        assert isinstance(params, UnlearningParams)
+        more than it reads."""
         where = "messages" if "messages" in body else "prompt"
         try:
             texts = request_texts(body)
         except UngateableInput as exc:
-            raise APIError(400, str(exc), param=exc.param) from None
+            raise RequestRefused(str(exc), param=exc.param) from None
         size = sum(len(t) for t in texts)
         if size > self.max_chars:
             raise _too_long(f"{self.max_chars} characters of text; this one has {size}", where)
@@ -222,10 +214,10 @@ class UnlearningGate:
             )
         return GateJob(params, tuple(pieces))
 
-    async def admit(self, spec: CorrectionSpec, job: GateJob) -> tuple[CorrectionSpec, Admission]:
-        """The spec to send to the engine, with the gate's fields filled in (call it once the
+    async def admit(self, params: UnlearningParams, job: GateJob) -> Admitted:
+        """The parameters to send to the engine, with the gate's fields filled in, and the
+        set's refusal as the answer when the gate opens under ``refuse`` (call it once the
         request holds an admission slot)."""
-        params = job.params
         gate = self.gates[params.forget_set]
         loop = asyncio.get_running_loop()
         decision = await loop.run_in_executor(
@@ -236,7 +228,8 @@ class UnlearningGate:
         self.metrics.unlearning_gate.labels(policy.label, label).inc()
         on_match = strictest(policy.on_match, params.on_match)
         gated = params.model_copy(update={"targets": decision.targets, "on_match": on_match})
-        return spec.with_step(NAME, gated), Admission(params, decision, on_match)
+        admission = Admission(params, decision, on_match)
+        return Admitted(gated, admission, policy.refusal if admission.refused else None)
 
     async def more_targets(self, params: UnlearningParams, texts: Sequence[str]) -> tuple[int, ...]:
         """The entries ``texts`` retrieve under an admitted request's ``params``: text the
@@ -261,12 +254,12 @@ class UnlearningGate:
     def policy(self, params: UnlearningParams) -> ForgetSetPolicy:
         return self.policies.get(params.forget_set) or ForgetSetPolicy()
 
-    def finish(self, admission: Admission, figures: Mapping[str, float] | None) -> dict[str, Any]:
+    def report(self, admitted: Admitted, figures: Mapping[str, float] | None) -> dict[str, Any]:
         """The request's report, from the unlearning figures the engine recorded for it
-        (decoding/unlearning/correction.py; once its
-        generation is over; idempotent). Without the set's ``report_detail``: the decision only
+        (decoding/unlearning/correction.py), once its generation is over (idempotent). Without the set's ``report_detail``: the decision only
         (the score, its threshold, the entries retrieved and the tokens blocked would each tell
         the client how near its text, or the model's output, is to the set's content)."""
+        admission: Admission = admitted.state
         if admission.report is None:
             figures = figures or {}
             counts = {
@@ -309,9 +302,8 @@ def on_match_report(admission: Admission, abstentions: int) -> dict[str, Any]:
     return report
 
 
-def _too_long(limit: str, where: str) -> APIError:
-    return APIError(
-        400,
+def _too_long(limit: str, where: str) -> RequestRefused:
+    return RequestRefused(
         f"With correction.unlearning the gate reads a request of at most {limit}. It must read "
         "all of it: shorten the request.",
         param=where,
