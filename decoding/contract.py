@@ -134,5 +134,10 @@ class Correction(ABC):
         self, params: CorrectionParams, figures: Mapping[str, float]
     ) -> dict[str, Any] | None:
         """This correction's part of the response's report, from its figures combined over the
-        request's steps (None: nothing to report)."""
+        request's steps (None: nothing to report). With an admission step, that step's report
+        is used instead."""
+        return None
+
+    def admission(self, setup: ServerSetup) -> AdmissionStep | None:
+        """The server-side step on each request asking for this correction (None: none)."""
         return None

@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,3 +153,9 @@ def test_a_plugin_recorder_is_per_correction():
     )
     setup.recorder("second")([], {"n": torch.ones(0)})
     assert seen[0][0] == "second"
+
+
+def test_only_unlearning_has_an_admission_step_and_only_with_forget_sets():
+    nothing = SimpleNamespace(deployment=SimpleNamespace(forget_sets={}))
+    assert [c.admission(nothing) for c in DEFAULT] == [None, None, None]
+    assert FIRST.admission(nothing) is None  # the contract's default
