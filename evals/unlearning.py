@@ -61,6 +61,11 @@ FACTS = Path(__file__).parent / "data" / "facts.jsonl"
 ENGINE = {"enforce_eager": True, "max_model_len": 2048}
 
 
+def says(text: str, words: tuple[str, ...]) -> bool:
+    """Whether ``text`` holds one of ``words`` as a whole word (any case)."""
+    return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, re.IGNORECASE) for w in words)
+
+
 @dataclass(frozen=True)
 class Fact:
     group: str
@@ -71,10 +76,7 @@ class Fact:
     probes: tuple[str, ...]
 
     def said_in(self, text: str) -> bool:
-        return any(
-            re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, re.IGNORECASE)
-            for t in (self.target, *self.aliases)
-        )
+        return says(text, (self.target, *self.aliases))
 
 
 def load_facts(path: Path = FACTS) -> list[Fact]:
@@ -323,10 +325,7 @@ class NearTopic:
     aliases: tuple[str, ...]
 
     def said_in(self, text: str) -> bool:
-        return any(
-            re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, re.IGNORECASE)
-            for t in (self.target, *self.aliases)
-        )
+        return says(text, (self.target, *self.aliases))
 
 
 def load_near_topic(path: Path = NEAR_TOPIC) -> list[NearTopic]:
