@@ -3,8 +3,8 @@
 Like vLLM's list of built-in logits processors, :data:`BUILT_IN` is one explicit list: nothing
 registers itself by being imported. A deployment may add corrections of its own
 (``[corrections] extra = ["package.module:OBJECT"]`` in the server's config); they run after the
-built-ins, in the order given, and every engine process loads the same list from the
-deployment manifest. A :class:`Registry` is what the layers above derive everything from:
+built-ins that shift logits and before unlearning's blocks (:data:`LAST`), in the order given,
+and every engine process loads the same list from the deployment manifest. A :class:`Registry` is what the layers above derive everything from:
 request validation (decoding/correction.py), the pipeline's order (adapters/logits_processor.py),
 the layout of the per-row figures the engine sends (adapters/request_reports.py) and the
 report (server/corrections.py).
@@ -17,17 +17,22 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import proxy_tuning, unlearning
-from .contract import Correction, Figure
+from .contract import REDUCES, Correction, Figure
 from .copilot import correction as copilot
 from .refinement.params import REFINEMENT
 
-#: Proxy-tuning shift, copilot rectification, unlearning penalties and blocks (blocks last, so
-#: that nothing re-enables a blocked token).
+#: Keys a correction may not be named: refinement's, and the report's list of names.
+RESERVED = frozenset({REFINEMENT, "plugins"})
+
+#: Proxy-tuning shift, copilot rectification, unlearning penalties and blocks.
 BUILT_IN: tuple[Correction, ...] = (
     proxy_tuning.CORRECTION,
     copilot.CORRECTION,
     unlearning.CORRECTION,
 )
+#: What runs last, after any extra: unlearning's blocks, so that nothing re-enables a blocked
+#: token or overrides the forced abstention phrase.
+LAST: Correction = unlearning.CORRECTION
 
 
 class RegistryError(ValueError):
@@ -39,9 +44,17 @@ class Registry:
 
     def __init__(self, corrections: Sequence[Correction] = BUILT_IN) -> None:
         names = [c.name for c in corrections]
-        clash = {n for n in names if names.count(n) > 1} | ({REFINEMENT} & set(names))
+        clash = {n for n in names if names.count(n) > 1} | (RESERVED & set(names))
         if clash:
-            raise RegistryError(f"correction names must be unique and not {REFINEMENT!r}: {clash}")
+            raise RegistryError(
+                f"correction names must be unique and not one of {sorted(RESERVED)}: {clash}"
+            )
+        for c in corrections:
+            figures = [f.name for f in c.figures]
+            if len(set(figures)) != len(figures) or any(f.reduce not in REDUCES for f in c.figures):
+                raise RegistryError(
+                    f"{c.name}: figure names must be unique and reduce one of {REDUCES}"
+                )
         self.corrections = tuple(corrections)
         self._by_name = {c.name: c for c in self.corrections}
         #: Every correction's figures, in one row: ``(correction name, figure)``.
@@ -51,9 +64,11 @@ class Registry:
 
     @classmethod
     def with_extras(cls, references: Sequence[str]) -> Registry:
-        """The built-ins followed by the corrections ``references`` name
-        (``"package.module:OBJECT"``, each a :class:`Correction` instance)."""
-        return cls((*BUILT_IN, *(load_correction(ref) for ref in references)))
+        """The built-ins with the corrections ``references`` name (``"package.module:OBJECT"``,
+        each a :class:`Correction` instance) before :data:`LAST`."""
+        extras = tuple(load_correction(ref) for ref in references)
+        first = tuple(c for c in BUILT_IN if c is not LAST)
+        return cls((*first, *extras, LAST))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -95,11 +110,12 @@ def load_correction(reference: str) -> Correction:
         raise RegistryError(f"{reference!r}: expected 'package.module:OBJECT'")
     try:
         target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # whatever the module raises on import: the operator's to fix
         raise RegistryError(f"{reference!r} cannot be loaded: {exc}") from None
-    if not isinstance(target, Correction):
+    if not isinstance(target, Correction) or not isinstance(getattr(target, "name", None), str):
         raise RegistryError(
-            f"{reference!r} is a {type(target).__name__}, not a decoding.contract.Correction"
+            f"{reference!r} is a {type(target).__name__}, not a decoding.contract.Correction "
+            "with a name"
         )
     return target
 

@@ -53,7 +53,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from adapters.default_model import ensure_default_model
-from decoding.unlearning.policy import DEFAULT_ABSTENTION, ON_MATCH
+from decoding.unlearning.policy import CONTENT_FILTER, DEFAULT_ABSTENTION, ON_MATCH
 from server.launcher import LiveServer, start_server
 from server.toml_writer import write_config
 
@@ -394,7 +394,7 @@ def calibrate(negatives: Sequence[float], positives: Sequence[float]) -> dict:
 
 
 def withheld(answer) -> bool:
-    return answer.finish_reason == "content_filter" or answer.outcome == "abstained"
+    return answer.finish_reason == CONTENT_FILTER or answer.outcome == "abstained"
 
 
 def plot_policies(results: dict, path: Path) -> None:
@@ -439,7 +439,7 @@ def judge_runs(base_url, known, probe_owner, plain_probes, by_policy) -> dict:
     texts = {"plain": list(plain_probes)}
     for policy, groups in by_policy.items():
         texts[policy] = [
-            "" if a.finish_reason == "content_filter" else without(a.text, DEFAULT_ABSTENTION)
+            "" if a.finish_reason == CONTENT_FILTER else without(a.text, DEFAULT_ABSTENTION)
             for a in groups["forget"]
         ]
     pairs, where = [], []
@@ -506,7 +506,7 @@ def policy_results(
                 [not s and not h for s, h in zip(said, held, strict=True)]
             ),
             "withheld_rate": rate(held),
-            "refusal_rate": rate([a.finish_reason == "content_filter" for a in answers]),
+            "refusal_rate": rate([a.finish_reason == CONTENT_FILTER for a in answers]),
             "abstention_rate": rate([a.outcome == "abstained" for a in answers]),
             "gate_open_rate": rate([a.gated for a in answers]),
         }
@@ -515,7 +515,7 @@ def policy_results(
         return {
             "accuracy": rate([o.said_in(a.text) for o, a in zip(owners, answers, strict=True)]),
             "withheld_rate": rate([withheld(a) for a in answers]),
-            "refusal_rate": rate([a.finish_reason == "content_filter" for a in answers]),
+            "refusal_rate": rate([a.finish_reason == CONTENT_FILTER for a in answers]),
             "abstention_rate": rate([a.outcome == "abstained" for a in answers]),
             "gate_open_rate": rate([a.gated for a in answers]),
         }

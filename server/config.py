@@ -319,8 +319,9 @@ class VerifierConfig(_Section):
 
 class CorrectionsConfig(_Section):
     #: The operator's own per-step corrections, ``"package.module:OBJECT"`` each naming a
-    #: ``decoding.contract.Correction``; they run after the built-ins, in this order
-    #: (decoding/registry.py). Every engine process imports them too.
+    #: ``decoding.contract.Correction``; they run after the built-ins' logit shifts and before
+    #: unlearning's blocks, in this order (decoding/registry.py). Every engine process imports
+    #: them too.
     extra: list[str] = Field(default_factory=list)
 
 

@@ -90,7 +90,7 @@ def error_response(
 
 def status_of(exc: BaseException) -> int:
     """The status a request that failed with ``exc`` is answered (and recorded) with."""
-    if isinstance(exc, APIError):
+    if isinstance(exc, (APIError, RequestRefused)):
         return exc.status
     if isinstance(exc, (RecursionError, MemoryError)):
         return _backstop_error(exc).status
@@ -115,6 +115,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers
         )
+
+    @app.exception_handler(RequestRefused)
+    async def _refused(_: Request, exc: RequestRefused) -> JSONResponse:
+        # A correction's admission step refused the request (decoding/contract.py).
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

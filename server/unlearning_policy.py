@@ -30,9 +30,18 @@ def tightenings(defaults: Mapping[str, Any] | None, requested: Any) -> frozenset
     if not isinstance(base, Mapping) or not isinstance(ours, Mapping):
         return frozenset()
     wanted = ours.get(FIELD)
+    floor = base.get(FIELD, DEFAULT_ON_MATCH)
+    if FIELD in ours and wanted is None and base.get(FIELD) is not None:
+        # null would replace the profile's value when merged: it lowers it to the set's own.
+        raise APIError(
+            400,
+            f"'correction.{NAME}.{FIELD}' may not remove the model's '{floor}'; leave it out "
+            "or make it stricter (steer < abstain < refuse).",
+            param=f"correction.{NAME}.{FIELD}",
+            code="invalid_correction",
+        )
     if wanted not in ON_MATCH:
         return frozenset()  # absent, or invalid: the parameters' validation names it
-    floor = base.get(FIELD, DEFAULT_ON_MATCH)
     if floor in ON_MATCH and not stricter_or_equal(wanted, floor):
         raise APIError(
             400,

@@ -9,7 +9,10 @@ The state is a function of the row's output, not of how often the engine called:
 runs the logits processors on a prompt's partial prefill steps and discards their tokens, so a
 step at the trigger position ``p`` is decided afresh each time it is seen, and position
 ``p + i`` forces ``t_i`` only while the output since ``p`` is ``t_0 .. t_{i-1}`` (a row whose
-output departs from the phrase, e.g. because a forced token was blocked, is done).
+output departs from the phrase, e.g. because a forced token was blocked, is done). A phrase
+given up because its due token was blocked is decided afresh, too, if that position is seen
+again. A row vLLM preempted comes back as a new row with its output so far:
+:meth:`Abstention.resume` reads its progress from that output.
 """
 
 from __future__ import annotations
@@ -61,12 +64,34 @@ class Abstention:
         self.tokens: tuple[int, ...] = ()
         #: The phrase was emitted (or abandoned): the row decodes freely from now on.
         self.done = False
+        #: Output length at which the phrase was given up (its due token was blocked).
+        self.abandoned_at: int | None = None
+
+    def resume(self, output: Sequence[int]) -> None:
+        """Take up a row that re-enters the batch with ``output`` (after a preemption): done
+        when the output holds the whole phrase, forcing the rest when it ends in a part of it
+        that began at a blocked step (what the row did before; a part of it by chance at the
+        output's end is taken for the same)."""
+        out = tuple(output)
+        variants = (self.phrase.opening, self.phrase.inline)
+        for tokens in variants:
+            k = len(tokens)
+            if any(out[i : i + k] == tokens for i in range(len(out) - k + 1)):
+                self.done = True
+                return
+        for tokens in variants:
+            for i in range(min(len(tokens) - 1, len(out)), 0, -1):
+                if out[-i:] == tokens[:i]:
+                    self.start, self.tokens = len(out) - i, tokens
+                    return
 
     def next_token(self, output: Sequence[int], blocked: bool, last: int) -> int | None:
         """The token to force at this step (None: decode freely). ``blocked``: whether this
         step's most likely token was banned by the filters; ``last``: the row's last token
         (the prompt's while the output is empty)."""
         position = len(output)
+        if self.abandoned_at is not None and position <= self.abandoned_at:
+            self.done, self.abandoned_at, self.start = False, None, None  # a discarded step
         if self.done:
             return None
         if self.start is not None and position <= self.start:
@@ -83,9 +108,10 @@ class Abstention:
         self.done = True
         return None
 
-    def abandon(self) -> None:
-        """Stop forcing (the token due is blocked: the filters win over the phrase)."""
-        self.done = True
+    def abandon(self, position: int) -> None:
+        """Stop forcing at output length ``position`` (the token due is blocked: the filters
+        win over the phrase)."""
+        self.done, self.abandoned_at = True, position
 
     def began_at(self, position: int) -> bool:
         """Whether the abstention began at this step (what the report counts)."""

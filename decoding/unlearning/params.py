@@ -126,6 +126,19 @@ class UnlearningParams(CorrectionParams):
                 f"may only make this forget set's '{policy.on_match}' stricter "
                 "(steer < abstain < refuse)"
             )
+        if (
+            on_match == "abstain"
+            and policy is not None
+            and policy.on_match != "abstain"
+            and not policy.report_detail
+        ):
+            # The phrase shows where the model's most likely token was blocked: the oracle a
+            # set without report_detail keeps from clients (docs/security.md).
+            raise ValueError(
+                "'abstain' would show where this forget set's filters block the model's most "
+                "likely token, which the operator keeps private; 'refuse' is allowed, or the "
+                "operator may set abstain for the set"
+            )
         return on_match
 
     @field_validator("targets")

@@ -29,6 +29,7 @@ from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
 from .phrases import forbidden_phrases, semantic_words
+from .policy import stricter_or_equal
 from .semantic import penalty, similarity
 from .trie import TokenTrie, TrieCursor, surface_forms
 
@@ -129,8 +130,13 @@ class Unlearning(StepPlugin):
                 if params.soft and compiled.sim is not None:
                     soft = penalty(compiled.sim, params.delta, params.penalty)
                 abstention = None
-                if params.on_match in ("abstain", "refuse") and filters.abstention is not None:
+                forced = params.on_match is not None and stricter_or_equal(
+                    params.on_match, "abstain"
+                )
+                if forced and filters.abstention is not None:
                     abstention = Abstention(filters.abstention)
+                    if row.stream.output:  # a preempted request, back with its output
+                        abstention.resume(row.stream.output)
                 state = _RowState(params, compiled, TrieCursor(compiled.trie), soft, abstention)
             self._states[row.uid] = state
         return self._states[row.uid]
@@ -192,7 +198,7 @@ class Unlearning(StepPlugin):
             if token is None:
                 continue
             if torch.isneginf(sub[j, token]):
-                state.abstention.abandon()  # the filters win over the phrase
+                state.abstention.abandon(len(output))  # the filters win over the phrase
                 continue
             force(sub[j], token)
             began[j] = state.abstention.began_at(len(output))

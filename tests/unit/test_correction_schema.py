@@ -106,6 +106,14 @@ def test_the_built_in_list_is_explicit_and_in_pipeline_order():
     assert DEFAULT.corrections == BUILT_IN
 
 
+@pytest.mark.parametrize(
+    "figures", [[Figure("n"), Figure("n")], [Figure("n", "mean")]], ids=["twice", "bad-reduce"]
+)
+def test_figures_must_be_unique_with_a_known_reduction(figures):
+    with pytest.raises(RegistryError, match="figure names must be unique"):
+        Registry((_correction("x", figures),))
+
+
 def test_figures_are_laid_out_from_the_registry():
     assert [(name, f.name, f.reduce) for name, f in REGISTRY.figures] == [
         ("second", "n", "sum"),
@@ -115,15 +123,15 @@ def test_figures_are_laid_out_from_the_registry():
     assert REGISTRY.measured == ("second",)
 
 
-@pytest.mark.parametrize("names", [("a", "a"), ("a", "refinement")])
-def test_names_must_be_unique_and_not_refinement(names):
+@pytest.mark.parametrize("names", [("a", "a"), ("a", "refinement"), ("plugins",)])
+def test_names_must_be_unique_and_not_reserved(names):
     with pytest.raises(RegistryError):
         Registry(tuple(_correction(n) for n in names))
 
 
-def test_extras_load_by_reference_after_the_built_ins():
+def test_extras_load_by_reference_and_run_before_unlearning_s_blocks():
     registry = Registry.with_extras([f"{__name__}:SECOND"])
-    assert registry.names == ("proxy_tuning", "copilot", "unlearning", "second")
+    assert registry.names == ("proxy_tuning", "copilot", "second", "unlearning")
     assert isinstance(registry["second"].plugin(None), StepPlugin)
 
 

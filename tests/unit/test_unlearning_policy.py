@@ -86,8 +86,32 @@ def test_abstention_opens_bare_and_stops_when_the_output_departs():
     assert row.next_token([4], blocked=False, last=4) is None and row.done  # not forced token
     row = Abstention(phrase)
     assert row.next_token([], blocked=True, last=5) == 7  # a prefilled reply: after a space
-    row.abandon()
+    row.abandon(0)
     assert row.next_token([7], blocked=True, last=7) is None
+
+
+def test_a_phrase_given_up_on_a_discarded_step_is_decided_afresh():
+    phrase = AbstentionPhrase(opening=(1, 2), inline=(7, 8), bare_after=frozenset({0}))
+    row = Abstention(phrase)
+    assert row.next_token([], blocked=True, last=0) == 1
+    row.abandon(0)  # a partial prefill's step, whose token vLLM throws away
+    assert row.next_token([], blocked=True, last=0) == 1  # the real step at the same position
+
+
+@pytest.mark.parametrize(
+    ("output", "done", "due"),
+    [
+        ([5, 1, 2, 6], True, None),  # the whole phrase already said: never again
+        ([5, 6, 7], False, 8),  # preempted mid-phrase (inline): the rest is forced
+        ([5, 6], False, None),  # nothing of it yet: decided as usual
+    ],
+)
+def test_a_preempted_row_resumes_from_its_output(output, done, due):
+    phrase = AbstentionPhrase(opening=(1, 2), inline=(7, 8), bare_after=frozenset({0}))
+    row = Abstention(phrase)
+    row.resume(output)
+    assert row.done is done
+    assert row.next_token(output, blocked=False, last=output[-1]) == due
 
 
 def test_force_leaves_one_candidate_and_keeps_the_bans():
@@ -198,6 +222,25 @@ def test_a_request_may_only_make_the_profile_s_policy_stricter(enforced):
         _take({"unlearning": {"on_match": "steer"}}, enforced)
     assert err.value.status == 400 and err.value.param == "correction.unlearning.on_match"
     assert "'abstain' stricter" in err.value.message
+    with pytest.raises(APIError) as err:  # null would replace the profile's when merged
+        _take({"unlearning": {"on_match": None}}, enforced)
+    assert err.value.status == 400 and err.value.param == "correction.unlearning.on_match"
+
+
+def test_only_the_operator_may_choose_abstain_for_a_set_without_report_detail():
+    private = ForgetSetPolicy(on_match="steer")  # report_detail off: the counts are private
+    context = {FORGET_SETS_CONTEXT: {"vault": 2}, POLICIES_CONTEXT: {"vault": private}}
+    with pytest.raises(CorrectionError, match="'refuse' is allowed") as err:
+        parse_correction(
+            {"unlearning": {"forget_set": "vault", "on_match": "abstain"}}, context=context
+        )
+    assert err.value.param == "correction.unlearning.on_match"
+    refuse = {"unlearning": {"forget_set": "vault", "on_match": "refuse"}}
+    assert parse_correction(refuse, context=context).steps["unlearning"].on_match == "refuse"
+    chosen = {"vault": ForgetSetPolicy(on_match="abstain")}  # the operator's own choice
+    context = {FORGET_SETS_CONTEXT: {"vault": 2}, POLICIES_CONTEXT: chosen}
+    asked = {"unlearning": {"forget_set": "vault", "on_match": "abstain"}}
+    assert parse_correction(asked, context=context).steps["unlearning"].on_match == "abstain"
 
 
 def test_an_enforced_correction_still_admits_nothing_but_a_stricter_policy():
