@@ -195,48 +195,59 @@ def test_a_ray_worker_corrects_from_the_vllm_config_alone(models):
 
     _, paths, loaded, _ = models
     receiver = FigureReceiver()
-    manifest = DeploymentManifest(
-        aux_models={n: ModelEntry(str(paths[n])) for n in ("expert", "anti")},
-        channel=receiver.channel,
-    )
-    vllm_config = engine_args(
-        ServedModel(str(paths["base"]), "base"), ENGINE, manifest
-    ).create_engine_config()
-    prompt = PROMPTS[1]
-    with torch.no_grad():
-        ids = torch.tensor([prompt])
-        scores = {n: m(input_ids=ids).logits[0, -1] for n, m in loaded.items()}
-    expected = scores["base"] + scores["expert"] - scores["anti"]
-    book = ReportBook()
-    ticket = book.take()
-    wire = parse_correction({"proxy_tuning": PROXY}, context=manifest.correction_context())
-    ray.init(
-        num_cpus=1,
-        include_dashboard=False,
-        # The worker imports corrigo as an installed node would; nothing else is passed.
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), *sys_path_extra()])}},
-    )
-    try:
-        remote = ray.remote(corrected_in_a_ray_worker)
+    try:  # the receiver's socket is closed whatever fails (an open one blocks the GC later)
+        manifest = DeploymentManifest(
+            aux_models={n: ModelEntry(str(paths[n])) for n in ("expert", "anti")},
+            channel=receiver.channel,
+        )
+        registry = manifest.registry()
+        vllm_config = engine_args(
+            ServedModel(str(paths["base"]), "base"), ENGINE, manifest
+        ).create_engine_config()
+        prompt = PROMPTS[1]
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            scores = {n: m(input_ids=ids).logits[0, -1] for n, m in loaded.items()}
+        expected = scores["base"] + scores["expert"] - scores["anti"]
+        book = ReportBook(registry)
+        ticket = book.take()
+        wire = parse_correction(
+            {"proxy_tuning": PROXY},
+            registry=registry,
+            context=manifest.correction_context(registry),
+        )
+        ray.init(
+            num_cpus=1,
+            include_dashboard=False,
+            # The worker imports corrigo as an installed node would; nothing else is passed.
+            runtime_env={
+                "env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), *sys_path_extra()])}
+            },
+        )
+        try:
+            remote = ray.remote(corrected_in_a_ray_worker)
 
-        async def run():
-            arrived = asyncio.Event()
+            async def run():
+                arrived = asyncio.Event()
 
-            def handle(message):
-                book.record(message.rows)
-                if book.steps(ticket):
-                    arrived.set()
+                def handle(message):
+                    book.record(message.rows)
+                    if book.steps(ticket):
+                        arrived.set()
 
-            listening = asyncio.create_task(receiver.run(handle))
-            ref = remote.remote(vllm_config, prompt, wire.to_wire(), ticket, scores["base"][None])
-            result = await asyncio.to_thread(ray.get, ref, timeout=600)
-            await asyncio.wait_for(arrived.wait(), 60)
-            listening.cancel()
-            return result
+                listening = asyncio.create_task(receiver.run(handle))
+                ref = remote.remote(
+                    vllm_config, prompt, wire.to_wire(), ticket, scores["base"][None]
+                )
+                result = await asyncio.to_thread(ray.get, ref, timeout=600)
+                await asyncio.wait_for(arrived.wait(), 60)
+                listening.cancel()
+                return result
 
-        (out, corrigo_env) = asyncio.run(run())
+            (out, corrigo_env) = asyncio.run(run())
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
         receiver.close()
     assert corrigo_env == []  # no environment hand-off
     torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-5)
