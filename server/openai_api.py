@@ -174,6 +174,15 @@ def build_router(
         except Exception as exc:  # vLLM's own validators raise its errors (VLLMValidationError)
             raise from_vllm_error(error_response_from_exception(exc), ex.endpoint) from None
         _check_limits(request, limits)
+        if getattr(request, "use_beam_search", False) and ex.correction and ex.correction.steps:
+            # vLLM's beam search drops vllm_xargs: the corrections would silently not run.
+            raise APIError(
+                400,
+                "Per-step corrections cannot be combined with use_beam_search: vLLM's beam "
+                "search does not pass them to the engine. Send one or the other.",
+                param="use_beam_search",
+                code="unsupported_combination",
+            )
         # Only the admission steps' cheap checks here (the unlearning gate's embedding waits for
         # an admission slot: _admitted).
         for name, step in runtime.admissions.items():

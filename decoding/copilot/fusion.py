@@ -47,6 +47,7 @@ class RectificationFusion:
             log_probs = torch.log_softmax(scores, dim=-1, dtype=torch.float32)
         # Every pass over [rows, vocab] costs on the engine's step: in place from here on.
         fused = log_probs.exp().addcmul_(lam, rectification).clamp_min_(0)
+        fused.masked_fill_(torch.isneginf(scores), 0.0)  # p + lambda f would revive them
         total = fused.sum(-1, keepdim=True)
         fused = fused.log_().sub_(total.log())
         ok = total > 0

@@ -177,3 +177,24 @@ def test_unknown_route_is_an_openai_error(http):
 def test_server_is_healthy_after_all_that(client):
     r = client.chat.completions.create(model=SERVED_MODEL, messages=MESSAGES, max_tokens=2)
     assert r.choices[0].message.content is not None
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_beam_search_with_a_per_step_correction_is_refused_naming_the_conflict(http, path):
+    # vLLM's beam search drops vllm_xargs: served, the correction would silently not run while
+    # the report claimed it.
+    prompt = {"messages": MESSAGES} if "chat" in path else {"prompt": "Hi"}
+    body = {
+        "model": SERVED_MODEL,
+        **prompt,
+        "max_tokens": 2,
+        "use_beam_search": True,
+        "n": 2,
+        "correction": {"unlearning": {"forget_set": "capitals"}},
+    }
+    error = assert_error(
+        http.post(path, json=body), 400, param="use_beam_search", code="unsupported_combination"
+    )
+    assert "correction" in error["message"].lower()
+    del body["correction"]  # beam search alone is vLLM's, served as by `vllm serve`
+    assert http.post(path, json=body).status_code == 200

@@ -57,6 +57,17 @@ def test_prob_fusion_clamps_renormalises_and_returns_log_probs():
     torch.testing.assert_close(torch.softmax(out, -1), q)
 
 
+@pytest.mark.parametrize("space", ["logits", "probs"])
+def test_fusion_keeps_what_the_engine_masked_masked(space):
+    # A grammar, allowed_token_ids, bad_words or min_tokens set these to -inf before the
+    # copilot; a positive rectification there must not make them samplable again.
+    scores = torch.tensor([[1.0, -torch.inf, 0.5, -torch.inf]])
+    rectification = torch.tensor([[0.0, 0.9, 0.0, 0.4]])
+    fused = RectificationFusion(space)(scores, rectification, torch.tensor([1.0]))
+    assert torch.isneginf(fused[0, [1, 3]]).all()
+    assert torch.isfinite(fused[0, [0, 2]]).all()
+
+
 def test_prob_fusion_keeps_a_row_whose_mass_vanishes():
     s = torch.randn(1, 5)
     out = RectificationFusion("probs")(s, -torch.ones(1, 5), torch.tensor([10.0]))
