@@ -79,22 +79,23 @@ class Fact:
         return says(text, (self.target, *self.aliases))
 
 
+def records(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file (blank lines skipped)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def load_facts(path: Path = FACTS) -> list[Fact]:
-    facts = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            facts.append(
-                Fact(
-                    r["group"],
-                    r["question"],
-                    r["answer"],
-                    r["target"],
-                    tuple(r["aliases"]),
-                    tuple(r["probes"]),
-                )
-            )
-    return facts
+    return [
+        Fact(
+            r["group"],
+            r["question"],
+            r["answer"],
+            r["target"],
+            tuple(r["aliases"]),
+            tuple(r["probes"]),
+        )
+        for r in records(path)
+    ]
 
 
 def serve(sections: dict, workdir: Path, name: str) -> LiveServer:
@@ -329,12 +330,10 @@ class NearTopic:
 
 
 def load_near_topic(path: Path = NEAR_TOPIC) -> list[NearTopic]:
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out.append(NearTopic(r["about"], r["question"], r["target"], tuple(r["aliases"])))
-    return out
+    return [
+        NearTopic(r["about"], r["question"], r["target"], tuple(r["aliases"]))
+        for r in records(path)
+    ]
 
 
 def without(text: str, phrase: str) -> str:
