@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters.engine import ServedModel, engine_args
 from adapters.engine_channel import FigureReceiver
+from adapters.frontend import frontend_namespace
 from adapters.logits_processor import install_front_end
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.contract import AdmissionStep, ServerSetup
@@ -56,9 +57,11 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     context[SANDBOX_CONTEXT] = python_sandbox.refusal
     context[POLICIES_CONTEXT] = forget_set_policies(config.forget_sets)
     profiles = load_profiles(config.profiles, model.model_id, context, deployment.registry)
+    args = engine_args(model, config.engine, manifest)
     runtime = EngineRuntime(
         model,
-        engine_args(model, config.engine, manifest),
+        args,
+        frontend_namespace(config.frontend, args),
         registry=deployment.registry,
         correction_context=context,
         catalog=catalog(profiles, model.model_id, base_public=config.model.public),

@@ -330,6 +330,10 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: Passed through to vLLM's ``AsyncEngineArgs`` and validated by it (adapters/engine.py).
     engine: dict[str, Any] = Field(default_factory=dict)
+    #: vLLM's front-end settings (``vllm serve`` flags read by its serving classes: the
+    #: flag's argparse name, e.g. ``tool_call_parser``), parsed and checked by vLLM's parser
+    #: (adapters/frontend.py).
+    frontend: dict[str, Any] = Field(default_factory=dict)
     #: Auxiliary models (proxy-tuning experts and anti-experts), by the name requests use.
     aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
     #: Forget sets for the ``unlearning`` correction, by the name requests use.
