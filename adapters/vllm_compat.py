@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 import vllm  # noqa: E402
+from vllm import envs as vllm_envs  # noqa: E402
 from vllm.distributed.parallel_state import get_pp_group, get_tp_group  # noqa: E402
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # noqa: E402
@@ -37,9 +38,23 @@ from vllm.entrypoints.openai.completion.protocol import (  # noqa: E402
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
+from vllm.entrypoints.openai.responses.protocol import (  # noqa: E402
+    ResponsesRequest,
+    ResponsesResponse,
+)
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse  # noqa: E402
 from vllm.entrypoints.serve.exception_handling.error_response import (  # noqa: E402
     create_error_response as error_response_from_exception,
+)
+from vllm.entrypoints.serve.lora.protocol import (  # noqa: E402
+    LoadLoRAAdapterRequest,
+    UnloadLoRAAdapterRequest,
+)
+from vllm.entrypoints.serve.tokenize.protocol import (  # noqa: E402
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from vllm.platforms import current_platform  # noqa: E402
 from vllm.reasoning import ReasoningParserManager  # noqa: E402
@@ -90,6 +105,12 @@ except ImportError:  # pragma: no cover - vLLM 0.33
 
 
 VLLM_VERSION: str = vllm.__version__
+
+
+def runtime_lora_updating() -> bool:
+    """Whether vLLM lets clients load and unload LoRA adapters while serving
+    (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``; vLLM attaches /v1/load_lora_adapter only then)."""
+    return bool(vllm_envs.VLLM_ALLOW_RUNTIME_LORA_UPDATING)
 
 
 def running_on_cpu() -> bool:
@@ -168,6 +189,15 @@ __all__ = [
     "CompletionResponseStreamChoice",
     "CompletionStreamResponse",
     "DeltaMessage",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
+    "LoadLoRAAdapterRequest",
+    "ResponsesRequest",
+    "ResponsesResponse",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "UnloadLoRAAdapterRequest",
+    "runtime_lora_updating",
     "UsageInfo",
     "extract_prompt_len",
     "EngineDeadError",

@@ -21,6 +21,7 @@ from decoding.contract import AdmissionStep, ServerSetup
 from decoding.unlearning import POLICIES_CONTEXT
 from decoding.unlearning.admission import policies as forget_set_policies
 
+from .admission import rate_limiter
 from .auth import APIKeyAuth
 from .config import Config
 from .deployment import Deployment, build_deployment
@@ -36,6 +37,7 @@ from .refinement.sandbox import runner as sandbox
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 from .trusted_hosts import TrustedHostMiddleware
+from .vllm_routes import build_vllm_router
 
 
 def create_app(config: Config, model: ServedModel) -> FastAPI:
@@ -117,14 +119,21 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     refinement = RefinementDriver(
         runtime, server_metrics(), config.refinement.keepalive_seconds, judges
     )
+    auth = APIKeyAuth(config.auth.api_keys)
+    # One per-key budget across every route.
+    limiter = rate_limiter(config.limits.requests_per_minute, config.limits.rate_limit_burst)
     app.include_router(
         build_router(
             runtime,
             config.limits,
             server_metrics(),
-            APIKeyAuth(config.auth.api_keys),
+            auth,
             refinement=refinement,
+            rate_limiter=limiter,
         )
+    )
+    app.include_router(
+        build_vllm_router(runtime, config.limits, server_metrics(), auth, limiter, _version())
     )
     return app
 

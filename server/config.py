@@ -138,7 +138,7 @@ class LimitsConfig(_Section):
     max_tokens: int | None = Field(None, gt=0)
     #: Cap on ``n`` (400 beyond).
     max_n: int = Field(16, gt=0)
-    #: Cap on the number of chat ``messages`` (400 beyond).
+    #: Cap on the number of chat ``messages`` and of Responses ``input`` items (400 beyond).
     max_messages: int = Field(1024, gt=0)
     #: Cap on the size of a request's ``correction`` object, as compact JSON bytes (400 beyond).
     max_correction_bytes: int = Field(256 * 1024, gt=0)

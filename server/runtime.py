@@ -149,6 +149,12 @@ class EngineRuntime:
             return []
         return [str(p) for p in self.engine.vllm_config.model_config.logits_processors or ()]
 
+    def lora_adapters(self) -> frozenset[str]:
+        """The LoRA adapters vLLM serves now (``--lora-modules``, and those loaded at run time
+        where vLLM allows it), by the model id requests name them with."""
+        models = getattr(self.serving, "openai_serving_models", None)
+        return frozenset(models.lora_requests) if models is not None else frozenset()
+
     @property
     def ready(self) -> bool:
         return self.phase is Phase.READY and self.engine is not None and not self.engine.errored
