@@ -109,17 +109,21 @@ REFUSED: dict[str, str] = {
         "the Responses API's built-in tools run extra generations inside vLLM, where corrigo "
         "can neither admit nor correct them"
     ),
-    "enable_request_id_headers": (
-        "corrigo always answers with X-Request-Id (server/request_id.py); leave the flag out"
-    ),
 }
 
-#: The front-end settings ``[frontend]`` takes: vLLM's ``FrontendArgs`` fields, less the ones
-#: above and the one vLLM also counts as an engine argument (``tokens_only``, refused).
+#: Flags for what corrigo always does, by argparse name: accepted when on (and then nothing
+#: more to do), refused when turned off, with the reason.
+ALWAYS_ON: dict[str, str] = {
+    "enable_request_id_headers": "corrigo always answers with X-Request-Id (server/request_id.py)",
+}
+
+#: The front-end settings ``[frontend]`` hands to vLLM: vLLM's ``FrontendArgs`` fields, less the
+#: ones above (``tokens_only``, which vLLM also counts as an engine argument, is refused).
 FRONTEND_KEYS: frozenset[str] = (
     frozenset(f.name for f in dataclasses.fields(FrontendArgs))
     - CORRIGO_KEYS.keys()
     - REFUSED.keys()
+    - ALWAYS_ON.keys()
 )
 #: vLLM's engine arguments (``[engine]``).
 ENGINE_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
@@ -167,7 +171,10 @@ def parse_serve_flags(argv: Sequence[str]) -> ServeFlags:
         flag = flags.get(name, name)
         if name in REFUSED:
             raise FrontendConfigError(f"{flag} is not supported by corrigo: {REFUSED[name]}")
-        if name in CORRIGO_KEYS:
+        if name in ALWAYS_ON:
+            if value is not True:
+                raise FrontendConfigError(f"--no-{flag[2:]} cannot be honoured: {ALWAYS_ON[name]}")
+        elif name in CORRIGO_KEYS:
             corrigo[CORRIGO_KEYS[name]] = value
         elif name in RESERVED_ENGINE_ARGS:
             raise FrontendConfigError(f"{flag} is set by corrigo ({RESERVED_ENGINE_ARGS[name]})")
@@ -212,8 +219,12 @@ def frontend_namespace(frontend: Mapping[str, Any], engine: AsyncEngineArgs) -> 
 def check_frontend_keys(frontend: Mapping[str, Any]) -> None:
     """Every ``[frontend]`` key is a vLLM front-end setting corrigo hands to vLLM; the
     message says where a misplaced one belongs."""
-    for key in frontend:
+    for key, value in frontend.items():
         if key in FRONTEND_KEYS:
+            continue
+        if key in ALWAYS_ON:
+            if value is not True:
+                raise FrontendConfigError(f"frontend.{key} cannot be turned off: {ALWAYS_ON[key]}")
             continue
         if key in CORRIGO_KEYS:
             where = CORRIGO_KEYS[key]

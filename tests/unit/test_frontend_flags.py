@@ -10,6 +10,7 @@ import pytest
 
 from adapters.engine import ServedModel, engine_args
 from adapters.frontend import (
+    ALWAYS_ON,
     CORRIGO_KEYS,
     FRONTEND_KEYS,
     REFUSED,
@@ -111,6 +112,15 @@ def test_lora_modules_in_both_forms_become_toml_tables():
     assert [(m.name, m.path) for m in strings] == [("a", "/x")]
 
 
+def test_what_corrigo_always_does_is_accepted_on_and_refused_off():
+    assert overrides("--enable-request-id-headers") == {}
+    with pytest.raises(ConfigError, match="--no-enable-request-id-headers cannot be honoured"):
+        overrides("--no-enable-request-id-headers")
+    assert namespace({"enable_request_id_headers": True}).enable_request_id_headers is True
+    with pytest.raises(FrontendConfigError, match="cannot be turned off: corrigo always"):
+        namespace({"enable_request_id_headers": False})
+
+
 def test_api_key_maps_to_corrigos_keys():
     assert overrides("--api-key", "k1", "k2") == {"auth.api_keys": ["k1", "k2"]}
 
@@ -156,7 +166,7 @@ def test_every_refused_flag_is_a_real_vllm_flag_and_none_is_both():
     assert not FRONTEND_KEYS & set(REFUSED)
     # Every front-end field vLLM has is either handed to vLLM, corrigo's own, or refused.
     fields = {f.name for f in dataclasses.fields(FrontendArgs)}
-    assert fields == FRONTEND_KEYS | (fields & (set(REFUSED) | set(CORRIGO_KEYS)))
+    assert fields == FRONTEND_KEYS | (fields & (set(REFUSED) | set(CORRIGO_KEYS) | set(ALWAYS_ON)))
 
 
 def test_several_served_model_names_and_two_models_are_refused():
