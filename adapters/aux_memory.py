@@ -6,7 +6,8 @@ dims, hidden size ``H``, MLP width ``I``, vocabulary ``V`` and (copilots) ``k`` 
 read per position, in a dtype of ``b`` bytes, stepped by decoding/aux/runner.py for ``N`` rows
 of at most ``T`` tokens (vLLM's ``max_num_seqs`` and ``max_model_len``)::
 
-    weights   = P b
+    weights   = P b (+ V H b where the output layer is tied to the input embeddings and the
+                     linear layers are packed, decoding/aux/packed.py: its packed copy)
     layout    = 2 L N K C D b                  the KV caches, C = T + HEADROOM columns: each row
                                                holds its own length plus headroom, so this is
                                                the worst case of N rows all T tokens long
@@ -72,9 +73,13 @@ class ModelShape:
     vocab: int
     #: Copilots: pilot tokens read per position (0 for a plain model).
     top_k: int = 0
+    #: Whether the output layer shares the input embeddings' weight.
+    tied_head: bool = False
 
     @classmethod
-    def of(cls, config: PretrainedConfig, parameters: int, top_k: int = 0) -> ModelShape:
+    def of(
+        cls, config: PretrainedConfig, parameters: int, top_k: int = 0, *, tied_head: bool = False
+    ) -> ModelShape:
         heads = config.num_attention_heads
         hidden = config.hidden_size
         return cls(
@@ -88,6 +93,7 @@ class ModelShape:
             intermediate=getattr(config, "intermediate_size", None) or 4 * hidden,
             vocab=config.vocab_size,
             top_k=top_k,
+            tied_head=tied_head,
         )
 
 
@@ -112,8 +118,11 @@ def layout_bytes(shape: ModelShape, dtype: str, rows: int, columns: int) -> int:
     return 2 * shape.layers * rows * shape.kv_heads * columns * shape.head_dim * DTYPE_BYTES[dtype]
 
 
-def estimate(shape: ModelShape, dtype: str, rows: int, tokens: int) -> Footprint:
-    """The peak of a model in ``dtype`` serving ``rows`` rows of at most ``tokens`` tokens."""
+def estimate(
+    shape: ModelShape, dtype: str, rows: int, tokens: int, *, packed: bool = False
+) -> Footprint:
+    """The peak of a model in ``dtype`` serving ``rows`` rows of at most ``tokens`` tokens;
+    ``packed``: its linear layers are packed (decoding/aux/packed.py ``packs``)."""
     b = DTYPE_BYTES[dtype]
     columns = tokens + HEADROOM
     layout = layout_bytes(shape, dtype, rows, columns)
@@ -123,7 +132,7 @@ def estimate(shape: ModelShape, dtype: str, rows: int, tokens: int) -> Footprint
         + (shape.attention_heads + 2 * shape.kv_heads) * shape.head_dim
     ) * b
     output = shape.attention_heads * shape.head_dim * b
-    packed = max(tokens, PREFILL_TOKENS) * (widest + output)
+    forward = max(tokens, PREFILL_TOKENS) * (widest + output)
     decode = rows * (
         shape.vocab * (b + 12) + widest + output + 2 * shape.top_k * shape.hidden * b
     ) + (
@@ -131,9 +140,9 @@ def estimate(shape: ModelShape, dtype: str, rows: int, tokens: int) -> Footprint
         + 4 * shape.attention_heads * columns
     )
     return Footprint(
-        weights=shape.parameters * b,
+        weights=(shape.parameters + (packed and shape.tied_head) * shape.vocab * shape.hidden) * b,
         layout=layout,
-        transient=max(layout // rows, packed, decode),
+        transient=max(layout // rows, forward, decode),
     )
 
 
@@ -147,7 +156,11 @@ def _parameters(build) -> int:
 def model_shape(path: str) -> ModelShape:
     """The shape of the HF-format model at ``path`` (reads its config.json only)."""
     config = AutoConfig.from_pretrained(path)
-    return ModelShape.of(config, _parameters(lambda: AutoModelForCausalLM.from_config(config)))
+    return ModelShape.of(
+        config,
+        _parameters(lambda: AutoModelForCausalLM.from_config(config)),
+        tied_head=bool(getattr(config, "tie_word_embeddings", False)),
+    )
 
 
 def copilot_shape(path: str | Path) -> ModelShape:

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, StaticCache
 from decoding.pipeline import TokenStream
 
 from .dtypes import AuxDType, cpu_has_native_bf16, dtype_name, resolve_aux_dtype
+from .packed import pack_linears, packs
 from .ragged import ATTENTION, BATCH_KWARG, HEADROOM, Packed, RowCache, Segment
 
 __all__ = ["HEADROOM", "PREFILL_TOKENS", "AuxModelRunner", "runner_dtype"]
@@ -78,6 +79,8 @@ class AuxModelRunner:
         self.dtype = dtype
         self.config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
+        if packs(self.device.type, dtype_name(dtype)):
+            pack_linears(self.model)
         probe = StaticCache(config=self.config, max_cache_len=1)
         if any(layer.is_sliding for layer in probe.layers):
             raise ValueError(

@@ -30,6 +30,7 @@ from adapters.aux_memory import (
 from adapters.default_model import ensure_default_model
 from adapters.engine import ServedModel, check_engine_args, engine_args
 from decoding.aux.dtypes import dtype_name, resolve_aux_dtype
+from decoding.aux.packed import PackedLinear, packs
 from decoding.aux.runner import HEADROOM, AuxModelRunner, runner_dtype
 from decoding.copilot.binding import Binding
 from decoding.copilot.checkpoint import save
@@ -101,7 +102,12 @@ def _bytes(tensors) -> int:
 def test_weights_and_kv_cache_are_the_estimate_byte_for_byte(tiny, dtype):
     shape = model_shape(tiny)
     runner = AuxModelRunner(tiny, dtype=getattr(torch, dtype))
-    assert estimate(shape, dtype, 1, 1).weights == _bytes(runner.model.parameters())
+    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    assert bool(packed) == packs("cpu", dtype)
+    # The tiny model's head is tied to its embeddings: packed, it adds the head's packed copy.
+    assert shape.tied_head
+    held = _bytes(runner.model.parameters()) + sum(m.nbytes for m in packed)
+    assert estimate(shape, dtype, 1, 1, packed=bool(packed)).weights == held
     lengths = {0: 40, 1: 7, 2: 19}  # N = 3 rows, the longest L = 40 tokens
     streams = {k: TokenStream(list(range(1, n + 1)), []) for k, n in lengths.items()}
     runner.step(streams)

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from adapters.default_model import ensure_default_model
 from decoding.aux import runner as runner_module
+from decoding.aux.packed import PackedLinear
 from decoding.aux.ragged import HEADROOM
 from decoding.aux.runner import AuxModelRunner
 from decoding.pipeline import TokenStream
@@ -139,3 +140,19 @@ def test_release_frees_the_rows_cache(tiny):
     assert set(runner.rows) == {2}
     runner.step({})
     assert runner.rows == {}
+
+
+def test_packed_linear_layers_give_the_same_bf16_logits(tiny, monkeypatch):
+    """On the CPU in bf16 the runner packs its linear layers for oneDNN
+    (decoding/aux/packed.py); the logits are the unpacked model's, bit for bit."""
+    packed = AuxModelRunner(str(tiny), dtype=torch.bfloat16)
+    assert any(isinstance(m, PackedLinear) for m in packed.model.modules())
+    monkeypatch.setattr(runner_module, "packs", lambda *_: False)
+    plain = AuxModelRunner(str(tiny), dtype=torch.bfloat16)
+    assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    streams = {1: list(range(10, 60)), 2: [3, 4], 3: list(range(100, 113))}
+    for step in range(3):
+        rows = {k: TokenStream(s, []) for k, s in streams.items()}
+        assert torch.equal(packed.step(rows), plain.step(rows))
+        for k in streams:
+            streams[k].append(11 + step)
