@@ -24,10 +24,10 @@ def _median(runs: list[dict], *keys: str) -> float:
 
 def table(paths: list[Path]) -> str:
     lines = [
-        "| set-up | c | plain tok/s | mixed tok/s | corrected share | bound tok/s | mixed / bound "
+        "| set-up | commit | c | plain tok/s | mixed tok/s | corrected share | bound tok/s | mixed / bound "
         "| TTFT p50 / p99 (s) plain, corrected | ITL p50 / p99 (ms) plain, corrected "
         "| load before -> after |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for path in paths:
         result = json.loads(path.read_text())
@@ -55,7 +55,8 @@ def table(paths: list[Path]) -> str:
                 f"{max(float(r['load_after'][0]) for r in runs):.1f}"
             )
             lines.append(
-                f"| {row['setup']} | {row['concurrency']} | {row['plain_tok_s']:.1f} "
+                f"| {row['setup']} | {result['commit']} | {row['concurrency']} "
+                f"| {row['plain_tok_s']:.1f} "
                 f"| {row['mixed_tok_s']:.1f} | {row['corrected_token_share']:.2f} "
                 f"| {row['bound_tok_s']:.1f} | **{row['vs_bound']:.2f}x** | {ttft} | {itl} "
                 f"| {load} |"
