@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 
 from decoding.aux.dtypes import AuxDType, cpu_has_native_bf16, dtype_name, resolve_aux_dtype
+from decoding.aux.packed import packs
 
 from .aux_memory import Footprint, ModelShape, estimate, model_shape
 from .vllm_compat import device_memory, platform_kind
@@ -171,8 +172,13 @@ def check_fits(
         for d in declared
     }
 
+    packed = {label: packs(engine.platform, dtype) for label, dtype in dtypes.items()}
+
     def need(rows: int) -> int:
-        footprints = [estimate(d.shape, dtypes[d.label], rows, engine.tokens) for d in declared]
+        footprints = [
+            estimate(d.shape, dtypes[d.label], rows, engine.tokens, packed=packed[d.label])
+            for d in declared
+        ]
         return _need(footprints, room.weights_counted)
 
     needed = need(engine.rows)
@@ -190,14 +196,17 @@ def check_fits(
         f"there ({room.derivation})."
     ]
     for d in declared:
-        f = estimate(d.shape, dtypes[d.label], engine.rows, engine.tokens)
+        f = estimate(d.shape, dtypes[d.label], engine.rows, engine.tokens, packed=packed[d.label])
         weights = "" if room.weights_counted else f", weights {_gib(f.weights)}"
         lines.append(
             f"  {d.label} ({dtypes[d.label]}): KV cache {_gib(f.layout)}, activations "
             f"{_gib(f.transient + f.workspace)}{weights}"
         )
     if room.weights_counted:
-        weights = sum(estimate(d.shape, dtypes[d.label], 1, 1).weights for d in declared)
+        weights = sum(
+            estimate(d.shape, dtypes[d.label], 1, 1, packed=packed[d.label]).weights
+            for d in declared
+        )
         lines.append(
             f"  (their weights, {_gib(weights)}, are not in this figure: vLLM counts them in "
             "its own share, and its KV cache is that much smaller)"

@@ -6,30 +6,36 @@ dims, hidden size ``H``, MLP width ``I``, vocabulary ``V`` and (copilots) ``k`` 
 read per position, in a dtype of ``b`` bytes, stepped by decoding/aux/runner.py for ``N`` rows
 of at most ``T`` tokens (vLLM's ``max_num_seqs`` and ``max_model_len``)::
 
-    weights   = P b
-    layout    = 2 L N K C D b                  the KV cache, C = T + HEADROOM columns: every row
-                                               is laid out as long as the longest
-    peak      = weights + layout + max(layer, prefill, decode) + WORKSPACE
+    weights   = P b (+ V H b where the output layer is tied to the input embeddings and the
+                     linear layers are packed, decoding/aux/packed.py: its packed copy)
+    layout    = 2 L N K C D b                  the KV caches, C = T + HEADROOM columns: each row
+                                               holds its own length plus headroom, so this is
+                                               the worst case of N rows all T tokens long
+    peak      = weights + layout + max(row, packed, decode) + WORKSPACE
 
 the transient on top of the layout being the largest of what one operation holds at once::
 
-    layer     = layout / L                     a rebuild: a new layer before its old one is freed
-    prefill   = T (W + 2 L K D b)              one joining row (no logits: the runner skips
-                                               the head): the widest layer's activations, its own
-                                               KV before it is copied into the layout
-    decode    = N (V (b + 12) + 2 A C D b [A > K] + 4 A C + 16 C + W + 2 k H b)
+    row       = layout / N                     a row outgrowing its cache: its old and new
+                                               tensors for the copy
+    packed    = S (W + A D b)                  one forward of S = max(T, PREFILL_TOKENS) packed
+                                               tokens (joining rows' prompts: no logits, the
+                                               runner computes the head at each row's last
+                                               token only): the widest layer's activations and
+                                               the attention output's concatenation
+    decode    = N (V (b + 12) + W + A D b + 2 k H b) + 2 A C D b + 4 A C
                                                a step: logits (model dtype, a float32 copy, a
-                                               gather, proxy-tuning's scaled copy), keys
-                                               and values repeated to every query head (grouped-
-                                               query attention under a padding mask), attention
-                                               scores where a kernel materialises them, the mask
-                                               and its boolean forms, the widest layer's
-                                               activations, a copilot's pilot embeddings
+                                               gather, proxy-tuning's scaled copy), the widest
+                                               layer's activations, the attention outputs, a
+                                               copilot's pilot embeddings; and for the one row
+                                               whose attention runs at a time, its keys and
+                                               values repeated to every query head and its
+                                               attention scores, where a kernel materialises
+                                               them
 
 with ``W = (3 I + 4 H + (A + 2 K) D) b`` per token (the MLP's three ``I``-wide tensors, a few
 ``H``-wide ones, the query/key/value projections), and :data:`WORKSPACE` for what the kernels
 and the allocator hold beside the tensors. tests/unit/test_aux_memory.py checks the
-weights and the layout against a loaded model byte for byte and the transient against a
+weights and the caches against a loaded model byte for byte and the transient against a
 measured peak; bench/aux_streams_check.py compares the whole with a CUDA device's peak.
 """
 
@@ -42,7 +48,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from decoding.aux.dtypes import DTYPE_BYTES
-from decoding.aux.runner import HEADROOM
+from decoding.aux.runner import HEADROOM, PREFILL_TOKENS
 from decoding.copilot.checkpoint import read
 from decoding.copilot.model import Copilot
 
@@ -67,9 +73,13 @@ class ModelShape:
     vocab: int
     #: Copilots: pilot tokens read per position (0 for a plain model).
     top_k: int = 0
+    #: Whether the output layer shares the input embeddings' weight.
+    tied_head: bool = False
 
     @classmethod
-    def of(cls, config: PretrainedConfig, parameters: int, top_k: int = 0) -> ModelShape:
+    def of(
+        cls, config: PretrainedConfig, parameters: int, top_k: int = 0, *, tied_head: bool = False
+    ) -> ModelShape:
         heads = config.num_attention_heads
         hidden = config.hidden_size
         return cls(
@@ -83,6 +93,7 @@ class ModelShape:
             intermediate=getattr(config, "intermediate_size", None) or 4 * hidden,
             vocab=config.vocab_size,
             top_k=top_k,
+            tied_head=tied_head,
         )
 
 
@@ -91,9 +102,9 @@ class Footprint:
     """Bytes one model holds at its peak (see the module docstring)."""
 
     weights: int
-    #: The KV cache laid out for every row at full length.
+    #: The KV caches of every row at full length.
     layout: int
-    #: The largest of a rebuild's extra layer, a joining row's prefill and a decode step.
+    #: The largest of a row's cache growing, a packed forward and a decode step.
     transient: int
     workspace: int = WORKSPACE
 
@@ -103,12 +114,15 @@ class Footprint:
 
 
 def layout_bytes(shape: ModelShape, dtype: str, rows: int, columns: int) -> int:
-    """The runner's KV cache for ``rows`` rows of ``columns`` columns: keys and values."""
+    """KV caches of ``rows`` rows of ``columns`` columns each: keys and values."""
     return 2 * shape.layers * rows * shape.kv_heads * columns * shape.head_dim * DTYPE_BYTES[dtype]
 
 
-def estimate(shape: ModelShape, dtype: str, rows: int, tokens: int) -> Footprint:
-    """The peak of a model in ``dtype`` serving ``rows`` rows of at most ``tokens`` tokens."""
+def estimate(
+    shape: ModelShape, dtype: str, rows: int, tokens: int, *, packed: bool = False
+) -> Footprint:
+    """The peak of a model in ``dtype`` serving ``rows`` rows of at most ``tokens`` tokens;
+    ``packed``: its linear layers are packed (decoding/aux/packed.py ``packs``)."""
     b = DTYPE_BYTES[dtype]
     columns = tokens + HEADROOM
     layout = layout_bytes(shape, dtype, rows, columns)
@@ -117,21 +131,18 @@ def estimate(shape: ModelShape, dtype: str, rows: int, tokens: int) -> Footprint
         + 4 * shape.hidden
         + (shape.attention_heads + 2 * shape.kv_heads) * shape.head_dim
     ) * b
-    row_kv = layout_bytes(shape, dtype, 1, tokens)
-    prefill = tokens * widest + row_kv
-    repeated = shape.attention_heads > shape.kv_heads
+    output = shape.attention_heads * shape.head_dim * b
+    forward = max(tokens, PREFILL_TOKENS) * (widest + output)
     decode = rows * (
-        shape.vocab * (b + 12)
-        + repeated * 2 * shape.attention_heads * columns * shape.head_dim * b
+        shape.vocab * (b + 12) + widest + output + 2 * shape.top_k * shape.hidden * b
+    ) + (
+        2 * shape.attention_heads * columns * shape.head_dim * b
         + 4 * shape.attention_heads * columns
-        + 16 * columns
-        + widest
-        + 2 * shape.top_k * shape.hidden * b
     )
     return Footprint(
-        weights=shape.parameters * b,
+        weights=(shape.parameters + (packed and shape.tied_head) * shape.vocab * shape.hidden) * b,
         layout=layout,
-        transient=max(layout // shape.layers, prefill, decode),
+        transient=max(layout // rows, forward, decode),
     )
 
 
@@ -145,7 +156,11 @@ def _parameters(build) -> int:
 def model_shape(path: str) -> ModelShape:
     """The shape of the HF-format model at ``path`` (reads its config.json only)."""
     config = AutoConfig.from_pretrained(path)
-    return ModelShape.of(config, _parameters(lambda: AutoModelForCausalLM.from_config(config)))
+    return ModelShape.of(
+        config,
+        _parameters(lambda: AutoModelForCausalLM.from_config(config)),
+        tied_head=bool(getattr(config, "tie_word_embeddings", False)),
+    )
 
 
 def copilot_shape(path: str | Path) -> ModelShape:

@@ -1,38 +1,40 @@
 """Batched stepping of an auxiliary (transformers) model for many rows at once.
 
 Each engine step, every row that uses an auxiliary model needs that model's next-token logits
-for the row's token stream. :class:`AuxModelRunner` keeps one key/value cache for all its rows
-and advances them all with **one** batched forward per step, whatever their lengths.
+for the row's token stream. :class:`AuxModelRunner` advances all its rows with **one** forward
+per step, whatever their lengths: the rows' new tokens packed into one sequence (a decoding
+row's newest token; a joining row's whole stream, so joining rows are prefilled together and
+with the decoding rows), the head computed only at each row's last token, and attention over
+each row's own key/value cache (decoding/aux/ragged.py). A row joining or leaving touches no
+other row's cache and no row attends over another's length.
 
-Layout: the rows share a transformers ``StaticCache`` of ``[rows, kv_heads, capacity, head_dim]``
-per layer, right-aligned on a common write column ``T``: row ``r`` holds its ``n_r`` cached tokens
-in columns ``[T - n_r, T)``, padding on the left, masked out. A decode step writes every row's
-newest token at column ``T`` (so the whole batch shares one ``cache_position``, which is what a
-static cache supports), with per-row ``position_ids`` ``n_r`` for RoPE. When a row joins or
-leaves, or capacity runs out, the layout is rebuilt around the rows; a joining row is then
-prefilled on its own (all its tokens but the last, through the model without its head: no
-logits) straight into its slot. Steady-state decoding copies no KV.
+A step whose joining rows bring more than :data:`PREFILL_TOKENS` tokens is split into several
+forwards of at most that many tokens (or one whole row, if longer), which bounds a step's
+activations.
 
-Memory (adapters/aux_memory.py estimates it): one layout of ``rows x (longest row + HEADROOM)``
-columns; a rebuild allocates the new layout a layer at a time and frees each old layer once its
-rows are copied, so it holds one layout and one layer, never two layouts.
+Memory (adapters/aux_memory.py estimates it): each row's cache holds at most its length plus
+``HEADROOM`` columns; a row outgrowing it is moved to a larger tensor (that row only, one
+tensor held twice for the copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
+from transformers import AutoModelForCausalLM, StaticCache
 
 from decoding.pipeline import TokenStream
 
 from .dtypes import AuxDType, cpu_has_native_bf16, dtype_name, resolve_aux_dtype
+from .packed import pack_linears, packs
+from .ragged import ATTENTION, BATCH_KWARG, HEADROOM, Packed, RowCache, Segment
 
-#: Extra capacity allocated at each rebuild, so a rebuild happens about every this many steps
-#: at most when nobody joins or leaves.
-HEADROOM = 64
+__all__ = ["HEADROOM", "PREFILL_TOKENS", "AuxModelRunner", "runner_dtype"]
+
+#: Tokens one forward packs at most (a single longer row runs alone).
+PREFILL_TOKENS = 2048
 
 
 def runner_dtype(setting: AuxDType, engine_dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -47,10 +49,13 @@ def runner_dtype(setting: AuxDType, engine_dtype: torch.dtype, device: torch.dev
     return getattr(torch, name)
 
 
-@dataclass
-class _Row:
-    slot: int
-    cached: int  # tokens of the row's stream held in the cache
+@dataclass(frozen=True)
+class _Work:
+    """One row's part of a step: its key, cache and the tokens to run."""
+
+    key: int
+    cache: RowCache
+    tokens: list[int]
 
 
 class AuxModelRunner:
@@ -65,34 +70,44 @@ class AuxModelRunner:
         model: torch.nn.Module | None = None,
     ):
         """``model``: an already loaded causal model (with ``config``,
-        ``get_output_embeddings()`` and ``get_decoder()``, e.g. a copilot) instead of loading
-        ``path``."""
+        ``get_output_embeddings()`` and a ``logits_to_keep`` argument, e.g. a copilot) instead
+        of loading ``path``."""
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model = model.to(device=device, dtype=dtype).eval()
-        #: What a prefill runs: the model without its head (no logits for the prompt).
-        self.decoder = self.model.get_decoder()
         self.device = torch.device(device)
         self.dtype = dtype
         self.config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
-        self.rows: dict[int, _Row] = {}
-        self.cache: StaticCache | None = None
-        self.end = 0  # the write column T
-        self.capacity = 0
-        self.batch = 0  # rows the cache is laid out for (slots 0..batch-1)
+        if packs(self.device.type, dtype_name(dtype)):
+            pack_linears(self.model)
         probe = StaticCache(config=self.config, max_cache_len=1)
         if any(layer.is_sliding for layer in probe.layers):
             raise ValueError(
                 f"{path}: sliding-window attention is not supported for auxiliary models"
             )
+        self.layers: int = self.config.num_hidden_layers
+        head_dim = (
+            getattr(self.config, "head_dim", None)
+            or self.config.hidden_size // self.config.num_attention_heads
+        )
+        kv_heads = getattr(self.config, "num_key_value_heads", None) or (
+            self.config.num_attention_heads
+        )
+        self._shape = (self.layers, kv_heads, head_dim)
+        # Every attention layer of the model (a copilot's backbone shares its config) calls
+        # decoding/aux/ragged.py's function; _forward checks each forward went through it.
+        self.config._attn_implementation = ATTENTION
+        self.rows: dict[int, RowCache] = {}
+        try:
+            self.step({0: TokenStream([0, 0], [])})
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: this model cannot run as an auxiliary model: {exc}") from exc
+        self.release(0)
 
     def release(self, key: int) -> None:
-        """Forget a row (its request left the batch); its cache space is reclaimed at the next
-        rebuild, or now when it was the last row."""
+        """Forget a row (its request left the batch) and free its cache."""
         self.rows.pop(key, None)
-        if not self.rows:
-            self.cache, self.batch, self.end, self.capacity = None, 0, 0, 0
 
     @torch.inference_mode()
     def step(
@@ -103,104 +118,80 @@ class AuxModelRunner:
         """Next-token logits ``[len(streams), vocab]`` for each row's stream, in ``streams``' order.
 
         ``streams[key]`` is the row's whole token stream so far (prompt then generated tokens);
-        between two calls it must have grown by exactly one token, unless the row is new.
+        between two calls it has usually grown by exactly one token; a row that is new, or
+        whose cache does not match that (a preempted and resumed request), is prefilled anew.
         Rows not in ``streams`` are released. ``inputs``: extra per-row model inputs for the
-        newest token, ``[len(streams), ...]`` in ``streams``' order (zeros for padding slots;
-        a joining row's earlier tokens are prefilled without them).
+        newest token, ``[len(streams), ...]`` in ``streams``' order (a joining row's earlier
+        tokens run with zeros in their place).
         """
         for key in [k for k in self.rows if k not in streams]:
             self.release(key)
-        joining = {}
+        work = []
         for key, stream in streams.items():
-            row = self.rows.get(key)
-            if row is None or row.cached != len(stream) - 1:
-                joining[key] = stream.tokens()[:-1]
-        if joining or self.batch != len(streams) or self.end >= self.capacity:
-            self._rebuild(streams, joining)
+            cache = self.rows.get(key)
+            if cache is not None and cache.cached == len(stream) - 1:
+                work.append(_Work(key, cache, [stream.last]))
+                continue
+            cache = RowCache(self._shape, self.dtype, self.device)
+            self.rows[key] = cache
+            work.append(_Work(key, cache, stream.tokens()))
+        if not work:
+            return torch.empty(0, self.vocab_size, device=self.device)
+        for item in work:
+            item.cache.reserve(item.cache.cached + len(item.tokens))
+        extra = dict(inputs or {})
+        outs, done = [], 0
+        for chunk in _chunks(work):
+            rows = slice(done, done + len(chunk))
+            outs.append(self._forward(chunk, {k: v[rows] for k, v in extra.items()}))
+            done += len(chunk)
+        logits = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return logits.float()
 
-        keys = list(streams)
-        # Nothing below reads a tensor back, and the small host-to-device copies wait only for
-        # this model's own stream, so on a GPU the forwards of several models are queued on
-        # their streams one after another without waiting for each other.
-        order = [self.rows[k].slot for k in keys]
-        slots = torch.tensor(order, device=self.device)
-        lengths = torch.tensor([self.rows[k].cached for k in keys], device=self.device)
-        batch = self.batch
-        tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
-        positions = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
-        tokens[slots, 0] = torch.tensor([streams[k].last for k in keys], device=self.device)
-        positions[slots, 0] = lengths
-        columns = torch.arange(self.capacity, device=self.device)
-        starts = torch.full((batch,), self.end, device=self.device)
-        starts[slots] = self.end - lengths
-        mask = ((columns >= starts[:, None]) & (columns <= self.end)).long()
+    def _forward(self, work: list[_Work], inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One packed forward; logits ``[len(work), vocab]`` at each row's last token."""
+        segments, ids, positions, start = [], [], [], 0
+        for item in work:
+            past = item.cache.cached
+            segments.append(Segment(item.cache, past, len(item.tokens), start))
+            ids.extend(item.tokens)
+            positions.extend(range(past, past + len(item.tokens)))
+            start += len(item.tokens)
+        batch = Packed(segments, self.layers)
+        last = torch.tensor([s.start + s.new - 1 for s in segments], device=self.device)
         extra = {}
-        for name, values in (inputs or {}).items():
-            laid = values.new_zeros((batch, 1, *values.shape[1:]))
-            laid[slots, 0] = values.to(self.device)
+        for name, values in inputs.items():
+            laid = values.new_zeros((1, batch.tokens, *values.shape[1:]))
+            laid[0, last] = values.to(self.device)
             extra[name] = laid
         out = self.model(
-            input_ids=tokens,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            cache_position=torch.tensor([self.end], device=self.device),
-            use_cache=True,
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            use_cache=False,
+            logits_to_keep=last,
+            **{BATCH_KWARG: batch},
             **extra,
         )
-        self.end += 1
-        for key in keys:
-            self.rows[key].cached += 1
-        logits = out.logits[:, -1]
-        if order == list(range(batch)):
-            return logits.float()  # rows in slot order (the usual case): no gather
-        return logits[slots].float()
+        if batch.seen != self.layers:
+            raise RuntimeError(
+                f"{batch.seen} of its {self.layers} attention layers use transformers' "
+                "attention-function interface"
+            )
+        for item in work:
+            item.cache.cached += len(item.tokens)
+        return out.logits[0]
 
-    def _rebuild(
-        self, streams: Mapping[int, TokenStream], joining: Mapping[int, Sequence[int]]
-    ) -> None:
-        """Lay all rows out afresh: slots 0..n-1, right-aligned on a new end column; rows in
-        ``joining`` (their tokens to cache) are prefilled into their slots afterwards."""
-        lengths = {key: len(stream) - 1 for key, stream in streams.items()}
-        end = max(lengths.values(), default=0)
-        capacity = end + HEADROOM
-        cache = StaticCache(config=self.config, max_cache_len=capacity)
-        heads = self.config.num_key_value_heads
-        head_dim = (
-            getattr(self.config, "head_dim", None)
-            or self.config.hidden_size // self.config.num_attention_heads
-        )
-        shape = torch.empty(len(streams), heads, 0, head_dim, dtype=self.dtype, device=self.device)
-        # (new slot, old slot, cached tokens) of the rows carried over from the old layout.
-        kept = [
-            (slot, self.rows[key].slot, lengths[key])
-            for slot, key in enumerate(streams)
-            if key not in joining and lengths[key]
-        ]
-        old_layers = self.cache.layers if self.cache is not None else [None] * len(cache.layers)
-        for layer, old in zip(cache.layers, old_layers, strict=True):
-            layer.lazy_initialization(shape, shape)  # allocates this layer only
-            for slot, old_slot, n in kept:
-                columns = slice(self.end - n, self.end)
-                layer.keys[slot, :, end - n : end] = old.keys[old_slot, :, columns]
-                layer.values[slot, :, end - n : end] = old.values[old_slot, :, columns]
-            if old is not None:
-                old.keys = old.values = None  # freed now, not with the whole old layout
-            layer.cumulative_length.fill_(end)
-        self.cache, self.end, self.capacity = cache, end, capacity
-        self.rows = {key: _Row(slot, lengths[key]) for slot, key in enumerate(streams)}
-        self.batch = len(self.rows)
-        for key, tokens in joining.items():
-            if tokens:
-                self._prefill(self.rows[key].slot, tokens)
 
-    def _prefill(self, slot: int, tokens: Sequence[int]) -> None:
-        """Cache ``tokens`` (one row, positions from 0) in ``slot``'s last ``len(tokens)``
-        columns of the layout."""
-        cache = DynamicCache(config=self.config)
-        ids = torch.tensor([list(tokens)], device=self.device)
-        self.decoder(input_ids=ids, past_key_values=cache, use_cache=True)
-        columns = slice(self.end - len(tokens), self.end)
-        for layer, row in zip(self.cache.layers, cache.layers, strict=True):
-            layer.keys[slot, :, columns] = row.keys[0]
-            layer.values[slot, :, columns] = row.values[0]
+def _chunks(work: list[_Work]) -> Iterator[list[_Work]]:
+    """``work`` in order, cut into runs of at most :data:`PREFILL_TOKENS` tokens (a longer
+    row alone)."""
+    chunk: list[_Work] = []
+    tokens = 0
+    for item in work:
+        if chunk and tokens + len(item.tokens) > PREFILL_TOKENS:
+            yield chunk
+            chunk, tokens = [], 0
+        chunk.append(item)
+        tokens += len(item.tokens)
+    if chunk:
+        yield chunk

@@ -48,8 +48,9 @@ class PilotFeatures:
 
 
 class Copilot(nn.Module):
-    """Backbone: a transformers ``LlamaModel`` (so the auxiliary runner's static KV cache
-    drives it like any causal LM); ``top_k``: pilot tokens read per position."""
+    """Backbone: a transformers ``LlamaModel`` (so the auxiliary runner's per-row KV caches
+    and attention, decoding/aux/ragged.py, drive it like any causal LM); ``top_k``: pilot
+    tokens read per position."""
 
     def __init__(self, config: LlamaConfig, top_k: int) -> None:
         super().__init__()
@@ -63,11 +64,6 @@ class Copilot(nn.Module):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
-
-    def get_decoder(self) -> LlamaModel:
-        """The backbone, which caches positions read as tokens alone (:meth:`embed` without
-        pilot features) with no head to compute: the auxiliary runner's prefill."""
-        return self.backbone
 
     def embed(
         self,
@@ -89,18 +85,23 @@ class Copilot(nn.Module):
         pilot_probs: torch.Tensor | None = None,
         *,
         select: torch.Tensor | None = None,
+        logits_to_keep: torch.Tensor | None = None,
         **backbone_kwargs,
     ) -> CausalLMOutputWithPast:
         """Rectifications ``[batch, seq, vocab]`` (as ``logits``, the name the runner reads).
 
         ``pilot_ids``/``pilot_probs``: ``[batch, seq, k]``, zero probabilities where the pilot
         is not seen. ``select`` (a boolean ``[batch, seq]`` mask) computes the head on those
-        positions only, returning ``[positions, vocab]`` (training). Other keyword arguments
-        (cache, masks, positions) go to the backbone.
+        positions only, returning ``[positions, vocab]`` (training). ``logits_to_keep`` (indices
+        along ``seq``, as transformers' causal LMs take it) computes the head on those positions
+        only, returning ``[batch, len(logits_to_keep), vocab]`` (the auxiliary runner). Other
+        keyword arguments (cache, masks, positions) go to the backbone.
         """
         embeds = self.embed(input_ids, pilot_ids, pilot_probs)
         out = self.backbone(inputs_embeds=embeds, **backbone_kwargs)
         hidden = out.last_hidden_state
         if select is not None:
             hidden = hidden[select]
+        if logits_to_keep is not None:
+            hidden = hidden[:, logits_to_keep]
         return CausalLMOutputWithPast(logits=self.head(hidden), past_key_values=out.past_key_values)

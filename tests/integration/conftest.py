@@ -29,9 +29,11 @@ def tiny_server(tiny_deployment):
         {
             "model": {"path": str(paths["base"])},
             "engine": tiny.ENGINE,
-            "aux_models.expert": {"path": str(paths["expert"])},
-            "aux_models.anti": {"path": str(paths["anti"])},
-            "copilots.fix": {"path": str(tiny_deployment.copilot)},
+            # float32 pinned, not left to "auto" (which follows the engine's dtype): the exactness
+            # tests compare against float32 references.
+            "aux_models.expert": {"path": str(paths["expert"]), "dtype": "float32"},
+            "aux_models.anti": {"path": str(paths["anti"]), "dtype": "float32"},
+            "copilots.fix": {"path": str(tiny_deployment.copilot), "dtype": "float32"},
             # A correction added by configuration only (tests/integration/test_extra_correction.py).
             "corrections": {"extra": ["tests.integration.delayed_bias:CORRECTION"]},
             "profiles.tuned": {

@@ -1,14 +1,12 @@
 """The auxiliary models' memory: the dtype they run in, the estimate against a loaded model
-(weights and KV cache byte for byte, the transient against a measured peak), the runner's
-rebuild holding one layout, and the start-up refusal with its exact message."""
+(weights and KV caches byte for byte, the transient against a measured peak), a row's cache
+growing alone, and the start-up refusal with its exact message."""
 
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import StaticCache
-from transformers.cache_utils import StaticLayer
 
 from adapters.aux_budget import (
     CPU_PROCESS_RESERVE,
@@ -32,6 +30,7 @@ from adapters.aux_memory import (
 from adapters.default_model import ensure_default_model
 from adapters.engine import ServedModel, check_engine_args, engine_args
 from decoding.aux.dtypes import dtype_name, resolve_aux_dtype
+from decoding.aux.packed import PackedLinear, packs
 from decoding.aux.runner import HEADROOM, AuxModelRunner, runner_dtype
 from decoding.copilot.binding import Binding
 from decoding.copilot.checkpoint import save
@@ -85,7 +84,7 @@ def test_runners_load_in_their_dtype(tiny, tmp_path):
     runner = AuxModelRunner(tiny, dtype=torch.bfloat16)
     assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
     runner.step({1: TokenStream([1, 2, 3], [])})
-    assert {layer.keys.dtype for layer in runner.cache.layers} == {torch.bfloat16}
+    assert runner.rows[1].store.dtype == torch.bfloat16
     model = Copilot(tiny_llama_config(50, hidden_size=64, head_dim=32), top_k=3)
     save(tmp_path / "ck", model, Binding("p", "v", "c"))
     copilot = CopilotRunner(str(tmp_path / "ck"), dtype=torch.bfloat16)
@@ -103,14 +102,20 @@ def _bytes(tensors) -> int:
 def test_weights_and_kv_cache_are_the_estimate_byte_for_byte(tiny, dtype):
     shape = model_shape(tiny)
     runner = AuxModelRunner(tiny, dtype=getattr(torch, dtype))
-    assert estimate(shape, dtype, 1, 1).weights == _bytes(runner.model.parameters())
+    packed = [m for m in runner.model.modules() if isinstance(m, PackedLinear)]
+    assert bool(packed) == packs("cpu", dtype)
+    # The tiny model's head is tied to its embeddings: packed, it adds the head's packed copy.
+    assert shape.tied_head
+    held = _bytes(runner.model.parameters()) + sum(m.nbytes for m in packed)
+    assert estimate(shape, dtype, 1, 1, packed=bool(packed)).weights == held
     lengths = {0: 40, 1: 7, 2: 19}  # N = 3 rows, the longest L = 40 tokens
     streams = {k: TokenStream(list(range(1, n + 1)), []) for k, n in lengths.items()}
     runner.step(streams)
-    cache = _bytes(t for layer in runner.cache.layers for t in (layer.keys, layer.values))
-    assert cache == layout_bytes(shape, dtype, 3, runner.capacity)
-    # The estimate's columns bound every layout the runner makes for rows of <= L tokens.
-    assert runner.capacity <= 40 + HEADROOM
+    held = sum(c.nbytes for c in runner.rows.values())
+    # Each row holds its own length plus headroom (ragged), never the longest row's.
+    assert held == sum(layout_bytes(shape, dtype, 1, n + HEADROOM) for n in lengths.values())
+    assert held < layout_bytes(shape, dtype, 3, 40 + HEADROOM)
+    # The estimate's layout is the worst case: N rows of L tokens.
     assert estimate(shape, dtype, 3, 40).layout == layout_bytes(shape, dtype, 3, 40 + HEADROOM)
 
 
@@ -175,33 +180,29 @@ def test_a_prefill_computes_no_logits_and_stays_within_the_estimate(tiny):
     assert measured < tokens * shape.vocab * 4 / 4
 
 
-def test_a_rebuild_holds_one_layout_and_one_layer(tiny, monkeypatch):
-    """Rows joining and leaving re-lay the cache; the old layout's layers are freed as the
-    new ones are made, never both layouts whole."""
+def test_a_row_outgrowing_its_cache_moves_alone(tiny):
+    """Rows joining and leaving allocate and free their own caches; a row outgrowing its
+    headroom is copied to a larger tensor, the other rows' tensors untouched."""
     runner = AuxModelRunner(tiny)
-    made: list[StaticLayer] = []
-    live: list[int] = []
-    original = StaticLayer.lazy_initialization
-
-    def counting(layer, keys, values):
-        original(layer, keys, values)
-        made.append(layer)
-        old = runner.cache.layers if runner.cache is not None else []
-        held = [x for x in [*old, *made] if getattr(x, "keys", None) is not None]
-        live.append(_bytes(t for x in held for t in (x.keys, x.values)))
-
-    monkeypatch.setattr(StaticLayer, "lazy_initialization", counting)
-    streams = {k: TokenStream(list(range(1, 30 + k)), []) for k in range(4)}
+    outputs = {k: [] for k in (0, 1, 2, 3, 9)}
+    streams = {k: TokenStream(list(range(1, 30 + k)), outputs[k]) for k in range(4)}
     runner.step(streams)
-    layer = layout_bytes(model_shape(tiny), "float32", 4, runner.capacity) // 2
-    made.clear()
-    live.clear()
-    streams[9] = TokenStream([5, 6, 7], [])  # joins: the layout is rebuilt
-    del streams[0]
+    before = {k: c.store for k, c in runner.rows.items()}
+    streams[9] = TokenStream([5, 6, 7], outputs[9])  # joins
+    del streams[0]  # leaves
+    for k in (1, 2, 3):
+        outputs[k].append(1)
     runner.step(streams)
-    whole = _bytes(t for x in runner.cache.layers for t in (x.keys, x.values))
-    assert len(made) == 2 and max(live) <= whole + layer < 2 * whole
-    assert isinstance(runner.cache, StaticCache)
+    assert all(runner.rows[k].store is before[k] for k in (1, 2, 3))
+    grower = runner.rows[3]
+    capacity = grower.capacity
+    while grower.capacity == capacity:
+        kept = {9: runner.rows[9].store}  # joined a step later: grows a step later
+        for k in streams:
+            outputs[k].append(1)
+        runner.step(streams)
+        assert all(runner.rows[k].store is kept[k] for k in kept)
+    assert grower.capacity == grower.cached + HEADROOM
 
 
 # -- the budget and the refusal -----------------------------------------------------------------
@@ -263,25 +264,25 @@ def test_models_that_do_not_fit_refuse_with_what_to_change():
     with pytest.raises(AuxMemoryError) as refused:
         check_fits(declared, gpu(), None, native_bf16=False)
     assert str(refused.value) == (
-        "the auxiliary models and copilots do not fit beside the engine: they need 162.8 GiB "
+        "the auxiliary models and copilots do not fit beside the engine: they need 130.3 GiB "
         "on each GPU at their peak, for engine.max_num_seqs = 256 rows of "
         "engine.max_model_len = 8192 tokens, and 7.0 GiB is left there "
         "((1 - engine.gpu_memory_utilization 0.9) x 80.0 GiB - 1.0 GiB for the CUDA context).\n"
-        "  aux_models.expert (bfloat16): KV cache 64.5 GiB, activations 16.9 GiB\n"
-        "  aux_models.anti (bfloat16): KV cache 64.5 GiB, activations 16.9 GiB\n"
+        "  aux_models.expert (bfloat16): KV cache 64.5 GiB, activations 656 MiB\n"
+        "  aux_models.anti (bfloat16): KV cache 64.5 GiB, activations 656 MiB\n"
         "  (their weights, 4.6 GiB, are not in this figure: vLLM counts them in its own share, "
         "and its KV cache is that much smaller)\n"
-        "Lower engine.max_num_seqs (at most 10 rows fit) or engine.max_model_len, lower "
+        "Lower engine.max_num_seqs (at most 11 rows fit) or engine.max_model_len, lower "
         "engine.gpu_memory_utilization, run an auxiliary model or copilot in a smaller dtype "
         "([aux_models.NAME] / [copilots.NAME] dtype), or, if you know the memory is there, set "
         'aux_memory.budget_bytes (docs/deployment.md, "Memory budgeting for auxiliary models").'
     )
-    # "at most 10 rows fit" is exact: 10 rows fit and 11 do not.
-    assert check_fits(declared, gpu(rows=10), None, native_bf16=False).startswith(
+    # "at most 11 rows fit" is exact: 11 rows fit and 12 do not.
+    assert check_fits(declared, gpu(rows=11), None, native_bf16=False).startswith(
         "auxiliary models and copilots: 6.8 GiB needed on each GPU beside the engine"
     )
     with pytest.raises(AuxMemoryError):
-        check_fits(declared, gpu(rows=11), None, native_bf16=False)
+        check_fits(declared, gpu(rows=12), None, native_bf16=False)
 
 
 def test_workspace_is_part_of_every_footprint():

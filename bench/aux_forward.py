@@ -1,0 +1,186 @@
+"""One auxiliary model's decode step in isolation: the runner's forward for B rows of ragged
+lengths, in these modes:
+
+- ``eager``: the runner as it ships (on the CPU in bf16: linear layers packed for oneDNN,
+  decoding/aux/packed.py);
+- ``unpacked``: the same without packing (plain ``F.linear``);
+- ``compiled``: the unpacked runner's model under ``torch.compile`` (dynamic shapes, inductor's
+  freezing pass on, which packs CPU linears itself; the per-row attention stays eager);
+- ``baseline REV`` (``--baseline REV``): the runner of another revision (e.g. the
+  right-aligned static layout the per-row caches replaced).
+
+Rows: prompt lengths drawn uniformly from [16, 512] with a fixed seed, prefilled once; then
+``--steps`` decode steps timed, each row growing by one token per step. Every row of a batch is
+in the cache (no joins), so this measures the steady decode step; joins and leaves are what
+bench/traffic.py measures.
+
+    .venv/bin/python -m bench.aux_forward --batch 1 8 32 --dtype bfloat16 float32 \\
+        --modes eager unpacked compiled --baseline 8f5a398
+
+Results (ms per step, median of ``--repeats`` interleaved repeats) go to
+docs/bench/aux-forward.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adapters.default_model import ensure_default_model
+from decoding.aux import ragged
+from decoding.aux import runner as runner_module
+from decoding.aux.runner import AuxModelRunner
+from decoding.pipeline import TokenStream
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench" / "aux-forward.json"
+MODES = ("eager", "unpacked", "compiled")
+
+
+def _baseline_runner(rev: str) -> type:
+    """``AuxModelRunner`` as decoding/aux/runner.py defines it at ``rev``."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:decoding/aux/runner.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "runner.py"
+    path.write_text(source)
+    name = "decoding.aux._baseline_runner"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "decoding.aux"
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.AuxModelRunner
+
+
+def _unpacked(path: str, dtype: torch.dtype) -> AuxModelRunner:
+    packs = runner_module.packs
+    runner_module.packs = lambda *_: False
+    try:
+        return AuxModelRunner(path, dtype=dtype)
+    finally:
+        runner_module.packs = packs
+
+
+def _compiled(path: str, dtype: torch.dtype) -> AuxModelRunner:
+    """The unpacked runner with its model's forward compiled; the attention over per-row
+    caches stays eager (a Python loop over rows, graph-broken)."""
+    import torch._inductor.config as inductor  # noqa: PLC0415 (only this mode needs it)
+
+    inductor.freezing = True
+    runner = _unpacked(path, dtype)
+    eager = ragged.ragged_attention
+    ragged.AttentionInterface.register(ragged.ATTENTION, torch.compiler.disable(eager))
+    runner.model.forward = torch.compile(runner.model.forward, dynamic=True)
+    return runner
+
+
+def time_steps(runner, batch: int, steps: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    outputs = {k: [] for k in range(batch)}
+    streams = {
+        k: TokenStream([rng.randrange(100, 40000) for _ in range(rng.randint(16, 512))], outputs[k])
+        for k in range(batch)
+    }
+    runner.step(streams)  # prefill
+    times = []
+    for _ in range(steps):
+        for k in outputs:
+            outputs[k].append(rng.randrange(100, 40000))
+        started = time.perf_counter()
+        runner.step(streams)
+        times.append(time.perf_counter() - started)
+    for k in list(streams):
+        runner.release(k)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--dtype", nargs="+", default=["bfloat16"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["eager", "unpacked", "compiled"], choices=MODES
+    )
+    parser.add_argument("--baseline", help="also time the runner of this git revision")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    path = str(ensure_default_model())
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    builders = {"eager": AuxModelRunner, "unpacked": _unpacked, "compiled": _compiled}
+    makers = {mode: builders[mode] for mode in args.modes}
+    if args.baseline:
+        baseline = _baseline_runner(args.baseline)
+        makers[f"baseline {args.baseline}"] = lambda p, dtype: baseline(p, dtype=dtype)
+    records = []
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        runners = {}
+        for mode, make in makers.items():
+            runners[mode] = make(path, dtype) if mode != "eager" else make(path, dtype=dtype)
+            if mode == "compiled":
+                started = time.perf_counter()
+                for b in args.batch:  # compile outside the timings
+                    time_steps(runners[mode], b, 3, seed=99)
+                print(f"compile warm-up {dtype_name}: {time.perf_counter() - started:.1f} s")
+        for batch in args.batch:
+            samples: dict[str, list[float]] = {mode: [] for mode in runners}
+            order = list(runners)
+            for repeat in range(args.repeats):
+                for mode in order if repeat % 2 == 0 else reversed(order):  # ABBA
+                    times = time_steps(runners[mode], batch, args.steps, seed=batch)
+                    samples[mode].append(statistics.median(times) * 1e3)
+            for mode, values in samples.items():
+                record = {
+                    "dtype": dtype_name,
+                    "batch": batch,
+                    "mode": mode,
+                    "ms_per_step": values,
+                    "median_ms": statistics.median(values),
+                    "tok_per_s": batch * 1e3 / statistics.median(values),
+                }
+                records.append(record)
+                print(json.dumps(record), flush=True)
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = sorted({f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpu})
+    result = {
+        "commit": commit,
+        "machine": platform.machine(),
+        "cpu_bf16_flags": flags,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "model": "SmolLM2-135M (embedded)",
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "load_average_before": load_before,
+        "load_average_after": Path("/proc/loadavg").read_text().split()[:3],
+        "records": records,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
