@@ -192,10 +192,8 @@ class Decompose(Strategy):
             failed = await self._critique(run, constraints, candidate.text)
             if failed is None:
                 return
-            lines = [f"- {c}" for c in failed]
-            if candidate.verdict.feedback:
-                lines.append(candidate.verdict.feedback)
-            feedback = "\n".join(lines) or "The answer does not meet the request."
+            own = "\n".join(f"- {c}" for c in failed) or "The answer does not meet the request."
+            feedback = _feedback(run, own, candidate)
             candidate = await _rewrite(run, candidate, feedback)
         if candidate is not None:
             run.stop("accepted")
