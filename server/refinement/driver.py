@@ -276,7 +276,11 @@ class RefinementDriver:
     def _response(self, outcome: Outcome, usage: _Usage, ex) -> dict[str, Any]:
         result, choice = outcome.chosen.payload
         payload = result.model_dump()
-        payload["choices"] = [{**choice.model_dump(), "index": 0}]
+        answer = choice.model_dump()
+        # The candidate's text, which may hold more than this generation (localize keeps the
+        # correct steps before its rewrite: decoding/refinement/localize.py).
+        answer["message"]["content"] = outcome.chosen.text
+        payload["choices"] = [{**answer, "index": 0}]
         payload["usage"] = usage.to_json()
         if ex.profile is not None:
             payload["model"] = ex.profile.name
