@@ -354,12 +354,8 @@ def _minimal_root(settings: dict, fds: dict[str, int]) -> bool:
     if not proc:
         os.rmdir(root + "/proc")
     if proc:
-        for name, target in (
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ):
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(target, f"{root}/dev/{name}")  # fmt: skip
     _mkdirs(root + "/tmp")
     uid, gid = os.getuid(), os.getgid()

@@ -169,7 +169,7 @@ class Sandbox:
             return None
         hint = (
             "The operator must allow unprivileged user namespaces (see README, python_tests) "
-            'or set [sandbox] isolation = "limits-only" to accept weaker confinement'
+            "or set [sandbox] isolation = \"limits-only\" to accept weaker confinement"
             if self.policy.isolation == "namespaces"
             else "The operator must fix the host or the [sandbox] settings"
         )
@@ -561,3 +561,4 @@ async def run_python(source: str, limits: SandboxLimits = SandboxLimits()) -> Sa
     if sandbox is None:
         sandbox = await asyncio.to_thread(configure, SandboxPolicy())
     return await sandbox.run(source, limits)
+
