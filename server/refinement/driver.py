@@ -291,9 +291,10 @@ class RefinementDriver:
         result, choice = outcome.chosen.payload
         payload = result.model_dump()
         answer = choice.model_dump()
-        # The candidate's text, which may hold more than this generation (localize keeps the
-        # correct steps before its rewrite: decoding/refinement/localize.py).
-        answer["message"]["content"] = outcome.chosen.text
+        if outcome.chosen.text != (answer["message"].get("content") or ""):
+            # The candidate holds more than this generation: localize keeps the correct steps
+            # before its rewrite (decoding/refinement/localize.py).
+            answer["message"]["content"] = outcome.chosen.text
         payload["choices"] = [{**answer, "index": 0}]
         payload["usage"] = usage.to_json()
         if ex.profile is not None:
