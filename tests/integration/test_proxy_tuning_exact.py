@@ -157,6 +157,57 @@ def test_each_aux_model_sees_the_chat_request_in_its_own_format(trio, tiny_deplo
     assert shared != expected
 
 
+def test_refinement_rounds_render_their_own_conversation_per_model(trio, tiny_deployment):
+    """A refinement round's conversation (draft, then "Incorrect. Please think again.") reaches
+    each auxiliary model in its own format too, not the request's first prompt."""
+    server, models = trio
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_deployment.paths["base"])
+    question = "Add 4 and 5."
+    stream = client.chat.completions.create(
+        model="base",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=STEPS,
+        temperature=0,
+        stream=True,
+        extra_body={
+            "ignore_eos": True,
+            "correction": {
+                "proxy_tuning": {"expert": "expert_base", "anti_expert": "anti_file"},
+                "refinement": {
+                    "verifier": {"type": "regex", "pattern": "^ZZZ-never$"},
+                    "max_rounds": 2,
+                    "stream_rounds": True,
+                },
+            },
+        },
+    )
+    rounds = [
+        c.model_extra["refinement_round"]
+        for c in stream
+        if "refinement_round" in (c.model_extra or {})
+    ]
+    assert [r["step"] for r in rounds] == ["draft", "retry"]
+    draft, retry = rounds[0]["text"], "Incorrect. Please think again."
+    conversation = [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": draft},
+        {"role": "user", "content": retry},
+    ]
+    base = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    prompts = {
+        "base": tokenizer(base, add_special_tokens=False).input_ids,
+        "expert_base": tokenizer(f"{question}\n\n{draft}\n\n{retry}\n\n").input_ids,
+        "anti_file": tokenizer(
+            f"<user> {question}\n<assistant> {draft}\n<user> {retry}\n<assistant>",
+            add_special_tokens=False,
+        ).input_ids,
+    }
+    coefficients = {"expert_base": ("expert", 1.0), "anti_file": ("anti", -1.0)}
+    expected = own_prompts_reference(models, prompts, coefficients)
+    assert rounds[1]["text"] == tokenizer.decode(expected, skip_special_tokens=True)
+
+
 def test_bad_specs_are_400_and_leave_the_batch_alone(trio):
     server, models = trio
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
