@@ -206,6 +206,15 @@ def test_refinement_rounds_render_their_own_conversation_per_model(trio, tiny_de
     coefficients = {"expert_base": ("expert", 1.0), "anti_file": ("anti", -1.0)}
     expected = own_prompts_reference(models, prompts, coefficients)
     assert rounds[1]["text"] == tokenizer.decode(expected, skip_special_tokens=True)
+    # With the auxiliary models left on the request's first prompts, the retry would differ.
+    stale = {
+        "base": prompts["base"],
+        "expert_base": tokenizer(f"{question}\n\n").input_ids,
+        "anti_file": tokenizer(
+            f"<user> {question}\n<assistant>", add_special_tokens=False
+        ).input_ids,
+    }
+    assert own_prompts_reference(models, stale, coefficients) != expected
 
 
 def test_bad_specs_are_400_and_leave_the_batch_alone(trio):
