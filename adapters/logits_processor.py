@@ -26,6 +26,7 @@ import torch
 
 from decoding.contract import EngineSetup, Record
 from decoding.correction import decode_wire
+from decoding.params import SERVER_SET_CONTEXT
 from decoding.pipeline import CorrectionPipeline, Row, StepPlugin
 from decoding.registry import Registry
 from decoding.spec import WIRE_KEY, CorrectionSpec
@@ -55,8 +56,8 @@ def install_front_end(manifest: DeploymentManifest) -> None:
 
 def engine_context(manifest: DeploymentManifest, registry: Registry) -> dict[str, Any]:
     """The validation context of a spec on the wire: the deployment's names, and the gate's
-    fields, which only corrigo's server sets (server/corrections.py refuses them from clients)."""
-    return {**manifest.correction_context(registry), GATED_CONTEXT: True}
+    and proxy-tuning's prompts' fields, which only corrigo's server sets (server/corrections.py refuses them from clients)."""
+    return {**manifest.correction_context(registry), GATED_CONTEXT: True, SERVER_SET_CONTEXT: True}
 
 
 #: Until the server installs its deployment: built-in corrections, nothing declared.

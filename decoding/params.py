@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+#: Validation context key: true where a spec comes from corrigo's server (the engine side reads
+#: the wire), so the fields only the server sets are admitted (the server refuses them from
+#: clients: server/corrections.py).
+SERVER_SET_CONTEXT = "server_set_fields"
+
 
 class CorrectionParams(BaseModel):
     """Base of every correction's parameter model: unknown keys are errors, values immutable."""

@@ -5,7 +5,8 @@ is sent to the server once per configuration: ``single`` (the greedy draft alone
 ``max_rounds=1``) and each strategy at the same cap on rounds. The verifier is exact, so the
 report's truth says whether the draft and the chosen answer are correct; a strategy's pass
 rate is the share of items whose chosen answer is, and its flips compare that answer with its
-own draft. ``--feedback`` adds a configuration ``<strategy>+feedback`` for each strategy that
+own draft. ``aggregate`` runs as self-consistency: ``max_rounds`` samples, majority answer, no
+escalation; ``localize`` scores steps with its default P(True) step verifier. ``--feedback`` adds a configuration ``<strategy>+feedback`` for each strategy that
 writes a feedback turn: the same strategy with the verifier's feedback appended to that turn.
 Results merge into the results file by suite and configuration.
 """
@@ -29,8 +30,9 @@ from decoding.refinement.params import STRATEGIES
 from .server import local_server
 
 SUITES_DIR = Path(__file__).parent / "suites" / "refinement"
-#: The strategies that write a feedback turn (best_of_n only samples and reranks).
-WITH_FEEDBACK = tuple(s for s in STRATEGIES if s != "best_of_n")
+#: The strategies that write a feedback turn (best_of_n only samples and reranks; aggregate
+#: only samples and votes, as it runs here: without escalation).
+WITH_FEEDBACK = tuple(s for s in STRATEGIES if s not in ("best_of_n", "aggregate"))
 #: max_tokens per candidate, per suite: enough for the answer, short for a 2-core CPU.
 MAX_TOKENS = {
     "arithmetic": 16,
@@ -71,6 +73,9 @@ def request_body(job: Job, model: str, max_rounds: int, temperature: float) -> d
     else:
         strategy, feedback = job.config.removesuffix(FEEDBACK), job.config.endswith(FEEDBACK)
         refinement.update(strategy=strategy, max_rounds=max_rounds, temperature=temperature)
+        if strategy == "aggregate":
+            # Self-consistency at the same cap: every round is a sample; no escalation.
+            refinement["samples"] = max_rounds
         if feedback:
             refinement["feedback"] = True
     return {

@@ -177,6 +177,10 @@ class AuxModelConfig(_Section):
     #: engine runs bf16 on a CPU that computes it natively, else float32), "float32",
     #: "bfloat16" or "float16".
     dtype: AuxDType = "auto"
+    #: The format it sees chat requests in under proxy-tuning (decoding/proxy_tuning/prompts.py):
+    #: unset, the served model's rendering; "chat", its own tokenizer's chat template; "base",
+    #: the messages' text without a template; else the path of a Jinja chat template file.
+    chat_template: str | None = Field(None, min_length=1)
 
 
 class ForgetSetConfig(_Section):

@@ -110,4 +110,5 @@ def correction_report(
             part = registry[name].report(params, figures[name])
             if part is not None:
                 report[name] = part
-    return {**report, **details}
+    # A step with nothing to say (None) adds no key.
+    return {**report, **{k: v for k, v in details.items() if v is not None}}

@@ -8,7 +8,7 @@ are the gate's; the manifest names them by path and digest for the engine side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters import aux_models
@@ -17,6 +17,7 @@ from adapters.aux_memory import copilot_shape, model_shape
 from adapters.engine import ServedModel
 from adapters.manifest import DeploymentManifest, ModelEntry, ReportChannel
 from decoding.copilot import runner as copilots
+from decoding.proxy_tuning.prompts import PromptFormat, PromptFormatError, load_format
 from decoding.registry import Registry, RegistryError
 from decoding.unlearning import ForgetSet
 from decoding.unlearning import loading as forget_sets
@@ -32,14 +33,23 @@ class Deployment:
     forget_sets: dict[str, ForgetSet]
     #: The corrections served (built-ins and the operator's extras: decoding/registry.py).
     registry: Registry
+    #: The auxiliary models that see chat requests in their own format (``chat_template``),
+    #: by name (decoding/proxy_tuning/prompts.py).
+    prompt_formats: dict[str, PromptFormat] = field(default_factory=dict)
 
 
 def build_deployment(config: Config, model: ServedModel, channel: ReportChannel) -> Deployment:
     aux = {}
+    formats: dict[str, PromptFormat] = {}
     for name, spec in config.aux_models.items():
         path = aux_models.resolve_path(spec.path)
         aux_models.check_compatible(name, path, model.path)
         aux[name] = ModelEntry(path, spec.dtype)
+        if spec.chat_template is not None:
+            try:
+                formats[name] = load_format(name, spec.chat_template, path)
+            except PromptFormatError as exc:
+                raise ConfigError(str(exc)) from None
     bound = {}
     for name, spec in config.copilots.items():
         path = str(Path(spec.path).expanduser().resolve())
@@ -61,7 +71,7 @@ def build_deployment(config: Config, model: ServedModel, channel: ReportChannel)
         registry = manifest.registry()
     except RegistryError as exc:
         raise ConfigError(f"corrections.extra: {exc}") from None
-    return Deployment(manifest, loaded, registry)
+    return Deployment(manifest, loaded, registry, formats)
 
 
 def aux_declared(manifest: DeploymentManifest) -> list[Declared]:

@@ -6,8 +6,10 @@ Each step, on raw logits, before any penalty or warper::
 
 where ``(expert_k, anti_expert_k, w_k)`` are the request's pairs (one pair with ``w = 1`` in
 the common case) and the expert/anti-expert logits come from auxiliary models stepped on the
-same token stream as the base (the same rendered prompt for all of them). An auxiliary model
-with extra trailing vocabulary rows is truncated to the base's vocabulary, as the reference
+same token stream as the base: the same generated tokens after the same rendered prompt, or
+after the model's own rendering of a chat request where its ``chat_template`` declares one
+(decoding/proxy_tuning/prompts.py). An auxiliary model with extra trailing vocabulary rows is
+truncated to the base's vocabulary, as the reference
 implementation does.
 """
 
@@ -17,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import torch
 from pydantic import (
@@ -31,7 +33,7 @@ from pydantic import (
 )
 
 from ..aux.overlap import Inline, Overlap, Pending
-from ..params import CorrectionParams
+from ..params import SERVER_SET_CONTEXT, CorrectionParams
 from ..pipeline import Row, StepPlugin, TokenStream
 
 #: Validation context key listing the auxiliary model names the deployment declares.
@@ -63,8 +65,27 @@ class ProxyTuningParams(CorrectionParams):
     anti_expert: str | None = None
     pairs: list[ProxyPair] | None = Field(None, min_length=1)
     alpha: FiniteFloat = 1.0
+    #: Set by the server (decoding/proxy_tuning/prompts.py), never by clients: the prompt ids
+    #: of the auxiliary models that see the request in their own format, by model. The others
+    #: step on the engine row's prompt.
+    prompts: dict[str, list[Annotated[int, Field(ge=0)]]] | None = None
 
     _check_models = field_validator("expert", "anti_expert")(_known_model)
+
+    @field_validator("prompts")
+    @classmethod
+    def _server_set(
+        cls, value: dict[str, list[int]] | None, info: ValidationInfo
+    ) -> dict[str, list[int]] | None:
+        if value is None:
+            return None
+        if not (info.context or {}).get(SERVER_SET_CONTEXT):
+            raise ValueError("is set by the server, not by clients")
+        for name, ids in value.items():
+            _known_model(name, info)
+            if not ids:
+                raise ValueError(f"the prompt of '{name}' is empty")
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> ProxyTuningParams:
@@ -106,6 +127,13 @@ class _Ahead:
     logits: Pending
 
 
+def _stream(row: Row, model: str) -> TokenStream:
+    """What ``model`` steps on for ``row``: its own prompt, when the server rendered one
+    (decoding/proxy_tuning/prompts.py), then the row's generated tokens; else the row's stream."""
+    own = (row.params(ProxyTuning.name).prompts or {}).get(model)
+    return row.stream if own is None else TokenStream(own, row.stream.output)
+
+
 def _lengths(streams: Mapping[int, TokenStream]) -> tuple[tuple[int, int], ...]:
     return tuple((uid, len(stream)) for uid, stream in streams.items())
 
@@ -141,7 +169,7 @@ class ProxyTuning(StepPlugin):
         if not self.sources:  # no auxiliary models declared: nothing to start
             return
         for model, entries in self._users(rows).items():
-            streams = {row.uid: row.stream.snapshot() for _, row, _ in entries}
+            streams = {row.uid: _stream(row, model).snapshot() for _, row, _ in entries}
             pending = self.overlap.submit(model, self.sources[model].step, streams)
             self._ahead[model] = _Ahead(_lengths(streams), pending)
 
@@ -151,7 +179,7 @@ class ProxyTuning(StepPlugin):
         for model, entries in self._users(rows).items():
             # Every row's stream advances in the model, even when its coefficient is 0 (expert
             # and anti-expert the same), so its cache stays in step.
-            streams = {row.uid: row.stream for _, row, _ in entries}
+            streams = {row.uid: _stream(row, model) for _, row, _ in entries}
             started = ahead.pop(model, None)
             if started is not None and started.lengths == _lengths(streams):
                 aux = started.logits.result()

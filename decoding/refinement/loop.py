@@ -4,19 +4,21 @@ regenerate with feedback; then select.
 :func:`refine` starts a :class:`~decoding.refinement.run.RefinementRun` (the request's budgets
 and candidates), lets the request's strategy (strategies.py) decide what to generate, and
 selects: the candidate with the highest score, ties going to the earliest, so the answer never
-scores below the draft.
+scores below the draft. The one exception is ``aggregate`` when it does not escalate: it
+returns its majority answer (self-consistency), whatever the verifier scored.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from .generation import GenerateFn, Message
 from .params import RefinementParams
 from .run import Candidate, RefinementRun
+from .selection import select
 from .specs import build_verifier
 from .strategies import strategy_for
 from .verifier import VerifierTypes, VerifyContext
@@ -50,6 +52,9 @@ class Outcome:
     tokens: int
     seconds: float
     truth: Truth | None
+    #: What strategies report beyond the candidates (localize's steps, aggregate's vote), by
+    #: strategy name; each becomes a key of the report.
+    details: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         """The ``refinement`` part of the response's ``correction`` report."""
@@ -63,6 +68,7 @@ class Outcome:
             "seconds": round(self.seconds, 3),
             "candidates": [c.to_json() for c in self.candidates],
         }
+        out.update({name: dict(detail) for name, detail in self.details.items()})
         if self.truth is not None:
             out["truth"] = {
                 "draft": self.truth.draft,
@@ -70,11 +76,6 @@ class Outcome:
                 "flip": self.truth.flip,
             }
         return out
-
-
-def select(candidates: Sequence[Candidate]) -> Candidate:
-    """The highest score, then accepted, then the earliest: never below the draft's score."""
-    return max(candidates, key=lambda c: (c.verdict.score, c.verdict.accepted, -c.index))
 
 
 class NoCandidate(RuntimeError):
@@ -100,7 +101,14 @@ async def refine(
     ctx = ctx or VerifyContext(messages)
     verifier = build_verifier(params.verifier, verifier_types)
     run = RefinementRun(
-        params, messages, generate, verifier, ctx, on_candidate=on_candidate, clock=clock
+        params,
+        messages,
+        generate,
+        verifier,
+        ctx,
+        on_candidate=on_candidate,
+        clock=clock,
+        verifier_types=verifier_types,
     )
     await strategy_for(params.strategy).run(run)
     if not run.candidates:
@@ -108,7 +116,7 @@ async def refine(
             raise NoCandidate(str(run.refusal), run.refusal.cause)
         raise NoCandidate("the refinement budget ran out before the first answer was generated")
     run.stop("accepted" if run.candidates[-1].verdict.accepted else "max_rounds")
-    chosen = select(run.candidates)
+    chosen = run.chosen or select(run.candidates)
     truth = await _truth(run, chosen, verifier_types)
     return Outcome(
         params.strategy,
@@ -118,6 +126,7 @@ async def refine(
         run.tokens,
         clock() - run.started,
         truth,
+        run.details,
     )
 
 

@@ -6,6 +6,7 @@ for them unless the request also gives a ``truth`` verifier.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_
 
 from ..params import NestedFieldError
 from .generation import user_text
-from .templates import check_template
+from .templates import check_template, fill
 from .urls import check_url
 from .verdict import Verdict
 from .verifier import VerifierParams, VerifierType, VerifyContext
@@ -34,6 +35,19 @@ P_TRUE_PROMPT = (
 )
 
 
+#: P(True) after the model's own samples (Kadavath et al. 2022, section 3.3: "brainstorming"
+#: several T = 1 samples before asking improves the self-evaluation).
+P_TRUE_SAMPLES_PROMPT = (
+    "Question: {question}\n"
+    "Here are some brainstormed answers:\n{samples}\n"
+    "Possible answer: {answer}\n"
+    "Is the possible answer:\n"
+    " (A) True\n"
+    " (B) False\n"
+    "The possible answer is:"
+)
+
+
 def _check_template(template: str, **fields: str) -> str:
     return check_template(template, *fields)
 
@@ -46,11 +60,22 @@ class PTrueParams(VerifierParams):
     type: Literal["p_true"] = "p_true"
     threshold: FiniteFloat = Field(0.5, ge=0, le=1)
     prompt: str = P_TRUE_PROMPT
+    #: With ``samples > 0``, the model first draws that many answers to the request (at
+    #: ``samples_temperature``, once per request: every candidate is judged after the same
+    #: ones) and is asked over ``samples_prompt``, which shows them.
+    samples: int = Field(0, ge=0, le=8)
+    samples_temperature: FiniteFloat = Field(1.0, ge=0, le=2)
+    samples_prompt: str = P_TRUE_SAMPLES_PROMPT
 
     @field_validator("prompt")
     @classmethod
     def _template(cls, prompt: str) -> str:
         return _check_template(prompt, question="", answer="")
+
+    @field_validator("samples_prompt")
+    @classmethod
+    def _samples_template(cls, prompt: str) -> str:
+        return _check_template(prompt, question="", samples="", answer="")
 
 
 class PTrueVerifier:
@@ -59,15 +84,29 @@ class PTrueVerifier:
     #: How many top next tokens to read; " A" and " B" are nearly always among them.
     TOP = 20
 
+    #: Characters of each sample shown (a bound on the prompt).
+    SAMPLE_CHARS = 500
+
     def __init__(self, params: PTrueParams) -> None:
         self.params = params
+        # Built per request (decoding/refinement/loop.py), so these are the request's samples.
+        self._samples: list[str] | None = None
+        self._drawing = asyncio.Lock()
 
     async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
         if ctx.services.next_token is None:
             raise RuntimeError("p_true needs the server's engine (Services.next_token)")
-        prompt = self.params.prompt.format(
-            question=user_text(ctx.messages).strip(), answer=candidate.strip()
-        )
+        question = user_text(ctx.messages).strip()
+        if self.params.samples:
+            samples = await self._own_samples(ctx)
+            prompt = fill(
+                self.params.samples_prompt,
+                question=question,
+                samples="\n".join(samples),
+                answer=candidate.strip(),
+            )
+        else:
+            prompt = fill(self.params.prompt, question=question, answer=candidate.strip())
         top = await ctx.services.next_token(prompt, self.TOP)
         p_a = math.exp(top[" A"]) if " A" in top else 0.0
         p_b = math.exp(top[" B"]) if " B" in top else 0.0
@@ -81,6 +120,23 @@ class PTrueVerifier:
             feedback,
             details={"p_a": round(p_a, 6), "p_b": round(p_b, 6)},
         )
+
+    async def _own_samples(self, ctx: VerifyContext) -> list[str]:
+        """The model's samples for this request, drawn by the first verification (later and
+        concurrent ones await the same draw)."""
+        if ctx.services.generate is None:
+            raise RuntimeError("p_true with samples needs the server's engine (Services.generate)")
+        async with self._drawing:
+            if self._samples is None:
+                self._samples = await self._draw(ctx)
+        return self._samples
+
+    async def _draw(self, ctx: VerifyContext) -> list[str]:
+        assert ctx.services.generate is not None
+        generations = await ctx.services.generate(
+            ctx.messages, n=self.params.samples, temperature=self.params.samples_temperature
+        )
+        return [" ".join(g.text.split())[: self.SAMPLE_CHARS] for g in generations]
 
 
 JUDGE_PROMPT = (

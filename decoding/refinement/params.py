@@ -31,6 +31,7 @@ from pydantic import (
 
 from ..params import CorrectionParams, NestedFieldError
 from .specs import build_verifier, parse_verifier
+from .steps import StepSplit
 from .templates import check_template
 from .verifier_types import verifier_types_in
 
@@ -57,9 +58,25 @@ class BudgetCaps:
 #: The budget fields of :class:`RefinementParams`, named as in :class:`BudgetCaps`.
 _BUDGETS = ("max_seconds", "max_engine_calls", "max_sandbox_seconds")
 
-#: The strategies a request may name (decoding/refinement/strategies.py implements each).
-StrategyName = Literal["try_again", "self_refine", "best_of_n", "decompose"]
+#: The strategies that refine a candidate; ``aggregate`` may escalate to any of them (and to
+#: nothing else, so escalation never recurses).
+RefinerName = Literal["try_again", "self_refine", "best_of_n", "decompose", "localize"]
+REFINERS: tuple[str, ...] = get_args(RefinerName)
+#: The strategies a request may name (decoding/refinement/strategies.py lists them all).
+StrategyName = Literal[RefinerName, "aggregate"]
 STRATEGIES: tuple[str, ...] = get_args(StrategyName)
+
+#: localize's default step verifier: P(True) asked of the steps so far (a prefix of the
+#: answer, possibly unfinished) rather than of a finished answer.
+STEP_P_TRUE_PROMPT = (
+    "Question: {question}\n"
+    "Proposed solution, possibly unfinished:\n{answer}\n"
+    "Is every step of the proposed solution so far:\n"
+    " (A) Correct\n"
+    " (B) Incorrect\n"
+    "The steps so far are:"
+)
+DEFAULT_STEP_VERIFIER: dict[str, Any] = {"type": "p_true", "prompt": STEP_P_TRUE_PROMPT}
 
 
 class RefinementPrompts(BaseModel):
@@ -91,10 +108,40 @@ class RefinementPrompts(BaseModel):
         "Does the response meet the requirement? Answer yes or no."
     )
 
+    #: localize: the local rewrite, kept after the correct {prefix} (the steps before the
+    #: first failing one); {step} is that step, {number} its 1-based position.
+    localize: str = (
+        "Your answer above goes wrong at step {number}:\n{step}\n\n"
+        "The steps before it are correct:\n{prefix}\n\n"
+        "Write a corrected step {number} and the rest of the answer after those steps. "
+        "Reply with only the new steps, without repeating the correct ones."
+    )
+    #: localize: the global rewrite, from scratch.
+    restart: str = (
+        "Your answer above is not correct. Solve the original request again from the "
+        "beginning, differently. Reply with the answer only."
+    )
+    #: aggregate: appended to the request's last user turn when it escalates; {samples} are
+    #: the sampled answers.
+    samples: str = (
+        "Earlier attempts at this request gave these answers, which do not agree:\n"
+        "{samples}\n\nAnswer the request correctly."
+    )
+
     @field_validator("refine")
     @classmethod
     def _refine(cls, value: str) -> str:
         return check_template(value, "feedback")
+
+    @field_validator("localize")
+    @classmethod
+    def _localize(cls, value: str) -> str:
+        return check_template(value, "prefix", "step", "number")
+
+    @field_validator("samples")
+    @classmethod
+    def _samples(cls, value: str) -> str:
+        return check_template(value, "samples")
 
     @field_validator("decompose")
     @classmethod
@@ -106,7 +153,7 @@ class RefinementPrompts(BaseModel):
     def _check(cls, value: str) -> str:
         return check_template(value, "constraint", "response")
 
-    @field_validator("try_again", "critique")
+    @field_validator("try_again", "critique", "restart")
     @classmethod
     def _plain(cls, value: str) -> str:
         return check_template(value)
@@ -143,11 +190,27 @@ class RefinementParams(CorrectionParams):
     truth: dict[str, Any] | None = None
     #: decompose: at most this many constraints are checked.
     max_constraints: int = Field(6, ge=1, le=20)
+    #: localize: the verifier that scores each prefix of steps (default: P(True) on the
+    #: steps so far, :data:`STEP_P_TRUE_PROMPT`); the first prefix it rejects holds the first
+    #: failing step.
+    step_verifier: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_STEP_VERIFIER))
+    #: localize: how a candidate is cut into steps (decoding/refinement/steps.py).
+    step_split: StepSplit = "lines"
+    #: localize: at most this many steps (later ones join the last), so prefixes scored.
+    max_steps: int = Field(8, ge=1, le=32)
+    #: aggregate: samples drawn and voted on (the draft included); at most ``max_rounds``.
+    samples: int = Field(3, ge=2, le=16)
+    #: aggregate: accept the majority answer when its share of the votes is at least this.
+    tau: FiniteFloat = Field(0.5, ge=0, le=1)
+    #: aggregate: below ``tau``, the strategy that refines from the majority sample, with the
+    #: samples in context, on the rounds left after the samples (None: return the majority).
+    escalate: RefinerName | None = None
     #: Streaming: send every round's candidate as it is made (default: only the chosen one).
     stream_rounds: bool = False
     prompts: RefinementPrompts = RefinementPrompts()
 
     _verifier = field_validator("verifier", mode="before")(_verifier_spec)
+    _step_verifier = field_validator("step_verifier", mode="before")(_verifier_spec)
 
     @field_validator("truth", mode="before")
     @classmethod
@@ -176,6 +239,24 @@ class RefinementParams(CorrectionParams):
         if value is not None and value > cap:
             raise ValueError(f"is {value:g}; this server allows at most {cap:g}")
         return value
+
+    @model_validator(mode="after")
+    def _samples_within_rounds(self) -> RefinementParams:
+        if self.strategy != "aggregate":
+            return self
+        if self.samples > self.max_rounds:
+            raise NestedFieldError(
+                f"is {self.samples}; aggregate draws its samples within max_rounds "
+                f"({self.max_rounds})",
+                ("samples",),
+            )
+        if self.escalate is not None and self.samples == self.max_rounds:
+            raise NestedFieldError(
+                f"escalating to {self.escalate} needs rounds after the {self.samples} samples: "
+                f"max_rounds must exceed samples",
+                ("max_rounds",),
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

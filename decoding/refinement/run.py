@@ -13,15 +13,17 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .budget import WALL_TIME, Budget
 from .generation import GenerateFn, Generation, GenerationRefused, Message
 from .params import RefinementParams, RefinementPrompts
+from .specs import build_verifier
 from .verdict import Verdict
-from .verifier import Services, Verifier, VerifyContext
+from .verifier import Services, Verifier, VerifierTypes, VerifyContext
+from .verifier_types import BUILTIN_VERIFIER_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class RefinementRun:
         *,
         on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        verifier_types: VerifierTypes = BUILTIN_VERIFIER_TYPES,
     ) -> None:
         self.params = params
         self.messages = list(messages)
@@ -85,6 +88,15 @@ class RefinementRun:
         self.stop_reason: str | None = None
         #: The first refusal from the engine, if any.
         self.refusal: GenerationRefused | None = None
+        #: The registry the request's verifier specs were validated against.
+        self.verifier_types = verifier_types
+        #: A candidate the next strategy starts from instead of drawing a draft (aggregate
+        #: escalating hands over its majority sample); taken by :meth:`take_start`.
+        self.start: Candidate | None = None
+        #: The answer a strategy chose itself (aggregate's majority); None: the loop selects.
+        self.chosen: Candidate | None = None
+        #: What each strategy reports beyond the candidates, by strategy name.
+        self.details: dict[str, dict[str, Any]] = {}
 
     @property
     def prompts(self) -> RefinementPrompts:
@@ -93,6 +105,15 @@ class RefinementRun:
     @property
     def rounds_left(self) -> int:
         return self.params.max_rounds - len(self.candidates)
+
+    def build(self, spec: Mapping[str, Any]) -> Verifier:
+        """The verifier a validated spec of this request describes."""
+        return build_verifier(spec, self.verifier_types)
+
+    def take_start(self) -> Candidate | None:
+        """The candidate handed over to start from (once), or None."""
+        start, self.start = self.start, None
+        return start
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -205,7 +226,8 @@ def _metered(services: Services, budget: Budget) -> Services:
         temperature: float | None = None,
     ) -> list[Generation]:
         assert generate is not None
-        budget.engine_call()
+        for _ in range(n):  # each sequence counts, as in RefinementRun.generate
+            budget.engine_call()
         return await generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
 
     async def metered_next_token(prompt: str, top: int) -> dict[str, float]:

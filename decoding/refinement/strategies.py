@@ -1,4 +1,4 @@
-"""What to generate after a rejected answer: the four strategies.
+"""What to generate after a rejected answer: the strategies.
 
 - ``try_again`` (UFO, arXiv 2507.14295): append the answer and the user turn "Incorrect.
   Please think again."; stop when the model repeats an earlier answer.
@@ -8,6 +8,10 @@
 - ``best_of_n``: the draft plus ``max_rounds - 1`` samples, all verified; the verifier reranks.
 - ``decompose`` (DeCRIM, Ferraz et al. 2024): the model lists the instruction's constraints,
   checks the answer against each, and rewrites it from the failed ones.
+- ``localize`` (GLoRe, Havrilla et al. 2024; decoding/refinement/localize.py): finds the first
+  failing step and rewrites from it (local) and from scratch (global); the verifier reranks.
+- ``aggregate`` (self-consistency; MAgICoRe, Chen et al. 2024; decoding/refinement/aggregate.py):
+  majority vote over samples; below the agreement threshold, escalates to a refiner.
 
 In every strategy the verifier decides acceptance; the model's own critique only shapes the
 feedback (and may stop self_refine early, as in the reference).
@@ -17,75 +21,30 @@ from __future__ import annotations
 
 import asyncio
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import ClassVar
 
-from .generation import Message, user_text
+from .aggregate import Aggregate
+from .generation import user_text
+from .localize import Localize
 from .params import StrategyName
-from .run import Candidate, RefinementRun
-from .text_verifiers import normalise
-
-
-class Strategy(ABC):
-    name: ClassVar[StrategyName]
-
-    @abstractmethod
-    async def run(self, run: RefinementRun) -> None:
-        """Produce candidates through ``run`` until accepted, stopped or out of budget."""
-
-
-async def _draft(run: RefinementRun) -> Candidate | None:
-    generations = await run.generate(run.messages)
-    return await run.add(generations[0], "draft") if generations else None
-
-
-def _feedback(run: RefinementRun, own: str, candidate: Candidate) -> str:
-    if run.params.feedback and candidate.verdict.feedback:
-        return f"{own}\n{candidate.verdict.feedback}"
-    return own
-
-
-async def _rewrite(run: RefinementRun, candidate: Candidate, feedback: str) -> Candidate | None:
-    """The candidate rewritten from ``feedback`` (the refine prompt), or None when the budget
-    ran out."""
-    rewrite = await run.generate(
-        _after(run, candidate, run.prompts.refine.format(feedback=feedback)),
-        temperature=run.params.temperature,
-    )
-    return None if rewrite is None else await run.add(rewrite[0], "refine")
-
-
-def _answer_key(candidate: Candidate) -> str:
-    """What counts as "the same answer": the extracted answer when the verifier gives one."""
-    for leaf in candidate.verdict.leaves():
-        if "answer" in leaf.details:
-            return normalise(str(leaf.details["answer"]))
-    return normalise(candidate.text)
-
-
-def _after(run: RefinementRun, candidate: Candidate, turn: str) -> list[Message]:
-    return [
-        *run.messages,
-        {"role": "assistant", "content": candidate.text},
-        {"role": "user", "content": turn},
-    ]
+from .rounds import Strategy, after, answer_key, feedback_turn, rewrite, start_or_draft
+from .run import RefinementRun
 
 
 class TryAgain(Strategy):
     name = "try_again"
 
     async def run(self, run: RefinementRun) -> None:
-        candidate = await _draft(run)
+        candidate = await start_or_draft(run)
         if candidate is None:
             return
         messages = list(run.messages)
-        seen = {_answer_key(candidate)}
+        seen = {answer_key(candidate)}
         while not candidate.verdict.accepted:
             if run.rounds_left <= 0:
                 return run.stop("max_rounds")
-            turn = _feedback(run, run.prompts.try_again, candidate)
+            turn = feedback_turn(run, run.prompts.try_again, candidate)
             # The whole exchange stays in context: only negative feedback enters it (UFO).
             messages += [
                 {"role": "assistant", "content": candidate.text},
@@ -95,7 +54,7 @@ class TryAgain(Strategy):
             if generations is None:
                 return
             candidate = await run.add(generations[0], "retry")
-            key = _answer_key(candidate)
+            key = answer_key(candidate)
             if key in seen and not candidate.verdict.accepted:
                 return run.stop("repeated_answer")
             seen.add(key)
@@ -109,19 +68,19 @@ class SelfRefine(Strategy):
     name = "self_refine"
 
     async def run(self, run: RefinementRun) -> None:
-        candidate = await _draft(run)
+        candidate = await start_or_draft(run)
         while candidate is not None and not candidate.verdict.accepted:
             if run.rounds_left <= 0:
                 return run.stop("max_rounds")
             critique = await run.generate(
-                _after(run, candidate, run.prompts.critique), temperature=run.params.temperature
+                after(run, candidate, run.prompts.critique), temperature=run.params.temperature
             )
             if critique is None:
                 return
             if IT_IS_CORRECT in critique[0].text.lower():
                 return run.stop("critic_satisfied")
-            feedback = _feedback(run, critique[0].text.strip(), candidate)
-            candidate = await _rewrite(run, candidate, feedback)
+            feedback = feedback_turn(run, critique[0].text.strip(), candidate)
+            candidate = await rewrite(run, candidate, feedback)
         if candidate is not None:
             run.stop("accepted")
 
@@ -130,10 +89,12 @@ class BestOfN(Strategy):
     name = "best_of_n"
 
     async def run(self, run: RefinementRun) -> None:
-        samples = run.params.max_rounds - 1
-        # The draft is drawn exactly as a single-shot request would be; the rest are samples.
+        start = run.take_start()
+        # The draft is drawn exactly as a single-shot request would be (or handed over by
+        # aggregate); the other rounds are samples.
+        samples = run.rounds_left - (1 if start is None else 0)
         draft, extra = await asyncio.gather(
-            run.generate(run.messages),
+            run.generate(run.messages) if start is None else _nothing(),
             run.generate(run.messages, n=samples, temperature=run.params.temperature)
             if samples
             else _nothing(),
@@ -169,7 +130,7 @@ class Decompose(Strategy):
     name = "decompose"
 
     async def run(self, run: RefinementRun) -> None:
-        candidate = await _draft(run)
+        candidate = await start_or_draft(run)
         constraints: list[str] | None = None
         while candidate is not None and not candidate.verdict.accepted:
             if run.rounds_left <= 0:
@@ -179,8 +140,10 @@ class Decompose(Strategy):
                     [
                         {
                             "role": "user",
+                            # The request's own instruction (run.messages may carry
+                            # aggregate's samples after it).
                             "content": run.prompts.decompose.format(
-                                instruction=user_text(run.messages)
+                                instruction=user_text(run.ctx.messages)
                             ),
                         }
                     ],
@@ -192,11 +155,9 @@ class Decompose(Strategy):
             failed = await self._critique(run, constraints, candidate.text)
             if failed is None:
                 return
-            lines = [f"- {c}" for c in failed]
-            if candidate.verdict.feedback:
-                lines.append(candidate.verdict.feedback)
-            feedback = "\n".join(lines) or "The answer does not meet the request."
-            candidate = await _rewrite(run, candidate, feedback)
+            own = "\n".join(f"- {c}" for c in failed) or "The answer does not meet the request."
+            feedback = feedback_turn(run, own, candidate)
+            candidate = await rewrite(run, candidate, feedback)
         if candidate is not None:
             run.stop("accepted")
 
@@ -228,9 +189,13 @@ class Decompose(Strategy):
         ]
 
 
+#: The strategies that refine a candidate (``params.REFINERS``: the same names).
+REFINERS_BY_NAME: Mapping[str, Strategy] = MappingProxyType(
+    {s.name: s for s in (TryAgain(), SelfRefine(), BestOfN(), Decompose(), Localize())}
+)
 #: Every strategy, by the name a request gives (``params.STRATEGIES``: the same names).
 STRATEGIES_BY_NAME: Mapping[str, Strategy] = MappingProxyType(
-    {s.name: s for s in (TryAgain(), SelfRefine(), BestOfN(), Decompose())}
+    {**REFINERS_BY_NAME, "aggregate": Aggregate(REFINERS_BY_NAME)}
 )
 
 

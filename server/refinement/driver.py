@@ -33,6 +33,8 @@ from fastapi.responses import JSONResponse, Response
 
 from adapters.vllm_compat import CompletionRequest, ErrorResponse
 from decoding.params import RequestRefused
+from decoding.proxy_tuning.plugin import ProxyTuning
+from decoding.proxy_tuning.prompts import ProxyPrompts
 from decoding.refinement import (
     Candidate,
     Generation,
@@ -59,6 +61,8 @@ from ..metrics import ServerMetrics
 from ..runtime import EngineRuntime
 from ..vllm_errors import from_vllm_error
 from .remote_model import remote_generate
+
+PROXY_TUNING = ProxyTuning.name
 
 
 class _Usage:
@@ -222,7 +226,9 @@ class RefinementDriver:
         """One generation's ``vllm_xargs``. With unlearning, the text this generation adds to
         what the gate read at admission (feedback, critiques and verifier prompts can quote
         client text: a regex verifier's feedback quotes its pattern) is gated too, and the
-        entries it retrieves join the request's targets: a round can only be filtered more."""
+        entries it retrieves join the request's targets: a round can only be filtered more.
+        With proxy-tuning, auxiliary models with their own chat format get this round's
+        conversation in it."""
         spec = ex.correction
         steps = dict(spec.steps) if per_step and spec is not None else {}
         params = spec.steps.get(UNLEARNING) if spec is not None else None
@@ -236,6 +242,14 @@ class RefinementDriver:
                 raise GenerationRefused(err.message, err) from None
             targets = tuple(sorted({*(params.targets or ()), *more}))
             steps[UNLEARNING] = params.model_copy(update={"targets": targets})
+        prompts = self.runtime.admissions.get(PROXY_TUNING)
+        if PROXY_TUNING in steps and isinstance(prompts, ProxyPrompts):
+            # Auxiliary models with their own chat format see this round's conversation.
+            try:
+                steps[PROXY_TUNING] = await prompts.for_messages(steps[PROXY_TUNING], messages)
+            except RequestRefused as exc:
+                err = APIError.refused(exc)
+                raise GenerationRefused(err.message, err) from None
         return wire_xargs(CorrectionSpec(steps), plain) if steps else plain
 
     async def _next_token(self, prompt: str, top: int) -> dict[str, float]:
@@ -276,7 +290,12 @@ class RefinementDriver:
     def _response(self, outcome: Outcome, usage: _Usage, ex) -> dict[str, Any]:
         result, choice = outcome.chosen.payload
         payload = result.model_dump()
-        payload["choices"] = [{**choice.model_dump(), "index": 0}]
+        answer = choice.model_dump()
+        if outcome.chosen.text != (answer["message"].get("content") or ""):
+            # The candidate holds more than this generation: localize keeps the correct steps
+            # before its rewrite (decoding/refinement/localize.py).
+            answer["message"]["content"] = outcome.chosen.text
+        payload["choices"] = [{**answer, "index": 0}]
         payload["usage"] = usage.to_json()
         if ex.profile is not None:
             payload["model"] = ex.profile.name

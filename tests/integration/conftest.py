@@ -21,9 +21,12 @@ def tiny_models(tiny_deployment):
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_deployment):
-    """``base`` served with both auxiliary models, the copilot, a profile ``tuned``, an extra
-    correction (tests/integration/delayed_bias/) and a LoRA adapter ``tiny.LORA_MODEL``."""
+    """``base`` served with both auxiliary models (and each again in its own chat format), the
+    copilot, a profile ``tuned``, an extra correction (tests/integration/delayed_bias/) and a
+    LoRA adapter ``tiny.LORA_MODEL``."""
     paths = tiny_deployment.paths
+    template = tiny_deployment.folder / "anti.jinja"
+    template.write_text(tiny.AUX_TEMPLATE)
     config = write_config(
         tiny_deployment.folder / "corrigo.toml",
         {
@@ -33,6 +36,17 @@ def tiny_server(tiny_deployment):
             # tests compare against float32 references.
             "aux_models.expert": {"path": str(paths["expert"]), "dtype": "float32"},
             "aux_models.anti": {"path": str(paths["anti"]), "dtype": "float32"},
+            # The same models in their own chat formats (tests/integration/test_proxy_tuning_exact.py).
+            "aux_models.expert_base": {
+                "path": str(paths["expert"]),
+                "chat_template": "base",
+                "dtype": "float32",
+            },
+            "aux_models.anti_file": {
+                "path": str(paths["anti"]),
+                "chat_template": str(template),
+                "dtype": "float32",
+            },
             "copilots.fix": {"path": str(tiny_deployment.copilot), "dtype": "float32"},
             # A correction added by configuration only (tests/integration/test_extra_correction.py).
             "corrections": {"extra": ["tests.integration.delayed_bias:CORRECTION"]},

@@ -15,6 +15,7 @@ import pytest
 import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
+from transformers import AutoTokenizer
 
 from . import tiny
 from .tiny import completion
@@ -96,6 +97,125 @@ def test_mixed_batch_matches_lockstep_reference(trio):
     assert all(
         reference(models, p, {}) != reference(models, p, CASES["alpha 1"][1]) for p in PROMPTS
     )
+
+
+def own_prompts_reference(models, prompts: dict[str, list[int]], coefficients) -> list[int]:
+    """Greedy decoding where each model steps on its own prompt (``prompts[name]``, default
+    ``prompts["base"]``) followed by the tokens generated so far."""
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(STEPS):
+
+            def logits(name, model):
+                ids = torch.tensor([[*prompts.get(name, prompts["base"]), *out]])
+                return model(input_ids=ids).logits[0, -1]
+
+            scores = logits("base", models["base"]).clone()
+            for name, (model, c) in coefficients.items():
+                scores += c * logits(name, models[model])[: scores.shape[0]]
+            top = torch.topk(scores, 2).values
+            assert top[0] - top[1] > 1e-3, "near-tie: the comparison would hinge on rounding"
+            out.append(int(scores.argmax()))
+    return out
+
+
+def test_each_aux_model_sees_the_chat_request_in_its_own_format(trio, tiny_deployment):
+    """``expert_base`` (the expert, ``chat_template = "base"``) and ``anti_file`` (the
+    anti-expert, a template file) step on their own renderings of the messages, each written
+    out here independently of corrigo, then on the generated tokens; the base on the engine's."""
+    server, models = trio
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_deployment.paths["base"])
+    question = "Add 2 and 3."
+    r = client.chat.completions.create(
+        model="base",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=STEPS,
+        temperature=0,
+        extra_body={
+            "ignore_eos": True,
+            "return_token_ids": True,
+            "correction": {"proxy_tuning": {"expert": "expert_base", "anti_expert": "anti_file"}},
+        },
+    )
+    assert r.model_extra["correction"] == {
+        "plugins": ["proxy_tuning"],
+        "proxy_tuning": {"prompts": {"anti_file": "file", "expert_base": "base"}},
+    }
+    prompts = {
+        "base": r.model_extra["prompt_token_ids"],
+        "expert_base": tokenizer(f"{question}\n\n").input_ids,
+        "anti_file": tokenizer(
+            f"<user> {question}\n<assistant>", add_special_tokens=False
+        ).input_ids,
+    }
+    assert len({tuple(p) for p in prompts.values()}) == 3  # three different prompts
+    coefficients = {"expert_base": ("expert", 1.0), "anti_file": ("anti", -1.0)}
+    expected = own_prompts_reference(models, prompts, coefficients)
+    assert r.choices[0].model_extra["token_ids"] == expected
+    # The formats matter: with the engine's prompt for all, the tokens differ.
+    shared = own_prompts_reference(models, {"base": prompts["base"]}, coefficients)
+    assert shared != expected
+
+
+def test_refinement_rounds_render_their_own_conversation_per_model(trio, tiny_deployment):
+    """A refinement round's conversation (draft, then "Incorrect. Please think again.") reaches
+    each auxiliary model in its own format too, not the request's first prompt."""
+    server, models = trio
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_deployment.paths["base"])
+    question = "Add 4 and 5."
+    stream = client.chat.completions.create(
+        model="base",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=STEPS,
+        temperature=0,
+        stream=True,
+        extra_body={
+            "ignore_eos": True,
+            "correction": {
+                "proxy_tuning": {"expert": "expert_base", "anti_expert": "anti_file"},
+                "refinement": {
+                    "verifier": {"type": "regex", "pattern": "^ZZZ-never$"},
+                    "max_rounds": 2,
+                    "stream_rounds": True,
+                },
+            },
+        },
+    )
+    rounds = [
+        c.model_extra["refinement_round"]
+        for c in stream
+        if "refinement_round" in (c.model_extra or {})
+    ]
+    assert [r["step"] for r in rounds] == ["draft", "retry"]
+    draft, retry = rounds[0]["text"], "Incorrect. Please think again."
+    conversation = [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": draft},
+        {"role": "user", "content": retry},
+    ]
+    base = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    prompts = {
+        "base": tokenizer(base, add_special_tokens=False).input_ids,
+        "expert_base": tokenizer(f"{question}\n\n{draft}\n\n{retry}\n\n").input_ids,
+        "anti_file": tokenizer(
+            f"<user> {question}\n<assistant> {draft}\n<user> {retry}\n<assistant>",
+            add_special_tokens=False,
+        ).input_ids,
+    }
+    coefficients = {"expert_base": ("expert", 1.0), "anti_file": ("anti", -1.0)}
+    expected = own_prompts_reference(models, prompts, coefficients)
+    assert rounds[1]["text"] == tokenizer.decode(expected, skip_special_tokens=True)
+    # With the auxiliary models left on the request's first prompts, the retry would differ.
+    stale = {
+        "base": prompts["base"],
+        "expert_base": tokenizer(f"{question}\n\n").input_ids,
+        "anti_file": tokenizer(
+            f"<user> {question}\n<assistant>", add_special_tokens=False
+        ).input_ids,
+    }
+    assert own_prompts_reference(models, stale, coefficients) != expected
 
 
 def test_bad_specs_are_400_and_leave_the_batch_alone(trio):

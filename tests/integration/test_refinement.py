@@ -14,6 +14,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from decoding.refinement.steps import split_steps
+from decoding.refinement.votes import final_answer
+
 pytestmark = pytest.mark.engine
 
 ADD = [{"role": "user", "content": "What is 2 + 3? Reply with only the number."}]
@@ -99,6 +102,97 @@ def test_self_refine_and_decompose_run_their_rounds(client):
         # Critiques and checks cost tokens too: more than the candidates themselves.
         assert report["tokens"] > sum(c["tokens"] for c in report["candidates"])
         check_consistent(response, report)
+
+
+def _rounds(stream) -> tuple[list[dict], str, dict]:
+    """A streamed refinement's rounds (with texts), answer and report."""
+    chunks = list(stream)
+    rounds = [
+        c.model_extra["refinement_round"]
+        for c in chunks
+        if "refinement_round" in (c.model_extra or {})
+    ]
+    answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return rounds, answer, chunks[-1].model_extra["correction"]["refinement"]
+
+
+LINES = [{"role": "user", "content": "Write the numbers 1, 2 and 3, one per line."}]
+#: Accepts a prefix of one line only: the first failing step is the second line.
+ONE_LINE = {"type": "regex", "pattern": "[^\\n]*", "full_match": True}
+
+
+def test_localize_keeps_the_steps_before_the_first_failing_one(client):
+    refinement = {
+        "verifier": {"type": "regex", "pattern": "^ZZZ"},
+        "strategy": "localize",
+        "step_verifier": ONE_LINE,
+        "max_rounds": 3,
+        "stream_rounds": True,
+    }
+    rounds, answer, report = _rounds(chat(client, refinement, LINES, max_tokens=16, stream=True))
+    assert [r["step"] for r in rounds] == ["draft", "local", "global"]
+    draft, local = rounds[0]["text"], rounds[1]["text"]
+    steps = split_steps(draft, "lines", 8)
+    (localized,) = report["localize"]["rounds"]
+    assert localized["steps"] == len(steps) and localized["winner"] in ("draft", "local", "global")
+    failing = localized["first_failing_step"]
+    assert len(localized["step_scores"]) == failing == min(2, len(steps))
+    assert local.startswith("".join(steps[: failing - 1]))
+    assert answer == rounds[report["chosen"]]["text"]
+    # Unstreamed (greedy: the same rounds), the answer is the chosen candidate's whole text.
+    plain = chat(client, {**refinement, "stream_rounds": False}, LINES, max_tokens=16)
+    assert report_of(plain)["chosen"] == report["chosen"]
+    assert plain.choices[0].message.content == answer
+
+
+def test_localize_with_p_true_steps_and_aggregate_escalating(client):
+    # localize's default step verifier is P(True) on this engine.
+    report = report_of(chat(client, {"verifier": NEVER, "strategy": "localize"}, LINES))
+    (localized,) = report["localize"]["rounds"]
+    assert localized["step_scores"] and all(0 <= s <= 1 for s in localized["step_scores"])
+    assert len(localized["step_scores"]) == localized["first_failing_step"]
+    # aggregate: three samples; all disagreeing is below tau = 1, so try_again escalates.
+    refinement = {
+        "verifier": NEVER,
+        "strategy": "aggregate",
+        "samples": 3,
+        "tau": 1.0,
+        "escalate": "try_again",
+        "max_rounds": 4,
+        "temperature": 1.5,
+        "stream_rounds": True,
+    }
+    messages = [{"role": "user", "content": "Write any six-digit number."}]
+    rounds, answer, report = _rounds(chat(client, refinement, messages, seed=3, stream=True))
+    vote = report["aggregate"]
+    assert sum(n for _, n in vote["answers"]) == vote["samples"] == 3
+    assert [r["step"] for r in rounds][:3] == ["draft", "sample", "sample"]
+    if vote["agreement"] == 1.0:
+        assert report["stop_reason"] == "agreement" and vote["escalated"] is None
+    else:
+        assert vote["escalated"] == "try_again" and rounds[3]["step"] == "retry"
+    majority = rounds[vote["chosen_by_vote"]]
+    assert final_answer(majority["text"]) == vote["majority"]
+    assert answer == rounds[report["chosen"]]["text"]
+
+
+def test_aggregate_returns_the_majority_and_p_true_sees_samples(client):
+    refinement = {
+        "verifier": {"type": "p_true", "threshold": 0.0, "samples": 2},
+        "strategy": "aggregate",
+        "samples": 3,
+        "tau": 0.0,
+        "temperature": 1.0,
+    }
+    response = chat(client, refinement, seed=1)
+    report = report_of(response)
+    assert report["stop_reason"] == "agreement" and report["rounds"] == 3
+    assert report["chosen"] == report["aggregate"]["chosen_by_vote"]
+    for candidate in report["candidates"]:
+        details = candidate["verdict"]["details"]
+        assert 0 < details["p_a"] < 1 and 0 < details["p_b"] < 1
+    # P(True)'s two samples are generations too: usage counts them beyond the loop's rounds.
+    assert response.usage.completion_tokens > report["tokens"]
 
 
 def test_token_budget_stops_the_loop(client):
@@ -331,6 +425,18 @@ def test_seeded_rounds_are_distinct_reproducible_draws(client):
         ),
         ({"verifier": NEVER, "max_rounds": 5}, "correction.refinement.max_rounds"),
         ({"verifier": NEVER, "strategy": "pray"}, "correction.refinement.strategy"),
+        (
+            {"verifier": NEVER, "strategy": "aggregate", "samples": 4, "max_rounds": 3},
+            "correction.refinement.samples",
+        ),
+        (
+            {"verifier": NEVER, "strategy": "aggregate", "escalate": "aggregate"},
+            "correction.refinement.escalate",
+        ),
+        (
+            {"verifier": NEVER, "strategy": "localize", "step_verifier": {"type": "nope"}},
+            "correction.refinement.step_verifier.type",
+        ),
         (
             {"verifier": {"type": "webhook", "url": "http://10.1.2.3/v"}},
             "correction.refinement.verifier.url",

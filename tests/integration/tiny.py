@@ -43,6 +43,14 @@ ENGINE = {
 }
 
 
+#: The chat template file the tiny server's ``anti_file`` auxiliary model declares (unlike the
+#: served model's SmolLM2 template; tests/integration/test_proxy_tuning_exact.py).
+AUX_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
 @dataclass(frozen=True)
 class TinyDeployment:
     folder: Path

@@ -167,6 +167,23 @@ def test_decompose_checks_each_constraint_and_refines_with_the_failed_ones():
     assert "- Use lowercase only" in rewrite and "Greet the world" not in rewrite
 
 
+def test_decompose_appends_the_verifiers_feedback_only_when_asked():
+    # Issue 15: the ``feedback`` flag governs every strategy, decompose included.
+    lower = {"type": "regex", "pattern": r"^[a-z ]+$", "full_match": True}
+
+    def script():
+        return Script("Hello World", "Use lowercase only", "no", "hello world")
+
+    without = script()
+    run(params(strategy="decompose", verifier=lower), without)
+    rewrite = without.calls[3]["messages"][-1]["content"]
+    assert "- Use lowercase only" in rewrite and "the pattern" not in rewrite
+    with_feedback = script()
+    run(params(strategy="decompose", verifier=lower, feedback=True), with_feedback)
+    rewrite = with_feedback.calls[3]["messages"][-1]["content"]
+    assert "- Use lowercase only" in rewrite and "the pattern" in rewrite
+
+
 def test_parse_constraints():
     assert parse_constraints("1) a\n\n* b\n(3) A\n- c", 2) == ["a", "b"]
 
