@@ -163,7 +163,9 @@ def test_a_plugin_recorder_is_per_correction():
     assert seen[0][0] == "second"
 
 
-def test_only_unlearning_has_an_admission_step_and_only_with_forget_sets():
-    nothing = SimpleNamespace(deployment=SimpleNamespace(forget_sets={}))
+def test_admission_steps_exist_only_where_the_deployment_needs_them():
+    # Proxy-tuning's renders per-model prompts, unlearning's gates forget sets; neither
+    # exists without them.
+    nothing = SimpleNamespace(deployment=SimpleNamespace(forget_sets={}, prompt_formats={}))
     assert [c.admission(nothing) for c in DEFAULT] == [None, None, None]
     assert FIRST.admission(nothing) is None  # the contract's default
