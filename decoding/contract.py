@@ -80,6 +80,12 @@ class AdmissionStep(ABC):
     one (so the admission queue bounds it), and the correction's report at the end. Raises
     :class:`~decoding.params.RequestRefused` to refuse a request."""
 
+    def applies(self, params: CorrectionParams) -> bool:
+        """Whether a request with these ``params`` gives the step work to do (by default,
+        every request that asks for the correction). A route that cannot run the step (one
+        whose body it cannot read) refuses exactly the requests it applies to."""
+        return True
+
     @abstractmethod
     def prepare(self, params: CorrectionParams, body: Mapping[str, Any]) -> Any:
         """Checks on the request ``body`` before admission; what :meth:`admit` needs."""

@@ -409,8 +409,9 @@ def _check_responses_request(
 ) -> None:
     """What /v1/responses cannot serve in corrigo, refused naming the field: background
     responses (they outlive the request, its admission slot and its report), and corrections
-    with an admission step (the unlearning gate reads chat and completion requests' text, not
-    a Responses ``input``: it would be skipped)."""
+    whose admission step applies to the request (the unlearning gate, per-model prompts: they
+    read chat and completion requests' text, not a Responses ``input``, and would be
+    skipped)."""
     if body.get("background") is True:
         raise APIError(
             400,
@@ -418,7 +419,12 @@ def _check_responses_request(
             "request (admission, corrections and their report follow it).",
             param="background",
         )
-    gated = sorted(set(ex.correction.steps) & set(admissions)) if ex.correction else []
+    steps = ex.correction.steps if ex.correction else {}
+    gated = sorted(
+        name
+        for name, params in steps.items()
+        if name in admissions and admissions[name].applies(params)
+    )
     if gated:
         raise APIError(
             400,

@@ -148,6 +148,10 @@ class ProxyPrompts(AdmissionStep):
     def __init__(self, formats: Mapping[str, PromptFormat]) -> None:
         self.formats = dict(formats)
 
+    def applies(self, params: CorrectionParams) -> bool:
+        """Only where the request names a model with its own format."""
+        return bool(self._used(params))
+
     def prepare(self, params: CorrectionParams, body: Mapping[str, Any]) -> _Request | None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not self._used(params):

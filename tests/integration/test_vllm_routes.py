@@ -204,6 +204,17 @@ def test_responses_profile_and_unknown_model(client):
         client.responses.create(model="nope", input=INPUT, max_output_tokens=2)
 
 
+def test_responses_refuse_proxy_tuning_only_with_a_model_that_has_its_own_prompt(client):
+    # expert_base renders its own prompt at admission, from chat messages a Responses input
+    # does not have: refused rather than stepped on the shared prompt.
+    own = {"proxy_tuning": {"expert": "expert_base", "anti_expert": "anti", "alpha": 1.0}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="base", input=INPUT, max_output_tokens=2, extra_body={"correction": own}
+        )
+    assert refused.value.body["param"] == "correction.proxy_tuning"
+
+
 def reference(model: torch.nn.Module, prompt: list[int]) -> list[int]:
     """Greedy decoding with transformers (no KV cache: plain, obviously right)."""
     tokens = list(prompt)

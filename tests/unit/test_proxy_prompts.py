@@ -3,6 +3,7 @@ with its own chat format steps on its own rendering of the request, then the row
 tokens; the rendering is the one its template (or none) gives; clients cannot set it."""
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,3 +190,9 @@ def test_each_aux_model_steps_on_its_own_prompt_then_the_rows_generated_tokens()
         output.append(10 + step)
         other.append(20 + step)
     assert len(expert.seen) == 2  # the forwards started ahead were the ones used
+
+
+def test_the_step_applies_only_to_requests_naming_a_model_with_its_own_format(model_path):
+    step = ProxyPrompts({"chatty": load_format("chatty", "chat", model_path)})
+    assert step.applies(SimpleNamespace(coefficients={"chatty": 1.0, "plain": -1.0}))
+    assert not step.applies(SimpleNamespace(coefficients={"plain": 1.0, "other": -1.0}))
