@@ -28,7 +28,8 @@ def tiny_server(tiny_deployment):
         tiny_deployment.folder / "corrigo.toml",
         {
             "model": {"path": str(paths["base"])},
-            "engine": tiny.ENGINE,
+            # Logprobs of the corrected distribution (tests/integration/test_composition_matrix.py).
+            "engine": {**tiny.ENGINE, "logprobs_mode": "processed_logprobs"},
             "aux_models.expert": {"path": str(paths["expert"])},
             "aux_models.anti": {"path": str(paths["anti"])},
             "copilots.fix": {"path": str(tiny_deployment.copilot)},
