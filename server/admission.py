@@ -86,6 +86,12 @@ class Slot:
             release()
 
 
+def rate_limiter(per_minute: int | None, burst: int | None = None) -> RateLimiter | None:
+    """The per-client limiter for ``[limits] requests_per_minute`` and ``rate_limit_burst``;
+    None (no limit) without a rate."""
+    return RateLimiter(per_minute, burst) if per_minute is not None else None
+
+
 class RateLimiter:
     """Per-client token buckets: ``per_minute`` requests a minute, bursts up to ``burst``.
 

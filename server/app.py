@@ -14,12 +14,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters.engine import ServedModel, engine_args
 from adapters.engine_channel import FigureReceiver
+from adapters.frontend import frontend_namespace
 from adapters.logits_processor import install_front_end
 from adapters.vllm_compat import VLLM_VERSION, get_prometheus_registry
 from decoding.contract import AdmissionStep, ServerSetup
 from decoding.unlearning import POLICIES_CONTEXT
 from decoding.unlearning.admission import policies as forget_set_policies
 
+from .admission import rate_limiter
 from .auth import APIKeyAuth
 from .config import Config
 from .deployment import Deployment, build_deployment
@@ -35,6 +37,7 @@ from .refinement.sandbox import runner as sandbox
 from .request_id import RequestIdMiddleware
 from .runtime import EngineRuntime
 from .trusted_hosts import TrustedHostMiddleware
+from .vllm_routes import build_vllm_router
 
 
 def create_app(config: Config, model: ServedModel) -> FastAPI:
@@ -56,9 +59,11 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     context[SANDBOX_CONTEXT] = python_sandbox.refusal
     context[POLICIES_CONTEXT] = forget_set_policies(config.forget_sets)
     profiles = load_profiles(config.profiles, model.model_id, context, deployment.registry)
+    args = engine_args(model, config.engine, manifest)
     runtime = EngineRuntime(
         model,
-        engine_args(model, config.engine, manifest),
+        args,
+        frontend_namespace(config.frontend, args),
         registry=deployment.registry,
         correction_context=context,
         catalog=catalog(profiles, model.model_id, base_public=config.model.public),
@@ -114,14 +119,21 @@ def create_app(config: Config, model: ServedModel) -> FastAPI:
     refinement = RefinementDriver(
         runtime, server_metrics(), config.refinement.keepalive_seconds, judges
     )
+    auth = APIKeyAuth(config.auth.api_keys)
+    # One per-key budget across every route.
+    limiter = rate_limiter(config.limits.requests_per_minute, config.limits.rate_limit_burst)
     app.include_router(
         build_router(
             runtime,
             config.limits,
             server_metrics(),
-            APIKeyAuth(config.auth.api_keys),
+            auth,
             refinement=refinement,
+            rate_limiter=limiter,
         )
+    )
+    app.include_router(
+        build_vllm_router(runtime, config.limits, server_metrics(), auth, limiter, _version())
     )
     return app
 

@@ -24,6 +24,16 @@ def validated_key(request: Request) -> str | None:
     return None if index is None else str(index)
 
 
+def client_id(request: Request) -> str:
+    """Who a rate limit applies to: the configured API key the request's bearer token matched,
+    else the client's address. An unchecked bearer string never counts: a client could mint a
+    fresh one per request."""
+    key = validated_key(request)
+    if key is not None:
+        return "key:" + key
+    return "addr:" + (request.client.host if request.client else "unknown")
+
+
 def keyless_exposure_warning(host: str, keys: list[str]) -> str | None:
     """The warning for a server without API keys listening beyond loopback, else None."""
     if keys or _loopback(host):

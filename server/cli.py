@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from adapters.aux_models import AuxModelError
 from adapters.default_model import DefaultModelError
@@ -35,12 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a model over the OpenAI API",
+        usage="corrigo serve [MODEL] [options] [vLLM serve flags]",
         description=(
             "Serve a model over the OpenAI API. Settings come from built-in defaults, then "
             "--config FILE, then these flags, then CORRIGO_* environment variables "
             "(CORRIGO_HOST, CORRIGO_PORT, CORRIGO_MODEL, CORRIGO_SERVED_MODEL_NAME, "
             "CORRIGO_API_KEYS, CORRIGO_CONFIG, or CORRIGO_<SECTION>__<KEY> for any config key, "
             "e.g. CORRIGO_ENGINE__MAX_MODEL_LEN=4096)."
+        ),
+        epilog=(
+            "Every `vllm serve` flag is accepted too, parsed by vLLM's own parser (see "
+            "`vllm serve --help`): engine flags (--max-model-len, --enable-lora, "
+            "--reasoning-parser...) set [engine] keys, front-end flags (--tool-call-parser, "
+            "--chat-template, --lora-modules...) set [frontend] keys; MODEL works as --model. "
+            "Server flags corrigo cannot honour (--ssl-*, --middleware, --headless...) are "
+            "refused with the reason (README: Configuration)."
         ),
     )
     serve.add_argument(
@@ -56,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--served-model-name",
         metavar="ID",
+        nargs="+",  # as vLLM's flag: several ids are then refused with a reason, not misread
         help="model id clients use (default: the model folder's name, or smollm2-135m-instruct)",
     )
     serve.add_argument(
@@ -113,10 +124,20 @@ FLAG_KEYS = {
 }
 
 
+def parse_command_line(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """corrigo's own flags, and what is left of a ``serve`` command line for vLLM's parser
+    (its flags and MODEL; adapters/frontend.py). Other commands take no foreign flags."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(_dashed(argv))
+    if rest and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = parse_command_line(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, rest)
     if args.command == "copilot":
         return copilot_train(args)
     if args.command == "eval":
@@ -154,14 +175,50 @@ def copilot_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
+def _dashed(argv: Sequence[str]) -> list[str]:
+    """``--flag_name`` spelt ``--flag-name``, as vLLM's parser accepts both."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
+def serve_overrides(args: argparse.Namespace, vllm_argv: Sequence[str]) -> dict[str, Any]:
+    """The dotted config keys the command line sets: corrigo's flags, then the ``vllm serve``
+    flags sorted by adapters/frontend.py (only those given). Raises ConfigError for a flag
+    vLLM's parser rejects or corrigo refuses, and for one given twice over."""
+    if args.served_model_name is not None and len(args.served_model_name) > 1:
+        raise ConfigError(
+            f"--served-model-name: corrigo serves one model id, got {args.served_model_name}; "
+            "offer more names as [profiles] (README: Profiles)"
+        )
     overrides = {
         key: getattr(args, flag)
         for flag, key in FLAG_KEYS.items()
         if getattr(args, flag) is not None
     }
+    if "model.served_model_name" in overrides:
+        overrides["model.served_model_name"] = overrides["model.served_model_name"][0]
+    if not vllm_argv:
+        return overrides
+    from adapters.frontend import FrontendConfigError, parse_serve_flags  # imports vLLM
+
     try:
-        config = load_config(args.config, overrides)
+        flags = parse_serve_flags(vllm_argv).overrides()
+    except FrontendConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    clash = sorted(flags.keys() & overrides.keys())
+    if clash:
+        raise ConfigError(f"the command line sets {clash[0]} twice (MODEL and --model?)")
+    return {**overrides, **flags}
+
+
+def serve(args: argparse.Namespace, vllm_argv: Sequence[str] = ()) -> int:
+    try:
+        config = load_config(args.config, serve_overrides(args, vllm_argv))
     except ConfigError as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
@@ -181,6 +238,7 @@ def serve(args: argparse.Namespace) -> int:
     from adapters.aux_budget import AuxMemoryError, check_aux_memory
     from adapters.engine import EngineConfigError, check_engine_args, resolve_model
     from adapters.engine_channel import ChannelError
+    from adapters.frontend import FrontendConfigError
     from decoding.copilot.runner import CopilotConfigError
     from decoding.unlearning import ForgetSetError
 
@@ -202,6 +260,7 @@ def serve(args: argparse.Namespace) -> int:
     except (
         DefaultModelError,
         EngineConfigError,
+        FrontendConfigError,
         AuxModelError,
         AuxMemoryError,
         CopilotConfigError,

@@ -138,7 +138,7 @@ class LimitsConfig(_Section):
     max_tokens: int | None = Field(None, gt=0)
     #: Cap on ``n`` (400 beyond).
     max_n: int = Field(16, gt=0)
-    #: Cap on the number of chat ``messages`` (400 beyond).
+    #: Cap on the number of chat ``messages`` and of Responses ``input`` items (400 beyond).
     max_messages: int = Field(1024, gt=0)
     #: Cap on the size of a request's ``correction`` object, as compact JSON bytes (400 beyond).
     max_correction_bytes: int = Field(256 * 1024, gt=0)
@@ -330,6 +330,10 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     #: Passed through to vLLM's ``AsyncEngineArgs`` and validated by it (adapters/engine.py).
     engine: dict[str, Any] = Field(default_factory=dict)
+    #: vLLM's front-end settings (``vllm serve`` flags read by its serving classes: the
+    #: flag's argparse name, e.g. ``tool_call_parser``), parsed and checked by vLLM's parser
+    #: (adapters/frontend.py).
+    frontend: dict[str, Any] = Field(default_factory=dict)
     #: Auxiliary models (proxy-tuning experts and anti-experts), by the name requests use.
     aux_models: dict[str, AuxModelConfig] = Field(default_factory=dict)
     #: Forget sets for the ``unlearning`` correction, by the name requests use.

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.vllm_compat import ChatCompletionRequest, CompletionRequest
+from adapters.vllm_compat import ChatCompletionRequest, CompletionRequest, ResponsesRequest
 from decoding.contract import Admitted
 from decoding.spec import CorrectionSpec
 
@@ -22,18 +22,33 @@ CLIENT_CLOSED = 499
 class Endpoint(enum.Enum):
     CHAT = "chat_completions"
     COMPLETION = "completions"
+    RESPONSES = "responses"
 
     @property
-    def request_model(self) -> type[ChatCompletionRequest] | type[CompletionRequest]:
-        return ChatCompletionRequest if self is Endpoint.CHAT else CompletionRequest
+    def request_model(
+        self,
+    ) -> type[ChatCompletionRequest] | type[CompletionRequest] | type[ResponsesRequest]:
+        return _REQUEST_MODELS[self]
 
     @property
     def prompt_param(self) -> str:
-        return "messages" if self is Endpoint.CHAT else "prompt"
+        return _PROMPT_PARAMS[self]
 
     @property
     def chunk_object(self) -> str:
         return "chat.completion.chunk" if self is Endpoint.CHAT else "text_completion"
+
+
+_REQUEST_MODELS = {
+    Endpoint.CHAT: ChatCompletionRequest,
+    Endpoint.COMPLETION: CompletionRequest,
+    Endpoint.RESPONSES: ResponsesRequest,
+}
+_PROMPT_PARAMS = {
+    Endpoint.CHAT: "messages",
+    Endpoint.COMPLETION: "prompt",
+    Endpoint.RESPONSES: "input",
+}
 
 
 @dataclass

@@ -106,9 +106,11 @@ def start_server(
     ready_timeout: float = 900,
     probe_during_startup: Mapping[str, str] | None = None,
     probe_headers: Mapping[str, str] | None = None,
+    flags: Sequence[str] = (),
 ) -> LiveServer:
-    """Start ``command serve --config config --port PORT`` on a free port and return once
-    ``/ready`` answers 200. ``env`` is added to this process's environment.
+    """Start ``command serve --config config --port PORT [flags]`` on a free port and return
+    once ``/ready`` answers 200. ``env`` is added to this process's environment; ``flags`` are
+    further ``corrigo serve`` flags (``vllm serve``'s among them).
 
     ``probe_during_startup`` maps names to paths fetched (with ``probe_headers``) as soon as
     ``/health`` answers, while the engine is still starting; the responses are kept in
@@ -117,7 +119,7 @@ def start_server(
     port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*command, "serve", "--config", str(config), "--port", str(port)],
+            [*command, "serve", "--config", str(config), "--port", str(port), *flags],
             cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,

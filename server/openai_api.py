@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
+"""The OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions,
+/v1/responses.
 
 corrigo reads and checks each request itself (auth, readiness, size, JSON, model, limits, the
 ``correction`` object), then hands it to vLLM's own serving classes, which render chat
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,12 +24,15 @@ from adapters.vllm_compat import (
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    ResponsesRequest,
+    ResponsesResponse,
     error_response_from_exception,
 )
 from decoding.params import RequestRefused
 
 from .admission import AdmissionControl, RateLimiter, Slot
-from .auth import validated_key
+from .admission import rate_limiter as make_rate_limiter
+from .auth import client_id
 from .cancellation import CancelScope
 from .config import LimitsConfig
 from .corrections import correction_report, take_correction, wants_figures, wire_xargs
@@ -38,12 +42,15 @@ from .metrics import ServerMetrics
 from .openapi import (
     CHAT_RESPONSES,
     COMPLETION_RESPONSES,
+    RESPONSES_RESPONSES,
     ChatCompletionBody,
     CompletionBody,
+    ResponsesBody,
     error_responses,
     request_body,
 )
 from .refinement.driver import RefinementDriver
+from .request_body import read_json
 from .runtime import EngineRuntime
 from .unlearning_refusal import refusal
 from .vllm_errors import from_vllm_error
@@ -55,29 +62,29 @@ def build_router(
     metrics: ServerMetrics,
     auth,
     refinement: RefinementDriver | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> APIRouter:
+    """The /v1 generation routes and /v1/models. ``rate_limiter``: the server's per-key limit,
+    shared with its other routes (server/vllm_routes.py); default: one of ``limits``' own."""
     router = APIRouter(prefix="/v1", dependencies=[Depends(auth)])
     admission = AdmissionControl(limits.max_running_requests, limits.max_waiting_requests)
     metrics.requests_running.set_function(lambda: admission.running)
     metrics.requests_waiting.set_function(lambda: admission.waiting)
-    rate_limiter = (
-        RateLimiter(limits.requests_per_minute, limits.rate_limit_burst)
-        if limits.requests_per_minute is not None
-        else None
-    )
+    if rate_limiter is None:
+        rate_limiter = make_rate_limiter(limits.requests_per_minute, limits.rate_limit_burst)
 
     @router.get("/models", responses=error_responses(401, 503))
     async def list_models() -> Response:
         runtime.require_ready()
         models = (await runtime.serving.openai_serving_models.show_available_models()).model_dump()
-        base = models["data"][0]
+        base, *adapters = models["data"]  # vLLM lists the served model, then LoRA adapters
         public = runtime.catalog.base_public
         parent = base["id"] if public else None
         profiles = [
             {**base, "id": name, "owned_by": "corrigo", "parent": parent, "permission": []}
             for name in runtime.catalog.profiles
         ]
-        models["data"] = [base, *profiles] if public else profiles
+        models["data"] = [base, *adapters, *profiles] if public else profiles
         return JSONResponse(models)
 
     @router.post(
@@ -94,13 +101,19 @@ def build_router(
     async def completions(raw: Request) -> Response:
         return await _generate(raw, Endpoint.COMPLETION)
 
+    @router.post(
+        "/responses", openapi_extra=request_body(ResponsesBody), responses=RESPONSES_RESPONSES
+    )
+    async def responses(raw: Request) -> Response:
+        return await _generate(raw, Endpoint.RESPONSES)
+
     async def _generate(raw: Request, endpoint: Endpoint) -> Response:
         ex = Exchange(endpoint, request_id=raw.headers.get("x-request-id"))
         slot: Slot | None = None
         try:
             # The limit counts every attempt, also while the engine starts.
             if rate_limiter is not None:
-                rate_limiter.check(_client_id(raw))
+                rate_limiter.check(client_id(raw))
             runtime.require_ready()
             request = await _parse(raw, ex)
             refine = ex.correction is not None and ex.correction.refinement is not None
@@ -108,7 +121,8 @@ def build_router(
                 if endpoint is not Endpoint.CHAT or refinement is None:
                     raise APIError(
                         400,
-                        "correction.refinement is served on /v1/chat/completions only.",
+                        "correction.refinement is served on /v1/chat/completions only: it "
+                        "regenerates whole chat answers.",
                         param="correction.refinement",
                     )
                 refinement.check(request)
@@ -148,22 +162,30 @@ def build_router(
         _record(ex)
         return Response(status_code=CLIENT_CLOSED)
 
-    async def _parse(raw: Request, ex: Exchange) -> ChatCompletionRequest | CompletionRequest:
-        body = await _read_json(raw, limits)
+    async def _parse(
+        raw: Request, ex: Exchange
+    ) -> ChatCompletionRequest | CompletionRequest | ResponsesRequest:
+        body = await read_json(raw, limits)
         _check_input_size(body, limits)
-        ex.model, ex.profile = runtime.catalog.resolve(body.get("model"))
-        body["model"] = runtime.model.model_id  # the engine serves a profile's base model
+        adapters = runtime.lora_adapters()
+        ex.model, ex.profile = runtime.catalog.resolve(body.get("model"), adapters)
+        if ex.model not in adapters:
+            body["model"] = runtime.model.model_id  # the engine serves a profile's base model
         defaults = ex.profile.correction if ex.profile is not None else None
         enforced = ex.profile.enforced if ex.profile is not None else frozenset()
         ex.correction = take_correction(
             body, runtime.registry, runtime.correction_context, defaults, enforced
         )
-        if body.get("stream") is True:
+        if ex.endpoint is Endpoint.RESPONSES:
+            _check_responses_request(body, ex, runtime.admissions)
+        elif body.get("stream") is True:
             # corrigo counts generated tokens from vLLM's final usage chunk, so it always asks
             # for one, and drops it again when the client did not.
             options = body.get("stream_options")
             options = dict(options) if isinstance(options, dict) else {}
-            ex.client_wants_usage = bool(options.get("include_usage"))
+            # vLLM's --enable-force-include-usage: every stream keeps its usage chunk.
+            force = getattr(runtime.frontend, "enable_force_include_usage", False)
+            ex.client_wants_usage = bool(options.get("include_usage")) or force
             body["stream_options"] = {**options, "include_usage": True}
         try:
             request = ex.endpoint.request_model.model_validate(body)
@@ -232,11 +254,15 @@ def build_router(
         if isinstance(result, ErrorResponse):
             runtime.require_ready()  # the engine died under it: 503, not vLLM's 500
             raise from_vllm_error(result, ex.endpoint)
-        assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
-        payload = result.model_dump()
+        if isinstance(result, ResponsesResponse):
+            payload = result.model_dump(mode="json", by_alias=True)  # as vLLM's route sends it
+            ex.completion_tokens = result.usage.output_tokens if result.usage else 0
+        else:
+            assert isinstance(result, (ChatCompletionResponse, CompletionResponse))
+            payload = result.model_dump()
+            ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
         if ex.profile is not None:
             payload["model"] = ex.profile.name
-        ex.completion_tokens = result.usage.completion_tokens if result.usage else 0
         if ex.correction is not None:
             payload["correction"] = await _report(ex)
         _record(ex)
@@ -247,7 +273,39 @@ def build_router(
         if isinstance(result, ErrorResponse):
             runtime.require_ready()
             raise from_vllm_error(result, ex.endpoint)
-        return _SlotStreamingResponse(_relay(result, ex), slot=slot, media_type="text/event-stream")
+        relay = _relay_events if ex.endpoint is Endpoint.RESPONSES else _relay
+        return _SlotStreamingResponse(relay(result, ex), slot=slot, media_type="text/event-stream")
+
+    async def _relay_events(events: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[str]:
+        """vLLM's Responses stream events as SSE, as vLLM's own route sends them; the final
+        event's ``response`` carries the correction report (and a profile's name)."""
+        status = CLIENT_CLOSED  # unless the stream reaches its final event
+        started = False
+        try:
+            async for event in events:
+                if not started:
+                    started = True
+                    metrics.time_to_first_token.labels(ex.model, ex.endpoint.value).observe(
+                        time.perf_counter() - ex.started
+                    )
+                data = event.model_dump(mode="json", by_alias=True)
+                kind = data.get("type", "unknown")
+                response = data.get("response")
+                if isinstance(response, dict):
+                    if ex.profile is not None:
+                        response["model"] = ex.profile.name
+                    if kind in FINAL_RESPONSE_EVENTS:
+                        usage = response.get("usage") or {}
+                        ex.completion_tokens = usage.get("output_tokens") or 0
+                        if ex.correction is not None:
+                            response["correction"] = await _report(ex)
+                        status = 200
+                elif kind == "error":
+                    status = 500
+                yield f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+        finally:
+            ex.status = status
+            _record(ex)
 
     async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
         # Chunks name the engine's model; a profile request sees its profile's name instead.
@@ -302,6 +360,14 @@ def build_router(
         A request an admission step answers (the unlearning gate's refusal) gets that answer in
         the same shapes instead."""
         chat = ex.endpoint is Endpoint.CHAT
+        if ex.endpoint is Endpoint.RESPONSES:
+            responses = runtime.serving.openai_serving_responses
+            if responses is None:
+                raise APIError(400, "The served model does not support the Responses API.")
+            try:
+                return await responses.create_responses(request, raw)
+            except Exception as exc:
+                return error_response_from_exception(exc)
         serving = (
             runtime.serving.openai_serving_chat
             if chat
@@ -334,99 +400,45 @@ def build_router(
     return router
 
 
-#: Media types a POST body may declare (parameters such as ``charset`` aside).
-JSON_MEDIA_TYPE = "application/json"
+#: Responses stream events that end a response, carrying its usage (vLLM's ResponsesResponse).
+FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-async def _read_json(raw: Request, limits: LimitsConfig) -> dict[str, Any]:
-    """The request body as a JSON object, within the size, container and depth limits.
-
-    ``application/json`` is required (415 otherwise): an HTML form or a ``fetch`` without a
-    preflight can only send ``text/plain`` or form types, so a web page cannot post here.
-    """
-    media = raw.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != JSON_MEDIA_TYPE:
-        shown = f"'{media[:100]}'" if media else "none"
+def _check_responses_request(
+    body: dict[str, Any], ex: Exchange, admissions: Mapping[str, Any]
+) -> None:
+    """What /v1/responses cannot serve in corrigo, refused naming the field: background
+    responses (they outlive the request, its admission slot and its report), and corrections
+    with an admission step (the unlearning gate reads chat and completion requests' text, not
+    a Responses ``input``: it would be skipped)."""
+    if body.get("background") is True:
         raise APIError(
-            415,
-            f"Unsupported content type ({shown}): send the body as {JSON_MEDIA_TYPE}.",
-            code="unsupported_media_type",
+            400,
+            "'background' responses are not served: corrigo answers each response within its "
+            "request (admission, corrections and their report follow it).",
+            param="background",
         )
-    max_bytes = limits.max_request_bytes
-    declared = raw.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
-    body = bytearray()
-    async for part in raw.stream():
-        body += part
-        if len(body) > max_bytes:
-            raise _too_large(max_bytes)
-    # Parsing holds the event loop (json's C parser keeps the GIL, so a thread would not
-    # help) for a time that grows with the number of values: bound them first, at C speed.
-    containers = body.count(b"[") + body.count(b"{")
-    if containers + body.count(b",") > limits.max_json_values:
+    gated = sorted(set(ex.correction.steps) & set(admissions)) if ex.correction else []
+    if gated:
         raise APIError(
-            413,
-            f"The request body holds more than {limits.max_json_values} JSON values (counted "
-            "as commas and opening brackets, those inside strings included).",
-            code="request_too_large",
+            400,
+            f"correction.{gated[0]} is served on /v1/chat/completions and /v1/completions "
+            "only: its admission step reads those requests' text.",
+            param=f"correction.{gated[0]}",
+            code="unsupported_combination",
         )
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(
-            400, f"The request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    except RecursionError:
-        raise _too_deep(limits.max_json_depth) from None
-    except (ValueError, MemoryError) as exc:  # e.g. an integer with too many digits
-        raise APIError(
-            400, f"The request body is not usable JSON: {type(exc).__name__}.", code="invalid_json"
-        ) from None
-    if not isinstance(payload, dict):
-        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    if containers > limits.max_json_depth and json_depth(payload) > limits.max_json_depth:
-        raise _too_deep(limits.max_json_depth)
-    return payload
 
 
-def json_depth(value: Any) -> int:
-    """How deeply arrays and objects nest in ``value`` (a scalar is 0), iteratively; lists of
-    scalars are skipped at C speed."""
-    deepest = 0
-    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        items = node.values() if isinstance(node, dict) else node
-        kinds = set(map(type, items))
-        if dict in kinds or list in kinds:
-            stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
-    return deepest
-
-
-def _too_deep(max_depth: int) -> APIError:
-    return APIError(
-        400,
-        f"The request body nests arrays and objects deeper than {max_depth} levels.",
-        code="invalid_json",
-    )
-
-
-def _too_large(max_bytes: int) -> APIError:
-    return APIError(
-        413, f"The request body exceeds the limit of {max_bytes} bytes.", code="request_too_large"
-    )
-
-
-def _check_limits(request: ChatCompletionRequest | CompletionRequest, limits: LimitsConfig) -> None:
+def _check_limits(
+    request: ChatCompletionRequest | CompletionRequest | ResponsesRequest, limits: LimitsConfig
+) -> None:
     """The server's caps on counts, read from the validated request: a count sent as a
     string or a float (``"n": "100000"``, ``16.0``) is checked as the integer vLLM made of it."""
-    n = request.n
+    n = getattr(request, "n", None)
     if n is not None and n > limits.max_n:
         raise APIError(400, f"'n' is {n}; this server allows at most {limits.max_n}.", param="n")
     if limits.max_tokens is not None:
-        for name in ("max_tokens", "max_completion_tokens"):
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = getattr(request, name, None)
             if value is not None and value > limits.max_tokens:
                 raise APIError(
@@ -473,25 +485,16 @@ class _SlotStreamingResponse(StreamingResponse):
             self.slot.release()
 
 
-def _client_id(raw: Request) -> str:
-    """Who a rate limit applies to: the configured API key the request's bearer token matched
-    (server/auth.py), else the client's address. An unchecked bearer string never counts: a
-    client could mint a fresh one per request."""
-    key = validated_key(raw)
-    if key is not None:
-        return "key:" + key
-    return "addr:" + (raw.client.host if raw.client else "unknown")
-
-
 def _check_input_size(body: dict[str, Any], limits: LimitsConfig) -> None:
-    messages = body.get("messages")
-    if isinstance(messages, list) and len(messages) > limits.max_messages:
-        raise APIError(
-            400,
-            f"'messages' has {len(messages)} entries; this server allows at most "
-            f"{limits.max_messages}.",
-            param="messages",
-        )
+    for name in ("messages", "input"):  # chat messages; a Responses request's input items
+        items = body.get(name)
+        if isinstance(items, list) and len(items) > limits.max_messages:
+            raise APIError(
+                400,
+                f"'{name}' has {len(items)} entries; this server allows at most "
+                f"{limits.max_messages}.",
+                param=name,
+            )
     correction = body.get("correction")
     if correction is not None:
         size = len(json.dumps(correction, separators=(",", ":")).encode())

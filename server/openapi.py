@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 
-from adapters.vllm_compat import ChatCompletionResponse, CompletionResponse
+from adapters.vllm_compat import (
+    ChatCompletionResponse,
+    CompletionResponse,
+    DetokenizeResponse,
+    ResponsesResponse,
+    TokenizeResponse,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -62,6 +68,63 @@ class CompletionBody(_Sampling):
     prompt: str | list[str]
 
 
+class ResponsesInputMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class ResponsesBody(BaseModel):
+    """The documented fields of a Responses API request."""
+
+    model: str | None = Field(None, description="A served model id or profile; default: the model.")
+    input: str | list[ResponsesInputMessage] = Field(
+        ..., description="Input items capped by limits.max_messages."
+    )
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool | None = None
+    correction: dict[str, Any] | None = Field(
+        None, description="Per-step decoding-time corrections (README: Corrections)."
+    )
+
+
+class TokenizePromptBody(BaseModel):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class TokenizeChatBody(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+
+
+class TokenizeBody(RootModel[TokenizePromptBody | TokenizeChatBody]):
+    """A prompt, or chat messages rendered by the chat template, to tokenize."""
+
+
+class DetokenizeBody(BaseModel):
+    model: str | None = None
+    tokens: list[int] = Field(..., description="Token ids of the served model's vocabulary.")
+
+
+class LoadLoRAAdapterBody(BaseModel):
+    lora_name: str = Field(..., description="The model id requests will name the adapter by.")
+    lora_path: str = Field(..., description="A PEFT adapter folder on the server's filesystem.")
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterBody(BaseModel):
+    lora_name: str
+
+
+class VersionBody(BaseModel):
+    version: str = Field(..., description="vLLM's version.")
+    corrigo: str
+
+
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` declaring ``model`` as the JSON request body."""
     return {
@@ -75,7 +138,7 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 _ERRORS = {
     400: "Invalid request (fields, limits, correction, context length).",
     401: "Missing or incorrect API key.",
-    404: "Unknown model.",
+    404: "Unknown model (or LoRA adapter).",
     413: "Request body over limits.max_request_bytes or limits.max_json_values.",
     415: "The body is not sent as application/json.",
     429: "Over the admission or per-key rate limits; see Retry-After.",
@@ -110,6 +173,23 @@ def generation_responses(response: type[BaseModel]) -> dict[int | str, dict[str,
 
 CHAT_RESPONSES = generation_responses(ChatCompletionResponse)
 COMPLETION_RESPONSES = generation_responses(CompletionResponse)
+RESPONSES_RESPONSES = generation_responses(ResponsesResponse)
+TOKENIZE_RESPONSES = {
+    200: {"model": TokenizeResponse},
+    **error_responses(400, 401, 404, 413, 415, 429, 503),
+}
+DETOKENIZE_RESPONSES = {
+    200: {"model": DetokenizeResponse},
+    **error_responses(400, 401, 404, 413, 415, 429, 503),
+}
+#: vLLM answers a LoRA load or unload with a line of text.
+LORA_RESPONSES = {
+    200: {
+        "description": "Done; a line of text says what.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    **error_responses(400, 401, 404, 413, 415, 429, 503),
+}
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:

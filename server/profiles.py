@@ -10,7 +10,7 @@ the served model instead and gets no correction at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +47,15 @@ class Catalog:
     def listed(self) -> list[str]:
         return [*([self.served] if self.base_public else []), *self.profiles]
 
-    def resolve(self, requested: Any) -> tuple[str, Profile | None]:
+    def resolve(
+        self, requested: Any, adapters: Collection[str] = frozenset()
+    ) -> tuple[str, Profile | None]:
         """The model id a request names (the served model when it names none and that is
-        public) and its profile; 404 for any other id, the hidden served model's included."""
+        public) and its profile; 404 for any other id, the hidden served model's included.
+        ``adapters``: the LoRA adapters the engine serves, each a model id of its own while the
+        served model is public (hidden, its adapters would step around the profiles too)."""
+        if isinstance(requested, str) and requested in adapters and self.base_public:
+            return requested, None
         if requested is None and self.base_public:
             return self.served, None
         if requested is None:

@@ -7,8 +7,10 @@ route answer 503, so orchestrators and clients can tell "starting" from "dead".
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import copy
 import enum
 import logging
 from collections.abc import Callable, Mapping
@@ -21,7 +23,7 @@ from adapters.engine import ServedModel, start_engine, stop_engine
 from adapters.engine_channel import FigureReceiver, StepMessage
 from adapters.request_reports import ReportBook
 from adapters.step_timing import StepHistograms
-from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, frontend_args, init_app_state
+from adapters.vllm_compat import AsyncEngineArgs, AsyncLLM, init_app_state
 from decoding.contract import AdmissionStep
 from decoding.registry import DEFAULT, Registry
 
@@ -45,6 +47,7 @@ class EngineRuntime:
         self,
         model: ServedModel,
         args: AsyncEngineArgs,
+        frontend: argparse.Namespace,
         *,
         registry: Registry = DEFAULT,
         correction_context: Mapping[str, Any] | None = None,
@@ -57,6 +60,9 @@ class EngineRuntime:
         self.on_fatal: Callable[[], None] | None = None
         self.model = model
         self.args = args
+        #: What vLLM's serving classes are built from: the ``vllm serve`` namespace of
+        #: ``[frontend]`` and the engine arguments (adapters/frontend.py ``frontend_namespace``).
+        self.frontend = frontend
         #: The per-step corrections served (decoding/registry.py), as the engine has them.
         self.registry = registry
         #: What request validation needs to know about this deployment: the manifest's
@@ -92,8 +98,7 @@ class EngineRuntime:
             self.engine = await asyncio.to_thread(start_engine, self.args)
             self._engine_processes = psutil.Process().children(recursive=True)
             tasks = await self.engine.get_supported_tasks()
-            argv = ["--model", self.model.path, "--served-model-name", self.model.model_id]
-            await init_app_state(self.engine, self.serving, frontend_args(argv), tasks)
+            await init_app_state(self.engine, self.serving, self._serving_args(), tasks)
         except asyncio.CancelledError:
             self.phase = Phase.STOPPED
             raise
@@ -105,6 +110,15 @@ class EngineRuntime:
             return
         self.phase = Phase.READY
         logger.info("engine ready: serving %s as '%s'", self.model.path, self.model.model_id)
+
+    def _serving_args(self) -> argparse.Namespace:
+        """The front-end namespace with the configs the engine resolved where vLLM's serving
+        classes read engine-side ones (the reasoning parser sits in
+        ``structured_outputs_config``)."""
+        assert self.engine is not None
+        args = copy.copy(self.frontend)
+        args.structured_outputs_config = self.engine.vllm_config.structured_outputs_config
+        return args
 
     def _file(self, message: StepMessage) -> None:
         self.reports.record(message.rows)
@@ -134,6 +148,12 @@ class EngineRuntime:
         if self.engine is None:
             return []
         return [str(p) for p in self.engine.vllm_config.model_config.logits_processors or ()]
+
+    def lora_adapters(self) -> frozenset[str]:
+        """The LoRA adapters vLLM serves now (``--lora-modules``, and those loaded at run time
+        where vLLM allows it), by the model id requests name them with."""
+        models = getattr(self.serving, "openai_serving_models", None)
+        return frozenset(models.lora_requests) if models is not None else frozenset()
 
     @property
     def ready(self) -> bool:

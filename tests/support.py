@@ -7,7 +7,7 @@ server/toml_writer.py), shared with evals/ and bench/; the names stay importable
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from server import launcher
@@ -38,6 +38,7 @@ def start_server(
     probe_during_startup: Mapping[str, str] | None = None,
     ready_timeout: float = 900,
     env: Mapping[str, str] | None = None,
+    flags: Sequence[str] = (),
 ) -> LiveServer:
     """:func:`server.launcher.start_server` from this checkout (its root as the working
     directory, so ``python -m server.cli`` runs the code under test), probing with the config's
@@ -50,6 +51,7 @@ def start_server(
         ready_timeout=ready_timeout,
         probe_during_startup=probe_during_startup,
         probe_headers=_auth_header(config) if probe_during_startup else None,
+        flags=flags,
     )
 
 

@@ -21,8 +21,8 @@ def tiny_models(tiny_deployment):
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_deployment):
-    """``base`` served with both auxiliary models, the copilot, a profile ``tuned`` and an
-    extra correction (tests/integration/delayed_bias/)."""
+    """``base`` served with both auxiliary models, the copilot, a profile ``tuned``, an extra
+    correction (tests/integration/delayed_bias/) and a LoRA adapter ``tiny.LORA_MODEL``."""
     paths = tiny_deployment.paths
     config = write_config(
         tiny_deployment.folder / "corrigo.toml",
@@ -38,8 +38,19 @@ def tiny_server(tiny_deployment):
             "profiles.tuned": {
                 "correction": {"proxy_tuning": {"expert": "expert", "anti_expert": "anti"}}
             },
+            # vLLM front-end settings (tests/integration/test_vllm_routes.py).
+            "frontend": {"enable_prompt_tokens_details": True, "enable_force_include_usage": True},
         },
     )
-    server = start_server(config, tiny_deployment.folder / "server.log")
+    # LoRA the way a `vllm serve` command line asks for it, the adapter served as its own
+    # model id, and loaded and unloaded at run time (tests/integration/test_vllm_routes.py).
+    flags = ["--enable-lora", "--max-lora-rank", str(tiny.LORA_RANK)]
+    flags += ["--lora-modules", f"{tiny.LORA_MODEL}={tiny_deployment.lora}"]
+    server = start_server(
+        config,
+        tiny_deployment.folder / "server.log",
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"},
+        flags=flags,
+    )
     yield server
     server.stop()

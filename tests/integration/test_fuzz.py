@@ -3,8 +3,8 @@ response matches the documented status codes, content types, headers and schemas
 
 Generated requests are valid (positive) and invalid (negative) per the document; invalid ones
 must be refused cleanly, never break the server (the document lists the fields corrigo
-documents, so the server may accept more than it describes). ``max_tokens`` is clamped to a few
-tokens (an absent one means "up to the context length") so the run stays fast. Bounded: a fixed
+documents, so the server may accept more than it describes). ``max_tokens`` (``max_output_tokens``
+on /v1/responses) is clamped to a few tokens (an absent one means "up to the context length") so the run stays fast. Bounded: a fixed
 number of derandomized examples per operation and mode.
 """
 
@@ -51,9 +51,11 @@ def test_no_server_errors_and_responses_match_the_document(live_server):
     def check(case) -> None:
         nonlocal calls
         if isinstance(case.body, dict):
-            tokens = case.body.get("max_tokens")
+            # /v1/responses names its cap max_output_tokens.
+            name = "max_output_tokens" if case.path == "/v1/responses" else "max_tokens"
+            tokens = case.body.get(name)
             if tokens is None or (isinstance(tokens, int) and tokens > MAX_TOKENS):
-                case.body["max_tokens"] = MAX_TOKENS
+                case.body[name] = MAX_TOKENS
         calls += 1
         try:
             case.call_and_validate(headers=headers, checks=CHECKS, timeout=60)
@@ -61,7 +63,14 @@ def test_no_server_errors_and_responses_match_the_document(live_server):
             failures.append(f"{case.method} {case.path} {case.body!r:.300}\n{exc}")
 
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/completions"}
+    assert {op.path for op in operations} >= {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
+        "/version",
+    }
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = operation.as_strategy(generation_mode=mode)

@@ -16,6 +16,7 @@ import torch
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from . import tiny
 from .tiny import completion
 
 pytestmark = pytest.mark.engine
@@ -155,7 +156,8 @@ def test_bad_specs_are_400_and_leave_the_batch_alone(trio):
 def test_profile_is_a_model_with_a_default_correction(trio):
     server, models = trio
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
-    assert [m.id for m in client.models.list().data] == ["base", "tuned"]
+    # The served model, its LoRA adapter (the shared server's), then the profile.
+    assert [m.id for m in client.models.list().data] == ["base", tiny.LORA_MODEL, "tuned"]
     prompt = PROMPTS[1]
     extra = {"ignore_eos": True, "return_token_ids": True}
     kwargs = dict(model="tuned", prompt=prompt, max_tokens=STEPS, temperature=0)

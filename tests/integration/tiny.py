@@ -3,8 +3,9 @@ set of models, one copilot training, one server for the first two: each engine s
 about a minute of CI).
 
 A random 2-layer Llama ``base`` (2 attention heads, so tensor parallelism 2 splits them), an
-``expert`` and an ``anti`` expert of the same shape and tokenizer, and a copilot ``fix`` that
-``corrigo copilot train`` trains on ``base``'s mistakes (the CLI, as an operator runs it).
+``expert`` and an ``anti`` expert of the same shape and tokenizer, a copilot ``fix`` that
+``corrigo copilot train`` trains on ``base``'s mistakes (the CLI, as an operator runs it), and
+a LoRA adapter of ``base`` in PEFT's format, written by hand (:func:`make_lora`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from ..support import REPO, TEST_ENGINE, make_tiny_llama
 TRAIN_STEPS = 20
 #: The models, by name; the base is served, the others are auxiliary models.
 NAMES = ("base", "expert", "anti")
+#: The LoRA adapter's rank, scale (PEFT's ``lora_alpha``) and the layers it adapts.
+LORA_RANK, LORA_ALPHA = 8, 16
+LORA_TARGETS = ("o_proj", "down_proj")
+#: The model id the server serves the adapter under.
+LORA_MODEL = "base-lora"
 #: Their engine: small context, exact float32, a KV cache (per rank) sized for them.
 ENGINE = {
     **TEST_ENGINE,
@@ -46,6 +52,8 @@ class TinyDeployment:
     copilot: Path
     #: The ``corrigo copilot train`` run that wrote it.
     training: subprocess.CompletedProcess
+    #: A LoRA adapter of ``base`` (PEFT format).
+    lora: Path
 
 
 def train_copilot(pilot: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -71,7 +79,75 @@ def build(folder: Path) -> TinyDeployment:
     )
     training = train_copilot(paths["base"], data, folder / "fix", "--space", "probs")
     assert training.returncode == 0, training.stderr[-3000:]
-    return TinyDeployment(folder, paths, folder / "fix", training)
+    lora = make_lora(folder / "lora", paths["base"])
+    return TinyDeployment(folder, paths, folder / "fix", training, lora)
+
+
+def make_lora(folder: Path, base: Path, seed: int = 7, rank: int = LORA_RANK) -> Path:
+    """A random LoRA adapter of ``base`` as PEFT saves one (adapter_config.json and
+    adapter_model.safetensors; no peft package needed): for each adapted linear layer ``W``
+    (out x in), ``lora_A`` (r x in) and ``lora_B`` (out x r), the layer computing
+    ``x (W + lora_alpha / r * B A)^T``. Both factors are random (PEFT starts B at 0): the
+    adapter must change greedy outputs for the tests to see it."""
+    from safetensors.torch import save_file
+
+    config = json.loads((base / "config.json").read_text())
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for name, (fan_out, fan_in) in _lora_shapes(config).items():
+            module = "self_attn" if name == "o_proj" else "mlp"
+            prefix = f"base_model.model.model.layers.{layer}.{module}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = 0.2 * torch.randn(
+                rank, fan_in, generator=generator
+            )
+            tensors[f"{prefix}.lora_B.weight"] = 0.2 * torch.randn(
+                fan_out, rank, generator=generator
+            )
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / "adapter_model.safetensors")
+    adapter = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base),
+        "r": rank,
+        "lora_alpha": LORA_ALPHA,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": list(LORA_TARGETS),
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(adapter, indent=2))
+    return folder
+
+
+def _lora_shapes(config: dict) -> dict[str, tuple[int, int]]:
+    heads = config["num_attention_heads"] * config["head_dim"]
+    return {
+        "o_proj": (config["hidden_size"], heads),
+        "down_proj": (config["hidden_size"], config["intermediate_size"]),
+    }
+
+
+def merge_lora(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
+    """``model`` (a transformers Llama) with the adapter's ``lora_alpha / r * B A`` added to
+    each adapted weight, in place."""
+    from safetensors.torch import load_file
+
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    scale = settings["lora_alpha"] / settings["r"]
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    weights = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, a in tensors.items():
+            if not key.endswith(".lora_A.weight"):
+                continue
+            prefix = key.removesuffix(".lora_A.weight")
+            b = tensors[f"{prefix}.lora_B.weight"]
+            weight = weights[prefix.removeprefix("base_model.model.") + ".weight"]
+            weight += scale * (b @ a).to(weight.dtype)
+    return model
 
 
 def load(deployment: TinyDeployment) -> tuple[dict[str, torch.nn.Module], torch.nn.Module]:
@@ -83,7 +159,9 @@ def load(deployment: TinyDeployment) -> tuple[dict[str, torch.nn.Module], torch.
     return models, read(deployment.copilot).load_model()
 
 
-def completion(client: OpenAI, prompt, steps: int, correction=None, *, stream=False, n=1):
+def completion(
+    client: OpenAI, prompt, steps: int, correction=None, *, stream=False, n=1, model="base"
+):
     """Generated token ids per choice, and the response's correction report."""
     extra = {"ignore_eos": True, "return_token_ids": True}
     if correction is not None:
@@ -91,7 +169,7 @@ def completion(client: OpenAI, prompt, steps: int, correction=None, *, stream=Fa
     if n > 1:  # vLLM refuses n > 1 at temperature 0; top-1 sampling is argmax
         extra["top_k"] = 1
     kwargs = dict(
-        model="base",
+        model=model,
         prompt=prompt,
         max_tokens=steps,
         temperature=0 if n == 1 else 1.0,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from argparse import Namespace
 
 import httpx
 import pytest
@@ -55,7 +56,9 @@ def test_a_host_header_not_listed_is_refused(http, live_server):
 def _limited_app(keys: list[str]) -> FastAPI:
     """The real /v1 router (auth, rate limiter) over an engine that never starts: a request the
     limiter lets through is answered 503 (not ready), one it stops 429."""
-    runtime = EngineRuntime(ServedModel(path="unused", model_id=SERVED_MODEL), args=None)
+    runtime = EngineRuntime(
+        ServedModel(path="unused", model_id=SERVED_MODEL), args=None, frontend=Namespace()
+    )
     app = FastAPI()
     install_error_handlers(app)
     limits = LimitsConfig(requests_per_minute=2, rate_limit_burst=2)
