@@ -22,7 +22,8 @@ def tiny_models(tiny_deployment):
 @pytest.fixture(scope="session")
 def tiny_server(tiny_deployment):
     """``base`` served with both auxiliary models, the copilot, a profile ``tuned``, an extra
-    correction (tests/integration/delayed_bias/) and a LoRA adapter ``tiny.LORA_MODEL``."""
+    correction (tests/integration/delayed_bias/), a LoRA adapter ``tiny.LORA_MODEL``, the
+    hermes tool-call parser and processed logprobs."""
     paths = tiny_deployment.paths
     config = write_config(
         tiny_deployment.folder / "corrigo.toml",
@@ -46,6 +47,8 @@ def tiny_server(tiny_deployment):
     # model id, and loaded and unloaded at run time (tests/integration/test_vllm_routes.py).
     flags = ["--enable-lora", "--max-lora-rank", str(tiny.LORA_RANK)]
     flags += ["--lora-modules", f"{tiny.LORA_MODEL}={tiny_deployment.lora}"]
+    # Tool calling as `vllm serve` enables it (tests/integration/test_tool_calling.py).
+    flags += ["--tool-call-parser", "hermes", "--enable-auto-tool-choice"]
     server = start_server(
         config,
         tiny_deployment.folder / "server.log",

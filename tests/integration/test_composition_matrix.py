@@ -26,6 +26,7 @@ import pytest
 from openai import OpenAI
 
 from ..conftest import SERVED_MODEL
+from .tiny import LORA_MODEL
 
 pytestmark = pytest.mark.engine
 
@@ -45,10 +46,12 @@ FEATURES = (
     "beam_search",
     "lora",
 )
-#: The LoRA column's reason: adapters are served by the flags work of issue 14 (parts 1-2).
+#: Unlearning's server (the session's SmolLM2) serves no adapter; the tiny server serves
+#: ``tiny.LORA_MODEL`` (tests/integration/test_vllm_routes.py checks the corrections on it
+#: against a merged reference, proxy-tuning included).
 LORA_REASON = (
-    "LoRA adapters are registered through vLLM's --enable-lora/--lora-modules flags, which "
-    "corrigo passes through in issue 14's flags work; its tests cover corrections on an adapter"
+    "the session server (SmolLM2, the only one with forget sets) serves no LoRA adapter; the "
+    "unlearning filters act on the served model's logits whatever weights produced them"
 )
 PICK_TOOL = {
     "type": "function",
@@ -130,7 +133,7 @@ def chat(client: OpenAI, body: dict, correction: dict | None = None, **extra):
         extra_body["correction"] = correction
     kwargs = {k: body[k] for k in fields if k in body}
     return client.chat.completions.create(
-        model="base",
+        model=extra.pop("model", "base"),
         messages=[{"role": "user", "content": "Answer yes or no."}],
         max_tokens=extra.pop("max_tokens", 16),
         temperature=extra.pop("temperature", 0),
@@ -170,7 +173,7 @@ def assert_distribution_changed(plain, corrected) -> None:
 @pytest.mark.parametrize("name", TINY_CORRECTIONS)
 def test_matrix(tiny, name, feature):
     if feature == "lora":
-        pytest.skip(LORA_REASON)
+        return check_lora(tiny, name)
     if feature == "beam_search":
         assert_beam_search_refused(tiny, "base", correction_of(name, boost=NO))
         return
@@ -208,6 +211,24 @@ def assert_copilot_applied(report: dict, response) -> None:
     masked logprobs barely move (the unmasked logit_bias cell shows the distribution change)."""
     assert report["copilot"]["steps"] == response.usage.completion_tokens
     assert report["copilot"]["max_abs_rectification"] > 100
+
+
+def check_lora(client: OpenAI, name: str) -> None:
+    """The adapter is a model id; the correction applies to its logits (under a grammar)."""
+    body = feature_body("choice")
+    plain = chat(client, body, model=LORA_MODEL)
+    said = plain.choices[0].message.content
+    assert said in OPTIONS
+    other = "no" if said == "yes" else "yes"
+    corrected = chat(client, body, correction_of(name, boost=OPTIONS[other]), model=LORA_MODEL)
+    assert corrected.model == LORA_MODEL
+    assert corrected.choices[0].message.content in OPTIONS
+    if name == "extra":
+        assert corrected.choices[0].message.content == other
+    elif name == "copilot":
+        assert_copilot_applied(corrected.model_extra["correction"], corrected)
+    else:
+        assert_distribution_changed(plain, corrected)
 
 
 def check_allowed_token_ids(client: OpenAI, name: str, plain) -> None:
