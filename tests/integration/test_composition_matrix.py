@@ -414,3 +414,31 @@ def test_unlearning_exhausting_allowed_token_ids_ends_with_a_forced_stop(client)
     choice = filtered.choices[0]
     assert choice.finish_reason == "stop" and choice.message.content == ""
     assert filtered.model_extra["correction"]["forced_stops"] == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_unlearning_exhausting_a_grammar_ends_with_content_filter(client, stream):
+    """The grammar allows only the withheld answer and cannot end before it: no output obeys
+    both. vLLM's grammar refuses the forced stop; corrigo answers finish_reason
+    "content_filter" (not an engine error) and reports the forced stop."""
+    kwargs = dict(
+        model=SERVED_MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"structured_outputs": {"choice": ["Paris"]}, **{"correction": UNLEARNING}},
+    )
+    if not stream:
+        response = client.chat.completions.create(**kwargs)
+        choice = response.choices[0]
+        assert choice.finish_reason == "content_filter" and not choice.message.content
+        assert response.model_extra["correction"]["forced_stops"] >= 1
+        return
+    text, finish, report = "", None, None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        report = chunk.model_extra.get("correction") or report
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert finish == "content_filter" and "paris" not in text.lower()
+    assert report is not None and report["forced_stops"] >= 1

@@ -65,7 +65,7 @@ def ask(client: OpenAI, tool_choice, correction=None, regex=None, **extra):
         messages=[{"role": "user", "content": "Answer yes or no with a tool."}],
         tools=TOOLS,
         tool_choice=tool_choice,
-        max_tokens=60,
+        max_tokens=200,
         temperature=0,
         extra_body=body,
         **extra,
