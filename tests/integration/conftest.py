@@ -49,10 +49,15 @@ def tiny_server(tiny_deployment):
     flags += ["--lora-modules", f"{tiny.LORA_MODEL}={tiny_deployment.lora}"]
     # Tool calling as `vllm serve` enables it (tests/integration/test_tool_calling.py).
     flags += ["--tool-call-parser", "hermes", "--enable-auto-tool-choice"]
+    # JSON without free whitespace: a random model would fill max_tokens with it
+    # (tests/integration/test_composition_matrix.py, test_tool_calling.py).
+    flags += ["--structured-outputs-config", '{"disable_any_whitespace": true}']
     server = start_server(
         config,
         tiny_deployment.folder / "server.log",
-        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"},
+        # tool_choice "required"/named as a JSON schema of the calls (vLLM's default for the
+        # hermes parser is a structural tag the random model never triggers).
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"},
         flags=flags,
     )
     yield server

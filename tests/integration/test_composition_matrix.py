@@ -418,20 +418,25 @@ def test_unlearning_exhausting_allowed_token_ids_ends_with_a_forced_stop(client)
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_unlearning_exhausting_a_grammar_ends_with_content_filter(client, stream):
-    """The grammar allows only the withheld answer and cannot end before it: no output obeys
-    both. vLLM's grammar refuses the forced stop; corrigo answers finish_reason
-    "content_filter" (not an engine error) and reports the forced stop."""
+    """The grammar allows only the withheld answer, allowed_token_ids only its one-token
+    spelling (and EOS, which the grammar forbids before it): no output obeys all three. The
+    pipeline forces EOS, vLLM's grammar refuses it, and corrigo answers finish_reason
+    "content_filter" (not an engine error), reporting the forced stop."""
+    body = {"structured_outputs": {"choice": ["Paris"]}, "allowed_token_ids": [PARIS, EOS]}
     kwargs = dict(
         model=SERVED_MODEL,
         messages=[{"role": "user", "content": QUESTION}],
         max_tokens=8,
         temperature=0,
-        extra_body={"structured_outputs": {"choice": ["Paris"]}, **{"correction": UNLEARNING}},
+        extra_body={**body, "correction": UNLEARNING},
     )
+    plain = client.chat.completions.create(**{**kwargs, "extra_body": body})
+    assert plain.choices[0].message.content == "Paris"
     if not stream:
         response = client.chat.completions.create(**kwargs)
         choice = response.choices[0]
-        assert choice.finish_reason == "content_filter" and not choice.message.content
+        assert choice.finish_reason == "content_filter", (choice, response.model_extra)
+        assert not choice.message.content
         assert response.model_extra["correction"]["forced_stops"] >= 1
         return
     text, finish, report = "", None, None
@@ -442,3 +447,14 @@ def test_unlearning_exhausting_a_grammar_ends_with_content_filter(client, stream
             finish = c.finish_reason or finish
     assert finish == "content_filter" and "paris" not in text.lower()
     assert report is not None and report["forced_stops"] >= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="unlearning's hard filter matches the tokenizations of the forbidden phrases' "
+    "surface forms (decoding/unlearning/trie.py); a grammar allowing only the answer can spell "
+    "it in other splits (P+ari+s), which it does not see (README, Composition rules)",
+)
+def test_unlearning_under_a_grammar_spelling_the_answer_in_other_tokens(client):
+    response = ask(client, {"structured_outputs": {"choice": ["Paris"]}}, UNLEARNING, max_tokens=8)
+    assert "paris" not in (response.choices[0].message.content or "").lower()
