@@ -51,7 +51,10 @@ def tiny_server(tiny_deployment):
     flags += ["--tool-call-parser", "hermes", "--enable-auto-tool-choice"]
     # JSON without free whitespace: a random model would fill max_tokens with it
     # (tests/integration/test_composition_matrix.py, test_tool_calling.py).
-    flags += ["--structured-outputs-config", '{"disable_any_whitespace": true}']
+    flags += [
+        "--structured-outputs-config",
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
+    ]
     server = start_server(
         config,
         tiny_deployment.folder / "server.log",
