@@ -112,8 +112,7 @@ class LoopbackListener:
             extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
             conn.sendall(
                 f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n{extra}"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                + payload
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
             )
             conn.close()
 

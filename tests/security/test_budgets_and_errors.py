@@ -26,7 +26,7 @@ def assert_error(response, status: int, param=None, code=None) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert "Traceback" not in response.text and 'File "' not in response.text
+    assert "Traceback" not in response.text and "File \"" not in response.text
     if param is not None:
         assert (error["param"] or "").startswith(param), error
     if code is not None:
@@ -107,7 +107,9 @@ def test_the_engine_call_budget_stops_the_loop(http):
     # Sampled, so that the retry is not the draft again (greedy, whether it is depends on the
     # engine's dtype): a repeated answer would end the loop before the budget does.
     sampling = {"temperature": 1.0, "seed": 11}
-    r = refine(http, NEVER, 16, sampling, max_rounds=4, max_engine_calls=2, strategy="try_again")
+    r = refine(
+        http, NEVER, 16, sampling, max_rounds=4, max_engine_calls=2, strategy="try_again"
+    )
     assert r.status_code == 200, r.text
     report = r.json()["correction"]["refinement"]
     assert report["rounds"] == 2 and report["stop_reason"] == "engine_call_budget", report

@@ -108,9 +108,7 @@ def test_a_configured_judge_sends_its_server_side_key(http):
     (connection,) = judge.connections
     head = connection.head.decode()
     assert head.startswith("POST /v1/chat/completions ")
-    assert f"\r\nauthorization: Bearer {JUDGE_KEY}\r\n" in head.replace(
-        "Authorization", "authorization"
-    )
+    assert f"\r\nauthorization: Bearer {JUDGE_KEY}\r\n" in head.replace("Authorization", "authorization")
     assert JUDGE_KEY not in response.text
     # A client may not point a configured judge elsewhere, nor name one that does not exist.
     response = refine(http, {"type": "judge", "judge": "grader", "url": "http://127.0.0.1:9/v1"})

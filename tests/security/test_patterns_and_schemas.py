@@ -79,12 +79,8 @@ def test_an_evil_pattern_does_not_block_the_event_loop(http, live_server, strate
         started = time.monotonic()
         r = refine(
             http,
-            {
-                "all": [
-                    {"type": "regex", "pattern": EVIL},
-                    {"type": "answer", "reference": "x", "extract": EVIL},
-                ]
-            },
+            {"all": [{"type": "regex", "pattern": EVIL}, {"type": "answer", "reference": "x",
+                                                          "extract": EVIL}]},
             strategy=strategy,
             max_rounds=2,
         )
