@@ -3,7 +3,8 @@ import pytest
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT
 from server.config import ProfileConfig
 from server.corrections import merge_correction
-from server.profiles import ProfileError, load_profiles
+from server.errors import APIError
+from server.profiles import Catalog, Profile, ProfileError, load_profiles
 
 CONTEXT = {AUX_MODELS_CONTEXT: {"e", "a"}}
 TUNED = {"proxy_tuning": {"expert": "e", "anti_expert": "a", "alpha": 0.5}}
@@ -27,3 +28,18 @@ def test_profiles_are_checked_at_start_up():
     bad = {"proxy_tuning": {"expert": "nope", "anti_expert": "a"}}
     with pytest.raises(ProfileError, match=r"profiles\.p\.correction\.proxy_tuning\.expert"):
         load_profiles({"p": ProfileConfig(correction=bad)}, "base", CONTEXT)
+
+
+def test_lora_adapters_are_model_ids_only_beside_a_public_served_model():
+    tuned = Profile("tuned", {})
+    public = Catalog("m", {"tuned": tuned})
+    assert public.resolve("lora", adapters={"lora"}) == ("lora", None)
+    assert public.resolve("tuned", adapters={"lora"}) == ("tuned", tuned)
+    with pytest.raises(APIError) as err:
+        public.resolve("lora")  # not (or no longer) loaded
+    assert err.value.status == 404
+    # A hidden served model hides its adapters too: they would step around the profiles.
+    hidden = Catalog("m", {"tuned": tuned}, base_public=False)
+    with pytest.raises(APIError) as err:
+        hidden.resolve("lora", adapters={"lora"})
+    assert err.value.status == 404
