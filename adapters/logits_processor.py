@@ -27,7 +27,7 @@ import torch
 from decoding.contract import EngineSetup, Record
 from decoding.correction import decode_wire
 from decoding.params import SERVER_SET_CONTEXT
-from decoding.pipeline import CorrectionPipeline, Row, StepPlugin
+from decoding.pipeline import FORCED_STOPS, PIPELINE, CorrectionPipeline, Row, StepPlugin
 from decoding.registry import Registry
 from decoding.spec import WIRE_KEY, CorrectionSpec
 from decoding.unlearning import GATED_CONTEXT
@@ -116,7 +116,12 @@ class CorrigoLogitsProcessor(LogitsProcessor):
         else:
             plugins = {c.name: _ComputedElsewhere() for c in served}
             self.sender = None
-        self.pipeline = CorrectionPipeline(plugins, observe=self._time)
+        forced = self._recorder(PIPELINE)
+        self.pipeline = CorrectionPipeline(
+            plugins,
+            observe=self._time,
+            exhausted=lambda rows: forced(rows, {FORCED_STOPS: torch.ones(len(rows))}),
+        )
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
@@ -138,6 +143,7 @@ class CorrigoLogitsProcessor(LogitsProcessor):
                     spec_of(params, self.registry, self.context),
                     prompt_ids or [],
                     output_ids,
+                    stop_token(params),
                 )
                 self._take_ticket(index, params)
             for source, target, direction in batch_update.moved:
@@ -201,6 +207,18 @@ class CorrigoLogitsProcessor(LogitsProcessor):
             self.sender.send(StepMessage(dict(self._timings), rows))
         self._figures.clear()
         self._timings.clear()
+
+
+def stop_token(params: SamplingParams) -> int | None:
+    """The token forced on an exhausted row: its EOS, else (``ignore_eos``) its lowest stop
+    token id, both of which end it (vLLM's stop check: vllm/v1/core/sched/utils.py
+    ``check_stop``); else, under ``ignore_eos`` alone, the model's EOS, which does not end it
+    (the row then emits EOS until ``max_tokens``); None if there is none."""
+    if params.eos_token_id is not None:
+        return params.eos_token_id
+    if params.stop_token_ids:
+        return min(params.stop_token_ids)
+    return min(params.all_stop_token_ids, default=None)
 
 
 def _is_ticket(value) -> bool:

@@ -7,7 +7,21 @@ the rows whose request asked for it::
     proxy-tuning shift -> copilot rectification -> unlearning penalties -> unlearning blocks
 
 then hands the logits back to the engine, which applies its own penalties, temperature, top-p
-and sampling. A plugin sees only its rows, gathered into one tensor, and returns their new
+and sampling.
+
+The engine's masks are final. vLLM sets a token it forbids to ``-inf`` before the logits reach
+corrigo (structured-output grammar, ``allowed_token_ids``, ``bad_words``, the ``min_tokens`` stop
+mask, in vLLM's sampler and model runner), so the pipeline records which tokens arrive at
+``-inf`` and, after the plugins ran, sets them (and any ``NaN`` a plugin produced) to ``-inf``
+again: with ``M`` the engine's mask and ``s~`` the plugins' result,
+
+    out_v = -inf            if v in M or s~_v is NaN
+    out_v = s~_v            otherwise
+
+No correction, built-in or extra, can revive a token the engine masked. A row that had an
+allowed token before the plugins and has none after (e.g. unlearning's bans cover every token a
+grammar allows) is *exhausted*: the pipeline forces the row's stop token (``out_stop = 0``, every
+other token ``-inf``), so the request ends there, and records it (:data:`FORCED_STOPS`). A plugin sees only its rows, gathered into one tensor, and returns their new
 logits; rows without a correction are never touched, and a batch without any costs nothing.
 
 Rows are engine batch slots that requests move between; the pipeline follows the moves and
@@ -63,6 +77,9 @@ class Row:
     uid: int
     spec: CorrectionSpec
     stream: TokenStream
+    #: The token that ends the request (the engine's EOS for it), forced when corrections leave
+    #: it no allowed token; None: it has none (``ignore_eos`` without stop tokens).
+    stop: int | None = None
 
     def params(self, plugin: str) -> CorrectionParams:
         return self.spec.steps[plugin]
@@ -88,6 +105,34 @@ class StepPlugin(ABC):
         """The request ``uid`` left the batch: free whatever the plugin kept for it."""
 
 
+#: The name under which the pipeline itself records per-row figures (no correction's name).
+PIPELINE = "pipeline"
+#: The pipeline's figure: 1 on a step where a row was exhausted and its stop token forced.
+FORCED_STOPS = "forced_stops"
+
+#: ``exhausted(rows)``: the rows whose stop token the pipeline forced this step.
+Exhausted = Callable[[Sequence[Row]], None]
+
+
+def keep_engine_masks(
+    corrected: torch.Tensor, masked: torch.Tensor, stops: Sequence[int | None]
+) -> torch.Tensor:
+    """The module docstring's rule, in place on ``corrected`` ``[rows, vocab]``: ``masked`` is
+    where the engine's logits were ``-inf`` before the plugins; ``stops`` each row's stop
+    token. Returns which rows were exhausted and had their stop token forced (``[rows]``
+    bool)."""
+    corrected.masked_fill_(masked | torch.isnan(corrected), -torch.inf)
+    exhausted = torch.isneginf(corrected).all(dim=-1) & ~masked.all(dim=-1)
+    forced = torch.zeros_like(exhausted)
+    if bool(exhausted.any()):
+        for i in exhausted.nonzero()[:, 0].tolist():
+            stop = stops[i]
+            if stop is not None and 0 <= stop < corrected.shape[-1]:
+                corrected[i, stop] = 0.0
+                forced[i] = True
+    return forced
+
+
 class CorrectionPipeline:
     """Tracks the batch's rows and applies the plugins to them in pipeline order."""
 
@@ -95,23 +140,32 @@ class CorrectionPipeline:
         self,
         plugins: Mapping[str, StepPlugin],
         observe: Callable[[str, float], None] | None = None,
+        exhausted: Exhausted | None = None,
     ) -> None:
         """``plugins`` by correction name, in the order they run on a row (the registry's);
-        ``observe(plugin, seconds)``, if given, is told each plugin's time per step."""
+        ``observe(plugin, seconds)``, if given, is told each plugin's time per step;
+        ``exhausted(rows)``, if given, the rows whose stop token was forced."""
         self.plugins = list(plugins.items())
         self.rows: dict[int, Row] = {}
         self._uids = itertools.count()
         self._observe = observe
+        self._exhausted = exhausted
 
     # -- batch bookkeeping (engine row indices) --------------------------------------------
 
     def add(
-        self, index: int, spec: CorrectionSpec, prompt: Sequence[int], output: Sequence[int]
+        self,
+        index: int,
+        spec: CorrectionSpec,
+        prompt: Sequence[int],
+        output: Sequence[int],
+        stop: int | None = None,
     ) -> None:
-        """A request entered slot ``index`` (replacing whatever was there)."""
+        """A request entered slot ``index`` (replacing whatever was there); ``stop`` is the
+        token that ends it (see :attr:`Row.stop`)."""
         self.remove(index)
         if any(name in spec.steps for name, _ in self.plugins):
-            self.rows[index] = Row(next(self._uids), spec, TokenStream(prompt, output))
+            self.rows[index] = Row(next(self._uids), spec, TokenStream(prompt, output), stop)
 
     def remove(self, index: int) -> None:
         row = self.rows.pop(index, None)
@@ -150,6 +204,22 @@ class CorrectionPipeline:
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
+        tracked = sorted(self.rows.items())  # every tracked row runs at least one plugin
+        whole = len(tracked) == logits.shape[0]
+        at = None if whole else torch.tensor([i for i, _ in tracked], device=logits.device)
+        masked = torch.isneginf(logits if at is None else logits[at])
+        logits = self._plugins(logits)
+        corrected = logits if at is None else logits[at]
+        forced = keep_engine_masks(corrected, masked, [row.stop for _, row in tracked])
+        if at is not None:
+            logits[at] = corrected
+        if self._exhausted is not None and bool(forced.any()):
+            self._exhausted(
+                [row for (_, row), f in zip(tracked, forced.tolist(), strict=True) if f]
+            )
+        return logits
+
+    def _plugins(self, logits: torch.Tensor) -> torch.Tensor:
         for name, plugin in self.plugins:
             selected = self._selected(name)
             if not selected:

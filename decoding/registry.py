@@ -19,10 +19,15 @@ from typing import Any
 from . import proxy_tuning, unlearning
 from .contract import REDUCES, Correction, Figure
 from .copilot import correction as copilot
+from .pipeline import FORCED_STOPS, PIPELINE
 from .refinement.params import REFINEMENT
 
-#: Keys a correction may not be named: refinement's, and the report's list of names.
-RESERVED = frozenset({REFINEMENT, "plugins"})
+#: Keys a correction may not be named: refinement's, the report's list of names, and the
+#: pipeline's own figures.
+RESERVED = frozenset({REFINEMENT, "plugins", PIPELINE})
+#: The figures the pipeline records for every corrected row (decoding/pipeline.py), first in
+#: a row of figures.
+PIPELINE_FIGURES: tuple[Figure, ...] = (Figure(FORCED_STOPS),)
 
 #: Proxy-tuning shift, copilot rectification, unlearning penalties and blocks.
 BUILT_IN: tuple[Correction, ...] = (
@@ -57,9 +62,10 @@ class Registry:
                 )
         self.corrections = tuple(corrections)
         self._by_name = {c.name: c for c in self.corrections}
-        #: Every correction's figures, in one row: ``(correction name, figure)``.
-        self.figures: tuple[tuple[str, Figure], ...] = tuple(
-            (c.name, f) for c in self.corrections for f in c.figures
+        #: The pipeline's and every correction's figures, in one row: ``(name, figure)``.
+        self.figures: tuple[tuple[str, Figure], ...] = (
+            *((PIPELINE, f) for f in PIPELINE_FIGURES),
+            *((c.name, f) for c in self.corrections for f in c.figures),
         )
 
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any
 from adapters.request_reports import XARGS_KEY as REPORT_KEY
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
+from decoding.pipeline import FORCED_STOPS, PIPELINE
 from decoding.registry import Registry
 from decoding.spec import WIRE_KEY, CorrectionSpec
 
@@ -90,8 +91,9 @@ def wire_xargs(
 
 
 def wants_figures(spec: CorrectionSpec | None, registry: Registry) -> bool:
-    """Whether the spec names a correction whose plugin records per-row figures."""
-    return spec is not None and any(name in spec.steps for name in registry.measured)
+    """Whether the request needs the engine's per-row figures: it names a per-step correction
+    (the pipeline records its forced stops for every one; most plugins record their own)."""
+    return spec is not None and bool(spec.steps)
 
 
 def correction_report(
@@ -103,8 +105,13 @@ def correction_report(
     """The ``correction`` object added to a response that asked for corrections: the names it
     applied, each per-step correction's own report from its figures over the request's steps
     (decoding/contract.py ``Correction.report``), and ``details`` built elsewhere (e.g. the
-    unlearning gate's, ``unlearning=...``)."""
+    unlearning gate's, ``unlearning=...``). ``forced_stops`` is added when the pipeline
+    ended a row because its corrections left no token the engine allowed (decoding/pipeline.py):
+    the number of such steps over the request's choices."""
     report: dict[str, Any] = {"plugins": list(spec.names)}
+    forced = int((figures or {}).get(PIPELINE, {}).get(FORCED_STOPS, 0))
+    if forced:
+        report[FORCED_STOPS] = forced
     for name, params in spec.steps.items():
         if figures is not None and name in figures and name not in details:
             part = registry[name].report(params, figures[name])

@@ -29,6 +29,8 @@ from adapters.vllm_compat import (
     error_response_from_exception,
 )
 from decoding.params import RequestRefused
+from decoding.pipeline import FORCED_STOPS, PIPELINE
+from decoding.unlearning.policy import CONTENT_FILTER
 
 from .admission import AdmissionControl, RateLimiter, Slot
 from .admission import rate_limiter as make_rate_limiter
@@ -253,7 +255,17 @@ def build_router(
             return _client_closed(ex)
         if isinstance(result, ErrorResponse):
             runtime.require_ready()  # the engine died under it: 503, not vLLM's 500
-            raise from_vllm_error(result, ex.endpoint)
+            if not await _exhausted(ex):
+                raise from_vllm_error(result, ex.endpoint)
+            # The corrections left a grammar no token (README, Composition rules).
+            serving = (
+                runtime.serving.openai_serving_chat
+                if ex.endpoint is Endpoint.CHAT
+                else runtime.serving.openai_serving_completion
+            )
+            result = await refusal(serving, request, runtime.model.model_id, "")
+            if isinstance(result, ErrorResponse):
+                raise from_vllm_error(result, ex.endpoint)
         if isinstance(result, ResponsesResponse):
             payload = result.model_dump(mode="json", by_alias=True)  # as vLLM's route sends it
             ex.completion_tokens = result.usage.output_tokens if result.usage else 0
@@ -273,8 +285,39 @@ def build_router(
         if isinstance(result, ErrorResponse):
             runtime.require_ready()
             raise from_vllm_error(result, ex.endpoint)
-        relay = _relay_events if ex.endpoint is Endpoint.RESPONSES else _relay
-        return _SlotStreamingResponse(relay(result, ex), slot=slot, media_type="text/event-stream")
+        if ex.endpoint is Endpoint.RESPONSES:
+            events = _relay_events(result, ex)
+        else:
+            events = _relay(result, ex, request.n or 1)
+        return _SlotStreamingResponse(events, slot=slot, media_type="text/event-stream")
+
+    async def _exhausted(ex: Exchange) -> bool:
+        """Whether the request's corrections left a row no token the engine allowed, so that
+        the pipeline forced its stop token (decoding/pipeline.py): under a grammar that cannot
+        end there, vLLM then ends the request with an error, which corrigo answers as
+        ``finish_reason = "content_filter"``. Waits briefly for the step's figures, which
+        travel beside the engine's output."""
+        if ex.correction is None or ex.ticket is None or ex.endpoint is Endpoint.RESPONSES:
+            return False
+        figures = await runtime.reports.settled(ex.ticket, 1, timeout=EXHAUSTED_WAIT_SECONDS)
+        return figures.get(PIPELINE, {}).get(FORCED_STOPS, 0) > 0
+
+    def _content_filter_chunk(first: dict[str, Any], ex: Exchange, n: int) -> str:
+        """The last chunk of a stream whose corrections exhausted a grammar: every choice
+        ends with ``finish_reason = "content_filter"`` (what it streamed so far stands)."""
+        chat = ex.endpoint is Endpoint.CHAT
+        finish = {"delta": {}} if chat else {"text": ""}
+        chunk = {
+            "id": first.get("id"),
+            "object": ex.endpoint.chunk_object,
+            "created": first.get("created"),
+            "model": first.get("model", ex.model),
+            "choices": [
+                {"index": i, **finish, "logprobs": None, "finish_reason": CONTENT_FILTER}
+                for i in range(n)
+            ],
+        }
+        return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
     async def _relay_events(events: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[str]:
         """vLLM's Responses stream events as SSE, as vLLM's own route sends them; the final
@@ -307,7 +350,7 @@ def build_router(
             ex.status = status
             _record(ex)
 
-    async def _relay(chunks: AsyncIterator[str], ex: Exchange) -> AsyncIterator[str]:
+    async def _relay(chunks: AsyncIterator[str], ex: Exchange, n: int) -> AsyncIterator[str]:
         # Chunks name the engine's model; a profile request sees its profile's name instead.
         rename = None
         if ex.profile is not None:
@@ -327,6 +370,8 @@ def build_router(
                     )
                     # The report chunk reuses the stream's id; only parsed when one is due.
                     first = (_sse_json(chunk) if ex.correction is not None else None) or {}
+                if chunk.startswith('data: {"error"') and await _exhausted(ex):
+                    chunk = _content_filter_chunk(first, ex, n)
                 if chunk.startswith("data: [DONE]"):
                     finished = True
                     if ex.correction is not None:
@@ -400,6 +445,9 @@ def build_router(
     return router
 
 
+#: Longest an answer that vLLM ended with an error waits for the figures saying whether the
+#: corrections exhausted the row (they are sent before the step's token: normally already in).
+EXHAUSTED_WAIT_SECONDS = 2.0
 #: Responses stream events that end a response, carrying its usage (vLLM's ResponsesResponse).
 FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 

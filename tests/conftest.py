@@ -130,7 +130,10 @@ def live_server(tmp_path_factory) -> LiveServer:
         config,
         tmp / "server.log",
         probe_during_startup={"models": "/v1/models", "ready": "/ready"},
-        env={"GRADER_API_KEY": JUDGE_KEY},
+        # Tool calls under unlearning (tests/integration/test_composition_matrix.py), with
+        # tool_choice "required"/named as a JSON schema of the calls.
+        env={"GRADER_API_KEY": JUDGE_KEY, "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"},
+        flags=["--tool-call-parser", "hermes", "--enable-auto-tool-choice"],
     )
     yield server
     server.stop()

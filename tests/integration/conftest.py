@@ -22,8 +22,8 @@ def tiny_models(tiny_deployment):
 @pytest.fixture(scope="session")
 def tiny_server(tiny_deployment):
     """``base`` served with both auxiliary models (and each again in its own chat format), the
-    copilot, a profile ``tuned``, an extra correction (tests/integration/delayed_bias/) and a
-    LoRA adapter ``tiny.LORA_MODEL``."""
+    copilot, a profile ``tuned``, an extra correction (tests/integration/delayed_bias/), a LoRA
+    adapter ``tiny.LORA_MODEL``, the hermes tool-call parser and processed logprobs."""
     paths = tiny_deployment.paths
     template = tiny_deployment.folder / "anti.jinja"
     template.write_text(tiny.AUX_TEMPLATE)
@@ -31,7 +31,8 @@ def tiny_server(tiny_deployment):
         tiny_deployment.folder / "corrigo.toml",
         {
             "model": {"path": str(paths["base"])},
-            "engine": tiny.ENGINE,
+            # Logprobs of the corrected distribution (tests/integration/test_composition_matrix.py).
+            "engine": {**tiny.ENGINE, "logprobs_mode": "processed_logprobs"},
             # float32 pinned, not left to "auto" (which follows the engine's dtype): the exactness
             # tests compare against float32 references.
             "aux_models.expert": {"path": str(paths["expert"]), "dtype": "float32"},
@@ -61,10 +62,20 @@ def tiny_server(tiny_deployment):
     # model id, and loaded and unloaded at run time (tests/integration/test_vllm_routes.py).
     flags = ["--enable-lora", "--max-lora-rank", str(tiny.LORA_RANK)]
     flags += ["--lora-modules", f"{tiny.LORA_MODEL}={tiny_deployment.lora}"]
+    # Tool calling as `vllm serve` enables it (tests/integration/test_tool_calling.py).
+    flags += ["--tool-call-parser", "hermes", "--enable-auto-tool-choice"]
+    # JSON without free whitespace: a random model would fill max_tokens with it
+    # (tests/integration/test_composition_matrix.py, test_tool_calling.py).
+    flags += [
+        "--structured-outputs-config",
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
+    ]
     server = start_server(
         config,
         tiny_deployment.folder / "server.log",
-        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"},
+        # tool_choice "required"/named as a JSON schema of the calls (vLLM's default for the
+        # hermes parser is a structural tag the random model never triggers).
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"},
         flags=flags,
     )
     yield server

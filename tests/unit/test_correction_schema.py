@@ -116,14 +116,18 @@ def test_figures_must_be_unique_with_a_known_reduction(figures):
 
 def test_figures_are_laid_out_from_the_registry():
     assert [(name, f.name, f.reduce) for name, f in REGISTRY.figures] == [
+        ("pipeline", "forced_stops", "sum"),  # the pipeline's own, first (decoding/pipeline.py)
         ("second", "n", "sum"),
         ("second", "top", "max"),
     ]
-    assert REGISTRY.split([2.0, 0.5]) == {"second": {"n": 2.0, "top": 0.5}}
+    assert REGISTRY.split([1.0, 2.0, 0.5]) == {
+        "pipeline": {"forced_stops": 1.0},
+        "second": {"n": 2.0, "top": 0.5},
+    }
     assert REGISTRY.measured == ("second",)
 
 
-@pytest.mark.parametrize("names", [("a", "a"), ("a", "refinement"), ("plugins",)])
+@pytest.mark.parametrize("names", [("a", "a"), ("a", "refinement"), ("plugins",), ("pipeline",)])
 def test_names_must_be_unique_and_not_reserved(names):
     with pytest.raises(RegistryError):
         Registry(tuple(_correction(n) for n in names))
