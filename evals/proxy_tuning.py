@@ -1,23 +1,32 @@
-"""``corrigo eval proxy-tuning``: the proxy-tuning experiment (Liu et al. 2024) at small scale.
+"""``corrigo eval proxy-tuning``: the proxy-tuning experiment (Liu et al. 2024) at small scale,
+on the method's claim: the small expert's tuning, the large base's knowledge.
 
-Base: the embedded SmolLM2-135M-Instruct. Task: ``evals/suites/copilot/`` (one-word sentiment
-labels; train / held-out splits). Stages, each cached in ``--work-dir`` (rerun to resume; run
-one with ``--stages NAME``):
+Base: the embedded SmolLM2-135M-Instruct. Task (:func:`task_items`): answer a factual question
+in a fixed form, ``Answer: <answer>.``, learnt from examples only (the prompt is the bare
+question). Facts: every fact of evals/data/facts.jsonl (its canonical question and three
+paraphrases), split by fact, with a fixed seed, into train, validation and test: the expert
+learns the form on the train facts and never sees a validation or test fact, so on those it
+can only get the form right; the base knows many of the facts but never answers in that form.
+Right: the answer's first line is ``Answer: X`` with X the fact's target or an alias (and at
+most two more words). Stages, each cached in ``--work-dir`` (rerun to resume; run one with
+``--stages NAME``):
 
 1. ``anti``: the anti-expert, SmolLM2's first ``--anti-layers`` decoder layers + final norm +
-   tied embeddings/head, distilled on SmolLM2's own next-token distributions (KL) over
-   chat-formatted prompts that ship with the project (refinement suites and the task's train
-   prompts, never their labels) followed by SmolLM2's greedy answers;
+   tied embeddings/head, distilled on SmolLM2's own next-token distributions (KL) over generic
+   chat-formatted prompts that ship with the project (the refinement suites and the unlearning
+   eval's unrelated prompts; no fact of the task) followed by SmolLM2's greedy answers;
 2. ``expert``: the anti-expert fine-tuned on the train split (loss on response tokens only);
 3. ``direct``: SmolLM2 itself fully fine-tuned on the same split (the upper bound);
-4. ``inprocess``: transformers greedy decoding of the held-out items (and the general-ability
-   questions) by the expert, the anti-expert, the directly tuned model and, as a cross-check,
-   the base;
+4. ``inprocess``: transformers greedy decoding of the validation and test items (and the
+   general questions) by the expert, the anti-expert, the directly tuned model and, as a
+   cross-check, the base;
 5. ``server``: ``corrigo serve`` with ``[aux_models]`` expert and anti; base alone and
    proxy-tuned base (``correction.proxy_tuning``, each alpha of the sweep) through the OpenAI
-   SDK, greedy, on the held-out items and on the general-ability questions (the unlearning
-   eval's retain questions and probes, scored as there);
-6. ``docs``: JSON, markdown table and plot in ``--docs``.
+   SDK, greedy, on the validation and test items and the general questions (the unlearning
+   eval's near-topic questions, scored as there);
+6. ``docs``: alpha chosen on the validation split (best accuracy, the smaller alpha on a tie),
+   the test split reported at that alpha with 95% intervals; JSON, markdown and plot in
+   ``--docs``.
 """
 
 from __future__ import annotations
@@ -31,16 +40,63 @@ from pathlib import Path
 from adapters.default_model import ensure_default_model
 from decoding.cache import cache_dir
 
-from .copilot import first_word, load_split
 from .server import local_server
-from .unlearning import FACTS, ask_all, load_facts
+from .unlearning import (
+    Fact,
+    ask_all,
+    interval,
+    load_facts,
+    load_near_topic,
+    load_unrelated,
+)
 
 STAGES = ("anti", "expert", "direct", "inprocess", "server", "docs")
 RESUMING = ("server", "docs")
-#: Prompts the anti-expert is distilled on, besides the task's train prompts.
+#: Generic prompts the anti-expert is distilled on (with the unrelated prompts).
 DISTIL_SUITES = Path(__file__).parent / "suites" / "refinement"
-TASK_TOKENS = 4
+TASK_TOKENS = 10
 GENERAL_TOKENS = 32
+#: The task's splits: shares of the facts, and the seed that deals them.
+SPLITS = {"train": 0.5, "validation": 0.2, "test": 0.3}
+SPLIT_SEED = 0
+EVAL_SPLITS = ("validation", "test")
+
+
+def answer_form(fact: Fact) -> str:
+    """The task's answer to any question about ``fact``."""
+    return f"Answer: {fact.target}."
+
+
+def task_items(split: str) -> list[tuple[str, Fact]]:
+    """``(prompt, fact)`` for every question of the facts dealt to ``split``: each fact's
+    canonical question and its three paraphrases, so all of a fact's wordings share a split."""
+    import random
+
+    facts = sorted(load_facts(), key=lambda f: f.question)
+    random.Random(SPLIT_SEED).shuffle(facts)
+    bounds, start = {}, 0
+    for name, share in SPLITS.items():
+        end = len(facts) if name == "test" else start + round(share * len(facts))
+        bounds[name] = facts[start:end]
+        start = end
+    return [(q, f) for f in bounds[split] for q in (f.question, *f.probes)]
+
+
+def task_right(text: str, fact: Fact) -> bool:
+    """The answer's first line is ``Answer: X`` with X the target or an alias, at most two
+    words longer (a trailing "City" or article is no error)."""
+    import re
+
+    match = re.match(r"\s*Answer:\s*(.+)", text.strip().splitlines()[0] if text.strip() else "")
+    if not match:
+        return False
+    said = match.group(1).strip().rstrip(".!")
+    return fact.said_in(said) and len(said.split()) <= len(fact.target.split()) + 2
+
+
+def task_form(text: str) -> bool:
+    """The answer starts with ``Answer:`` (whatever follows): the form alone."""
+    return text.strip().startswith("Answer:")
 
 
 def add_parser(evals) -> None:
@@ -129,7 +185,7 @@ def _save(model, tokenizer, folder: Path) -> None:
 
 
 def _train_pairs() -> list[tuple[str, str]]:
-    return [(item["prompt"], item["response"]) for item in load_split("train")]
+    return [(prompt, answer_form(fact)) for prompt, fact in task_items("train")]
 
 
 def stage_anti(args, work: Path, before: dict) -> dict:
@@ -144,7 +200,7 @@ def stage_anti(args, work: Path, before: dict) -> dict:
         for path in sorted(DISTIL_SUITES.glob("*.jsonl"))
         for line in path.read_text().splitlines()
         if line.strip()
-    ] + [prompt for prompt, _ in _train_pairs()]
+    ] + load_unrelated()
     cached = work / "teacher_answers.json"  # the slow half of the stage, kept on its own
     if cached.exists():
         answers = json.loads(cached.read_text())
@@ -224,27 +280,38 @@ def _last_epoch_mean(losses: list[float], epochs: int) -> float:
 
 
 def _general_questions():
-    retain = [f for f in load_facts(FACTS) if f.group == "retain"]
-    return [q for f in retain for q in (f.question, *f.probes)], [
-        f for f in retain for _ in range(1 + len(f.probes))
-    ]
+    near = load_near_topic()
+    return [n.question for n in near], near
 
 
-def _score(task_answers: list[str], general_answers: list[str]) -> dict:
-    held = load_split("heldout")
+def _prompts(split: str) -> list[str]:
+    return [prompt for prompt, _ in task_items(split)]
+
+
+def _score(answers: dict[str, list[str]], general_answers: list[str]) -> dict:
+    """Per split: accuracy (form and answer), form alone, and the answer said anywhere (what
+    the model knows, whatever the form); general accuracy; a few answers."""
     _, owners = _general_questions()
-    task = [first_word(a) == i["response"].lower() for a, i in zip(task_answers, held, strict=True)]
-    general = [f.said_in(a) for f, a in zip(owners, general_answers, strict=True)]
-    return {
-        "heldout_accuracy": 100.0 * sum(task) / len(task),
-        "general_accuracy": 100.0 * sum(general) / len(general),
-        "answers": {"heldout": task_answers[:8], "general": general_answers[:8]},
+    result = {}
+    for split, texts in answers.items():
+        facts = [fact for _, fact in task_items(split)]
+        result[split] = {
+            "accuracy": interval([task_right(t, f) for t, f in zip(texts, facts, strict=True)]),
+            "form": interval([task_form(t) for t in texts]),
+            "knows": interval([f.said_in(t) for t, f in zip(texts, facts, strict=True)]),
+        }
+    result["general"] = interval(
+        [n.said_in(a) for n, a in zip(owners, general_answers, strict=True)]
+    )
+    result["answers"] = {
+        **{split: texts[:8] for split, texts in answers.items()},
+        "general": general_answers[:8],
     }
+    return result
 
 
 def stage_inprocess(args, work: Path, before: dict) -> dict:
     base, tokenizer = _base()
-    held = [i["prompt"] for i in load_split("heldout")]
     general, _ = _general_questions()
     systems = {"base": base}
     for name in ("anti", "expert", "direct"):
@@ -252,7 +319,10 @@ def stage_inprocess(args, work: Path, before: dict) -> dict:
     result = {"decoding": "transformers greedy, fp32, in process"}
     for name, model in systems.items():
         result[name] = _score(
-            _decode(model, tokenizer, held, TASK_TOKENS, f"{name}, held-out"),
+            {
+                split: _decode(model, tokenizer, _prompts(split), TASK_TOKENS, f"{name}, {split}")
+                for split in EVAL_SPLITS
+            },
             _decode(model, tokenizer, general, GENERAL_TOKENS, f"{name}, general"),
         )
     return result
@@ -270,12 +340,11 @@ def stage_server(args, work: Path, before: dict) -> dict:
         f"\n[aux_models.{name}]\npath = {json.dumps(str(work / name))}\n"
         for name in ("expert", "anti")
     )
-    held = [i["prompt"] for i in load_split("heldout")]
     general, _ = _general_questions()
     alphas = [float(a) for a in args.alphas.split(",")]
     result: dict = {
         **before,
-        "decoding": "corrigo serve (vLLM, eager, fp32), OpenAI SDK, greedy, c=8",
+        "decoding": "corrigo serve (vLLM, eager, the engine's dtype), OpenAI SDK, greedy, c=8",
     }
     systems = {"base": None} | {
         f"proxy alpha={alpha:g}": {
@@ -289,7 +358,12 @@ def stage_server(args, work: Path, before: dict) -> dict:
     with local_server(extra_config=extra) as url:
         for name, correction in todo.items():
             result[name] = _score(
-                ask_all(url, held, correction, TASK_TOKENS, f"{name}, held-out"),
+                {
+                    split: ask_all(
+                        url, _prompts(split), correction, TASK_TOKENS, f"{name}, {split}"
+                    )
+                    for split in EVAL_SPLITS
+                },
                 ask_all(url, general, correction, GENERAL_TOKENS, f"{name}, general"),
             )
     return result
@@ -300,42 +374,61 @@ def stage_docs(args, work: Path, before: dict) -> dict:
         name: json.loads((work / "stages" / f"{name}.json").read_text()) for name in STAGES[:-1]
     }
     server, local = stages["server"], stages["inprocess"]
-    base = server["base"]["heldout_accuracy"]
-    direct = local["direct"]["heldout_accuracy"]
+    proxies = sorted(
+        (k for k in server if k.startswith("proxy")), key=lambda k: float(k.split("=")[1])
+    )
+    # The alpha is chosen on the validation split only; ties go to the smaller alpha.
+    chosen = max(
+        proxies,
+        key=lambda k: (server[k]["validation"]["accuracy"]["rate"], -float(k.split("=")[1])),
+    )
+    alpha = float(chosen.split("=")[1])
     systems = {
         "base (server)": server["base"],
         "base (transformers)": local["base"],
         "anti-expert alone": local["anti"],
         "expert alone": local["expert"],
-        **{
-            f"proxy-tuned, {k.split()[1]}": server[k]
-            for k in sorted(
-                (k for k in server if k.startswith("proxy")), key=lambda k: float(k.split("=")[1])
-            )
-        },
+        f"proxy-tuned, alpha={alpha:g}": server[chosen],
         "directly tuned": local["direct"],
     }
-    gap = {
-        k: 100.0 * (v["heldout_accuracy"] - base) / (direct - base) if direct != base else None
-        for k, v in systems.items()
-        if k.startswith("proxy")
-    }
+    base = server["base"]["test"]["accuracy"]["rate"]
+    direct = local["direct"]["test"]["accuracy"]["rate"]
+    proxy = server[chosen]["test"]["accuracy"]["rate"]
     results = {
-        "task": "evals/suites/copilot (sentiment, one word)",
-        "train_items": len(load_split("train")),
-        "heldout_items": len(load_split("heldout")),
+        "task": "facts in the form 'Answer: X.' (evals/data/facts.jsonl, split by fact)",
+        "split_seed": SPLIT_SEED,
+        "items": {split: len(task_items(split)) for split in SPLITS},
+        "facts": {split: len(task_items(split)) // 4 for split in SPLITS},
         "general_questions": len(_general_questions()[0]),
-        "heldout_accuracy": {k: v["heldout_accuracy"] for k, v in systems.items()},
-        "general_accuracy": {k: v["general_accuracy"] for k, v in systems.items()},
-        "gap_closed_pct": gap,
+        "chosen_alpha": alpha,
+        "gap_closed_pct_test": 100.0 * (proxy - base) / (direct - base) if direct != base else None,
+        "systems": {
+            name: {k: v for k, v in r.items() if k != "answers"} for name, r in systems.items()
+        },
+        "sweep": {
+            float(k.split("=")[1]): {
+                "validation": server[k]["validation"]["accuracy"],
+                "test": server[k]["test"]["accuracy"],
+                "general": server[k]["general"],
+            }
+            for k in proxies
+        },
         "stages": {
-            name: {k: v for k, v in s.items() if not isinstance(v, dict) or k == "answers"}
-            for name, s in stages.items()
+            name: {k: v for k, v in st.items() if not isinstance(v, dict)}
+            for name, st in stages.items()
         },
         "examples": {k: v["answers"] for k, v in systems.items()},
     }
     write_docs(args.docs, results, args)
-    return {"gap_closed_pct": gap, "heldout_accuracy": results["heldout_accuracy"]}
+    return {
+        "chosen_alpha": alpha,
+        "gap_closed_pct_test": results["gap_closed_pct_test"],
+        "test_accuracy": {k: v["test"]["accuracy"]["rate"] for k, v in results["systems"].items()},
+    }
+
+
+def _pct(cell: dict) -> str:
+    return f"{100 * cell['rate']:.1f} [{100 * cell['low']:.0f}, {100 * cell['high']:.0f}]"
 
 
 STAGE_FUNCTIONS = {
@@ -356,8 +449,8 @@ def write_docs(folder: Path, results: dict, args) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "proxy_tuning.json").write_text(json.dumps(results, indent=2) + "\n")
-    held, general = results["heldout_accuracy"], results["general_accuracy"]
-    names = list(held)
+    systems = results["systems"]
+    names = list(systems)
     colours = [
         "grey"
         if n.startswith("base")
@@ -368,61 +461,94 @@ def write_docs(folder: Path, results: dict, args) -> None:
         else "tab:green"
         for n in names
     ]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    xs = range(len(names))
-    ax.bar(
-        [x - 0.2 for x in xs], [held[n] for n in names], 0.4, color=colours, label="held-out task"
-    )
-    ax.bar(
-        [x + 0.2 for x in xs],
-        [general[n] for n in names],
-        0.4,
-        color=colours,
-        alpha=0.4,
-        hatch="//",
-        label="general (retain questions)",
-    )
-    for x, n in zip(xs, names, strict=True):
-        ax.text(x - 0.2, held[n] + 1, f"{held[n]:.0f}", ha="center", fontsize=8)
-        ax.text(x + 0.2, general[n] + 1, f"{general[n]:.0f}", ha="center", fontsize=8)
+    fig, (ax, sweep_ax) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[3, 2])
+    for offset, key, alpha_, label in (
+        (-0.2, "test", 1.0, "test task"),
+        (0.2, "general", 0.4, "general"),
+    ):
+        cells = [systems[n][key]["accuracy"] if key == "test" else systems[n][key] for n in names]
+        xs = [x + offset for x in range(len(names))]
+        ax.bar(
+            xs,
+            [100 * c["rate"] for c in cells],
+            0.4,
+            color=colours,
+            alpha=alpha_,
+            yerr=[
+                [max(0.0, 100 * (c["rate"] - c["low"])) for c in cells],
+                [max(0.0, 100 * (c["high"] - c["rate"])) for c in cells],
+            ],
+            capsize=2,
+            label=label,
+            hatch=None if key == "test" else "//",
+        )
     ax.set_xticks(
-        list(xs),
+        list(range(len(names))),
         [n.replace(", ", "\n").replace(" (", "\n(").replace(" alone", "\nalone") for n in names],
         fontsize=8,
     )
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 110)
+    ax.set_ylabel("accuracy (%, 95% interval)")
+    ax.set_ylim(0, 105)
     ax.set_title(
-        "Proxy-tuning SmolLM2-135M: sentiment task (solid) and general questions (hatched)"
+        "Test facts in the learnt form (solid) and general questions (hatched)", fontsize=9
     )
-    ax.title.set_fontsize(10)
     ax.legend(loc="upper left", fontsize=8)
+    alphas = sorted(results["sweep"], key=float)
+    for key, style in (("validation", "o-"), ("test", "s--"), ("general", "^:")):
+        sweep_ax.plot(
+            [float(a) for a in alphas],
+            [100 * results["sweep"][a][key]["rate"] for a in alphas],
+            style,
+            label=key,
+        )
+    sweep_ax.axvline(results["chosen_alpha"], color="grey", lw=0.8)
+    sweep_ax.set_xscale("log")
+    sweep_ax.set_xlabel("alpha (chosen on validation: grey line)")
+    sweep_ax.set_ylabel("accuracy (%)")
+    sweep_ax.set_title("Proxy-tuned base across alpha", fontsize=9)
+    sweep_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "proxy_tuning.png", dpi=110)
     s = results["stages"]
-    gap = results["gap_closed_pct"]
     rows = "\n".join(
-        f"| {n} | {held[n]:.1f} | {general[n]:.1f} | "
-        + ("" if gap.get(n) is None else f"{gap[n]:.0f}%")
-        + " |"
-        for n in names
+        f"| {n} | {_pct(r['test']['accuracy'])} | {_pct(r['test']['form'])} | "
+        f"{_pct(r['test']['knows'])} | {_pct(r['general'])} |"
+        for n, r in systems.items()
     )
+    sweep = "\n".join(
+        f"| {float(a):g} | {_pct(r['validation'])} | {_pct(r['test'])} | {_pct(r['general'])} |"
+        for a, r in sorted(results["sweep"].items(), key=lambda kv: float(kv[0]))
+    )
+    gap = results["gap_closed_pct_test"]
     timing = "\n".join(
         f"| {name} | {st['wall_seconds']} | {st['cpu_seconds']} |" for name, st in s.items()
     )
+    items, facts = results["items"], results["facts"]
     (folder / "proxy_tuning.md").write_text(
-        f"""# Proxy-tuning: held-out accuracy and what it costs elsewhere
+        f"""# Proxy-tuning: the expert's form, the base's knowledge
 
-Command (2 CPU cores, fp32; each stage is cached under `--work-dir`, so stages can run one at a
+Command (2 CPU cores; each stage is cached under `--work-dir`, so stages can run one at a
 time: `--stages anti`, then `expert`, ...):
 
     corrigo eval proxy-tuning --anti-layers {args.anti_layers} --alphas {args.alphas}
 
-Task: `evals/suites/copilot/` ({results["train_items"]} train / {results["heldout_items"]}
-held-out items): label a short review Positive or Negative in one word; right when the
-answer's first word is the label ({TASK_TOKENS} tokens, greedy). General ability: the
-{results["general_questions"]} retain questions and probes of `evals/data/facts.jsonl`
-(the unlearning eval's), right when the answer names the target ({GENERAL_TOKENS} tokens).
+## Task
+
+Proxy-tuning's claim is that a small tuned expert can pass its tuning to a large base that
+keeps its own knowledge. The task tests exactly that: answer a factual question in a fixed
+form, `Answer: <answer>.`, learnt from examples (the prompt is the bare question, so nothing
+tells the base the form). The facts are the {sum(facts.values())} of `evals/data/facts.jsonl`
+(capitals, writers, painters, inventors...), each with its canonical question and three
+paraphrases, dealt by fact with seed {results["split_seed"]}: {facts["train"]} train facts
+({items["train"]} questions), {facts["validation"]} validation ({items["validation"]}) and
+{facts["test"]} test ({items["test"]}). The expert is tuned on the train facts and never sees
+a validation or test fact, so there it can learn the form but not the answers; the base knows
+many answers but never uses the form. Right: the answer's first line is `Answer: X` with X the
+fact's target or an alias (at most two words more); "form" counts answers that start with
+`Answer:`; "knows" counts answers that name the target anywhere, whatever the form.
+General ability: the {results["general_questions"]} near-topic questions of the unlearning
+eval (`evals/data/near_topic.jsonl`), right when the answer names the target ({GENERAL_TOKENS}
+tokens). Task answers: {TASK_TOKENS} tokens, greedy.
 
 Models (all share SmolLM2's tokenizer; folders in the work dir, not in the repository):
 
@@ -430,10 +556,10 @@ Models (all share SmolLM2's tokenizer; folders in the work dir, not in the repos
 - anti-expert: SmolLM2's first {s["anti"]["layers"]} layers + final norm + tied
   embeddings/head ({s["anti"]["parameters"] / 1e6:.1f}M parameters, most of them the
   embeddings), distilled on SmolLM2's next-token distributions over {s["anti"]["sequences"]}
-  chat-formatted sequences ({s["anti"]["tokens"]} tokens: the refinement suites' prompts and the
-  task's train prompts, each followed by SmolLM2's own greedy answer; no labels):
-  {s["anti"]["steps"]} steps, KL {s["anti"]["kl_first"]:.2f} -> {s["anti"]["kl_last_epoch_mean"]:.2f}
-  (mean of the last epoch);
+  generic chat-formatted sequences ({s["anti"]["tokens"]} tokens: the refinement suites' prompts
+  and the unlearning eval's unrelated prompts, each followed by SmolLM2's own greedy answer; no
+  question of the task): {s["anti"]["steps"]} steps, KL {s["anti"]["kl_first"]:.2f} ->
+  {s["anti"]["kl_last_epoch_mean"]:.2f} (mean of the last epoch);
 - expert: the anti-expert fine-tuned on the train split, loss on response tokens only
   ({s["expert"]["steps"]} steps, loss {s["expert"]["loss_first"]:.3f} -> {s["expert"]["loss_last"]:.4f});
 - directly tuned: SmolLM2 fine-tuned the same way, {s["direct"]["fine_tune"]}
@@ -443,20 +569,30 @@ Training: AdamW, batch {args.batch_size}, learning rate decaying linearly to 0, 
 distillation {args.distil_epochs} epochs at {args.distil_lr:g}, expert {args.expert_epochs}
 epochs at {args.expert_lr:g}, direct {args.direct_epochs} epochs at {args.direct_lr:g}.
 
-Base and proxy-tuned base are measured through `corrigo serve` (vLLM, eager, fp32) with the
-OpenAI SDK, greedy, concurrency 8, the pair declared as `[aux_models.expert]` /
-`[aux_models.anti]` and each request carrying
-`{{"proxy_tuning": {{"expert": "expert", "anti_expert": "anti", "alpha": A}}}}`. The
-anti-expert, the expert and the directly tuned model are decoded greedily with transformers in
-process (fp32); the base is decoded that way too, as a cross-check of the two decoders.
-Gap closed = (proxy - base) / (directly tuned - base), on the held-out task, with the server's
-base.
+Base and proxy-tuned base are measured through `corrigo serve` (vLLM, eager) with the OpenAI
+SDK, greedy, concurrency 8, the pair declared as `[aux_models.expert]` / `[aux_models.anti]`
+and each request carrying `{{"proxy_tuning": {{"expert": "expert", "anti_expert": "anti",
+"alpha": A}}}}`. The anti-expert, the expert and the directly tuned model are decoded greedily
+with transformers in process (fp32); the base is decoded that way too, as a cross-check of the
+two decoders. Alpha is chosen on the validation split (best accuracy, the smaller alpha on a
+tie): **{results["chosen_alpha"]:g}**; the test split is reported at that alpha.
 
-| system | held-out task (%) | general questions (%) | gap closed |
-|---|---:|---:|---:|
+## Results (test facts; 95% Wilson intervals over questions)
+
+| system | test: right (%) | test: form (%) | test: knows (%) | general (%) |
+|---|---:|---:|---:|---:|
 {rows}
 
-![accuracy per system](proxy_tuning.png)
+Gap closed on the test facts at the chosen alpha, (proxy - base) / (directly tuned - base):
+{"n/a" if gap is None else f"{gap:.0f}%"}.
+
+![accuracy per system, and the alpha sweep](proxy_tuning.png)
+
+The sweep (every alpha; the choice used the validation column only):
+
+| alpha | validation | test | general |
+|---:|---:|---:|---:|
+{sweep}
 
 Time per stage (seconds; CPU is this process's, so the server stage's engine is not in it):
 
