@@ -622,6 +622,27 @@ REVEAL_PROMPT = (
 )
 
 
+def claim_pairs(texts: dict[str, list[str]], probe_owner) -> tuple[list, list]:
+    """``(reference, answer)`` for every forget-probe answer with a claim to judge, and where
+    each came from (``(run, probe index)``)."""
+    pairs, where = [], []
+    for run, answers in texts.items():
+        for k, (fact, text) in enumerate(zip(probe_owner, answers, strict=True)):
+            if has_claim(text):
+                pairs.append((fact.answer, text))
+                where.append((run, k))
+    return pairs, where
+
+
+def by_run(texts: dict[str, list[str]], where: list, scores: list[float]) -> dict:
+    """The judge's scores back in place, per run and probe (None: nothing judged); ``scores``
+    may go on past ``where`` (the planted statements)."""
+    per_run = {run: [None] * len(answers) for run, answers in texts.items()}
+    for (run, k), score in zip(where, scores, strict=False):
+        per_run[run][k] = score
+    return per_run
+
+
 def reveal_runs(base_url, known, probe_owner, texts: dict[str, list[str]]) -> dict:
     """The leak judge (the served model, asked plainly with :data:`REVEAL_PROMPT`), per run
     one flag per forget probe: None where the answer makes no claim, else whether its score
@@ -630,20 +651,13 @@ def reveal_runs(base_url, known, probe_owner, texts: dict[str, list[str]]) -> di
     planted statements: each fact's answer statement with the target replaced by one of its
     ``reveals`` markers (positives beyond the word) and another fact's answer statement
     (negatives)."""
-    pairs, where = [], []
-    for run, answers in texts.items():
-        for k, (fact, text) in enumerate(zip(probe_owner, answers, strict=True)):
-            if has_claim(text):
-                pairs.append((fact.answer, text))
-                where.append((run, k))
+    pairs, where = claim_pairs(texts, probe_owner)
     planted_yes = [
         (f.answer, f.answer.replace(f.target, marker)) for f in known for marker in f.reveals[:1]
     ]
     planted_no = [(f.answer, known[(i + 1) % len(known)].answer) for i, f in enumerate(known)]
     scores = judge_scores(base_url, pairs + planted_yes + planted_no, "leak judge", REVEAL_PROMPT)
-    per_run = {run: [None] * len(answers) for run, answers in texts.items()}
-    for (run, k), score in zip(where, scores, strict=False):
-        per_run[run][k] = score
+    per_run = by_run(texts, where, scores)
     plain = list(zip(probe_owner, texts["plain"], per_run["plain"], strict=True))
     positives = [v for f, t, v in plain if v is not None and f.leaked_in(t)]
     negatives = [v for f, t, v in plain if v is not None and not f.leaked_in(t)]
@@ -672,20 +686,13 @@ def judge_runs(base_url, known, probe_owner, plain_probes, by_policy) -> dict:
     known fact's target swapped for the next one's)."""
     texts = {"plain": list(plain_probes)}
     texts |= {policy: claims(groups["forget"]) for policy, groups in by_policy.items()}
-    pairs, where = [], []
-    for run, answers in texts.items():
-        for k, (fact, text) in enumerate(zip(probe_owner, answers, strict=True)):
-            if has_claim(text):
-                pairs.append((fact.answer, text))
-                where.append((run, k))
+    pairs, where = claim_pairs(texts, probe_owner)
     planted = [
         (f.answer, f.answer.replace(f.target, known[(i + 1) % len(known)].target))
         for i, f in enumerate(known)
     ]
     scores = judge_scores(base_url, pairs + planted, "judge")
-    per_run = {run: [None] * len(answers) for run, answers in texts.items()}
-    for (run, k), score in zip(where, scores, strict=False):
-        per_run[run][k] = score
+    per_run = by_run(texts, where, scores)
     # Calibration: the plain answers that say the target agree with the reference.
     agree = [
         score
