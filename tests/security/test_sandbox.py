@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from server.refinement.sandbox.rootfs import root_files
 from server.refinement.sandbox.runner import DEFAULT_UID_BASE
 
 from .support import LoopbackListener
@@ -646,3 +647,13 @@ def test_the_server_reports_its_sandbox_in_ready(http):
     detail = http.get("/ready").json()["sandbox"]
     assert detail["enabled"] and detail["isolation"] == "namespaces"
     assert detail["available"], detail
+
+
+def test_the_interpreter_s_libraries_are_found_as_the_sandbox_loads_them(tmp_path, monkeypatch):
+    # An imported library may set the server's LD_LIBRARY_PATH (opencv does); the sandbox
+    # starts with a clean environment, so its libraries must not come from there.
+    libs = [p for p in root_files().binds if p.endswith(".so") or ".so." in p]
+    shadow = tmp_path / os.path.basename(libs[0])
+    shutil.copy(libs[0], shadow)
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(tmp_path))
+    assert str(shadow) not in root_files().binds

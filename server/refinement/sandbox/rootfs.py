@@ -32,10 +32,17 @@ class RootFilesError(RuntimeError):
     """The interpreter's files could not be worked out (the sandbox is then unavailable)."""
 
 
+#: The environment the sandbox's processes start with: nothing of the server's.
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
 def _ldd(paths: list[str]) -> set[str]:
+    # Resolved as the sandboxed interpreter loads them, in CLEAN_ENV: the server's own
+    # LD_LIBRARY_PATH (which a library it imported may have set: opencv does) would otherwise
+    # pick libraries from wherever that points and bind them into the sandbox.
     try:
         out = subprocess.run(
-            ["ldd", *paths], capture_output=True, text=True, timeout=60, check=False
+            ["ldd", *paths], capture_output=True, text=True, timeout=60, check=False, env=CLEAN_ENV
         ).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RootFilesError(f"cannot list the interpreter's libraries (ldd: {exc})") from None

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from . import seccomp
 from .cgroups import CgroupSupport, RunCgroup, detect
 from .launcher import SETUP_FAILED
-from .rootfs import RootFiles, RootFilesError, root_files
+from .rootfs import CLEAN_ENV, RootFiles, RootFilesError, root_files
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class SandboxUnavailable(RuntimeError):
 
 
 #: The launcher's environment: nothing of the server's.
-LAUNCHER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+LAUNCHER_ENV = CLEAN_ENV
 
 
 def _launcher_argv(settings: dict) -> list[str]:
