@@ -8,9 +8,18 @@ import pytest
 
 from decoding.correction import parse_correction
 from decoding.params import CorrectionError
-from decoding.refinement import Generation, VerifyContext, build_verifier, parse_verifier, refine
+from decoding.refinement import (
+    VERIFIER_TYPES_CONTEXT,
+    Generation,
+    VerifyContext,
+    build_verifier,
+    parse_verifier,
+    refine,
+)
 from decoding.refinement.answers import Answer, ToolCall, tool_calls_of
 from decoding.refinement.text_verifiers import SCHEMA_TARGETS
+from server.refinement import webhook
+from server.refinement.verifiers import SERVER_VERIFIER_TYPES
 
 QUESTION = [{"role": "user", "content": "Answer yes or no with a tool."}]
 ARGS = {
@@ -114,3 +123,25 @@ def test_repeated_tool_calls_are_a_repeated_answer():
     p = parse_correction({"refinement": {"verifier": ON_CALLS, "max_rounds": 3}})
     out = asyncio.run(refine(p.refinement, QUESTION, script))
     assert out.stop_reason == "repeated_answer" and len(out.candidates) == 2
+
+
+def test_a_webhook_receives_the_tool_calls(monkeypatch):
+    posted = []
+
+    async def post_json(url, body, *, timeout):
+        posted.append(body)
+        return 200, b'{"accepted": true}'
+
+    monkeypatch.setattr(webhook, "post_json", post_json)
+    context = {
+        VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES,
+        "verifier_url_prefixes": ["http://127.0.0.1:"],
+    }
+    spec = parse_verifier({"type": "webhook", "url": "http://127.0.0.1:9/v"}, context)
+    verifier = build_verifier(spec, SERVER_VERIFIER_TYPES)
+    answer = Answer("text", calls('{"answer": "no"}'))
+    assert asyncio.run(verifier.verify(answer, VerifyContext(QUESTION))).accepted
+    assert asyncio.run(verifier.verify("text", VerifyContext(QUESTION))).accepted
+    assert posted[0]["candidate"] == "text"
+    assert posted[0]["tool_calls"] == [{"name": "pick", "arguments": '{"answer": "no"}'}]
+    assert "tool_calls" not in posted[1]
