@@ -10,17 +10,21 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .answers import ToolCall
+
 #: A chat message as the OpenAI API carries it: ``{"role": ..., "content": ...}``.
 Message = Mapping[str, object]
 
 
 @dataclass(frozen=True)
 class Generation:
-    """One completion: its text, how many tokens it took, and why it ended."""
+    """One completion: its text, how many tokens it took, why it ended, and the tool calls its
+    message made."""
 
     text: str
     tokens: int
     finish_reason: str | None = "stop"
+    tool_calls: tuple[ToolCall, ...] = ()
     #: The engine's own record of it (opaque to the loop; the server builds its response from it).
     payload: Any = field(default=None, compare=False, repr=False)
 

@@ -137,9 +137,9 @@ async def _truth(run: RefinementRun, chosen: Candidate, types: VerifierTypes) ->
             return None
         return Truth(draft.verdict.accepted, chosen.verdict.accepted)
     judge = build_verifier(run.params.truth, types)
-    draft_ok = (await run.verify_in_budget(draft.text, judge)).accepted
+    draft_ok = (await run.verify_in_budget(draft.answer, judge)).accepted
     chosen_ok = (
-        draft_ok if chosen is draft else (await run.verify_in_budget(chosen.text, judge)).accepted
+        draft_ok if chosen is draft else (await run.verify_in_budget(chosen.answer, judge)).accepted
     )
     return Truth(draft_ok, chosen_ok)
 

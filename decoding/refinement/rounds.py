@@ -56,13 +56,21 @@ def answer_key(candidate: Candidate) -> str:
     for leaf in candidate.verdict.leaves():
         if "answer" in leaf.details:
             return normalise(str(leaf.details["answer"]))
-    return normalise(candidate.text)
+    return normalise(turn_text(candidate))
 
 
 def after(run: RefinementRun, candidate: Candidate, turn: str) -> list[Message]:
     """The request's conversation, the candidate as the assistant's turn, then ``turn``."""
     return [
         *run.messages,
-        {"role": "assistant", "content": candidate.text},
+        {"role": "assistant", "content": turn_text(candidate)},
         {"role": "user", "content": turn},
     ]
+
+
+def turn_text(candidate: Candidate) -> str:
+    """The candidate as text: its content, then one line per tool call it made. The calls are
+    written out rather than sent as ``tool_calls``: a call whose arguments are not JSON (what a
+    verifier may have rejected) is no valid message, and every chat template renders text."""
+    calls = [f"Tool call: {c.name}({c.arguments})" for c in candidate.tool_calls]
+    return "\n".join([part for part in (candidate.text, *calls) if part])

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .answers import Answer, ToolCall
 from .budget import WALL_TIME, Budget
 from .generation import GenerateFn, Generation, GenerationRefused, Message
 from .params import RefinementParams, RefinementPrompts
@@ -40,15 +41,25 @@ class Candidate:
     verdict: Verdict
     #: The generation's engine record (see :attr:`Generation.payload`).
     payload: Any = field(default=None, compare=False, repr=False)
+    #: The tool calls its message made.
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    @property
+    def answer(self) -> Answer:
+        """What verifiers read: the text with the tool calls."""
+        return Answer(self.text, self.tool_calls)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "round": self.index,
             "step": self.step,
             "tokens": self.tokens,
             "finish_reason": self.finish_reason,
             "verdict": self.verdict.to_json(),
         }
+        if self.tool_calls:
+            out["tool_calls"] = [call.to_json() for call in self.tool_calls]
+        return out
 
 
 class RefinementRun:
@@ -198,7 +209,7 @@ class RefinementRun:
 
     async def add(self, generation: Generation, step: str) -> Candidate:
         """Verify ``generation`` and record it as the next candidate."""
-        verdict = await self.verify_in_budget(generation.text)
+        verdict = await self.verify_in_budget(Answer(generation.text, generation.tool_calls))
         candidate = Candidate(
             len(self.candidates),
             step,
@@ -207,6 +218,7 @@ class RefinementRun:
             generation.finish_reason,
             verdict,
             generation.payload,
+            generation.tool_calls,
         )
         self.candidates.append(candidate)
         if self.on_candidate is not None:

@@ -28,7 +28,15 @@ from .aggregate import Aggregate
 from .generation import user_text
 from .localize import Localize
 from .params import StrategyName
-from .rounds import Strategy, after, answer_key, feedback_turn, rewrite, start_or_draft
+from .rounds import (
+    Strategy,
+    after,
+    answer_key,
+    feedback_turn,
+    rewrite,
+    start_or_draft,
+    turn_text,
+)
 from .run import RefinementRun
 
 
@@ -47,7 +55,7 @@ class TryAgain(Strategy):
             turn = feedback_turn(run, run.prompts.try_again, candidate)
             # The whole exchange stays in context: only negative feedback enters it (UFO).
             messages += [
-                {"role": "assistant", "content": candidate.text},
+                {"role": "assistant", "content": turn_text(candidate)},
                 {"role": "user", "content": turn},
             ]
             generations = await run.generate(messages, temperature=run.params.temperature)
@@ -152,7 +160,7 @@ class Decompose(Strategy):
                 if listed is None:
                     return
                 constraints = parse_constraints(listed[0].text, run.params.max_constraints)
-            failed = await self._critique(run, constraints, candidate.text)
+            failed = await self._critique(run, constraints, turn_text(candidate))
             if failed is None:
                 return
             own = "\n".join(f"- {c}" for c in failed) or "The answer does not meet the request."

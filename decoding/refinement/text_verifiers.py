@@ -12,11 +12,12 @@ import json
 import math
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, FiniteFloat, field_validator, model_validator
 
 from ..params import NestedFieldError
+from .answers import tool_calls_of
 from .json_schemas import build_validator, check_schema, validation_errors
 from .patterns import PatternTimeout, check_deadline, compile_pattern, run_bounded
 from .verdict import Verdict, failed, passed
@@ -89,13 +90,23 @@ def extract_json(text: str) -> Any:
     raise ValueError("no JSON value found")
 
 
+#: What a ``json_schema`` verifier checks: the message's text, or its tool calls' arguments.
+SchemaTarget = Literal["content", "tool_calls"]
+SCHEMA_TARGETS: tuple[str, ...] = get_args(SchemaTarget)
+
+
 class JsonSchemaParams(VerifierParams):
     """Accept when the candidate holds JSON valid against ``schema`` (any draft
     ``jsonschema`` knows; ``$schema`` picks it, else the latest). References resolve within
-    the schema only; see decoding/refinement/json_schemas.py for the other limits."""
+    the schema only; see decoding/refinement/json_schemas.py for the other limits.
+
+    ``target``: ``"content"`` reads the JSON in the message's text; ``"tool_calls"`` checks the
+    arguments of every tool call the message made (each must parse as JSON and be valid), and
+    rejects a message that made none."""
 
     type: Literal["json_schema"] = "json_schema"
     json_schema: dict[str, Any] = Field(alias="schema")
+    target: SchemaTarget = "content"
 
     @field_validator("json_schema")
     @classmethod
@@ -112,6 +123,7 @@ class JsonSchemaVerifier:
 
     def __init__(self, params: JsonSchemaParams) -> None:
         self.validator = build_validator(params.json_schema)
+        self.target = params.target
 
     def _check(self, candidate: str) -> Verdict:
         try:
@@ -120,26 +132,50 @@ class JsonSchemaVerifier:
             return failed(self.name, "The answer's JSON is nested too deeply to check.")
         except ValueError:
             return failed(self.name, "The answer must be a JSON value; none was found.")
+        return self._validate(value, "The answer's JSON is", "The JSON does")
+
+    def _check_tool_calls(self, candidate: str) -> Verdict:
+        """Every call's arguments valid; the first failing call decides the verdict."""
+        calls = tool_calls_of(candidate)
+        if not calls:
+            return failed(self.name, "The answer must call a tool; it made no tool call.")
+        for i, call in enumerate(calls):
+            what = f"The arguments of tool call {i} ({call.name})"
+            try:
+                value = json.loads(call.arguments)
+            except RecursionError:
+                return failed(self.name, f"{what} are nested too deeply to check.", call=i)
+            except ValueError:
+                return failed(self.name, f"{what} must be JSON; they are not.", call=i)
+            verdict = self._validate(value, f"{what} are", f"{what} do", call=i)
+            if not verdict.accepted:
+                return verdict
+        return passed(self.name, calls=len(calls))
+
+    def _validate(self, value: Any, it_is: str, it_does: str, **details: Any) -> Verdict:
+        """``value`` against the schema; the feedback names it ``it_is`` / ``it_does``."""
         try:
             errors, count = validation_errors(self.validator, value)
         except RecursionError:
-            return failed(self.name, "The answer's JSON is nested too deeply to check.")
+            return failed(self.name, f"{it_is} nested too deeply to check.", **details)
         if not errors:
-            return passed(self.name)
+            return passed(self.name, **details)
         lines = [
             f"- at {'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
             for e in errors
         ]
         return failed(
             self.name,
-            "The JSON does not match the required schema:\n" + "\n".join(lines),
+            f"{it_does} not match the required schema:\n" + "\n".join(lines),
             score=0.5,
             errors=count,
+            **details,
         )
 
     async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
+        check = self._check_tool_calls if self.target == "tool_calls" else self._check
         try:
-            return await run_bounded(self._check, candidate)
+            return await run_bounded(check, candidate)
         except PatternTimeout:
             return _timed_out(self.name)
 

@@ -47,6 +47,7 @@ from decoding.refinement import (
     VerifyContext,
     refine,
 )
+from decoding.refinement.answers import ToolCall
 from decoding.refinement.generation import GenerateFn
 from decoding.refinement.verifier_types import verifier_types_in
 from decoding.spec import WIRE_KEY, CorrectionSpec
@@ -209,7 +210,13 @@ class RefinementDriver:
             shares = [total // len(result.choices)] * len(result.choices)
             shares[-1] += total - sum(shares)
             return [
-                Generation(c.message.content or "", share, c.finish_reason, payload=(result, c))
+                Generation(
+                    c.message.content or "",
+                    share,
+                    c.finish_reason,
+                    _tool_calls(c.message),
+                    payload=(result, c),
+                )
                 for c, share in zip(result.choices, shares, strict=True)
             ]
 
@@ -288,14 +295,9 @@ class RefinementDriver:
         return correction_report(ex.correction, self.runtime.registry, refinement=outcome.report())
 
     def _response(self, outcome: Outcome, usage: _Usage, ex) -> dict[str, Any]:
-        result, choice = outcome.chosen.payload
+        result, _ = outcome.chosen.payload
         payload = result.model_dump()
-        answer = choice.model_dump()
-        if outcome.chosen.text != (answer["message"].get("content") or ""):
-            # The candidate holds more than this generation: localize keeps the correct steps
-            # before its rewrite (decoding/refinement/localize.py).
-            answer["message"]["content"] = outcome.chosen.text
-        payload["choices"] = [{**answer, "index": 0}]
+        payload["choices"] = [_answer(outcome)]
         payload["usage"] = usage.to_json()
         if ex.profile is not None:
             payload["model"] = ex.profile.name
@@ -362,11 +364,8 @@ class RefinementDriver:
             self.metrics.time_to_first_token.labels(ex.model, ex.endpoint.value).observe(
                 time.perf_counter() - ex.started
             )
-            chosen = outcome.chosen
-            delta = {"index": 0, "logprobs": None, "finish_reason": None}
-            yield chunk([{**delta, "delta": {"role": "assistant", "content": ""}}])
-            yield chunk([{**delta, "delta": {"content": chosen.text}}])
-            yield chunk([{**delta, "delta": {}, "finish_reason": chosen.finish_reason}])
+            for choice in _answer_chunks(_answer(outcome)):
+                yield chunk([choice])
             if ex.client_wants_usage:
                 yield chunk([], usage=usage.to_json())
             yield chunk([], correction=self._report(outcome, ex))
@@ -399,6 +398,44 @@ class _RoundSeeds:
         if seed is not None:
             self.next = seed + n
         return seed
+
+
+def _answer(outcome: Outcome) -> dict[str, Any]:
+    """The chosen candidate's choice, as its round's response has it (``message`` with
+    ``tool_calls``, ``logprobs`` when asked, ``finish_reason``)."""
+    _, choice = outcome.chosen.payload
+    answer = choice.model_dump()
+    if outcome.chosen.text != (answer["message"].get("content") or ""):
+        # The candidate holds more than this generation: localize keeps the correct steps
+        # before its rewrite (decoding/refinement/localize.py). Its logprobs cover the
+        # rewrite only, so none are reported rather than ones that do not add up.
+        answer["message"]["content"] = outcome.chosen.text
+        answer["logprobs"] = None
+    return {**answer, "index": 0}
+
+
+def _tool_calls(message: Any) -> tuple[ToolCall, ...]:
+    """The tool calls of a round's message (vLLM's parsed ``tool_calls``), for verifiers."""
+    return tuple(
+        ToolCall(call.function.name, call.function.arguments) for call in message.tool_calls or ()
+    )
+
+
+def _answer_chunks(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chosen answer (a non-streamed response's choice) as streamed choices, in the
+    OpenAI format: the role, the content with its logprobs, one delta per tool call (whole:
+    the answer is complete before it is sent), then the finish reason."""
+    message = answer["message"]
+    base = {"index": 0, "logprobs": None, "finish_reason": None}
+    chunks = [{**base, "delta": {"role": "assistant", "content": ""}}]
+    content, logprobs = message.get("content"), answer.get("logprobs")
+    if content or logprobs:
+        chunks.append({**base, "delta": {"content": content or ""}, "logprobs": logprobs})
+    for i, call in enumerate(message.get("tool_calls") or ()):
+        delta = {"index": i, "id": call["id"], "type": "function", "function": call["function"]}
+        chunks.append({**base, "delta": {"tool_calls": [delta]}})
+    chunks.append({**base, "delta": {}, "finish_reason": answer.get("finish_reason")})
+    return chunks
 
 
 def _smallest(*limits: int | None) -> int | None:

@@ -1,6 +1,8 @@
 """The ``webhook`` verifier: POST the candidate to a URL and read the verdict back.
 
-Request body: ``{"candidate": str, "messages": [...], "metadata": {...}}``. The endpoint
+Request body: ``{"candidate": str, "messages": [...], "metadata": {...}}``, and
+``"tool_calls": [{"name": str, "arguments": str}, ...]`` when the round's message made tool
+calls. The endpoint
 answers ``{"accepted": bool, "score": float (optional, default 1/0), "feedback": str
 (optional)}``. Timeouts, connection errors and 5xx answers are retried (``retries`` times,
 exponential backoff); what still fails is a rejection. The URL is the allow-list's canonical
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, FiniteFloat, field_validator
 
+from decoding.refinement.answers import tool_calls_of
 from decoding.refinement.urls import check_url
 from decoding.refinement.verdict import Verdict
 from decoding.refinement.verifier import VerifierParams, VerifierType, VerifyContext
@@ -51,11 +54,14 @@ class WebhookVerifier:
         self.exact = params.exact
 
     async def verify(self, candidate: str, ctx: VerifyContext) -> Verdict:
-        body = {
+        body: dict[str, Any] = {
             "candidate": candidate,
             "messages": [dict(m) for m in ctx.messages],
             "metadata": self.params.metadata,
         }
+        calls = tool_calls_of(candidate)
+        if calls:  # the round's message made tool calls (decoding/refinement/answers.py)
+            body["tool_calls"] = [call.to_json() for call in calls]
         answer = await self._post(body)
         accepted = answer.get("accepted")
         if not isinstance(accepted, bool):

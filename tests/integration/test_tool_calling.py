@@ -150,3 +150,85 @@ def test_streamed_tool_call_deltas_add_up_to_the_unstreamed_call(tiny, tool_choi
     assert finish == whole.choices[0].finish_reason
     if correction != "none":
         assert report is not None and report["plugins"] == list(CORRECTIONS[correction])
+
+
+#: The arguments ``pick`` may take, and ones the tool's own schema rules out (so never made).
+ANY_ANSWER = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}}
+NEVER_ANSWER = {"type": "object", "properties": {"answer": {"const": "maybe"}}}
+PICK = {"type": "function", "function": {"name": "pick"}}
+
+
+def refine_on_calls(schema: dict, max_rounds: int = 1) -> dict:
+    verifier = {"type": "json_schema", "schema": schema, "target": "tool_calls"}
+    return {"refinement": {"verifier": verifier, "max_rounds": max_rounds}}
+
+
+def streamed(chunks) -> tuple[list[tuple[str, dict]], list, str | None, dict | None]:
+    """The tool calls, content logprobs, finish reason and correction report of a stream."""
+    names: dict[int, str] = {}
+    arguments: dict[int, str] = {}
+    logprobs, finish, report = [], None, None
+    for chunk in chunks:
+        report = chunk.model_extra.get("correction") or report
+        for c in chunk.choices:
+            for delta in c.delta.tool_calls or []:
+                if delta.function and delta.function.name:
+                    names[delta.index] = delta.function.name
+                if delta.function and delta.function.arguments:
+                    arguments[delta.index] = (
+                        arguments.get(delta.index, "") + delta.function.arguments
+                    )
+            if c.logprobs and c.logprobs.content:
+                logprobs += c.logprobs.content
+            finish = c.finish_reason or finish
+    calls = [(names[i], json.loads(arguments[i])) for i in sorted(names)]
+    return calls, logprobs, finish, report
+
+
+def test_refinement_verifies_tool_call_arguments_and_keeps_the_call_and_logprobs(tiny):
+    """The verifier reads the round's tool call: a schema its arguments meet accepts the draft
+    (its text is empty, so a verifier of the text alone would reject it); the answer keeps the
+    call and the logprobs, streamed (as OpenAI tool-call deltas) and not."""
+    asked = {"logprobs": True, "top_logprobs": 2}
+    whole = ask(tiny, PICK, refine_on_calls(ANY_ANSWER), **asked)
+    choice = whole.choices[0]
+    report = whole.model_extra["correction"]["refinement"]
+    assert (report["rounds"], report["accepted"], report["stop_reason"]) == (1, True, "accepted")
+    calls = calls_of(choice.message)
+    assert [name for name, _ in calls] == ["pick"]
+    check_answers(calls, "none")
+    assert choice.message.tool_calls[0].id and choice.message.tool_calls[0].type == "function"
+    assert report["candidates"][0]["tool_calls"] == [
+        {"name": "pick", "arguments": choice.message.tool_calls[0].function.arguments}
+    ]
+    tokens = choice.logprobs.content
+    assert tokens and all(len(t.top_logprobs) == 2 for t in tokens)
+    assert '"answer"' in "".join(t.token for t in tokens)
+
+    stream_calls, stream_logprobs, finish, stream_report = streamed(
+        ask(tiny, PICK, refine_on_calls(ANY_ANSWER), stream=True, **asked)
+    )
+    assert stream_calls == calls and finish == choice.finish_reason
+    assert [(t.token, t.logprob) for t in stream_logprobs] == [(t.token, t.logprob) for t in tokens]
+    assert stream_report["refinement"]["accepted"] is True
+
+    # Logprobs only when asked.
+    plain = ask(tiny, PICK, refine_on_calls(ANY_ANSWER))
+    assert plain.choices[0].logprobs is None and calls_of(plain.choices[0].message) == calls
+    assert streamed(ask(tiny, PICK, refine_on_calls(ANY_ANSWER), stream=True))[1] == []
+
+
+def test_refinement_rejects_tool_call_arguments_against_the_schema(tiny):
+    """Arguments the verifier's schema rules out are rejected round after round, with the
+    schema's error as feedback; the answer still carries the kept round's tool call."""
+    response = ask(tiny, PICK, refine_on_calls(NEVER_ANSWER, max_rounds=2))
+    report = response.model_extra["correction"]["refinement"]
+    assert (report["rounds"], report["accepted"]) == (2, False)
+    for candidate in report["candidates"]:
+        verdict = candidate["verdict"]
+        assert verdict["accepted"] is False and verdict["score"] == 0.5
+        assert "tool call 0 (pick)" in verdict["feedback"] and "'maybe'" in verdict["feedback"]
+        assert [c["name"] for c in candidate["tool_calls"]] == ["pick"]
+    calls = calls_of(response.choices[0].message)
+    assert [name for name, _ in calls] == ["pick"]
+    check_answers(calls, "none")
