@@ -305,19 +305,15 @@ def build_router(
     def _content_filter_chunk(first: dict[str, Any], ex: Exchange, n: int) -> str:
         """The last chunk of a stream whose corrections exhausted a grammar: every choice
         ends with ``finish_reason = "content_filter"`` (what it streamed so far stands)."""
-        chat = ex.endpoint is Endpoint.CHAT
-        finish = {"delta": {}} if chat else {"text": ""}
-        chunk = {
-            "id": first.get("id"),
-            "object": ex.endpoint.chunk_object,
-            "created": first.get("created"),
-            "model": first.get("model", ex.model),
-            "choices": [
+        finish = {"delta": {}} if ex.endpoint is Endpoint.CHAT else {"text": ""}
+        return _chunk(
+            first,
+            ex,
+            [
                 {"index": i, **finish, "logprobs": None, "finish_reason": CONTENT_FILTER}
                 for i in range(n)
             ],
-        }
-        return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+        )
 
     async def _relay_events(events: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[str]:
         """vLLM's Responses stream events as SSE, as vLLM's own route sends them; the final
@@ -389,13 +385,18 @@ def build_router(
 
     async def _report_chunk(first: dict[str, Any], ex: Exchange) -> str:
         assert ex.correction is not None
+        return _chunk(first, ex, [], correction=await _report(ex))
+
+    def _chunk(first: dict[str, Any], ex: Exchange, choices: list, **extra: Any) -> str:
+        """An SSE chunk of corrigo's own in the stream's shape (its id, object, created and
+        model, from the stream's ``first`` chunk)."""
         chunk = {
             "id": first.get("id"),
             "object": ex.endpoint.chunk_object,
             "created": first.get("created"),
             "model": first.get("model", ex.model),
-            "choices": [],
-            "correction": await _report(ex),
+            "choices": choices,
+            **extra,
         }
         return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
