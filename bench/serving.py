@@ -9,7 +9,8 @@ client, through /v1/completions (same prompt text as direct) and /v1/chat/comple
     .venv/bin/python -m bench.serving                      # embedded SmolLM2, c = 1, 8, 32
     .venv/bin/python -m bench.serving --requests 64 --max-tokens 128 --concurrency 1 8
 
-Prints a markdown table (the one in docs/benchmarks.md) and writes JSON to bench/results/.
+Prints a markdown table and appends the run to docs/bench/serving.json (bench/results.py);
+``--table docs/bench/serving.json`` prints the latest run's table (the one in docs/benchmarks.md).
 
 Servers already running (each an OpenAI API serving ``--model``; one at a time, never two
 engines on one machine at once) are measured the same way, over HTTP only, and compared with the
@@ -24,8 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,10 +36,12 @@ from pathlib import Path
 import httpx
 import uvloop
 
+from bench.results import append_run, machine, read_runs
 from server.launcher import start_server
 from server.toml_writer import write_config
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "docs" / "bench"
 
 TOPICS = [
     "a lighthouse keeper",
@@ -215,12 +216,11 @@ async def bench_http(
         return runs
 
 
-def save_results(name: str, result: dict) -> Path:
-    """Write a benchmark's figures to bench/results/NAME-<time>.json (not committed)."""
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+def save_results(name: str, result: dict, meta: dict) -> Path:
+    """Append a run (``meta`` from :func:`bench.results.machine`, taken before it) to
+    docs/bench/NAME.json (or to NAME itself where it ends in .json); earlier runs stay."""
+    path = Path(name) if name.endswith(".json") else RESULTS_DIR / f"{name}.json"
+    append_run(path, json.loads(json.dumps(result, default=str)), meta)
     return path
 
 
@@ -261,11 +261,11 @@ def table(
 
 
 def load_runs(path: Path) -> list[Run]:
-    """The runs a results file of :func:`save_results` (or ``--out``) holds."""
+    """The measurements of the latest run in a results file of :func:`save_results`."""
     names = {f.name for f in fields(Run)}
     return [
         Run(**{k: v for k, v in r.items() if k in names})
-        for r in json.loads(path.read_text())["runs"]
+        for r in read_runs(path)[-1]["measurements"]
     ]
 
 
@@ -293,6 +293,7 @@ def bench_running(args) -> None:
 
     prompts, messages = chat_workload(AutoTokenizer.from_pretrained(args.model), args.requests)
     runs: list[Run] = []
+    meta = machine()
     for spec in args.url:
         system, _, url = spec.partition("=")
         model_id = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
@@ -303,14 +304,9 @@ def bench_running(args) -> None:
     result = {
         "args": vars(args),
         "model": args.model,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
-        "table": report,
+        "measurements": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
     }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2, default=str))
-    else:
-        save_results("serving-http", result)
+    save_results(args.out or "serving-http", result, meta)
 
 
 def main() -> None:
@@ -326,7 +322,10 @@ def main() -> None:
         metavar="NAME=URL",
         help="measure this running server instead (repeatable; needs --model, its folder)",
     )
-    parser.add_argument("--out", type=Path, help="JSON results file (with --url)")
+    parser.add_argument(
+        "--out",
+        help="with --url: results file, NAME.json or a name under docs/bench/ (default serving-http)",
+    )
     parser.add_argument(
         "--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved results"
     )
@@ -345,6 +344,7 @@ def main() -> None:
 
     from adapters.engine import resolve_model
 
+    meta = machine()
     model = resolve_model(args.model, None)
     engine_settings = {"max_model_len": 2048, "enforce_eager": not args.compiled}
     prompts, messages = chat_workload(AutoTokenizer.from_pretrained(model.path), args.requests)
@@ -379,10 +379,9 @@ def main() -> None:
             "args": vars(args),
             "engine": engine_settings,
             "model": model.model_id,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
-            "table": report,
+            "measurements": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
         },
+        meta,
     )
 
 
