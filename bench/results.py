@@ -92,9 +92,15 @@ def append_run(path: Path, run: dict[str, Any], meta: dict[str, Any]) -> list[di
     ):
         return runs
     runs = [*runs, {**meta, "load_average_after": load_average(), **run}]
+    write_runs(path, runs)
+    return runs
+
+
+def write_runs(path: Path, runs: list[dict[str, Any]]) -> None:
+    """Write ``runs`` as ``path``'s whole content (for a benchmark that saves its run in
+    progress after every measurement: the earlier runs it read first, then its own)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-    return runs
 
 
 #: Where a generated page's hand-written part starts: a rerun regenerates what comes before

@@ -2,7 +2,7 @@
 
 Both sides run the same model, the same engine arguments (corrigo's, logits processor
 included), the same prompts and the same sampling, one after the other on this machine (never
-two engines at once). "direct" drives ``AsyncLLM.generate`` in-process; "corrigo" is
+two engines at once), interleaved: direct, corrigo, corrigo, direct, ... (``--repeats`` each). "direct" drives ``AsyncLLM.generate`` in-process; "corrigo" is
 ``corrigo serve`` in a subprocess, driven over HTTP with streaming (SSE) by an asyncio + httpx
 client, through /v1/completions (same prompt text as direct) and /v1/chat/completions.
 
@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import httpx
@@ -72,6 +72,8 @@ class Run:
     wall_s: float
     ttft_p50_s: float
     ttft_p99_s: float
+    #: Which repeat of an interleaved (ABBA) benchmark this run belongs to.
+    repeat: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -141,7 +143,7 @@ async def bench_direct(model, engine_settings, prompts, args) -> list[Run]:
         runs = []
         for c in args.concurrency:
             wall, results = await run_pool(c, prompts, one)
-            runs.append(summarise("direct AsyncLLM", c, wall, results))
+            runs.append(summarise(DIRECT, c, wall, results))
             print(f"  direct c={c}: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
         return runs
     finally:
@@ -224,38 +226,54 @@ def save_results(name: str, result: dict, meta: dict) -> Path:
     return path
 
 
-def vs_direct(runs: list[Run]) -> Callable[[Run], Run]:
-    """Each run against the direct engine's at the same concurrency."""
-    direct = {r.concurrency: r for r in runs if r.system.startswith("direct")}
-    return lambda r: direct[r.concurrency]
+DIRECT = "direct AsyncLLM"
 
 
-def endpoint(run: Run) -> str:
-    return run.system.rsplit(" ", 1)[-1]
+def endpoint(system: str) -> str:
+    return system.rsplit(" ", 1)[-1]
 
 
-def vs_first_server(runs: list[Run]) -> Callable[[Run], Run]:
-    """Each run against the first server's on the same endpoint and concurrency."""
+def vs_direct(runs: list[Run]) -> Callable[[str], str]:
+    """Each system against the direct engine at the same concurrency."""
+    return lambda system: DIRECT
+
+
+def vs_first_server(runs: list[Run]) -> Callable[[str], str]:
+    """Each system against the first server's on the same endpoint."""
     first = runs[0].system.rsplit(" ", 1)[0]
-    base = {(r.concurrency, endpoint(r)): r for r in runs if r.system.rsplit(" ", 1)[0] == first}
-    return lambda r: base[(r.concurrency, endpoint(r))]
+    return lambda system: f"{first} {endpoint(system)}"
 
 
 def table(
-    runs: list[Run], baseline: Callable[[Run], Run] | None = None, label: str = "direct"
+    runs: list[Run], baseline: Callable[[str], str] | None = None, label: str = "direct"
 ) -> str:
-    """Markdown: each run's throughput and TTFT, and their ratios to ``baseline(run)`` (default:
-    the direct engine's run at the same concurrency), named ``label`` in the header."""
+    """Markdown: every system's runs at each concurrency (tok/s, in the order run), their min /
+    median / max, and the medians of throughput and TTFT p50 over ``baseline(system)``'s at the
+    same concurrency (default: the direct engine), named ``label`` in the header."""
     baseline = baseline or vs_direct(runs)
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.system, run.concurrency), []).append(run)
+
+    def median(key: tuple[str, int], field: str) -> float:
+        return statistics.median(getattr(r, field) for r in groups[key])
+
     lines = [
-        f"| system | concurrency | output tok/s | vs {label} | TTFT p50 (s) | TTFT p99 (s) | p50 vs {label} |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| system | concurrency | output tok/s, each run | min / median / max | vs {label} "
+        f"| TTFT p50 (s), median | p50 vs {label} |",
+        "|---|---:|---|---|---:|---:|---:|",
     ]
-    for r in sorted(runs, key=lambda r: (r.concurrency, baseline(r) is not r, r.system)):
-        d = baseline(r)
+    order = sorted(groups, key=lambda k: (k[1], baseline(k[0]) != k[0], k[0]))
+    for key in order:
+        system, c = key
+        base = (baseline(system), c)
+        tok = [r.tokens_per_s for r in groups[key]]
+        ttft = median(key, "ttft_p50_s")
         lines.append(
-            f"| {r.system} | {r.concurrency} | {r.tokens_per_s:.1f} | {r.tokens_per_s / d.tokens_per_s:.2f}x"
-            f" | {r.ttft_p50_s:.3f} | {r.ttft_p99_s:.3f} | {r.ttft_p50_s / d.ttft_p50_s:.2f}x |"
+            f"| {system} | {c} | {', '.join(f'{t:.1f}' for t in tok)} "
+            f"| {min(tok):.1f} / {statistics.median(tok):.1f} / {max(tok):.1f} "
+            f"| {statistics.median(tok) / median(base, 'tokens_per_s'):.2f}x "
+            f"| {ttft:.3f} | {ttft / median(base, 'ttft_p50_s'):.2f}x |"
         )
     return "\n".join(lines)
 
@@ -317,6 +335,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--compiled", action="store_true", help="let vLLM compile (default: eager)")
     parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per side, interleaved (ABBA); default 2"
+    )
+    parser.add_argument(
         "--url",
         action="append",
         metavar="NAME=URL",
@@ -349,27 +370,37 @@ def main() -> None:
     engine_settings = {"max_model_len": 2048, "enforce_eager": not args.compiled}
     prompts, messages = chat_workload(AutoTokenizer.from_pretrained(model.path), args.requests)
 
-    print(f"direct AsyncLLM ({model.model_id}, {engine_settings})", flush=True)
-    # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
-    runs = uvloop.run(bench_direct(model, engine_settings, prompts, args))
+    def direct() -> list[Run]:
+        print(f"{DIRECT} ({model.model_id}, {engine_settings})", flush=True)
+        # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
+        return uvloop.run(bench_direct(model, engine_settings, prompts, args))
 
-    print("corrigo serve", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(
-            Path(tmp) / "bench.toml",
-            {
-                "model": {"path": model.path, "served_model_name": model.model_id},
-                "engine": engine_settings,
-                "server": {"log_level": "warning"},
-            },
-        )
-        server = start_server(config, Path(tmp) / "server.log")
-        try:
-            runs += uvloop.run(
-                bench_corrigo(server.base_url, model.model_id, prompts, messages, args)
+    def corrigo() -> list[Run]:
+        print("corrigo serve", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = write_config(
+                Path(tmp) / "bench.toml",
+                {
+                    "model": {"path": model.path, "served_model_name": model.model_id},
+                    "engine": engine_settings,
+                    "server": {"log_level": "warning"},
+                },
             )
-        finally:
-            server.stop()
+            server = start_server(config, Path(tmp) / "server.log")
+            try:
+                return uvloop.run(
+                    bench_corrigo(server.base_url, model.model_id, prompts, messages, args)
+                )
+            finally:
+                server.stop()
+
+    # Interleaved, one engine at a time: direct, corrigo, corrigo, direct, ... so that a
+    # drift in the machine's speed (other load) does not favour one side.
+    runs: list[Run] = []
+    sides = [direct, corrigo]
+    for repeat in range(args.repeats):
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
+            runs += [replace(run, repeat=repeat) for run in side()]
 
     report = table(runs)
     print("\n" + report)

@@ -1,7 +1,7 @@
 """Every measured figure in README.md and docs/ comes from a committed results file.
 
-A figure is a number with a unit of measurement (``%``, ``x``, ``tok/s``, ``req/s``, ``ms``).
-In the hand-written pages (README.md, docs/*.md) each one is either
+A figure is a number with a unit of measurement (``%``, ``x``, ``tok/s``, ``req/s``, ``ms``,
+`` s``). In the hand-written pages (README.md, docs/*.md) each one is either
 
 * followed by its source, ``25.0%<!--fig docs/evals/proxy_tuning.json#/runs/-1/test-->``: an
   RFC 6901 pointer into a committed JSON file (a negative index counts from the end, so
@@ -9,7 +9,9 @@ In the hand-written pages (README.md, docs/*.md) each one is either
   for ``%`` the leaf or 100 x the leaf), must read the same;
 * inside a generated block, ``<!--generated: python -m bench.x ARGS-->`` ... ``<!--/generated-->``,
   whose text must equal what the command prints now (it reads only committed results files);
-* or a target, not a measurement: preceded by ``>=``, ``<=``, ``under``, ``within`` and the like.
+* or not a measurement: a target or bound, preceded by ``>=``, ``<=``, ``under``, ``within`` and
+  the like, or a setting, followed by ``<!--fig setting-->`` (``a 1 s<!--fig setting-->
+  deadline``).
 
 Generated pages (docs/evals/*.md, docs/bench/*.md) are written by code from the JSON file of the
 same name beside them, which must exist; only their hand-written part, after
@@ -34,8 +36,11 @@ HAND_WRITTEN = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 GENERATED_DIRS = [REPO / "docs" / "evals", REPO / "docs" / "bench"]
 GENERATED_PAGES = [page for folder in GENERATED_DIRS for page in sorted(folder.rglob("*.md"))]
 
-FIGURE = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)\s?(%|x(?![\w-])|tok/s|req/s|ms(?!\w))")
+FIGURE = re.compile(
+    r"(?<![\w.\-/])(\d+(?:\.\d+)?)(%|x(?![\w-])| ?tok/s| ?req/s| ?ms(?!\w)| s(?![\w-]))"
+)
 MARKER = re.compile(r"\s*<!--fig ([^#\s]+)#(.*?)\s*-->")
+SETTING = re.compile(r"\s*<!--fig setting-->")
 TARGET_BEFORE = re.compile(
     r"(>=|<=|≥|≤|<|>|~|\b(?:under|within|below|above|least|most|target|up to|over))\s*\**$",
     re.IGNORECASE,
@@ -93,6 +98,8 @@ def figure_problems(text: str, repo: Path) -> list[Problem]:
     for found in FIGURE.finditer(prose):
         shown, unit = found.group(1), found.group(2)
         line = prose.count("\n", 0, found.start()) + 1
+        if SETTING.match(text, found.end()):
+            continue
         marker = MARKER.match(text, found.end())
         if marker is None:
             before = prose[max(0, found.start() - 14) : found.start()]
@@ -190,7 +197,7 @@ def test_a_marked_figure_that_reads_the_latest_run_passes(results: Path) -> None
     [
         "accuracy 25.0% on test",  # no source
         "accuracy 10.0%<!--fig r.json#/runs/-1/acc-->",  # the earlier run's value
-        "accuracy 25%<!--fig r.json#/runs/-1/acc-->",  # 25 vs 25.0: decimals must match too
+        "accuracy 2.5%<!--fig r.json#/runs/-1/acc-->",  # neither 0.25 nor 25
         "at 71.3 tok/s<!--fig r.json#/runs/-1/tok_s-->",
         "at 71.2 tok/s<!--fig r.json#/runs/-1/missing-->",
         "at 71.2 tok/s<!--fig absent.json#/runs/-1/tok_s-->",
@@ -205,7 +212,7 @@ def test_targets_code_and_words_are_not_figures(results: Path) -> None:
     text = (
         "Target: >= 0.9x the bound, overhead under 50 ms, within 1.5x of its share.\n"
         "```bash\nbench --ratio 3x --wait 10ms\n```\n"
-        "run `--max 5%` and read max-2x and v1.5x"
+        "run `--max 5%` and read max-2x and v1.5x; 429s; a 1 s<!--fig setting--> deadline"
     )
     assert figure_problems(text, results) == []
 
