@@ -353,7 +353,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         runs = [r for path in args.table for r in load_runs(path)]
-        print(table(runs, vs_first_server(runs), runs[0].system.rsplit(" ", 1)[0]))
+        if any(r.system == DIRECT for r in runs):
+            print(table(runs))
+        else:
+            print(table(runs, vs_first_server(runs), runs[0].system.rsplit(" ", 1)[0]))
         return
     if args.url:
         if not args.model:

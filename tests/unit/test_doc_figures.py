@@ -41,8 +41,10 @@ FIGURE = re.compile(
 )
 MARKER = re.compile(r"\s*<!--fig ([^#\s]+)#(.*?)\s*-->")
 SETTING = re.compile(r"\s*<!--fig setting-->")
+#: A number without a unit that cites a source is checked too.
+BARE_MARKED = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?=\s*<!--fig [^#\s]+#)")
 TARGET_BEFORE = re.compile(
-    r"(>=|<=|≥|≤|<|>|~|\b(?:under|within|below|above|least|most|target|up to|over))\s*\**$",
+    r"(>=|<=|≥|≤|<|>|\b(?:under|within|below|above|least|most|target|up to|over))\s*\**$",
     re.IGNORECASE,
 )
 GENERATED = re.compile(
@@ -95,8 +97,9 @@ def figure_problems(text: str, repo: Path) -> list[Problem]:
     prose = INLINE_CODE.sub(_blank, CODE_FENCE.sub(_blank, text))
     prose = GENERATED.sub(_blank, prose)
     cache: dict[str, object] = {}
-    for found in FIGURE.finditer(prose):
-        shown, unit = found.group(1), found.group(2)
+    found_all = [*FIGURE.finditer(prose), *BARE_MARKED.finditer(text)]
+    for found in sorted(found_all, key=lambda m: m.start()):
+        shown, unit = found.group(1), (found.group(2) if found.re is FIGURE else "")
         line = prose.count("\n", 0, found.start()) + 1
         if SETTING.match(text, found.end()):
             continue
@@ -187,7 +190,7 @@ def results(tmp_path: Path) -> Path:
 def test_a_marked_figure_that_reads_the_latest_run_passes(results: Path) -> None:
     text = (
         "accuracy 25.0%<!--fig r.json#/runs/-1/acc--> at 71.2 tok/s<!--fig r.json#/runs/-1/tok_s-->, "
-        "0.87x<!--fig r.json#/runs/1/ratio--> of the bound"
+        "0.87x<!--fig r.json#/runs/1/ratio--> of the bound, a share of 0.25<!--fig r.json#/runs/-1/acc-->"
     )
     assert figure_problems(text, results) == []
 
@@ -202,6 +205,7 @@ def test_a_marked_figure_that_reads_the_latest_run_passes(results: Path) -> None
         "at 71.2 tok/s<!--fig r.json#/runs/-1/missing-->",
         "at 71.2 tok/s<!--fig absent.json#/runs/-1/tok_s-->",
         "| 0.88x<!--fig r.json#/runs/1/ratio--> |",
+        "a load of 0.4<!--fig r.json#/runs/-1/acc--> (a number without a unit, cited)",
     ],
 )
 def test_a_figure_without_a_matching_source_fails(results: Path, text: str) -> None:
