@@ -176,11 +176,12 @@ def balanced_accuracy(threshold: float, scores: Sequence[float], truths: Sequenc
 
 def best_threshold(scores: Sequence[float], truths: Sequence[bool]) -> float:
     """The acceptance threshold that maximises :func:`balanced_accuracy` on a validation
-    split; candidates are the scores themselves and 1.0 + 1e-9 (reject all); ties go to the
+    split; candidates are the scores themselves and 1.0 (the highest a request may set: it rejects
+    all but a certain P(True)); ties go to the
     lowest."""
     if not scores or len(scores) != len(truths):
         raise ValueError("a threshold needs scores and truths of the same, non-zero length")
-    candidates = sorted({*scores, 1.0 + 1e-9})
+    candidates = sorted({*scores, 1.0})
     return max(candidates, key=lambda t: (balanced_accuracy(t, scores, truths), -t))
 
 
