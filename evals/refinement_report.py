@@ -4,7 +4,8 @@ has a summary (never edited by hand: ``corrigo eval refinement --report-only`` r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,20 @@ def _diff(cell: Mapping[str, float] | None) -> str:
     return f"{100 * cell['mean']:+.1f} [{100 * cell['low']:+.1f}, {100 * cell['high']:+.1f}] pts"
 
 
-def suite_table(suite: str, cells: Mapping[str, Mapping[str, Any]]) -> str:
+def stop_reasons(items: Sequence[Mapping[str, Any]], suite: str, config: str) -> Counter:
+    """How the loop stopped, over the run's rows of one cell."""
+    return Counter(r["stop_reason"] for r in items if r["suite"] == suite and r["config"] == config)
+
+
+def suite_table(
+    suite: str, cells: Mapping[str, Mapping[str, Any]], items: Sequence[Mapping[str, Any]]
+) -> str:
     lines = [
         "| configuration | pass rate [95% CI] | per seed | vs single (paired) | "
         "vs self-consistency (paired) | flips +/− | verifier on drafts: false accept / "
-        "false reject | loop tokens / request (cap) | judge tokens / request | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "false reject | loop tokens / request (cap; over cap) | judge tokens / request | "
+        "rounds | stop reasons |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config, cell in cells.items():
         vs = cell["vs"]
@@ -57,8 +66,10 @@ def suite_table(suite: str, cells: Mapping[str, Mapping[str, Any]]) -> str:
             f"| `{config}` | {_interval(cell['pass_rate'])} | {seeds} | "
             f"{_diff(vs.get(SINGLE))} | {_diff(vs.get(SELF_CONSISTENCY))} | "
             f"+{flips['incorrect_to_correct']}/−{flips['correct_to_incorrect']} | {wrong} | "
-            f"{tokens['mean_loop_tokens']:.1f} ({cap}) | {tokens['mean_verifier_tokens']:.1f} | "
-            f"{cell['mean_rounds']:.2f} |"
+            f"{tokens['mean_loop_tokens']:.1f} ({cap}; {tokens['over_cap']}) | "
+            f"{tokens['mean_verifier_tokens']:.1f} | {cell['mean_rounds']:.2f} | "
+            + ", ".join(f"{k} {n}" for k, n in stop_reasons(items, suite, config).most_common())
+            + " |"
         )
     met = {c: cell["constraints_met"] for c, cell in cells.items() if cell["constraints_met"]}
     if met:
@@ -90,6 +101,50 @@ def findings(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str
                 f"- {suite}, `{config}`: " + "; ".join(parts) + f"; flips "
                 f"+{flips['incorrect_to_correct']}/−{flips['correct_to_incorrect']}."
             )
+    return out
+
+
+def notes(run: Mapping[str, Any]) -> list[str]:
+    """What the tables imply, each sentence computed from the run."""
+    out = []
+    for suite, cells in run["summary"].items():
+        single = cells.get(SINGLE)
+        if single and len(set(single["seeds"].values())) > 1:
+            out.append(
+                f"- {suite}: `single` is greedy, yet its pass rate moves across seeds ("
+                + " / ".join(_pct(v) for v in single["seeds"].values())
+                + "): the batch a request shares on the CPU changes the numerics, so even "
+                "greedy answers move; that noise is inside the intervals."
+            )
+        for config, cell in cells.items():
+            if config == SINGLE:
+                continue
+            judged = cell["verifier_on_drafts"]
+            wrong = judged["false_accept"] + judged["true_reject"]
+            if cell["mean_rounds"] == 1.0:
+                out.append(
+                    f"- {suite}, `{config}` never went past the draft: its verifier accepted "
+                    f"every draft, {judged['false_accept']} of the {wrong} wrong ones included, "
+                    "so it equals `single` up to that noise."
+                )
+            over = cell["tokens"]["over_cap"]
+            if over:
+                out.append(
+                    f"- {suite}, `{config}`: {over} of {cell['n_requests']} requests spent more "
+                    f"loop tokens than the cap ({cell['tokens']['max_loop_tokens']} > "
+                    f"{cell['tokens']['cap']}): decompose checks the constraints concurrently "
+                    "and each check is granted the tokens left (decoding/refinement/"
+                    "strategies.py, decoding/refinement/run.py), so the checks overshoot the "
+                    "budget by a few tokens; its budget is not quite equal."
+                )
+            if config == SELF_CONSISTENCY:
+                reasons = stop_reasons(run["items"], suite, config)
+                n = sum(reasons.values())
+                out.append(
+                    f"- {suite}, `self_consistency`: no majority in {reasons['disagreement']} of "
+                    f"{n} requests (all 3 final answers differ); the vote's tie then goes to the "
+                    "first sample, the greedy draft (decoding/refinement/votes.py)."
+                )
     return out
 
 
@@ -147,7 +202,7 @@ def page(results: Mapping[str, Any]) -> str:
         f"- **Budget rule.** `single`: one greedy candidate. Every other configuration: "
         f"{rounds} candidates (`max_rounds`) and a loop budget of {rounds} × max_tokens "
         "completion tokens (`max_total_tokens`, covering candidates, critiques, constraint "
-        "lists and checks). A judge's own tokens are verifier cost, shown apart; `p_true` "
+        "lists and checks; the tables count the requests that spent more). A judge's own tokens are verifier cost, shown apart; `p_true` "
         "generates no token (one forward per candidate). The token columns are measured per "
         "request.",
         f"- Draft greedy; later rounds at temperature {settings['temperature']}; every request "
@@ -161,8 +216,8 @@ def page(results: Mapping[str, Any]) -> str:
     if not helpful:
         lines.append(
             "**No configuration beats single-shot by a measurable margin on any suite** (no "
-            "paired 95% interval above 0). On this 135M model a verifier that is not the truth "
-            "cannot tell good answers from bad ones well enough for refinement to pay."
+            'paired 95% interval above 0). The columns "verifier on drafts" show how often '
+            "the loop's verifier misjudged the first draft against the truth."
         )
     else:
         lines.append(
@@ -177,9 +232,9 @@ def page(results: Mapping[str, Any]) -> str:
             + ", ".join(f"`{c}` on {s}" for s, c in hurting)
             + "."
         )
-    lines += ["", *findings(summary), ""]
+    lines += ["", *findings(summary), "", "What the tables imply:", "", *notes(run), ""]
     for suite, cells in summary.items():
-        lines += [f"## {suite}", "", suite_table(suite, cells), ""]
+        lines += [f"## {suite}", "", suite_table(suite, cells, run["items"]), ""]
     lines += [
         "Flips compare the final answer with the same request's first draft, judged by the "
         "truth, summed over seeds (`+` incorrect→correct, `−` correct→incorrect).",

@@ -134,7 +134,7 @@ def test_item_truth_needs_every_constraint():
 def _row(item, chosen, draft=False, seed=0, loop=10, total=10, config="c"):
     return {"id": item, "seed": seed, "draft": draft, "chosen": chosen, "config": config,
             "loop_tokens": loop, "completion_tokens": total, "rounds": 1, "seconds": 1.0,
-            "draft_accepted": True, "constraints_met": None}  # fmt: skip
+            "draft_accepted": True, "constraints_met": None, "stop_reason": "accepted"}  # fmt: skip
 
 
 def test_flips_count_both_directions():
@@ -312,8 +312,10 @@ def test_page_says_plainly_when_nothing_helps():
            "summary": summary, "model": "m", "cpu_count": 2, "cpu_model": "x",
            "load_average": [1, 1, 1], "load_average_after": [1, 1, 1], "commit": "abc",
            "dirty": False, "started_utc": "t", "requests": 90, "seconds": 1,
-           "summarised_seeds": [0, 1, 2], "complete": True}  # fmt: skip
+           "summarised_seeds": [0, 1, 2], "complete": True, "items": rows}  # fmt: skip
     text = page({"runs": [{"kind": ev.LEGACY}, run]})
     assert "No configuration beats single-shot" in text
     assert "`try_again@p_true`: vs single: no measurable difference" in text
     assert "runs[1]" in text
+    assert "`try_again@p_true` never went past the draft" in text
+    assert "| accepted 30 |" in text
