@@ -18,7 +18,7 @@ and no generated token. Each request's tokens are recorded, so the budgets can b
 
 Results are appended as a run to ``refinement.json`` (commit, CPU flags, load average,
 settings, every request's row, the summary); the page and plot are generated from the last
-complete run (evals/refinement_report.py).
+run that has a summary (evals/refinement_report.py).
 """
 
 from __future__ import annotations
