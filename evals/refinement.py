@@ -1,14 +1,24 @@
-"""``corrigo eval refinement``: pass rates single-shot vs each refinement strategy, and flips.
+"""``corrigo eval refinement``: refinement strategies against baselines at the same token
+budget, each steered by a verifier that is not the truth.
 
 Every item of a suite (``evals/suites/refinement/*.jsonl``: a prompt and an exact verifier)
-is sent to the server once per configuration: ``single`` (the greedy draft alone,
-``max_rounds=1``) and each strategy at the same cap on rounds. The verifier is exact, so the
-report's truth says whether the draft and the chosen answer are correct; a strategy's pass
-rate is the share of items whose chosen answer is, and its flips compare that answer with its
-own draft. ``aggregate`` runs as self-consistency: ``max_rounds`` samples, majority answer, no
-escalation; ``localize`` scores steps with its default P(True) step verifier. ``--feedback`` adds a configuration ``<strategy>+feedback`` for each strategy that
-writes a feedback turn: the same strategy with the verifier's feedback appended to that turn.
-Results merge into the results file by suite and configuration.
+is sent to the server once per configuration and seed. The loop's verifier is never the exact
+checker: it is ``p_true`` or ``judge`` on the served model (or, for ``self_consistency``, the
+majority vote). The exact checker goes in ``truth``, which the loop applies only after it has
+chosen (decoding/refinement/loop.py), to the first draft and the final answer; so flips
+(correct->incorrect, incorrect->correct) are measured, not impossible by construction.
+
+Configurations (:data:`CONFIGS`): ``single`` (the greedy draft, one candidate);
+``self_consistency`` (``aggregate``: ``K`` samples, majority answer, no escalation);
+``<strategy>@<verifier>`` for each strategy. Budget rule: every configuration but ``single``
+gets ``K`` candidates (``max_rounds``) and ``K * max_tokens`` completion tokens for the
+loop (``max_total_tokens``: candidates, critiques, constraint lists and checks); a judge's
+own tokens are verifier cost, reported beside it; ``p_true`` costs one forward per candidate
+and no generated token. Each request's tokens are recorded, so the budgets can be compared.
+
+Results are appended as a run to ``refinement.json`` (commit, CPU flags, load average,
+settings, every request's row, the summary); the page and plot are generated from the last
+run that has a summary (evals/refinement_report.py).
 """
 
 from __future__ import annotations
@@ -16,44 +26,96 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tqdm import tqdm
 
-from decoding.refinement.loop import FLIPS
-from decoding.refinement.params import STRATEGIES
-
+from .refinement_report import write_page
+from .refinement_stats import best_threshold, flip, summarise_cell
+from .refinement_suites import GENERATORS, SEED, check, constraints_of, generate
 from .server import local_server
 
 SUITES_DIR = Path(__file__).parent / "suites" / "refinement"
-#: The strategies that write a feedback turn (best_of_n only samples and reranks; aggregate
-#: only samples and votes, as it runs here: without escalation).
-WITH_FEEDBACK = tuple(s for s in STRATEGIES if s not in ("best_of_n", "aggregate"))
+REPO = Path(__file__).resolve().parent.parent
+#: The suites run by default: generated, >= 60 items each (evals/refinement_suites.py).
+DEFAULT_SUITES = ("arithmetic_generated", "multi_constraint")
 #: max_tokens per candidate, per suite: enough for the answer, short for a 2-core CPU.
 MAX_TOKENS = {
     "arithmetic": 16,
+    "arithmetic_generated": 12,
     "json_extraction": 40,
     "instructions": 40,
+    "multi_constraint": 32,
     "python_functions": 80,
     "python_edge_cases": 96,
 }
-#: Suites whose verifier feedback would hand the model the reference: ``--feedback`` refuses
-#: them, since an answer copied from the feedback says nothing about refinement.
-FEEDBACK_REVEALS_REFERENCE = {
-    "json_extraction": "its schemas pin the answer with `const`, and json_schema feedback "
-    "quotes the expected value ('Maria' was expected)",
+#: The loop's verifiers: opinions of the served model, never the truth.
+VERIFIERS: dict[str, dict[str, Any]] = {
+    "p_true": {"type": "p_true"},
+    # A one-word verdict is all the judge must write; 8 tokens leave room for a preamble.
+    "judge": {"type": "judge", "max_tokens": 8},
 }
-FEEDBACK = "+feedback"
+SINGLE = "single"
+SELF_CONSISTENCY = "self_consistency"
+#: The configurations every other one is compared with, paired by item.
+BASELINES = (SINGLE, SELF_CONSISTENCY)
+#: Every configuration the eval knows, in table order.
+CONFIGS: tuple[str, ...] = (
+    SINGLE,
+    SELF_CONSISTENCY,
+    "best_of_n@p_true",
+    "best_of_n@judge",
+    "try_again@p_true",
+    "try_again@judge",
+    "self_refine@p_true",
+    "decompose@p_true",
+    "decompose@judge",
+    "localize@p_true",
+)
+#: Where a configuration's strategy has nothing to work on, it is not run by default:
+#: decompose needs several constraints; localize needs several steps (an arithmetic answer
+#: here is one line, so localize would be a plain restart). try_again@judge is left out of
+#: multi_constraint for time on a 2-core CPU (its answers are 3x longer than arithmetic's).
+DEFAULT_CONFIGS: dict[str, tuple[str, ...]] = {
+    "arithmetic_generated": tuple(c for c in CONFIGS if not c.startswith("decompose")),
+    "multi_constraint": tuple(
+        c for c in CONFIGS if not c.startswith("localize") and c != "try_again@judge"
+    ),
+}
+#: A results file older than the ``runs`` list: kept whole as the first run.
+LEGACY = "oracle-verifier eval (superseded: its verifier was the exact checker)"
+
+
+def config_parts(config: str) -> tuple[str, str]:
+    """``(strategy, verifier)`` of a configuration name."""
+    if config == SINGLE:
+        return SINGLE, "p_true"
+    if config == SELF_CONSISTENCY:
+        return "aggregate", "majority"
+    strategy, _, verifier = config.partition("@")
+    if verifier not in VERIFIERS or not strategy:
+        raise ValueError(f"unknown configuration {config!r}")
+    return strategy, verifier
+
+
+def loop_cap(config: str, suite: str, rounds: int) -> int | None:
+    """The loop's completion-token budget: ``rounds * max_tokens`` (None for ``single``, which
+    is bound by ``max_tokens`` alone)."""
+    return None if config == SINGLE else rounds * MAX_TOKENS[suite]
 
 
 @dataclass(frozen=True)
 class Job:
     suite: str
     config: str
+    seed: int
     item: dict[str, Any]
 
 
@@ -66,25 +128,72 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.jsonl"))
 
 
-def request_body(job: Job, model: str, max_rounds: int, temperature: float) -> dict[str, Any]:
-    refinement: dict[str, Any] = {"verifier": job.item["verifier"]}
-    if job.config == "single":
+def request_body(
+    job: Job, model: str, rounds: int, temperature: float, p_true_threshold: float = 0.5
+) -> dict[str, Any]:
+    """The chat request of one job: the loop steered by a non-exact verifier, the suite's
+    exact verifier as ``truth`` only."""
+    strategy, verifier = config_parts(job.config)
+    # aggregate scores its samples too, though the vote decides: p_true, never the truth.
+    spec = dict(VERIFIERS["p_true" if verifier == "majority" else verifier])
+    if spec["type"] == "p_true":
+        spec["threshold"] = p_true_threshold
+    refinement: dict[str, Any] = {"verifier": spec, "truth": job.item["verifier"]}
+    if job.config == SINGLE:
         refinement["max_rounds"] = 1
     else:
-        strategy, feedback = job.config.removesuffix(FEEDBACK), job.config.endswith(FEEDBACK)
-        refinement.update(strategy=strategy, max_rounds=max_rounds, temperature=temperature)
+        refinement.update(
+            strategy=strategy,
+            max_rounds=rounds,
+            temperature=temperature,
+            max_total_tokens=loop_cap(job.config, job.suite, rounds),
+        )
         if strategy == "aggregate":
-            # Self-consistency at the same cap: every round is a sample; no escalation.
-            refinement["samples"] = max_rounds
-        if feedback:
-            refinement["feedback"] = True
+            refinement["samples"] = rounds
     return {
         "model": model,
         "messages": [{"role": "user", "content": job.item["prompt"]}],
-        "max_tokens": MAX_TOKENS.get(job.suite, 48),
+        "max_tokens": MAX_TOKENS[job.suite],
         "temperature": 0.0,
-        "seed": 0,
+        "seed": job.seed,
         "correction": {"refinement": refinement},
+    }
+
+
+def row_of(job: Job, payload: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One request's result row. Fails when the report lacks the truth or its flip disagrees
+    with the draft and final truths (fail closed: a row the stats cannot trust)."""
+    report = payload["correction"]["refinement"]
+    truth = report.get("truth")
+    if truth is None:
+        raise RuntimeError(f"{job.suite}/{job.item['id']}: the report has no truth")
+    draft, chosen = bool(truth["draft"]), bool(truth["chosen"])
+    if truth["flip"] != flip(draft, chosen):
+        raise RuntimeError(f"{job.suite}/{job.item['id']}: flip {truth['flip']} disagrees")
+    usage = payload.get("usage") or {}
+    answer = payload["choices"][0]["message"]["content"] or ""
+    constraints = constraints_of(job.item) if "constraints" in job.item else None
+    return {
+        "suite": job.suite,
+        "config": job.config,
+        "seed": job.seed,
+        "id": job.item["id"],
+        "draft": draft,
+        "chosen": chosen,
+        "rounds": report["rounds"],
+        "stop_reason": report["stop_reason"],
+        "loop_tokens": report["tokens"],
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "accepted": report["accepted"],
+        "draft_accepted": report["candidates"][0]["verdict"]["accepted"],
+        "scores": [c["verdict"]["score"] for c in report["candidates"]],
+        # The share of the item's constraints the final answer meets (the truth's twin).
+        "constraints_met": None
+        if constraints is None
+        else sum(check(c, answer) for c in constraints) / len(constraints),
+        "seconds": round(seconds, 3),
+        "answer": answer[:300],
     }
 
 
@@ -93,233 +202,266 @@ async def run_jobs(
     api_key: str | None,
     jobs: list[Job],
     *,
-    max_rounds: int,
+    rounds: int,
     temperature: float,
     concurrency: int,
+    deadline: float | None,
+    thresholds: dict[str, float] | None = None,
+    desc: str = "refinement eval",
 ) -> list[dict[str, Any]]:
+    """Send the jobs (at most ``concurrency`` at once, in order); jobs not started by
+    ``deadline`` (monotonic seconds) are skipped. ``thresholds``: p_true's, by suite."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600) as client:
+    thresholds = thresholds or {}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=900) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         slots = asyncio.Semaphore(concurrency)
-        bar = tqdm(total=len(jobs), desc="refinement eval", unit="req")
+        bar = tqdm(total=len(jobs), desc=desc, unit="req")
 
-        async def one(job: Job) -> dict[str, Any]:
+        async def one(job: Job) -> dict[str, Any] | None:
             async with slots:
+                if deadline is not None and time.monotonic() > deadline:
+                    bar.update()
+                    return None
                 started = time.monotonic()
-                body = request_body(job, model, max_rounds, temperature)
+                body = request_body(job, model, rounds, temperature, thresholds.get(job.suite, 0.5))
                 response = await client.post("/v1/chat/completions", json=body)
                 bar.update()
             if response.status_code != 200:
                 raise RuntimeError(f"{job.suite}/{job.item['id']}: {response.text}")
-            payload = response.json()
-            report = payload["correction"]["refinement"]
-            return {
-                "suite": job.suite,
-                "config": job.config,
-                "id": job.item["id"],
-                "draft": report["truth"]["draft"],
-                "chosen": report["truth"]["chosen"],
-                "flip": report["truth"]["flip"],
-                "rounds": report["rounds"],
-                "stop_reason": report["stop_reason"],
-                "tokens": report["tokens"],
-                "seconds": time.monotonic() - started,
-                "answer": payload["choices"][0]["message"]["content"],
-            }
+            return row_of(job, response.json(), time.monotonic() - started)
 
         try:
-            return await asyncio.gather(*(one(job) for job in jobs))
+            rows = await asyncio.gather(*(one(job) for job in jobs))
         finally:
             bar.close()
+    return [r for r in rows if r is not None]
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        cell = out.setdefault(row["suite"], {}).setdefault(
-            row["config"],
-            {"n": 0, "passed": 0, **dict.fromkeys(FLIPS, 0), "rounds": 0, "tokens": 0},
-        )
-        cell["n"] += 1
-        cell["passed"] += row["chosen"]
-        cell["rounds"] += row["rounds"]
-        cell["tokens"] += row["tokens"]
-        if row["flip"]:
-            cell[row["flip"]] += 1
-    for configs in out.values():
-        for cell in configs.values():
-            cell["pass_rate"] = cell["passed"] / cell["n"]
-            cell["mean_rounds"] = cell["rounds"] / cell["n"]
-            cell["mean_tokens"] = cell["tokens"] / cell["n"]
+#: Items per suite in the validation split p_true's threshold is chosen on.
+CALIBRATION_ITEMS = 30
+
+
+def calibration_items(suite: str, n: int = CALIBRATION_ITEMS) -> list[dict[str, Any]]:
+    """A validation split disjoint from the suite's items by construction: the generator at
+    another seed (ids prefixed ``val-``). Only generated suites have one."""
+    items = generate(suite, n, seed=SEED + 1)
+    return [{**item, "id": f"val-{item['id']}"} for item in items]
+
+
+def thresholds_from(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """p_true's threshold per suite: :func:`best_threshold` of the greedy drafts' P(True)
+    against their truth on the validation split."""
+    out = {}
+    for suite in sorted({r["suite"] for r in rows}):
+        mine = [r for r in rows if r["suite"] == suite]
+        out[suite] = best_threshold([r["scores"][0] for r in mine], [r["draft"] for r in mine])
     return out
 
 
-def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], configs: list[str]) -> str:
-    lines = [
-        "| suite | " + " | ".join(configs) + " |",
-        "|---|" + "---|" * len(configs),
+def complete_seeds(rows: list[dict[str, Any]], jobs: list[Job]) -> list[int]:
+    """The seeds every job of which has a row (a run cut by its deadline keeps only these)."""
+    done = {(r["suite"], r["config"], r["seed"], r["id"]) for r in rows}
+    seeds = sorted({j.seed for j in jobs})
+    return [
+        s
+        for s in seeds
+        if all((j.suite, j.config, j.seed, j.item["id"]) in done for j in jobs if j.seed == s)
     ]
-    for suite, cells in summary.items():
-        single = cells.get("single", {}).get("pass_rate")
-        row = []
-        for config in configs:
-            cell = cells.get(config)
-            if cell is None:
-                row.append("—")
-                continue
-            text = f"{cell['passed']}/{cell['n']} ({cell['pass_rate']:.0%})"
-            if config != "single" and single:
-                text += f" ×{cell['pass_rate'] / single:.2f}"
-            if config != "single":
-                text += f", flips +{cell['incorrect_to_correct']}/−{cell['correct_to_incorrect']}"
-            row.append(text)
-        lines.append(f"| {suite} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
 
 
-def cost_table(summary: dict[str, dict[str, dict[str, Any]]], configs: list[str]) -> str:
-    """Mean completion tokens (every round, critique and check) and mean rounds per item."""
-    lines = [
-        "| suite | " + " | ".join(configs) + " |",
-        "|---|" + "---|" * len(configs),
-    ]
-    for suite, cells in summary.items():
-        row = [
-            f"{cells[c]['mean_tokens']:.0f} tok, {cells[c]['mean_rounds']:.2g} r"
-            if c in cells
-            else "—"
-            for c in configs
-        ]
-        lines.append(f"| {suite} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+def summarise(rows: list[dict[str, Any]], rounds: int) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per suite and configuration: :func:`evals.refinement_stats.summarise_cell`, paired
+    against the suite's baselines (:data:`BASELINES`) other than itself."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    suites = sorted({r["suite"] for r in rows})
+    for suite in suites:
+        in_suite = [r for r in rows if r["suite"] == suite]
+        by_config = {
+            c: [r for r in in_suite if r["config"] == c]
+            for c in CONFIGS
+            if any(r["config"] == c for r in in_suite)
+        }
+        out[suite] = {
+            config: summarise_cell(
+                config_rows,
+                {b: by_config[b] for b in BASELINES if b in by_config and b != config},
+                loop_cap(config, suite, rounds),
+            )
+            for config, config_rows in by_config.items()
+        }
+    return out
 
 
-def plot(summary: dict[str, dict[str, dict[str, Any]]], configs: list[str], path: Path) -> None:
-    import matplotlib
+def machine() -> dict[str, Any]:
+    """The commit, CPU model and flags, cores and load average, for the results file."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
-    suites = list(summary)
-    width = 0.8 / len(configs)
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    for i, config in enumerate(configs):
-        rates = [summary[s].get(config, {}).get("pass_rate", 0.0) for s in suites]
-        xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(suites))]
-        ax.bar(xs, rates, width, label=config)
-    ax.set_xticks(range(len(suites)), suites)
-    ax.set_ylabel("pass rate (exact verifier)")
-    ax.set_ylim(0, 1.15)
-    ax.set_title("Refinement on SmolLM2-135M-Instruct: single-shot vs strategies (same round cap)")
-    ax.legend(fontsize=7, ncols=min(len(configs), 5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+    def field(name: str) -> str:
+        return next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith(name)),
+            "",
+        )
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "cpu_model": field("model name"),
+        "cpu_flags": field("flags").split(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def append_run(path: Path, run_record: dict[str, Any]) -> dict[str, Any]:
+    """Append ``run_record`` to the results file's ``runs`` (an older file without ``runs`` is
+    kept whole as the first run, marked :data:`LEGACY`); return the whole file."""
+    results: dict[str, Any] = {"runs": []}
+    if path.exists():
+        old = json.loads(path.read_text())
+        results = old if "runs" in old else {"runs": [{"kind": LEGACY, **old}]}
+    results["runs"].append(run_record)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "refinement",
-        help="pass rate single-shot vs each refinement strategy on the shipped suites",
-        description="Pass rates single-shot vs each refinement strategy (same cap on rounds) on the suites shipped in evals/suites/refinement, and flips.",
+        help="refinement strategies vs single shot, self-consistency and best-of-n at the "
+        "same token budget, verifier separate from the truth",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--base-url", help="a running corrigo server (default: start one)")
     parser.add_argument("--api-key", help="API key for --base-url")
     parser.add_argument(
-        "--suites", default=",".join(available_suites()), help="comma-separated suite names"
+        "--suites", default=",".join(DEFAULT_SUITES), help="comma-separated suite names"
     )
     parser.add_argument(
-        "--strategies",
-        default=",".join(STRATEGIES),
-        help="comma-separated strategies (<strategy>+feedback for one with verifier feedback)",
+        "--configs",
+        help="comma-separated configurations (default: each suite's DEFAULT_CONFIGS); "
+        f"known: {', '.join(CONFIGS)}",
     )
-    parser.add_argument("--max-rounds", type=int, default=3, help="the cap on rounds (default 3)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated request seeds")
+    parser.add_argument("--rounds", type=int, default=3, help="K: candidates per config")
     parser.add_argument(
         "--temperature", type=float, default=0.8, help="temperature after the greedy draft"
     )
-    parser.add_argument(
-        "--feedback",
-        action="store_true",
-        help="also run <strategy>+feedback: the verifier's feedback appended to the strategy's turn",
-    )
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--limit", type=int, help="first N items of each suite")
     parser.add_argument(
-        "--out",
-        default="docs/evals",
-        help="folder for refinement.json and refinement.png (results merge by suite)",
+        "--deadline-minutes",
+        type=float,
+        help="start no request after this; only seeds complete by then are summarised",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="regenerate refinement.md and refinement.png from refinement.json",
+    )
+    parser.add_argument("--out", default="docs/evals", help="folder for the results and page")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    results_path = out / "refinement.json"
+    if args.report_only:
+        write_page(json.loads(results_path.read_text()), out)
+        return 0
     suites = [s for s in args.suites.split(",") if s]
-    strategies = [s for s in args.strategies.split(",") if s]
-    configs = ["single", *strategies]
-    if args.feedback:
-        configs += [s + FEEDBACK for s in strategies if s in WITH_FEEDBACK]
-    if any(c.endswith(FEEDBACK) for c in configs):
-        leaking = [s for s in suites if s in FEEDBACK_REVEALS_REFERENCE]
-        if leaking:
-            raise SystemExit(
-                f"--feedback on {', '.join(leaking)} would reveal the reference: "
-                + "; ".join(FEEDBACK_REVEALS_REFERENCE[s] for s in leaking)
-            )
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    chosen = [c for c in (args.configs or "").split(",") if c]
+    for config in chosen:
+        config_parts(config)
+    unknown = [s for s in suites if s not in MAX_TOKENS]
+    if unknown:
+        raise SystemExit(f"unknown suites: {', '.join(unknown)}")
     jobs = [
-        Job(suite, config, item)
+        Job(suite, config, seed, item)
+        for seed in seeds  # seed-major: a run cut by its deadline keeps whole seeds
         for suite in suites
         for item in load_suite(suite)[: args.limit]
-        for config in configs
+        for config in (chosen or DEFAULT_CONFIGS.get(suite, CONFIGS))
     ]
+    before = machine()
+    started = time.monotonic()
+    deadline = started + args.deadline_minutes * 60 if args.deadline_minutes else None
+    started_utc = datetime.now(UTC).isoformat(timespec="seconds")
+
+    calibration_jobs = [
+        Job(suite, SINGLE, 0, item)
+        for suite in suites
+        if suite in GENERATORS
+        for item in calibration_items(suite)
+    ]
+    calibration: list[dict[str, Any]] = []
+    thresholds: dict[str, float] = {}
 
     async def go(base_url: str) -> list[dict[str, Any]]:
+        common = {
+            "rounds": args.rounds,
+            "temperature": args.temperature,
+            "concurrency": args.concurrency,
+        }
+        calibration.extend(
+            await run_jobs(
+                base_url,
+                args.api_key,
+                calibration_jobs,
+                deadline=None,
+                desc="p_true threshold",
+                **common,
+            )
+        )
+        thresholds.update(thresholds_from(calibration))
+        print(f"p_true thresholds (validation split): {thresholds}")
         return await run_jobs(
-            base_url,
-            args.api_key,
-            jobs,
-            max_rounds=args.max_rounds,
-            temperature=args.temperature,
-            concurrency=args.concurrency,
+            base_url, args.api_key, jobs, deadline=deadline, thresholds=thresholds, **common
         )
 
-    started = time.monotonic()
     if args.base_url:
         rows = asyncio.run(go(args.base_url))
     else:
-        with local_server(args.max_rounds) as url:
+        with local_server(args.rounds) as url:
             rows = asyncio.run(go(url))
     elapsed = time.monotonic() - started
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "refinement.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"suites": {}}
-    summary = summarise(rows)
-    for suite in summary:
-        entry = results["suites"].setdefault(suite, {"configs": {}})
-        for config, cell in summary[suite].items():
-            entry["configs"][config] = {
-                "summary": cell,
-                "items": [r for r in rows if r["suite"] == suite and r["config"] == config],
-                "max_rounds": args.max_rounds,
-                "temperature": args.temperature,
-                "run_seconds": round(elapsed, 1),
-            }
-    results_path.write_text(json.dumps(results, indent=1) + "\n")
-    merged = {
-        s: {c: v["summary"] for c, v in entry["configs"].items()}
-        for s, entry in results["suites"].items()
+    kept = complete_seeds(rows, jobs)
+    summary = summarise([r for r in rows if r["seed"] in kept], args.rounds) if kept else {}
+    record = {
+        "started_utc": started_utc,
+        **before,
+        "load_average_after": list(os.getloadavg()),
+        "model": "SmolLM2-135M-Instruct (embedded)",
+        "settings": {
+            "suites": suites,
+            "configs": {s: list(chosen or DEFAULT_CONFIGS.get(s, CONFIGS)) for s in suites},
+            "seeds": seeds,
+            "rounds": args.rounds,
+            "temperature": args.temperature,
+            "max_tokens": {s: MAX_TOKENS[s] for s in suites},
+            "verifiers": VERIFIERS,
+            "p_true_thresholds": {s: thresholds.get(s, 0.5) for s in suites},
+            "concurrency": args.concurrency,
+            "limit": args.limit,
+            "deadline_minutes": args.deadline_minutes,
+        },
+        "complete": kept == seeds,
+        "summarised_seeds": kept,
+        "seconds": round(elapsed, 1),
+        "requests": len(rows),
+        "summary": summary,
+        "calibration": calibration,
+        "items": rows,
     }
-    all_configs = ["single", *STRATEGIES, *(s + FEEDBACK for s in WITH_FEEDBACK)]
-    plot(
-        merged,
-        [c for c in all_configs if any(c in v for v in merged.values())],
-        out / "refinement.png",
-    )
-    shown = [c for c in all_configs if any(c in v for v in merged.values())]
-    print(markdown_table(summary, configs))
-    print(f"\nAll results in {results_path}:\n")
-    print(markdown_table(merged, shown))
-    print()
-    print(cost_table(merged, shown))
-    print(f"\n{len(rows)} requests in {elapsed:.0f} s; results in {results_path}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = append_run(results_path, record)
+    write_page(results, out)
+    print(f"{len(rows)} requests in {elapsed:.0f} s; seeds summarised: {kept}")
+    print(f"results appended to {results_path}; page {out / 'refinement.md'}")
     return 0
