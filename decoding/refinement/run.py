@@ -95,6 +95,9 @@ class RefinementRun:
         self.clock = clock
         self.started = self.budget.started
         self.tokens = 0
+        #: Tokens granted to generations still in flight: concurrent calls (decompose's
+        #: checks) each get a share of what is left, never all of it.
+        self.reserved_tokens = 0
         self.candidates: list[Candidate] = []
         self.stop_reason: str | None = None
         #: The first refusal from the engine, if any.
@@ -153,12 +156,20 @@ class RefinementRun:
             self.stop(spent)
             return None
         if self.params.max_total_tokens is not None:
-            left = self.params.max_total_tokens - self.tokens
-            max_tokens = left if max_tokens is None else min(max_tokens, left)
+            # Each of the n sequences may take at most its share of what no other call holds,
+            # so the total stays within max_total_tokens however the calls interleave.
+            left = self.params.max_total_tokens - self.tokens - self.reserved_tokens
+            share = left // n
+            if share <= 0:
+                self.stop("token_budget")
+                return None
+            max_tokens = share if max_tokens is None else min(max_tokens, share)
         n = self.budget.grant_engine_calls(n)
         if n == 0:
             self.stop(self.budget.spent or "engine_call_budget")
             return None
+        reserved = n * max_tokens if self.params.max_total_tokens is not None else 0
+        self.reserved_tokens += reserved
         call = self._generate(messages, n=n, max_tokens=max_tokens, temperature=temperature)
         try:
             generations = await asyncio.wait_for(call, self.budget.time_left())
@@ -169,6 +180,8 @@ class RefinementRun:
             self.refusal = self.refusal or exc
             self.stop("generation_refused")
             return None
+        finally:
+            self.reserved_tokens -= reserved
         self.tokens += sum(g.tokens for g in generations)
         return generations
 

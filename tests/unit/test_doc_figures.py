@@ -41,6 +41,8 @@ FIGURE = re.compile(
 )
 MARKER = re.compile(r"\s*<!--fig ([^#\s]+)#(.*?)\s*-->")
 SETTING = re.compile(r"\s*<!--fig setting-->")
+#: A confidence level ("95% interval") is a choice, not a measurement.
+CONFIDENCE = re.compile(r"\s*(?:Wilson\s+)?(?:confidence|intervals?|CI)\b")
 #: A number without a unit that cites a source is checked too.
 BARE_MARKED = re.compile(r"(?<![\w.\-/])(\d+(?:\.\d+)?)(?=\s*<!--fig [^#\s]+#)")
 TARGET_BEFORE = re.compile(
@@ -101,7 +103,9 @@ def figure_problems(text: str, repo: Path) -> list[Problem]:
     for found in sorted(found_all, key=lambda m: m.start()):
         shown, unit = found.group(1), (found.group(2) if found.re is FIGURE else "")
         line = prose.count("\n", 0, found.start()) + 1
-        if SETTING.match(text, found.end()):
+        if SETTING.match(text, found.end()) or (
+            unit == "%" and CONFIDENCE.match(prose, found.end())
+        ):
             continue
         marker = MARKER.match(text, found.end())
         if marker is None:
@@ -216,7 +220,8 @@ def test_targets_code_and_words_are_not_figures(results: Path) -> None:
     text = (
         "Target: >= 0.9x the bound, overhead under 50 ms, within 1.5x of its share.\n"
         "```bash\nbench --ratio 3x --wait 10ms\n```\n"
-        "run `--max 5%` and read max-2x and v1.5x; 429s; a 1 s<!--fig setting--> deadline"
+        "run `--max 5%` and read max-2x and v1.5x; 429s; a 1 s<!--fig setting--> deadline; "
+        "95% intervals, 95% Wilson interval"
     )
     assert figure_problems(text, results) == []
 

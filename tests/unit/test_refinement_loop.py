@@ -184,6 +184,23 @@ def test_decompose_appends_the_verifiers_feedback_only_when_asked():
     assert "- Use lowercase only" in rewrite and "the pattern" in rewrite
 
 
+def test_concurrent_checks_share_the_token_budget_instead_of_each_taking_it_all():
+    # decompose checks its constraints concurrently; each check used to be granted every
+    # token left, so together they overran max_total_tokens (the refinement eval saw it).
+    script = Script("Hello World", "1. a\n2. b\n3. c", "no", "no", "no", "unused")
+
+    async def spend_all_granted(messages, *, n=1, max_tokens=None, temperature=None):
+        await asyncio.sleep(0)  # let the concurrent checks interleave
+        out = await script(messages, n=n, max_tokens=max_tokens, temperature=temperature)
+        return [Generation(g.text, min(max_tokens, 10)) for g in out]
+
+    lower = {"type": "regex", "pattern": r"^[a-z ]+$", "full_match": True}
+    out = run(params(strategy="decompose", verifier=lower, max_total_tokens=26), spend_all_granted)
+    checks = [c["max_tokens"] for c in script.calls[2:]]
+    assert checks == [4, 2]  # the third check found nothing left and stopped the run
+    assert out.tokens == 26 and out.stop_reason == "token_budget"
+
+
 def test_parse_constraints():
     assert parse_constraints("1) a\n\n* b\n(3) A\n- c", 2) == ["a", "b"]
 
