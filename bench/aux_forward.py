@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from adapters.default_model import ensure_default_model
-from bench.results import append_run, machine, read_runs
+from bench.results import add_table_option, append_run, machine, printed_table, read_runs
 from decoding.aux import ragged
 from decoding.aux import runner as runner_module
 from decoding.aux.runner import AuxModelRunner
@@ -123,12 +123,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--table", type=Path, metavar="JSON", help="print the latest run's table of a results file"
-    )
+    add_table_option(parser)
     args = parser.parse_args()
-    if args.table:
-        print(table(read_runs(args.table)[-1]))
+    if printed_table(args, table):
         return
     torch.set_num_threads(args.threads)
     meta = machine()

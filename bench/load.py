@@ -29,7 +29,7 @@ import httpx
 import psutil
 import uvloop
 
-from bench.results import machine, read_runs
+from bench.results import add_table_option, machine, printed_table
 from bench.serving import TOPICS, save_results
 from server.launcher import start_server
 from server.toml_writer import write_config
@@ -137,12 +137,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-running", type=int, default=32, help="limits.max_running_requests")
     parser.add_argument("--max-waiting", type=int, default=16, help="limits.max_waiting_requests")
-    parser.add_argument(
-        "--table", type=Path, metavar="JSON", help="print the latest run's table of a results file"
-    )
+    add_table_option(parser)
     args = parser.parse_args()
-    if args.table:
-        print(table(read_runs(args.table)[-1]))
+    if printed_table(args, table):
         return
 
     from adapters.engine import resolve_model

@@ -10,11 +10,13 @@ run (the machines these run on are often shared).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,18 @@ def write_page(path: Path, generated: str) -> None:
         kept = old[old.index(BY_HAND) :]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(generated.rstrip("\n") + "\n" + ("\n" + kept if kept else ""))
+
+
+def add_table_option(parser: argparse.ArgumentParser) -> None:
+    """``--table JSON``: print the latest run's table of a results file instead of measuring."""
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print the latest run's table of a results file"
+    )
+
+
+def printed_table(args: argparse.Namespace, table: Callable[[dict[str, Any]], str]) -> bool:
+    """Print ``table(latest run)`` when ``--table`` was given; say whether it was."""
+    if args.table is None:
+        return False
+    print(table(read_runs(args.table)[-1]))
+    return True

@@ -32,7 +32,7 @@ import re2
 import torch
 from starlette.requests import Request
 
-from bench.results import append_run, machine, read_runs
+from bench.results import add_table_option, append_run, machine, printed_table, read_runs
 from decoding.unlearning.admission import request_texts
 from decoding.unlearning.embeddings import minilm
 from decoding.unlearning.gate import chunks
@@ -173,12 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument(
-        "--table", type=Path, metavar="JSON", help="print the latest run's table of a results file"
-    )
+    add_table_option(parser)
     args = parser.parse_args()
-    if args.table:
-        print(table(read_runs(args.table)[-1]))
+    if printed_table(args, table):
         return
     torch.set_num_threads(1)
     meta = machine()
