@@ -17,8 +17,9 @@ bench/traffic.py measures.
     .venv/bin/python -m bench.aux_forward --batch 1 8 32 --dtype bfloat16 float32 \\
         --modes eager unpacked compiled --baseline 8f5a398
 
-Results (ms per step, median of ``--repeats`` interleaved repeats) go to
-docs/bench/aux-forward.json.
+Results (ms per step, median of ``--repeats`` interleaved repeats) are appended to
+docs/bench/aux-forward.json; ``--table docs/bench/aux-forward.json`` prints the latest run's
+table (the one in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import random
 import statistics
 import subprocess
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from adapters.default_model import ensure_default_model
+from bench.results import append_run, machine, read_runs
 from decoding.aux import ragged
 from decoding.aux import runner as runner_module
 from decoding.aux.runner import AuxModelRunner
@@ -122,13 +123,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print the latest run's table of a results file"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(table(read_runs(args.table)[-1]))
+        return
     torch.set_num_threads(args.threads)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    meta = machine()
     path = str(ensure_default_model())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     builders = {"eager": AuxModelRunner, "unpacked": _unpacked, "compiled": _compiled}
     makers = {mode: builders[mode] for mode in args.modes}
     if args.baseline:
@@ -163,23 +167,35 @@ def main() -> None:
                 }
                 records.append(record)
                 print(json.dumps(record), flush=True)
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = sorted({f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpu})
     result = {
-        "commit": commit,
-        "machine": platform.machine(),
-        "cpu_bf16_flags": flags,
         "threads": args.threads,
         "torch": torch.__version__,
         "model": "SmolLM2-135M (embedded)",
         "steps": args.steps,
         "repeats": args.repeats,
-        "load_average_before": load_before,
-        "load_average_after": Path("/proc/loadavg").read_text().split()[:3],
         "records": records,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    append_run(args.output, result, meta)
+    print(table(read_runs(args.output)[-1]))
+
+
+def table(run: dict) -> str:
+    """Markdown: median ms per decode step by rows and mode, and each mode over ``eager``."""
+    cells = {(r["dtype"], r["batch"], r["mode"]): r["median_ms"] for r in run["records"]}
+    dtypes = sorted({d for d, _, _ in cells})
+    modes = list(dict.fromkeys(m for _, _, m in cells))
+    header = " | ".join("eager (ships)" if m == "eager" else m for m in modes)
+    lines = [f"| dtype | rows | {header} |", "|---|---:|" + "---:|" * len(modes)]
+    for dtype in dtypes:
+        for batch in sorted({b for d, b, _ in cells if d == dtype}):
+            eager = cells.get((dtype, batch, "eager"))
+            row = []
+            for mode in modes:
+                ms = cells.get((dtype, batch, mode))
+                ratio = f" ({ms / eager:.2f}x)" if eager and ms and mode != "eager" else ""
+                row.append("" if ms is None else f"{ms:.0f} ms{ratio}")
+            lines.append(f"| {dtype} | {batch} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

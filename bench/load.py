@@ -10,7 +10,8 @@ else that is not a complete stream counts as a failure.
     .venv/bin/python -m bench.load                       # 64 clients, 60 s
     .venv/bin/python -m bench.load --clients 16 --duration 20 --max-running 8 --max-waiting 4
 
-Prints a markdown table (the one in docs/benchmarks.md) and writes JSON to bench/results/.
+Prints a markdown table and appends the run to docs/bench/load.json (bench/results.py);
+``--table docs/bench/load.json`` prints the latest run's table (the one in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import httpx
 import psutil
 import uvloop
 
+from bench.results import machine, read_runs
 from bench.serving import TOPICS, save_results
 from server.launcher import start_server
 from server.toml_writer import write_config
@@ -135,10 +137,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-running", type=int, default=32, help="limits.max_running_requests")
     parser.add_argument("--max-waiting", type=int, default=16, help="limits.max_waiting_requests")
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print the latest run's table of a results file"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(table(read_runs(args.table)[-1]))
+        return
 
     from adapters.engine import resolve_model
 
+    meta = machine()
     model = resolve_model(None, None)
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(
@@ -196,26 +205,31 @@ def main() -> None:
         },
         "rss_mib": {"before": before, "after": after},
     }
+    print("\n" + table(result))
+    if tally.failures:
+        print("failures:", *tally.failures[:10], sep="\n  ")
+    save_results("load", result, meta)
+
+
+def table(result: dict) -> str:
+    """Markdown: one run's requests, refusals, failures, throughput, TTFT and memory."""
+    done, ttft, rss = result["completed"], result["ttft_s"], result["rss_mib"]
+    before, after = rss["before"], rss["after"]
     lines = [
         "| requests | completed (plain / corrected) | 429 (then retried) | failed | output tok/s "
         "| req/s | TTFT p50 (s) | TTFT p99 (s) | RSS server+engine before -> after (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| all | {completed} ({tally.completed['plain']} / {tally.completed['corrected']}) "
-        f"| {tally.rejected_429} | {len(tally.failures)} | {result['output_tok_s']:.1f} "
-        f"| {result['requests_per_s']:.2f} | {pct(ttft_all, 50):.2f} | {pct(ttft_all, 99):.2f} "
+        f"| all | {sum(done.values())} ({done['plain']} / {done['corrected']}) "
+        f"| {result['rejected_429']} | {result['failed']} | {result['output_tok_s']:.1f} "
+        f"| {result['requests_per_s']:.2f} | {ttft['all']['p50']:.2f} | {ttft['all']['p99']:.2f} "
         f"| {before['server']:.0f}+{before['engine']:.0f} -> "
         f"{after['server']:.0f}+{after['engine']:.0f} |",
     ]
     for kind in ("plain", "corrected"):
         lines.append(
-            f"| {kind} | {tally.completed[kind]} | | | | | {pct(tally.ttft[kind], 50):.2f} "
-            f"| {pct(tally.ttft[kind], 99):.2f} | |"
+            f"| {kind} | {done[kind]} | | | | | {ttft[kind]['p50']:.2f} | {ttft[kind]['p99']:.2f} | |"
         )
-    table = "\n".join(lines)
-    print("\n" + table)
-    if tally.failures:
-        print("failures:", *tally.failures[:10], sep="\n  ")
-    save_results("load", {**result, "table": table})
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import httpx
 import torch
 import uvloop
 
+from bench.results import machine
 from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
 from server.launcher import start_server
 from server.toml_writer import write_config
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
+    meta = machine()
 
     from transformers import AutoTokenizer
 
@@ -158,7 +160,12 @@ def main() -> None:
     print("\n" + table)
     save_results(
         "proxy-tuning",
-        {"args": vars(args), "table": table, "runs": [r.__dict__ for r in [*runs, reference]]},
+        {
+            "args": vars(args),
+            "table": table,
+            "measurements": [r.__dict__ for r in [*runs, reference]],
+        },
+        meta,
     )
 
 

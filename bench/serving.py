@@ -2,14 +2,15 @@
 
 Both sides run the same model, the same engine arguments (corrigo's, logits processor
 included), the same prompts and the same sampling, one after the other on this machine (never
-two engines at once). "direct" drives ``AsyncLLM.generate`` in-process; "corrigo" is
+two engines at once), interleaved: direct, corrigo, corrigo, direct, ... (``--repeats`` each). "direct" drives ``AsyncLLM.generate`` in-process; "corrigo" is
 ``corrigo serve`` in a subprocess, driven over HTTP with streaming (SSE) by an asyncio + httpx
 client, through /v1/completions (same prompt text as direct) and /v1/chat/completions.
 
     .venv/bin/python -m bench.serving                      # embedded SmolLM2, c = 1, 8, 32
     .venv/bin/python -m bench.serving --requests 64 --max-tokens 128 --concurrency 1 8
 
-Prints a markdown table (the one in docs/benchmarks.md) and writes JSON to bench/results/.
+Prints a markdown table and appends the run to docs/bench/serving.json (bench/results.py);
+``--table docs/bench/serving.json`` prints the latest run's table (the one in docs/benchmarks.md).
 
 Servers already running (each an OpenAI API serving ``--model``; one at a time, never two
 engines on one machine at once) are measured the same way, over HTTP only, and compared with the
@@ -24,23 +25,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import httpx
 import uvloop
 
+from bench.results import append_run, machine, read_runs
 from server.launcher import start_server
 from server.toml_writer import write_config
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "docs" / "bench"
 
 TOPICS = [
     "a lighthouse keeper",
@@ -71,6 +72,8 @@ class Run:
     wall_s: float
     ttft_p50_s: float
     ttft_p99_s: float
+    #: Which repeat of an interleaved (ABBA) benchmark this run belongs to.
+    repeat: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -140,7 +143,7 @@ async def bench_direct(model, engine_settings, prompts, args) -> list[Run]:
         runs = []
         for c in args.concurrency:
             wall, results = await run_pool(c, prompts, one)
-            runs.append(summarise("direct AsyncLLM", c, wall, results))
+            runs.append(summarise(DIRECT, c, wall, results))
             print(f"  direct c={c}: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
         return runs
     finally:
@@ -215,57 +218,72 @@ async def bench_http(
         return runs
 
 
-def save_results(name: str, result: dict) -> Path:
-    """Write a benchmark's figures to bench/results/NAME-<time>.json (not committed)."""
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+def save_results(name: str, result: dict, meta: dict) -> Path:
+    """Append a run (``meta`` from :func:`bench.results.machine`, taken before it) to
+    docs/bench/NAME.json (or to NAME itself where it ends in .json); earlier runs stay."""
+    path = Path(name) if name.endswith(".json") else RESULTS_DIR / f"{name}.json"
+    append_run(path, json.loads(json.dumps(result, default=str)), meta)
     return path
 
 
-def vs_direct(runs: list[Run]) -> Callable[[Run], Run]:
-    """Each run against the direct engine's at the same concurrency."""
-    direct = {r.concurrency: r for r in runs if r.system.startswith("direct")}
-    return lambda r: direct[r.concurrency]
+DIRECT = "direct AsyncLLM"
 
 
-def endpoint(run: Run) -> str:
-    return run.system.rsplit(" ", 1)[-1]
+def endpoint(system: str) -> str:
+    return system.rsplit(" ", 1)[-1]
 
 
-def vs_first_server(runs: list[Run]) -> Callable[[Run], Run]:
-    """Each run against the first server's on the same endpoint and concurrency."""
+def vs_direct(runs: list[Run]) -> Callable[[str], str]:
+    """Each system against the direct engine at the same concurrency."""
+    return lambda system: DIRECT
+
+
+def vs_first_server(runs: list[Run]) -> Callable[[str], str]:
+    """Each system against the first server's on the same endpoint."""
     first = runs[0].system.rsplit(" ", 1)[0]
-    base = {(r.concurrency, endpoint(r)): r for r in runs if r.system.rsplit(" ", 1)[0] == first}
-    return lambda r: base[(r.concurrency, endpoint(r))]
+    return lambda system: f"{first} {endpoint(system)}"
 
 
 def table(
-    runs: list[Run], baseline: Callable[[Run], Run] | None = None, label: str = "direct"
+    runs: list[Run], baseline: Callable[[str], str] | None = None, label: str = "direct"
 ) -> str:
-    """Markdown: each run's throughput and TTFT, and their ratios to ``baseline(run)`` (default:
-    the direct engine's run at the same concurrency), named ``label`` in the header."""
+    """Markdown: every system's runs at each concurrency (tok/s, in the order run), their min /
+    median / max, and the medians of throughput and TTFT p50 over ``baseline(system)``'s at the
+    same concurrency (default: the direct engine), named ``label`` in the header."""
     baseline = baseline or vs_direct(runs)
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.system, run.concurrency), []).append(run)
+
+    def median(key: tuple[str, int], field: str) -> float:
+        return statistics.median(getattr(r, field) for r in groups[key])
+
     lines = [
-        f"| system | concurrency | output tok/s | vs {label} | TTFT p50 (s) | TTFT p99 (s) | p50 vs {label} |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| system | concurrency | output tok/s, each run | min / median / max | vs {label} "
+        f"| TTFT p50 (s), median | p50 vs {label} |",
+        "|---|---:|---|---|---:|---:|---:|",
     ]
-    for r in sorted(runs, key=lambda r: (r.concurrency, baseline(r) is not r, r.system)):
-        d = baseline(r)
+    order = sorted(groups, key=lambda k: (k[1], baseline(k[0]) != k[0], k[0]))
+    for key in order:
+        system, c = key
+        base = (baseline(system), c)
+        tok = [r.tokens_per_s for r in groups[key]]
+        ttft = median(key, "ttft_p50_s")
         lines.append(
-            f"| {r.system} | {r.concurrency} | {r.tokens_per_s:.1f} | {r.tokens_per_s / d.tokens_per_s:.2f}x"
-            f" | {r.ttft_p50_s:.3f} | {r.ttft_p99_s:.3f} | {r.ttft_p50_s / d.ttft_p50_s:.2f}x |"
+            f"| {system} | {c} | {', '.join(f'{t:.1f}' for t in tok)} "
+            f"| {min(tok):.1f} / {statistics.median(tok):.1f} / {max(tok):.1f} "
+            f"| {statistics.median(tok) / median(base, 'tokens_per_s'):.2f}x "
+            f"| {ttft:.3f} | {ttft / median(base, 'ttft_p50_s'):.2f}x |"
         )
     return "\n".join(lines)
 
 
 def load_runs(path: Path) -> list[Run]:
-    """The runs a results file of :func:`save_results` (or ``--out``) holds."""
+    """The measurements of the latest run in a results file of :func:`save_results`."""
     names = {f.name for f in fields(Run)}
     return [
         Run(**{k: v for k, v in r.items() if k in names})
-        for r in json.loads(path.read_text())["runs"]
+        for r in read_runs(path)[-1]["measurements"]
     ]
 
 
@@ -293,6 +311,7 @@ def bench_running(args) -> None:
 
     prompts, messages = chat_workload(AutoTokenizer.from_pretrained(args.model), args.requests)
     runs: list[Run] = []
+    meta = machine()
     for spec in args.url:
         system, _, url = spec.partition("=")
         model_id = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
@@ -303,14 +322,9 @@ def bench_running(args) -> None:
     result = {
         "args": vars(args),
         "model": args.model,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
-        "table": report,
+        "measurements": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
     }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2, default=str))
-    else:
-        save_results("serving-http", result)
+    save_results(args.out or "serving-http", result, meta)
 
 
 def main() -> None:
@@ -321,12 +335,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--compiled", action="store_true", help="let vLLM compile (default: eager)")
     parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per side, interleaved (ABBA); default 2"
+    )
+    parser.add_argument(
         "--url",
         action="append",
         metavar="NAME=URL",
         help="measure this running server instead (repeatable; needs --model, its folder)",
     )
-    parser.add_argument("--out", type=Path, help="JSON results file (with --url)")
+    parser.add_argument(
+        "--out",
+        help="with --url: results file, NAME.json or a name under docs/bench/ (default serving-http)",
+    )
     parser.add_argument(
         "--table", nargs="+", type=Path, metavar="JSON", help="print the table of saved results"
     )
@@ -345,31 +365,42 @@ def main() -> None:
 
     from adapters.engine import resolve_model
 
+    meta = machine()
     model = resolve_model(args.model, None)
     engine_settings = {"max_model_len": 2048, "enforce_eager": not args.compiled}
     prompts, messages = chat_workload(AutoTokenizer.from_pretrained(model.path), args.requests)
 
-    print(f"direct AsyncLLM ({model.model_id}, {engine_settings})", flush=True)
-    # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
-    runs = uvloop.run(bench_direct(model, engine_settings, prompts, args))
+    def direct() -> list[Run]:
+        print(f"{DIRECT} ({model.model_id}, {engine_settings})", flush=True)
+        # uvloop on both sides, as in uvicorn (and so in corrigo and `vllm serve`).
+        return uvloop.run(bench_direct(model, engine_settings, prompts, args))
 
-    print("corrigo serve", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(
-            Path(tmp) / "bench.toml",
-            {
-                "model": {"path": model.path, "served_model_name": model.model_id},
-                "engine": engine_settings,
-                "server": {"log_level": "warning"},
-            },
-        )
-        server = start_server(config, Path(tmp) / "server.log")
-        try:
-            runs += uvloop.run(
-                bench_corrigo(server.base_url, model.model_id, prompts, messages, args)
+    def corrigo() -> list[Run]:
+        print("corrigo serve", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = write_config(
+                Path(tmp) / "bench.toml",
+                {
+                    "model": {"path": model.path, "served_model_name": model.model_id},
+                    "engine": engine_settings,
+                    "server": {"log_level": "warning"},
+                },
             )
-        finally:
-            server.stop()
+            server = start_server(config, Path(tmp) / "server.log")
+            try:
+                return uvloop.run(
+                    bench_corrigo(server.base_url, model.model_id, prompts, messages, args)
+                )
+            finally:
+                server.stop()
+
+    # Interleaved, one engine at a time: direct, corrigo, corrigo, direct, ... so that a
+    # drift in the machine's speed (other load) does not favour one side.
+    runs: list[Run] = []
+    sides = [direct, corrigo]
+    for repeat in range(args.repeats):
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
+            runs += [replace(run, repeat=repeat) for run in side()]
 
     report = table(runs)
     print("\n" + report)
@@ -379,10 +410,9 @@ def main() -> None:
             "args": vars(args),
             "engine": engine_settings,
             "model": model.model_id,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
-            "table": report,
+            "measurements": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs],
         },
+        meta,
     )
 
 

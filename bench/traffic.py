@@ -26,9 +26,10 @@ concurrency.
 
     .venv/bin/python -m bench.traffic --setups equal small_pair --concurrency 1 8 32
 
-Results go to docs/bench/traffic.json (every run: throughput, TTFT and inter-token latency
-p50/p99 of plain and corrected requests, the load average before and after, the commit, the
-CPU's bf16 flags); run it under the engine lock (flock /tmp/corrigo-engine.lock).
+Each run is appended to docs/bench/traffic.json (or ``--output``; bench/results.py: earlier
+runs stay): throughput, TTFT and inter-token latency p50/p99 of plain and corrected requests,
+the load average around each measurement, the commit, the CPU's bf16 flags. Run it under the
+engine lock (flock /tmp/corrigo-engine.lock).
 """
 
 from __future__ import annotations
@@ -36,10 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from adapters.aux_memory import model_shape
 from adapters.engine import resolve_model
 from adapters.proxy_training import cut_layers
+from bench.results import load_average, machine, read_runs, write_runs
 from server.launcher import start_server
 from server.toml_writer import write_config
 
@@ -178,10 +178,6 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
 
-def _load() -> list[str]:
-    return Path("/proc/loadavg").read_text().split()[:3]
-
-
 def build_pair(base: str, folder: Path) -> str:
     """SmolLM2's first :data:`PAIR_LAYERS` layers, saved with its tokenizer, at ``folder``."""
     if (folder / "config.json").exists():
@@ -222,7 +218,7 @@ def bench_setup(setup: str, args, work: Path, meta: dict, records: list[dict]) -
             order = ["plain", "mixed"]
             for repeat in range(args.repeats):
                 for workload in order if repeat % 2 == 0 else order[::-1]:
-                    before = _load()
+                    before = load_average()
                     result = uvloop.run(
                         run(server.base_url, model.model_id, reqs, workload == "mixed", cap)
                     )
@@ -233,7 +229,7 @@ def bench_setup(setup: str, args, work: Path, meta: dict, records: list[dict]) -
                         "repeat": repeat,
                         "requests": count,
                         "load_before": before,
-                        "load_after": _load(),
+                        "load_after": load_average(),
                         "flops_per_token": flops,
                         **result,
                     }
@@ -275,10 +271,10 @@ def summary(records: list[dict]) -> list[dict]:
 
 
 def _save(meta: dict, records: list[dict], output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        json.dumps({**meta, "records": records, "summary": summary(records)}, indent=1) + "\n"
-    )
+    """This run so far, after the file's earlier runs (``meta["earlier"]``, read at the start)."""
+    run = {k: v for k, v in meta.items() if k != "earlier"}
+    run |= {"load_average_after": load_average(), "records": records, "summary": summary(records)}
+    write_runs(output, [*meta["earlier"], run])
 
 
 def main() -> None:
@@ -296,15 +292,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    cpu = Path("/proc/cpuinfo").read_text()
     meta = {
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip(),
-        "cpu_bf16_flags": sorted({f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpu}),
-        "cores": len(os.sched_getaffinity(0)),
+        **machine(),
         "args": {k: v if not isinstance(v, Path) else str(v) for k, v in vars(args).items()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "earlier": read_runs(args.output),
     }
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

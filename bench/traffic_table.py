@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
+
+from bench.results import read_runs
 
 
 def _median(runs: list[dict], *keys: str) -> float:
@@ -29,8 +30,7 @@ def table(paths: list[Path]) -> str:
         "| load before -> after |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
-    for path in paths:
-        result = json.loads(path.read_text())
+    for result in (run for path in paths for run in read_runs(path)):
         for row in result["summary"]:
             runs = [
                 r

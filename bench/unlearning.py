@@ -28,6 +28,7 @@ import httpx
 import torch
 import uvloop
 
+from bench.results import machine
 from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
 from server.launcher import start_server
 from server.toml_writer import write_config
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--soft-only", action="store_true")
     args = parser.parse_args()
+    meta = machine()
 
     from transformers import AutoTokenizer
 
@@ -214,7 +216,9 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     save_results(
-        "unlearning", {"args": vars(args), "table": table, "runs": [r.__dict__ for r in runs]}
+        "unlearning",
+        {"args": vars(args), "table": table, "measurements": [r.__dict__ for r in runs]},
+        meta,
     )
 
 

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from adapters.default_model import ensure_default_model
+from bench.results import append_run, load_average, machine, write_page
 from decoding.cache import cache_dir
 
 from .server import local_server
@@ -147,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"== stage {name}", flush=True)
         before = json.loads(record.read_text()) if record.exists() and not args.force else {}
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, where = time.perf_counter(), time.process_time(), machine()
         result = STAGE_FUNCTIONS[name](args, work, before)
+        result["machine"] = {**where, "load_average_after": load_average()}
         result["wall_seconds"] = round(
             before.get("wall_seconds", 0) + time.perf_counter() - wall, 1
         )
@@ -414,7 +416,7 @@ def stage_docs(args, work: Path, before: dict) -> dict:
             for k in proxies
         },
         "stages": {
-            name: {k: v for k, v in st.items() if not isinstance(v, dict)}
+            name: {k: v for k, v in st.items() if k == "machine" or not isinstance(v, dict)}
             for name, st in stages.items()
         },
         "examples": {k: v["answers"] for k, v in systems.items()},
@@ -447,8 +449,7 @@ def write_docs(folder: Path, results: dict, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "proxy_tuning.json").write_text(json.dumps(results, indent=2) + "\n")
+    append_run(folder / "proxy_tuning.json", results, machine())
     systems = results["systems"]
     names = list(systems)
     colours = [
@@ -524,7 +525,8 @@ def write_docs(folder: Path, results: dict, args) -> None:
         f"| {name} | {st['wall_seconds']} | {st['cpu_seconds']} |" for name, st in s.items()
     )
     items, facts = results["items"], results["facts"]
-    (folder / "proxy_tuning.md").write_text(
+    write_page(
+        folder / "proxy_tuning.md",
         f"""# Proxy-tuning: the expert's form, the base's knowledge
 
 Command (2 CPU cores; each stage is cached under `--work-dir`, so stages can run one at a
@@ -599,5 +601,5 @@ Time per stage (seconds; CPU is this process's, so the server stage's engine is 
 | stage | wall | CPU |
 |---|---:|---:|
 {timing}
-"""
+""",
     )

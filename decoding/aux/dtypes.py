@@ -23,17 +23,23 @@ AUX_DTYPES: tuple[str, ...] = get_args(AuxDType)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this host's CPU computes bf16 natively (assumed so where it cannot be read)."""
+def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """The :data:`BF16_CPU_FLAGS` this host's CPU has, sorted; None where it cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return True
+        return None
     flags = next(
         (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
         [],
     )
-    return bool(BF16_CPU_FLAGS & set(flags))
+    return sorted(BF16_CPU_FLAGS & set(flags))
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this host's CPU computes bf16 natively (assumed so where it cannot be read)."""
+    flags = cpu_bf16_flags(cpuinfo)
+    return flags is None or bool(flags)
 
 
 def dtype_name(dtype: object) -> str:
