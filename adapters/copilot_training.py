@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +66,9 @@ class TrainSettings:
     max_length: int = 512
     save_every: int = 200
     seed: int = 0
-    space: str = "logits"
+    space: str = "probs"
     default_lambda: float = 1.0
+    #: A torch device, or ``"auto"`` (:func:`resolve_device`).
     device: str = "cpu"
 
 
@@ -155,20 +156,27 @@ class MistakeLog:
             return cls(**{k: data[k] for k in data.files})
 
 
-@torch.inference_mode()
-def log_part(pilot, examples: Sequence[tuple[list[int], int]], top_k: int, device) -> MistakeLog:
-    """The pilot's top-``k`` distributions over each example's response tokens."""
+def pad_batch(examples: Sequence[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of the streams, right-padded with 0."""
     width = max(len(s) for s, _ in examples)
     ids = torch.zeros(len(examples), width, dtype=torch.long)
     mask = torch.zeros(len(examples), width, dtype=torch.long)
     for b, (stream, _) in enumerate(examples):
         ids[b, : len(stream)] = torch.tensor(stream)
         mask[b, : len(stream)] = 1
-    logits = pilot(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    return ids, mask
+
+
+@torch.no_grad()
+def log_logits(
+    logits: torch.Tensor, examples: Sequence[tuple[list[int], int]], top_k: int
+) -> MistakeLog:
+    """The mistake log of one batch from the pilot's ``logits`` over it (``[batch, width,
+    vocab]``, as :func:`pad_batch` lays the examples out)."""
     top_ids, top_probs, counts = [], [], []
     for b, (stream, prompt_length) in enumerate(examples):
         # Position i predicts token i + 1: response tokens are predicted at P - 1 .. n - 2.
-        scores = logits[b, prompt_length - 1 : len(stream) - 1].float()
+        scores = logits[b, prompt_length - 1 : len(stream) - 1].detach().float()
         probs, index = torch.softmax(scores, -1).topk(top_k, -1)
         top_ids.append(index.to(torch.int32).cpu().numpy())
         top_probs.append(probs.to(torch.float16).cpu().numpy())
@@ -182,6 +190,26 @@ def log_part(pilot, examples: Sequence[tuple[list[int], int]], top_k: int, devic
         np.concatenate(top_ids),
         np.concatenate(top_probs),
     )
+
+
+@torch.inference_mode()
+def log_part(pilot, examples: Sequence[tuple[list[int], int]], top_k: int, device) -> MistakeLog:
+    """The pilot's top-``k`` distributions over each example's response tokens."""
+    ids, mask = pad_batch(examples)
+    logits = pilot(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    return log_logits(logits, examples, top_k)
+
+
+def resolve_device(name: str) -> str:
+    """``"auto"``: CUDA where torch sees a GPU, else the CPU; any other name as given, after
+    checking that torch can use it (a clear error instead of a failure mid-run)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, AssertionError) as exc:
+        raise TrainingError(f"--device {name}: torch cannot use it here ({exc})") from None
+    return name
 
 
 def build_mistake_log(
@@ -292,9 +320,33 @@ def rmse_loss(model: Copilot, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(torch.mean((out - error) ** 2))
 
 
-def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
+def start_run(out: Path, run: dict) -> None:
+    """Record what ``out`` is trained from; refuse a folder that holds another run."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "run.json"
+    if run_file.exists() and json.loads(run_file.read_text()) != run:
+        raise TrainingError(
+            f"{out} holds a run for another pilot, data set or settings; use a new --out folder"
+        )
+    run_file.write_text(json.dumps(run, indent=2))
+
+
+def bind(pilot: str, pilot_path: str, settings: TrainSettings) -> Binding:
+    """The binding to the pilot at ``pilot_path`` (vocabulary, config, weights)."""
+    vocab, config_dict, weights = pilot_identity(pilot_path)
+    return Binding.of(
+        pilot,
+        vocab,
+        config_dict,
+        space=settings.space,
+        default_lambda=settings.default_lambda,
+        weights=weights,
+    )
 
 
 def train(
@@ -304,31 +356,30 @@ def train(
     Resumes from whatever ``out`` already holds for the same pilot, data and settings."""
     from transformers import AutoConfig, AutoTokenizer
 
+    settings = replace(settings, device=resolve_device(settings.device))
     pilot_path = resolve_path(pilot)
     tokenizer = AutoTokenizer.from_pretrained(pilot_path)
     pilot_config = AutoConfig.from_pretrained(pilot_path)
     pairs = read_pairs(data)
-    out.mkdir(parents=True, exist_ok=True)
-    run = {
-        "pilot": pilot,
-        "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-        "top_k": settings.top_k,
-        "max_length": settings.max_length,
-    }
-    run_file = out / "run.json"
-    if run_file.exists() and json.loads(run_file.read_text()) != run:
-        raise TrainingError(
-            f"{out} holds a run for another pilot, data set or top-k; use a new --out folder"
-        )
-    run_file.write_text(json.dumps(run, indent=2))
-
+    start_run(
+        out,
+        {
+            "pilot": pilot,
+            "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+            "top_k": settings.top_k,
+            "max_length": settings.max_length,
+        },
+    )
     examples = [encode(tokenizer, p, r, settings.max_length) for p, r in pairs]
     log = build_mistake_log(pilot_path, examples, out / LOG_DIR, settings)
-    vocab, config_dict = pilot_identity(pilot_path)
-    binding = Binding.of(
-        pilot, vocab, config_dict, space=settings.space, default_lambda=settings.default_lambda
-    )
+    yield from fit_copilot(log, pilot_config, bind(pilot, pilot_path, settings), out, settings)
 
+
+def fit_copilot(
+    log: MistakeLog, pilot_config, binding: Binding, out: Path, settings: TrainSettings
+) -> Iterator[tuple[int, float]]:
+    """Train a copilot on ``log`` (resuming from ``out``'s optimiser state) and save its
+    checkpoint, bound by ``binding``, in ``out``; yields ``(step, loss)``."""
     torch.manual_seed(settings.seed)
     model = Copilot(copilot_config(pilot_config, settings), settings.top_k).to(settings.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
@@ -347,7 +398,7 @@ def train(
     with (out / TRAIN_LOG).open("a") as train_log:
         while step < total:
             epoch, offset = divmod(step, per_epoch)
-            examples_ = _batches(len(log), settings.batch_size, settings.seed, epoch)[offset]
+            examples_ = batches(len(log), settings.batch_size, settings.seed, epoch)[offset]
             loss = rmse_loss(model, batch_tensors(log, examples_, settings.device))
             optimizer.zero_grad()
             loss.backward()

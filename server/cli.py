@@ -92,7 +92,10 @@ def _add_copilot_commands(commands) -> None:
             "Run the pilot with teacher forcing over prompt/response pairs (JSONL lines "
             '{"prompt": ..., "response": ...}, prompts rendered by the chat template as the '
             "server renders them), record its mistake log, train a copilot on it and save a "
-            "checkpoint bound to the pilot in --out. Rerun the same command to resume."
+            "checkpoint bound to the pilot in --out. With --joint, fine-tune the pilot for "
+            "--pilot-epochs rounds, logging its mistakes under its weights at every round, "
+            "save it in --out/pilot and bind the copilot to it (--out/serve.toml serves them "
+            "together). Rerun the same command to resume."
         ),
     )
     train.add_argument("--pilot", required=True, help='pilot model folder, or "embedded"')
@@ -102,16 +105,27 @@ def _add_copilot_commands(commands) -> None:
     train.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
     train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    train.add_argument(
+        "--device", default="auto", help="torch device (default auto: cuda if available, else cpu)"
+    )
     train.add_argument("--top-k", type=int, default=32, help="pilot tokens logged per position")
     train.add_argument("--hidden-size", type=int, default=128)
     train.add_argument("--layers", type=int, default=2)
-    train.add_argument("--space", choices=SPACES, default="logits", help="default fusion space")
+    train.add_argument(
+        "--space", choices=SPACES, default="probs", help="default fusion space (default probs)"
+    )
     train.add_argument(
         "--lambda", dest="default_lambda", type=float, default=1.0, help="default fusion weight"
     )
     train.add_argument("--save-every", type=int, default=200, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0)
+    joint = train.add_argument_group("joint training (Transformer Copilot's Alg. 1)")
+    joint.add_argument(
+        "--joint", action="store_true", help="fine-tune the pilot too; log it at every round"
+    )
+    joint.add_argument("--pilot-epochs", type=int, default=3, help="fine-tuning rounds")
+    joint.add_argument("--pilot-lr", type=float, default=2e-5, help="pilot learning rate")
+    joint.add_argument("--pilot-batch-size", type=int, default=8)
 
 
 #: CLI flag -> dotted config key.
@@ -149,6 +163,7 @@ def copilot_train(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from adapters.copilot_joint import JointSettings, train_joint
     from adapters.copilot_training import TrainingError, TrainSettings, train
 
     settings = TrainSettings(
@@ -165,13 +180,21 @@ def copilot_train(args: argparse.Namespace) -> int:
         default_lambda=args.default_lambda,
         device=args.device,
     )
+    if args.joint:
+        joint = JointSettings(args.pilot_epochs, args.pilot_lr, args.pilot_batch_size)
+        steps = train_joint(args.pilot, args.data, args.out, settings, joint)
+    else:
+        steps = train(args.pilot, args.data, args.out, settings)
     try:
-        for _ in train(args.pilot, args.data, args.out, settings):
+        for _ in steps:
             pass
     except (TrainingError, OSError) as exc:
         print(f"corrigo: {exc}", file=sys.stderr)
         return 2
     print(f"corrigo: copilot saved in {args.out}")
+    if args.joint:
+        print(f"corrigo: fine-tuned pilot in {args.out / 'pilot'}; serve both with:")
+        print((args.out / "serve.toml").read_text(), end="")
     return 0
 
 

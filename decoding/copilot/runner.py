@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from decoding.copilot.binding import Binding, BindingError
+from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read
 from decoding.pipeline import TokenStream
 
@@ -20,12 +20,13 @@ class CopilotConfigError(ValueError):
     """A declared copilot that cannot serve beside the served model; the message says why."""
 
 
-def pilot_identity(pilot_path: str) -> tuple[dict[str, int], dict]:
-    """The pilot's vocabulary and model config, as bindings hash them."""
+def pilot_identity(pilot_path: str) -> tuple[dict[str, int], dict, str | None]:
+    """The pilot's vocabulary, model config and weights fingerprint, as bindings check them."""
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(pilot_path)
-    return tokenizer.get_vocab(), AutoConfig.from_pretrained(pilot_path).to_dict()
+    config = AutoConfig.from_pretrained(pilot_path).to_dict()
+    return tokenizer.get_vocab(), config, weights_fingerprint(pilot_path)
 
 
 def check_binding(name: str, path: str, pilot_path: str) -> Binding:
@@ -35,9 +36,9 @@ def check_binding(name: str, path: str, pilot_path: str) -> Binding:
         checkpoint = read(folder)
     except CheckpointError as exc:
         raise CopilotConfigError(f"copilots.{name}: {exc}") from None
-    vocab, config = pilot_identity(pilot_path)
+    vocab, config, weights = pilot_identity(pilot_path)
     try:
-        checkpoint.binding.check(pilot_path, vocab, config)
+        checkpoint.binding.check(pilot_path, vocab, config, weights)
     except BindingError as exc:
         raise CopilotConfigError(
             f"copilots.{name} ({folder}) cannot serve the model {pilot_path}: {exc}"

@@ -20,7 +20,7 @@ from adapters.copilot_training import (
     train,
 )
 from adapters.default_model import ensure_default_model
-from decoding.copilot.binding import Binding, BindingError
+from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read, save
 from decoding.copilot.fusion import RectificationFusion
 from decoding.copilot.model import Copilot, PilotFeatures
@@ -144,11 +144,12 @@ def test_binding_checks_vocabulary_and_config_but_not_how_it_was_saved():
     vocab = {"a": 0, "b": 1}
     config = {"hidden_size": 8, "_name_or_path": "/x", "transformers_version": "5"}
     binding = Binding.of("pilot", vocab, config)
-    binding.check("same", dict(vocab), {**config, "_name_or_path": "/y", "dtype": "bfloat16"})
+    same = {**config, "_name_or_path": "/y", "dtype": "bfloat16"}
+    binding.check("same", dict(vocab), same, None)
     with pytest.raises(BindingError, match="tokenizer differs"):
-        binding.check("other", {"a": 0, "c": 1}, config)
+        binding.check("other", {"a": 0, "c": 1}, config, None)
     with pytest.raises(BindingError, match="config differs"):
-        binding.check("other", vocab, {**config, "hidden_size": 16})
+        binding.check("other", vocab, {**config, "hidden_size": 16}, None)
 
 
 def tiny_copilot_config(vocab):
@@ -321,7 +322,8 @@ def test_training_lowers_the_rmse_and_resumes(pilot, data, tmp_path):
     assert [s for s, _ in resumed] == list(range(21, 26))  # resumed, not restarted
     checkpoint = read(out)
     vocab = AutoTokenizer.from_pretrained(pilot).get_vocab()
-    checkpoint.binding.check(str(pilot), vocab, AutoConfig.from_pretrained(pilot).to_dict())
+    config = AutoConfig.from_pretrained(pilot).to_dict()
+    checkpoint.binding.check(str(pilot), vocab, config, weights_fingerprint(pilot))
     check_binding("fix", str(out), str(pilot))
 
 
