@@ -28,6 +28,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..topk import topk
+
 
 @dataclass(frozen=True)
 class PilotFeatures:
@@ -42,8 +44,9 @@ class PilotFeatures:
 
     @classmethod
     def from_log_probs(cls, log_probs: torch.Tensor, k: int) -> PilotFeatures:
-        """From ``log_softmax(logits)``: exponentiates the ``k`` chosen entries only."""
-        top, ids = log_probs.topk(k, dim=-1)
+        """From ``log_softmax(logits)`` ``[rows, vocab]``: exponentiates the ``k`` chosen
+        entries only (found by decoding/topk.py's blocked top-k)."""
+        top, ids = topk(log_probs, k)
         return cls(ids, top.exp())
 
 
