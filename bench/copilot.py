@@ -28,8 +28,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import httpx
 import torch
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from adapters.copilot_training import TrainSettings, copilot_config
@@ -64,6 +66,18 @@ def make_copilot(folder: Path, pilot: str) -> Copilot:
     vocab, pilot_config = pilot_identity(pilot)
     checkpoint.save(folder, model, Binding.of(pilot, vocab, pilot_config))
     return model
+
+
+def plugin_seconds(base_url: str) -> tuple[float, float]:
+    """Seconds and steps the copilot plugin has taken so far (``corrigo_plugin_step_seconds``:
+    its time inside the engine's step, measured in the engine process)."""
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        for sample in family.samples:
+            suffix = sample.name.removeprefix("corrigo_plugin_step_seconds")
+            if suffix in totals and sample.labels.get("plugin") == "copilot":
+                totals[suffix] = sample.value
+    return totals["_sum"], totals["_count"]
 
 
 def main() -> None:
@@ -116,6 +130,7 @@ def main() -> None:
                 for pair in range(args.pairs):
                     for workload in order if pair % 2 == 0 else order[::-1]:
                         before = load()
+                        seconds, steps = plugin_seconds(server.base_url)
                         result = uvloop.run(
                             traffic.run(
                                 server.base_url,
@@ -126,6 +141,8 @@ def main() -> None:
                                 CORRECTION,
                             )
                         )
+                        seconds_after, steps_after = plugin_seconds(server.base_url)
+                        steps_run = steps_after - steps
                         record = {
                             "concurrency": cap,
                             "workload": workload,
@@ -134,9 +151,19 @@ def main() -> None:
                             "load_before": before,
                             "load_after": load(),
                             **result,
+                            "copilot_steps": steps_run,
+                            "copilot_ms_per_step": (
+                                1e3 * (seconds_after - seconds) / steps_run if steps_run else 0.0
+                            ),
                         }
                         records.append(record)
-                        print(record["concurrency"], workload, pair, result["output_tok_s"])
+                        print(
+                            cap,
+                            workload,
+                            pair,
+                            result["output_tok_s"],
+                            record["copilot_ms_per_step"],
+                        )
         finally:
             server.stop()
     summary = []
@@ -150,9 +177,15 @@ def main() -> None:
             }
             pairs.append(tok["plain"] / tok["copilot"] - 1)
         overhead = statistics.median(pairs)
+        plugin_ms = [
+            r["copilot_ms_per_step"]
+            for r in records
+            if r["concurrency"] == cap and r["workload"] == "copilot"
+        ]
         summary.append(
             {
                 "concurrency": cap,
+                "copilot_ms_per_step": statistics.median(plugin_ms),
                 "overhead_per_pair": pairs,
                 "overhead": overhead,
                 "flop_share": share,
