@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
+from bench.results import load
 from decoding.aux.dtypes import BF16_CPU_FLAGS, cpu_has_native_bf16
 from server.launcher import start_server
 from server.toml_writer import write_config
@@ -90,11 +91,13 @@ def measure(tree: Path, label: str, workload: str, model, prompts, messages, arg
         server = start_server(config, Path(tmp) / "server.log", cwd=tree)
         try:
             model_id = httpx.get(f"{server.base_url}/v1/models", timeout=60).json()["data"][0]["id"]
+            before = load()
             runs = uvloop.run(
                 bench_http(
                     label, server.base_url, model_id, prompts, messages, args, _extra_body(workload)
                 )
             )
+            after = load()
         finally:
             server.stop()
     return [
@@ -106,6 +109,8 @@ def measure(tree: Path, label: str, workload: str, model, prompts, messages, arg
             "tokens_per_s": r.tokens_per_s,
             "ttft_p50_s": r.ttft_p50_s,
             "wall_s": r.wall_s,
+            "load_before": before,
+            "load_after": after,
         }
         for r in runs
     ]
