@@ -117,15 +117,16 @@ Exhausted = Callable[[Sequence[Row]], None]
 class EngineMask:
     """Which of a batch's logits the engine set to ``-inf``, read before the plugins run.
 
-    ``where``: ``isneginf(logits)`` ``[rows, vocab]``, or None where no row has any ``-inf``
-    (a batch without grammars, ``allowed_token_ids``, ``bad_words`` or ``min_tokens``), told by
-    one per-row minimum instead of a full boolean mask; ``all_masked``: ``[rows]``, the rows
+    ``where``: ``isneginf(logits)`` ``[rows, vocab]``, or, on the CPU, None where no row has any
+    ``-inf`` (a batch without grammars, ``allowed_token_ids``, ``bad_words`` or ``min_tokens``),
+    told by one per-row minimum instead of a full boolean mask (on a GPU the mask is cheap and
+    asking whether there is one would cost a host sync); ``all_masked``: ``[rows]``, the rows
     whose every token was ``-inf`` (a row's maximum).
     """
 
     def __init__(self, logits: torch.Tensor) -> None:
         self.all_masked = torch.isneginf(logits.amax(dim=-1))
-        any_masked = bool(torch.isneginf(logits.amin(dim=-1)).any())
+        any_masked = logits.device.type != "cpu" or bool(torch.isneginf(logits.amin(dim=-1)).any())
         self.where = torch.isneginf(logits) if any_masked else None
 
 
