@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..pipeline import Row, StepPlugin
+from ..topk import argmax
 from .abstain import Abstention, AbstentionPhrase, force
 from .forget_set import ForgetSet
 from .gate import Embedder
@@ -165,7 +166,7 @@ class Unlearning(StepPlugin):
         every_row = len(active) == len(rows)
         at = None if every_row else torch.tensor([i for i, _ in active], device=logits.device)
         sub = logits if at is None else logits[at]
-        top = sub.argmax(dim=-1)
+        top = argmax(sub)
 
         constant = self._constant([s for _, s in active], sub.device, sub.dtype)
         if constant.soft is not None:
@@ -173,7 +174,7 @@ class Unlearning(StepPlugin):
                 sub -= constant.soft
             else:
                 sub[constant.soft_rows] -= constant.soft
-        after_soft = sub.argmax(dim=-1)
+        after_soft = argmax(sub)
 
         # Hard blocks, last: the root's single-token phrases (index tensors built once per
         # batch composition) plus each live state's completions (a few tokens per row).

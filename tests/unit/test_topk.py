@@ -5,7 +5,7 @@ block, leading dimensions, ``-inf`` and ``NaN`` entries."""
 import pytest
 import torch
 
-from decoding.topk import topk
+from decoding.topk import argmax, topk
 
 INF = torch.inf
 
@@ -45,3 +45,18 @@ def test_leading_dimensions_masks_and_nan():
     torch.testing.assert_close(values, want.values, equal_nan=True, rtol=0, atol=0)
     assert torch.equal(indices, want.indices)
     assert indices[1, 2, 0] == 777
+
+
+@pytest.mark.parametrize("columns", [49152, 1000, 100, 64])
+def test_blocked_argmax_equals_torch_argmax_ties_and_nan_included(columns):
+    gen = torch.Generator().manual_seed(columns)
+    scores = torch.randint(0, 5, (12, columns), generator=gen).float()  # many ties
+    scores[1] = 7.0  # every entry ties: the first wins
+    scores[2, columns - 1] = 9.0  # the maximum in the last column (a partial block, at 1000)
+    scores[3, columns // 2] = torch.nan  # a NaN is the maximum
+    scores[4, columns - 1] = torch.nan  # ... also in the tail
+    scores[4, 0] = 100.0
+    scores[5, ::3] = -INF
+    scores[6] = -INF  # every token masked
+    assert torch.equal(argmax(scores), scores.argmax(dim=-1))
+    assert torch.equal(argmax(scores, block=16), scores.argmax(dim=-1))
