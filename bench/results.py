@@ -20,12 +20,14 @@ def load() -> list[float]:
 
 
 def machine() -> dict:
-    """The commit (``+dirty`` with uncommitted changes), CPU flags, cores, time and load now."""
+    """The commit (``+dirty`` with uncommitted changes outside docs/bench/), CPU flags, cores,
+    time and load now."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        # Results files written by earlier runs do not change what is measured.
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs/bench"],
         cwd=REPO,
         capture_output=True,
         text=True,
