@@ -16,12 +16,13 @@ where several entries tie for the last places, which of them are returned may di
 ``torch.topk`` (a block holding one has a ``NaN`` maximum and is kept).
 
 Measured on one CPU thread, 49,152 columns, k = 32: 2.1 ms -> 1.0 ms at 32 rows, 0.54 ->
-0.19 ms at 8 (docs/benchmarks.md, "Copilot step").
+0.19 ms at 8 (the whole copilot step: bench/copilot_step.py).
 
 :func:`argmax` is the same idea for ``k = 1``: the first block holding the row's maximum,
 then the first maximum in it, which is the row's first maximum (``torch.argmax``'s answer,
 ties and ``NaN`` included). On one CPU thread ``torch.argmax`` over ``[32, 49152]`` float32
-took 6.1 ms and this 1.3 ms (``amax`` alone 0.5 ms).
+took 6.1 ms and this 1.3 ms (``amax`` alone 0.5 ms; the whole unlearning step:
+bench/unlearning_step.py).
 """
 
 from __future__ import annotations
