@@ -116,6 +116,34 @@ def measure(tree: Path, label: str, workload: str, model, prompts, messages, arg
     ]
 
 
+def summary(runs: list[dict]) -> list[dict]:
+    """Per workload, endpoint and concurrency: each side's median tok/s and B's over A's."""
+    out = []
+    for workload, endpoint, conc in sorted(
+        {(r["workload"], r["endpoint"], r["concurrency"]) for r in runs}
+    ):
+        medians = {
+            side: statistics.median(
+                r["tokens_per_s"]
+                for r in runs
+                if r["revision"] == side
+                and (r["workload"], r["endpoint"], r["concurrency"]) == (workload, endpoint, conc)
+            )
+            for side in ("A", "B")
+        }
+        out.append(
+            {
+                "workload": workload,
+                "endpoint": endpoint,
+                "concurrency": conc,
+                "a_median_tok_s": medians["A"],
+                "b_median_tok_s": medians["B"],
+                "b_over_a": medians["B"] / medians["A"],
+            }
+        )
+    return out
+
+
 def render(sessions: list[dict]) -> str:
     """The markdown table of every session in the results file."""
     out = [
@@ -205,6 +233,7 @@ def main() -> None:
         steps = [(side, w) for side in order for w in args.workloads]
         for side, workload in tqdm(steps, desc="A/B runs", unit="server"):
             session["runs"] += measure(trees[side], side, workload, model, prompts, messages, args)
+        session["summary"] = summary(session["runs"])
         sessions.append(session)  # appended: earlier sessions stay as they were
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(sessions, indent=1))
