@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
+from bench.results import load_average
 from decoding.aux.dtypes import BF16_CPU_FLAGS, cpu_has_native_bf16
 from server.launcher import start_server
 from server.toml_writer import write_config
@@ -90,11 +91,13 @@ def measure(tree: Path, label: str, workload: str, model, prompts, messages, arg
         server = start_server(config, Path(tmp) / "server.log", cwd=tree)
         try:
             model_id = httpx.get(f"{server.base_url}/v1/models", timeout=60).json()["data"][0]["id"]
+            before = load_average()
             runs = uvloop.run(
                 bench_http(
                     label, server.base_url, model_id, prompts, messages, args, _extra_body(workload)
                 )
             )
+            after = load_average()
         finally:
             server.stop()
     return [
@@ -106,9 +109,39 @@ def measure(tree: Path, label: str, workload: str, model, prompts, messages, arg
             "tokens_per_s": r.tokens_per_s,
             "ttft_p50_s": r.ttft_p50_s,
             "wall_s": r.wall_s,
+            "load_before": before,
+            "load_after": after,
         }
         for r in runs
     ]
+
+
+def summary(runs: list[dict]) -> list[dict]:
+    """Per workload, endpoint and concurrency: each side's median tok/s and B's over A's."""
+    out = []
+    for workload, endpoint, conc in sorted(
+        {(r["workload"], r["endpoint"], r["concurrency"]) for r in runs}
+    ):
+        medians = {
+            side: statistics.median(
+                r["tokens_per_s"]
+                for r in runs
+                if r["revision"] == side
+                and (r["workload"], r["endpoint"], r["concurrency"]) == (workload, endpoint, conc)
+            )
+            for side in ("A", "B")
+        }
+        out.append(
+            {
+                "workload": workload,
+                "endpoint": endpoint,
+                "concurrency": conc,
+                "a_median_tok_s": medians["A"],
+                "b_median_tok_s": medians["B"],
+                "b_over_a": medians["B"] / medians["A"],
+            }
+        )
+    return out
 
 
 def render(sessions: list[dict]) -> str:
@@ -200,6 +233,7 @@ def main() -> None:
         steps = [(side, w) for side in order for w in args.workloads]
         for side, workload in tqdm(steps, desc="A/B runs", unit="server"):
             session["runs"] += measure(trees[side], side, workload, model, prompts, messages, args)
+        session["summary"] = summary(session["runs"])
         sessions.append(session)  # appended: earlier sessions stay as they were
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(sessions, indent=1))

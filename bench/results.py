@@ -38,7 +38,24 @@ def commit() -> str:
         return done.stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # Docs and earlier results files do not change what is measured.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")
+    return head + ("+dirty" if changed else "")
+
+
+#: CPU flags that decide the engine's dtype and oneDNN's kernels, recorded with every run.
+CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`CPU_FLAGS` this CPU has."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "flags:")
+    words = set(line.split(":", 1)[1].split())
+    return [flag for flag in CPU_FLAGS if flag in words]
 
 
 def cpu_model() -> str:
@@ -53,7 +70,7 @@ def cpu_model() -> str:
 
 #: The keys :func:`machine` and :func:`append_run` add to a run.
 MACHINE_KEYS = frozenset(
-    {"commit", "commit_note", "started", "cpu", "cores", "bf16_flags", "native_bf16"}
+    {"commit", "commit_note", "started", "cpu", "cores", "bf16_flags", "native_bf16", "cpu_flags"}
     | {"load_average_before", "load_average_after"}
 )
 
@@ -68,6 +85,7 @@ def machine() -> dict[str, Any]:
         "cores": len(os.sched_getaffinity(0)),
         "bf16_flags": flags,
         "native_bf16": flags is None or bool(flags),
+        "cpu_flags": cpu_flags(),
         "load_average_before": load_average(),
     }
 

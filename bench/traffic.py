@@ -81,14 +81,17 @@ class Outcome:
     done: float = 0.0
 
 
-def requests(count: int, rate: float, seed: int, vocab: int) -> list[Request]:
-    """``count`` requests, Poisson arrivals at ``rate``/s; a seeded half marked corrected."""
+def requests(
+    count: int, rate: float, seed: int, vocab: int, corrected_share: float = 0.5
+) -> list[Request]:
+    """``count`` requests, Poisson arrivals at ``rate``/s; a seeded ``corrected_share`` of
+    them marked corrected."""
     rng = random.Random(seed)
     at, out = 0.0, []
     for _ in range(count):
         at += rng.expovariate(rate)
         prompt = [rng.randrange(1000, vocab) for _ in range(rng.randint(16, 512))]
-        out.append(Request(at, prompt, rng.randint(8, 256), rng.random() < 0.5))
+        out.append(Request(at, prompt, rng.randint(8, 256), rng.random() < corrected_share))
     return out
 
 
@@ -102,7 +105,9 @@ def flops_per_token(path: str) -> int:
     return 2 * (non_embedding + embeddings)
 
 
-async def one(client, model: str, request: Request, corrected: bool, start: float) -> Outcome:
+async def one(
+    client, model: str, request: Request, correction: dict | None, start: float
+) -> Outcome:
     body = {
         "model": model,
         "prompt": request.prompt,
@@ -112,9 +117,9 @@ async def one(client, model: str, request: Request, corrected: bool, start: floa
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if corrected:
-        body["correction"] = CORRECTION
-    outcome = Outcome(corrected, len(request.prompt))
+    if correction is not None:
+        body["correction"] = correction
+    outcome = Outcome(correction is not None, len(request.prompt))
     sent = time.perf_counter()
     last = None
     async with client.stream("POST", "/v1/completions", json=body) as r:
@@ -139,7 +144,15 @@ async def one(client, model: str, request: Request, corrected: bool, start: floa
     return outcome
 
 
-async def run(base_url: str, model: str, reqs: list[Request], mixed: bool, cap: int) -> dict:
+async def run(
+    base_url: str,
+    model: str,
+    reqs: list[Request],
+    mixed: bool,
+    cap: int,
+    correction: dict = CORRECTION,
+) -> dict:
+    """One run of ``reqs``; with ``mixed``, those marked corrected carry ``correction``."""
     gate = asyncio.Semaphore(cap)
     limits = httpx.Limits(max_connections=cap + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=1800, limits=limits) as client:
@@ -148,7 +161,8 @@ async def run(base_url: str, model: str, reqs: list[Request], mixed: bool, cap: 
         async def scheduled(request: Request) -> Outcome:
             await asyncio.sleep(max(0.0, request.arrival - (time.perf_counter() - start)))
             async with gate:
-                return await one(client, model, request, mixed and request.corrected, start)
+                chosen = correction if mixed and request.corrected else None
+                return await one(client, model, request, chosen, start)
 
         outcomes = await asyncio.gather(*(scheduled(r) for r in reqs))
     wall = max(o.done for o in outcomes) - reqs[0].arrival

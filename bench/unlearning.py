@@ -1,12 +1,15 @@
-"""Guarded-unlearning throughput: 1,000 and 10,000 forbidden phrases vs no plugin.
+"""Guarded-unlearning throughput with 10,000 forbidden phrases (``--sizes``) vs no plugin.
 
-One ``corrigo serve`` with two forget sets, each one entry whose explicit phrases number 1,000
-or 10,000 (random 1-3 word phrases over the tokenizer's words, every surface form in the trie:
-up to 10 tokenizations per phrase). Every request carries ``correction.unlearning`` with
-threshold 0, so the gate opens for all of them; the soft filter runs too. Greedy, ``ignore_eos``,
-all streamed through /v1/completions.
+One ``corrigo serve`` with one forget set per size, each one entry whose explicit phrases
+number that many (random 1-3 word phrases over the tokenizer's words, every surface form in
+the trie: up to 10 tokenizations per phrase). Every filtered request carries
+``correction.unlearning`` with threshold 0, so the gate opens for all of them; the soft filter
+runs too. Greedy, ``ignore_eos``, all streamed through /v1/completions. Runs alternate ABBA
+(plain, filtered, filtered, plain, ...), ``--pairs`` pairs per concurrency; each pair's ratio
+and their median are appended as a run to docs/bench/unlearning.json with the load before and
+after each run. Target (issue 18): filtered >= 0.95 x plain.
 
-    .venv/bin/python -m bench.unlearning                   # c = 1, 8; 16 requests x 32 tokens
+    flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.unlearning   # c = 1, 8; 5 pairs
     .venv/bin/python -m bench.unlearning --soft-only       # the soft filter's two strategies
 
 ``--soft-only`` measures, in this process with one torch thread (as in the engine process),
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +32,15 @@ import httpx
 import torch
 import uvloop
 
-from bench.results import machine
-from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
+from bench.results import append_run, load_average, machine
+from bench.serving import TOPICS, Run, run_pool, stream_request, summarise
 from server.launcher import start_server
 from server.toml_writer import write_config
 
-SIZES = (1_000, 10_000)
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench" / "unlearning.json"
+#: Throughput with the filters, relative to plain (issue 18).
+TARGET = 0.95
 
 
 def phrases(tokenizer, count: int, seed: int = 0) -> list[str]:
@@ -51,40 +58,36 @@ def phrases(tokenizer, count: int, seed: int = 0) -> list[str]:
     return list(out)
 
 
-async def bench_server(base_url, model_id, prompts, args, forget_set) -> list[Run]:
-    correction = (
-        {"unlearning": {"forget_set": forget_set, "threshold": 0.0}} if forget_set else None
-    )
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
+def correction_of(forget_set: str | None) -> dict | None:
+    if forget_set is None:
+        return None
+    return {"unlearning": {"forget_set": forget_set, "threshold": 0.0}}
+
+
+async def warm_up(base_url: str, model_id: str, prompt: str, forget_set: str) -> None:
+    """One request through the set: compiles its filters (cached in the engine process) and
+    proves that they ran (the gate opened and the plugin took steps)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=900) as client:
+        body = {"model": model_id, "prompt": prompt, "max_tokens": 4}
+        body["correction"] = correction_of(forget_set)
+        report = (await client.post("/v1/completions", json=body)).json()["correction"]
+        report = report["unlearning"]
+        assert report["gate"]["decision"] == "filter" and report["steps"] > 0, report
+
+
+async def one_run(base_url, model_id, prompts, concurrency, max_tokens, forget_set) -> Run:
+    correction = correction_of(forget_set)
+    limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=900, limits=limits) as client:
 
         async def one(prompt: str) -> tuple[float, int]:
-            body = {"model": model_id, "prompt": prompt, "max_tokens": args.max_tokens}
+            body = {"model": model_id, "prompt": prompt, "max_tokens": max_tokens}
             if correction is not None:
                 body["correction"] = correction
             return await stream_request(client, "/v1/completions", body)
 
-        name = f"unlearning, {forget_set}" if forget_set else "no plugin"
-        if correction is not None:  # warm-up, and proof that the filters ran
-            r = await client.post(
-                "/v1/completions",
-                json={
-                    "model": model_id,
-                    "prompt": prompts[0],
-                    "max_tokens": 4,
-                    "correction": correction,
-                },
-            )
-            report = r.json()["correction"]["unlearning"]
-            assert report["gate"]["decision"] == "filter" and report["steps"] > 0, report
-        else:
-            await one(prompts[0])
-        runs = []
-        for c in args.concurrency:
-            wall, results = await run_pool(c, prompts, one)
-            runs.append(summarise(name, c, wall, results))
-            print(f"  {name} c={c}: {runs[-1].tokens_per_s:.1f} tok/s", flush=True)
-        return runs
+        wall, results = await run_pool(concurrency, prompts, one)
+    return summarise(forget_set or "no plugin", concurrency, wall, results)
 
 
 def soft_strategies(tokenizer, sample: int = 2048, rows: int = 8, steps: int = 50) -> str:
@@ -143,12 +146,19 @@ def soft_strategies(tokenizer, sample: int = 2048, rows: int = 8, steps: int = 5
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument(
+        "--requests",
+        type=lambda s: dict(tuple(map(int, kv.split(":"))) for kv in s.split(",")),
+        default={1: 4, 8: 16},
+        help="requests per run by concurrency, e.g. 1:4,8:16 (default 2 x c)",
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000], help="phrases per set")
+    parser.add_argument("--pairs", type=int, default=5, help="ABBA: plain/unlearning pairs")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--soft-only", action="store_true")
     args = parser.parse_args()
-    meta = machine()
 
     from transformers import AutoTokenizer
 
@@ -165,11 +175,13 @@ def main() -> None:
             tokenize=False,
             add_generation_prompt=True,
         )
-        for i in range(args.requests)
+        for i in range(max(args.requests.values(), default=16))
     ]
+    meta = machine()
+    records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         sets = {}
-        for size in SIZES:
+        for size in args.sizes:
             path = Path(tmp) / f"phrases{size}.jsonl"
             entry = {
                 "question": "Write a short story.",
@@ -194,30 +206,67 @@ def main() -> None:
             },
         )
         server = start_server(config, Path(tmp) / "server.log")
+        systems = [None, *(f"p{size}" for size in args.sizes)]
         try:
-            runs = []
-            for forget_set in (None, *(f"p{size}" for size in SIZES)):
-                runs += uvloop.run(
-                    bench_server(server.base_url, model.model_id, prompts, args, forget_set)
-                )
+            for forget_set in systems[1:]:
+                uvloop.run(warm_up(server.base_url, model.model_id, prompts[0], forget_set))
+            for c in args.concurrency:
+                jobs = prompts[: args.requests.get(c, 2 * c)]
+                uvloop.run(one_run(server.base_url, model.model_id, jobs[:c], c, 4, None))
+                for pair in range(args.pairs):
+                    for forget_set in systems if pair % 2 == 0 else systems[::-1]:
+                        before = load_average()
+                        run = uvloop.run(
+                            one_run(
+                                server.base_url,
+                                model.model_id,
+                                jobs,
+                                c,
+                                args.max_tokens,
+                                forget_set,
+                            )
+                        )
+                        records.append(
+                            {
+                                **run.__dict__,
+                                "tokens_per_s": run.tokens_per_s,
+                                "pair": pair,
+                                "load_before": before,
+                                "load_after": load_average(),
+                            }
+                        )
+                        print(f"  {run.system} c={c} pair {pair}: {run.tokens_per_s:.1f} tok/s")
         finally:
             server.stop()
 
-    plain = {r.concurrency: r.tokens_per_s for r in runs if r.system == "no plugin"}
-    lines = [
-        "| system | concurrency | output tok/s | vs no plugin | TTFT p50 (s) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        lines.append(
-            f"| {r.system} | {r.concurrency} | {r.tokens_per_s:.1f} | "
-            f"{r.tokens_per_s / plain[r.concurrency]:.2f}x | {r.ttft_p50_s:.3f} |"
-        )
-    table = "\n".join(lines)
-    print("\n" + table)
-    save_results(
-        "unlearning",
-        {"args": vars(args), "table": table, "measurements": [r.__dict__ for r in runs]},
+    summary = []
+    for c in args.concurrency:
+        for forget_set in systems[1:]:
+            ratios = []
+            for pair in range(args.pairs):
+                tok = {
+                    r["system"]: r["tokens_per_s"]
+                    for r in records
+                    if r["concurrency"] == c and r["pair"] == pair
+                }
+                ratios.append(tok[forget_set] / tok["no plugin"])
+            summary.append(
+                {
+                    "system": forget_set,
+                    "concurrency": c,
+                    "vs_plain_per_pair": ratios,
+                    "vs_plain": statistics.median(ratios),
+                    "met": statistics.median(ratios) >= TARGET,
+                }
+            )
+            print(summary[-1])
+    append_run(
+        args.output,
+        {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "records": records,
+            "summary": summary,
+        },
         meta,
     )
 

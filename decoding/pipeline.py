@@ -114,15 +114,37 @@ FORCED_STOPS = "forced_stops"
 Exhausted = Callable[[Sequence[Row]], None]
 
 
+class EngineMask:
+    """Which of a batch's logits the engine set to ``-inf``, read before the plugins run.
+
+    ``where``: ``isneginf(logits)`` ``[rows, vocab]``, or, on the CPU, None where no row has any
+    ``-inf`` (a batch without grammars, ``allowed_token_ids``, ``bad_words`` or ``min_tokens``),
+    told by one per-row minimum instead of a full boolean mask (on a GPU the mask is cheap and
+    asking whether there is one would cost a host sync); ``all_masked``: ``[rows]``, the rows
+    whose every token was ``-inf`` (a row's maximum).
+    """
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.all_masked = torch.isneginf(logits.amax(dim=-1))
+        any_masked = logits.device.type != "cpu" or bool(torch.isneginf(logits.amin(dim=-1)).any())
+        self.where = torch.isneginf(logits) if any_masked else None
+
+
 def keep_engine_masks(
-    corrected: torch.Tensor, masked: torch.Tensor, stops: Sequence[int | None]
+    corrected: torch.Tensor, mask: EngineMask, stops: Sequence[int | None]
 ) -> torch.Tensor:
-    """The module docstring's rule, in place on ``corrected`` ``[rows, vocab]``: ``masked`` is
-    where the engine's logits were ``-inf`` before the plugins; ``stops`` each row's stop
-    token. Returns which rows were exhausted and had their stop token forced (``[rows]``
-    bool)."""
-    corrected.masked_fill_(masked | torch.isnan(corrected), -torch.inf)
-    exhausted = torch.isneginf(corrected).all(dim=-1) & ~masked.all(dim=-1)
+    """The module docstring's rule, in place on ``corrected`` ``[rows, vocab]``: ``mask`` is
+    what the engine masked before the plugins; ``stops`` each row's stop token. Returns which
+    rows were exhausted and had their stop token forced (``[rows]`` bool).
+
+    Each pass over ``[rows, vocab]`` costs on the engine's step, so: the engine's mask is
+    re-applied only where there is one, ``NaN`` becomes ``-inf`` in one in-place pass
+    (infinities kept), and a row is exhausted iff its maximum is ``-inf``.
+    """
+    if mask.where is not None:
+        corrected.masked_fill_(mask.where, -torch.inf)
+    corrected.nan_to_num_(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+    exhausted = torch.isneginf(corrected.amax(dim=-1)) & ~mask.all_masked
     forced = torch.zeros_like(exhausted)
     if bool(exhausted.any()):
         for i in exhausted.nonzero()[:, 0].tolist():
@@ -207,10 +229,10 @@ class CorrectionPipeline:
         tracked = sorted(self.rows.items())  # every tracked row runs at least one plugin
         whole = len(tracked) == logits.shape[0]
         at = None if whole else torch.tensor([i for i, _ in tracked], device=logits.device)
-        masked = torch.isneginf(logits if at is None else logits[at])
+        mask = EngineMask(logits if at is None else logits[at])
         logits = self._plugins(logits)
         corrected = logits if at is None else logits[at]
-        forced = keep_engine_masks(corrected, masked, [row.stop for _, row in tracked])
+        forced = keep_engine_masks(corrected, mask, [row.stop for _, row in tracked])
         if at is not None:
             logits[at] = corrected
         if self._exhausted is not None and bool(forced.any()):

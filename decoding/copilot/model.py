@@ -28,6 +28,9 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..aux.ragged import BATCH_KWARG
+from ..topk import topk
+
 
 @dataclass(frozen=True)
 class PilotFeatures:
@@ -42,8 +45,9 @@ class PilotFeatures:
 
     @classmethod
     def from_log_probs(cls, log_probs: torch.Tensor, k: int) -> PilotFeatures:
-        """From ``log_softmax(logits)``: exponentiates the ``k`` chosen entries only."""
-        top, ids = log_probs.topk(k, dim=-1)
+        """From ``log_softmax(logits)`` ``[rows, vocab]``: exponentiates the ``k`` chosen
+        entries only (found by decoding/topk.py's blocked top-k)."""
+        top, ids = topk(log_probs, k)
         return cls(ids, top.exp())
 
 
@@ -98,10 +102,35 @@ class Copilot(nn.Module):
         keyword arguments (cache, masks, positions) go to the backbone.
         """
         embeds = self.embed(input_ids, pilot_ids, pilot_probs)
-        out = self.backbone(inputs_embeds=embeds, **backbone_kwargs)
-        hidden = out.last_hidden_state
+        if BATCH_KWARG in backbone_kwargs:
+            hidden, past = self._packed_backbone(embeds, **backbone_kwargs), None
+        else:
+            out = self.backbone(inputs_embeds=embeds, **backbone_kwargs)
+            hidden, past = out.last_hidden_state, out.past_key_values
         if select is not None:
             hidden = hidden[select]
         if logits_to_keep is not None:
             hidden = hidden[:, logits_to_keep]
-        return CausalLMOutputWithPast(logits=self.head(hidden), past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(logits=self.head(hidden), past_key_values=past)
+
+    def _packed_backbone(
+        self, embeds: torch.Tensor, *, position_ids: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
+        """The backbone's layers over the auxiliary runner's packed batch (decoding/aux/ragged.py,
+        which keeps every row's keys and values itself): what ``LlamaModel.forward`` computes
+        there, without its wrappers (output capturing, config defaults, a cache object and the
+        causal mask, which the ragged attention does not read), whose Python per forward is a
+        visible share of a 2-layer copilot's step."""
+        backbone = self.backbone
+        kwargs.pop("use_cache", None)
+        rotary = backbone.rotary_emb(embeds, position_ids=position_ids)
+        hidden = embeds
+        for layer in backbone.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=None,
+                position_ids=position_ids,
+                position_embeddings=rotary,
+                **kwargs,
+            )
+        return backbone.norm(hidden)

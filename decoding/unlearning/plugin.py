@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..pipeline import Row, StepPlugin
+from ..topk import argmax
 from .abstain import Abstention, AbstentionPhrase, force
 from .forget_set import ForgetSet
 from .gate import Embedder
@@ -106,6 +107,20 @@ class _RowState:
     abstention: Abstention | None
 
 
+@dataclass(frozen=True)
+class _BatchConstants:
+    """What a step of a given batch composition subtracts and bans regardless of the rows'
+    outputs: the stacked soft penalties and the root bans' (row, token) indices."""
+
+    states: tuple[_RowState, ...]
+    #: ``[rows with soft, vocab]``; None: no row has the soft filter on.
+    soft: torch.Tensor | None
+    #: Which filtered rows the soft rows are (None: all of them).
+    soft_rows: torch.Tensor | None
+    ban_rows: torch.Tensor
+    ban_tokens: torch.Tensor
+
+
 class Unlearning(StepPlugin):
     """Guarded unlearning's filters (the gate runs in the server, before the engine)."""
 
@@ -117,6 +132,7 @@ class Unlearning(StepPlugin):
         self.filters = filters
         self.observe = observe
         self._states: dict[int, _RowState | None] = {}
+        self._batch: _BatchConstants | None = None
 
     def _state(self, row: Row) -> _RowState | None:
         if row.uid not in self._states:
@@ -145,36 +161,74 @@ class Unlearning(StepPlugin):
         active = [(i, s) for i, row in enumerate(rows) if (s := self._state(row)) is not None]
         if not active:
             return logits
-        at = torch.tensor([i for i, _ in active], device=logits.device)
-        sub = logits[at]
-        top = sub.argmax(dim=-1)
+        # Usually every row is filtered: then the rows are worked on in place, no gather or
+        # scatter of the batch's logits.
+        every_row = len(active) == len(rows)
+        at = None if every_row else torch.tensor([i for i, _ in active], device=logits.device)
+        sub = logits if at is None else logits[at]
+        top = argmax(sub)
 
-        soft = [(j, s.soft) for j, (_, s) in enumerate(active) if s.soft is not None]
-        if soft:
-            js = torch.tensor([j for j, _ in soft], device=sub.device)
-            sub[js] -= torch.stack([v for _, v in soft]).to(sub.device, sub.dtype)
-        after_soft = sub.argmax(dim=-1)
+        constant = self._constant([s for _, s in active], sub.device, sub.dtype)
+        if constant.soft is not None:
+            if constant.soft_rows is None:
+                sub -= constant.soft
+            else:
+                sub[constant.soft_rows] -= constant.soft
+        after_soft = argmax(sub)
 
-        # Hard blocks, last: the root's single-token phrases plus each live state's completions.
-        row_ids: list[torch.Tensor] = []
-        token_ids: list[torch.Tensor] = []
+        # Hard blocks, last: the root's single-token phrases (index tensors built once per
+        # batch composition) plus each live state's completions (a few tokens per row).
+        sub[constant.ban_rows, constant.ban_tokens] = -torch.inf
+        dynamic_rows: list[int] = []
+        dynamic_tokens: list[int] = []
         for j, (i, state) in enumerate(active):
             state.cursor.follow(rows[i].stream.output)
             dynamic = state.cursor.bans()
-            bans = state.compiled.root_bans
-            if dynamic:
-                bans = torch.cat([bans, torch.tensor(dynamic, dtype=torch.long)])
-            row_ids.append(torch.full((len(bans),), j, dtype=torch.long))
-            token_ids.append(bans)
-        sub[torch.cat(row_ids), torch.cat(token_ids).to(sub.device)] = -torch.inf
+            dynamic_rows.extend([j] * len(dynamic))
+            dynamic_tokens.extend(dynamic)
+        if dynamic_tokens:
+            sub[
+                torch.tensor(dynamic_rows, device=sub.device),
+                torch.tensor(dynamic_tokens, device=sub.device),
+            ] = -torch.inf
 
         blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
         abstained = self._abstain(sub, blocked, active, rows)
         if self.observe is not None:
             penalized = (after_soft != top) & ~blocked
             self.observe([rows[i] for i, _ in active], blocked, penalized, abstained)
-        logits[at] = sub
+        if at is not None:
+            logits[at] = sub
         return logits
+
+    def _constant(
+        self, states: Sequence[_RowState], device: torch.device, dtype: torch.dtype
+    ) -> _BatchConstants:
+        """The per-row constant parts of a step for ``states`` (the filtered rows, in order),
+        kept while the batch's composition stays the same (most decode steps)."""
+        cached = self._batch
+        if (
+            cached is not None
+            and len(cached.states) == len(states)
+            and all(a is b for a, b in zip(cached.states, states, strict=True))
+            and cached.ban_tokens.device == device
+            and (cached.soft is None or cached.soft.dtype == dtype)
+        ):
+            return cached
+        soft = [(j, s.soft) for j, s in enumerate(states) if s.soft is not None]
+        soft_matrix = soft_rows = None
+        if soft:
+            soft_matrix = torch.stack([v for _, v in soft]).to(device, dtype)
+            if len(soft) < len(states):
+                soft_rows = torch.tensor([j for j, _ in soft], device=device)
+        bans = [s.compiled.root_bans for s in states]
+        ban_rows = torch.cat(
+            [torch.full((len(b),), j, dtype=torch.long) for j, b in enumerate(bans)]
+        ).to(device)
+        self._batch = _BatchConstants(
+            tuple(states), soft_matrix, soft_rows, ban_rows, torch.cat(bans).to(device)
+        )
+        return self._batch
 
     def _abstain(
         self,
@@ -205,4 +259,6 @@ class Unlearning(StepPlugin):
         return began
 
     def release(self, uid: int) -> None:
-        self._states.pop(uid, None)
+        state = self._states.pop(uid, None)
+        if self._batch is not None and any(s is state for s in self._batch.states):
+            self._batch = None  # drop the departed row's tensors with it

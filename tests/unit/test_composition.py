@@ -7,7 +7,7 @@ import torch
 
 from decoding.copilot.fusion import RectificationFusion
 from decoding.correction import parse_correction
-from decoding.pipeline import CorrectionPipeline, Row, StepPlugin, keep_engine_masks
+from decoding.pipeline import CorrectionPipeline, EngineMask, Row, StepPlugin, keep_engine_masks
 from decoding.proxy_tuning import AUX_MODELS_CONTEXT, ProxyTuning
 from decoding.unlearning import ForgetFilters, Unlearning
 from tests.unit.test_pipeline import REGISTRY
@@ -69,11 +69,55 @@ def test_the_rule_remasks_engine_tokens_and_nans_and_forces_the_stop_of_exhauste
             [-INF, 1.0, 1.0, 1.0],  # exhausted without a stop token
         ]
     )
-    forced = keep_engine_masks(corrected, masked, [0, 2, 0, None])
+    forced = keep_engine_masks(
+        corrected, EngineMask(torch.randn(4, 4).masked_fill(masked, -INF)), [0, 2, 0, None]
+    )
     assert forced.tolist() == [False, True, False, False]
     assert corrected[0].tolist() == [-INF, -INF, 2.0, -INF]
     assert corrected[1].tolist() == [-INF, -INF, 0.0, -INF]  # only the stop token is left
     assert torch.isneginf(corrected[2]).all() and torch.isneginf(corrected[3]).all()
+
+
+def _previous_rule(corrected, masked, stops):
+    """keep_engine_masks as it was before EngineMask (one full boolean pass per test), the
+    reference the cheaper passes must equal."""
+    corrected.masked_fill_(masked | torch.isnan(corrected), -INF)
+    exhausted = torch.isneginf(corrected).all(dim=-1) & ~masked.all(dim=-1)
+    forced = torch.zeros_like(exhausted)
+    for i in exhausted.nonzero()[:, 0].tolist():
+        if stops[i] is not None and 0 <= stops[i] < corrected.shape[-1]:
+            corrected[i, stops[i]] = 0.0
+            forced[i] = True
+    return forced
+
+
+@pytest.mark.parametrize("masks", [False, True])
+def test_the_rule_equals_the_previous_full_mask_passes(masks):
+    """Random batches with NaNs, infinities, exhausted and fully masked rows, with and without
+    any engine mask (the batch without one skips the boolean mask): same logits, same forced
+    stops, bit for bit."""
+    gen = torch.Generator().manual_seed(18)
+    for trial in range(50):
+        rows, vocab = 6, 40
+        before = torch.randn(rows, vocab, generator=gen)
+        if masks:
+            before.masked_fill_(torch.rand(rows, vocab, generator=gen) < 0.3, -INF)
+            before[trial % rows] = -INF  # a row the engine masked entirely
+        corrected = torch.randn(rows, vocab, generator=gen) * 4
+        special = torch.rand(rows, vocab, generator=gen)
+        corrected[special < 0.05] = torch.nan
+        corrected[(special > 0.05) & (special < 0.1)] = INF
+        corrected[(special > 0.1) & (special < 0.3)] = -INF
+        corrected[(trial + 1) % rows] = -INF  # exhausted by a plugin
+        corrected[(trial + 2) % rows, ::2] = torch.nan
+        stops = [None if r == 3 else (r * 7) % vocab for r in range(rows)]
+        mask = EngineMask(before)
+        assert (mask.where is not None) == masks
+        expected = corrected.clone()
+        want = _previous_rule(expected, torch.isneginf(before), stops)
+        got = keep_engine_masks(corrected, mask, stops)
+        assert torch.equal(got, want)
+        assert torch.equal(corrected, expected), trial
 
 
 def test_no_plugin_revives_an_engine_masked_token_in_the_pipeline():

@@ -200,8 +200,8 @@ def reference_rectification(copilot, stream, prompt_length, features):
         return copilot(torch.tensor([stream]), ids, probs).logits[0, -1]
 
 
-def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path):
-    vocab = 60
+@pytest.mark.parametrize("vocab", [60, 700])  # 700: the blocked top-k (decoding/topk.py) runs
+def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path, vocab):
     model = random_copilot(vocab, top_k=5)
     save(tmp_path / "ck", model, Binding("p", "v", "c", "logits", 1.5))
     plugin = CopilotRectification({"fix": CopilotRunner(str(tmp_path / "ck"))})
@@ -237,7 +237,9 @@ def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path)
             lam = torch.tensor([params.get("lambda", 1.5)])
             fusion = RectificationFusion(params.get("space", "logits"))
             expected = fusion(logits[i : i + 1], f[None], lam)[0]
-            torch.testing.assert_close(out[i], expected, rtol=1e-4, atol=1e-4)
+            # Cached and uncached forwards sum in other orders: entries up to ~20 at vocab 700.
+            tol = 1e-4 if vocab < 100 else 1e-3
+            torch.testing.assert_close(out[i], expected, rtol=tol, atol=tol)
             output.append(int(torch.randint(0, vocab, (1,), generator=generator)))
 
 

@@ -279,3 +279,83 @@ def test_params_are_validated_naming_the_field():
     assert bad({"forget_set": "capitals", "targets": [5]}).param.endswith(".targets")
     ok = parse_correction({"unlearning": {"forget_set": "capitals"}}, context=client)
     assert ok.steps["unlearning"].threshold == 0.5
+
+
+def reference_step(logits, rows):
+    """The plugin's step computed row by row from its definition (module docstring of
+    decoding/unlearning/plugin.py): ``rows`` as (soft vector or None, banned tokens); returns
+    the new logits and (blocked, penalized)."""
+    out, blocked, penalized = logits.clone(), [], []
+    for j, (soft, banned) in enumerate(rows):
+        top = int(out[j].argmax())
+        if soft is not None:
+            out[j] -= soft
+        after = int(out[j].argmax())
+        out[j, banned] = -torch.inf
+        blocked.append(bool(torch.isneginf(out[j, top])))
+        penalized.append(after != top and not blocked[-1])
+    return out, blocked, penalized
+
+
+def test_batched_step_equals_the_row_by_row_definition_through_joins_leaves_and_moves():
+    """Random logits over many steps, rows joining, leaving and mixing soft on and off, closed
+    gates and targets: the vectorised step (batch constants cached across steps) bans exactly
+    the tokens the definition bans and reports the same blocked and penalized rows."""
+    emb = BagOfLetters()
+    filters = ForgetFilters(CAPITALS, encode, emb, emb.encode(VOCAB))
+    seen = []
+    plugin = Unlearning({"capitals": filters}, observe=lambda *step: seen.append(step))
+    pipeline = CorrectionPipeline({"unlearning": plugin})
+    gen = torch.Generator().manual_seed(4)
+    kinds = [
+        gated([0]),
+        gated([1], soft=False),
+        gated([0, 1], delta=0.8, penalty=2.0),
+        gated([]),  # the gate stayed closed: untouched
+    ]
+    outputs: dict[int, list[int]] = {}
+    specs: dict[int, int] = {}
+    for step in range(40):
+        if step % 3 == 0 or not outputs:  # a row joins (replacing whatever sat there)
+            slot = int(torch.randint(0, 4, (1,), generator=gen))
+            kind = int(torch.randint(0, len(kinds), (1,), generator=gen))
+            outputs[slot], specs[slot] = [], kind
+            pipeline.add(slot, kinds[kind], [9], outputs[slot])
+        if step % 5 == 4 and len(outputs) > 1:  # one leaves
+            gone = sorted(outputs)[0]
+            pipeline.remove(gone)
+            del outputs[gone], specs[gone]
+        if step % 8 == 6 and len(outputs) > 1:  # two swap slots: same rows, another order
+            a, b = sorted(outputs)[:2]
+            pipeline.move(a, b, swap=True)
+            outputs[a], outputs[b] = outputs[b], outputs[a]
+            specs[a], specs[b] = specs[b], specs[a]
+        for out in outputs.values():  # favour the phrases' tokens so the trie gets live states
+            pool = ids("Par", "PA", "R", " par", " the", " Paris", "is", "IS", ".")
+            out.append(pool[int(torch.randint(0, len(pool), (1,), generator=gen))])
+        logits = torch.randn(4, len(VOCAB), generator=gen) * 2
+        seen.clear()
+        got = pipeline.apply(logits.clone())
+        filtered = [s for s in sorted(outputs) if kinds[specs[s]].steps["unlearning"].targets]
+        rows = []
+        for slot in filtered:
+            params = kinds[specs[slot]].steps["unlearning"]
+            compiled = filters.compile(params.targets)
+            soft = None
+            if params.soft:
+                soft = penalty(compiled.sim, params.delta, params.penalty)
+            cursor = TrieCursor(compiled.trie)
+            cursor.follow(outputs[slot])
+            rows.append((soft, [*compiled.trie.root_bans, *cursor.bans()]))
+        if not rows:
+            assert torch.equal(got, logits)
+            continue
+        want, blocked, penalized = reference_step(logits[filtered], rows)
+        want = want.nan_to_num(
+            nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf
+        )  # pipeline's NaN rule
+        assert torch.equal(got[filtered], want), step
+        others = [s for s in range(4) if s not in filtered]
+        assert torch.equal(got[others], logits[others])
+        [(_, got_blocked, got_penalized, _)] = seen
+        assert got_blocked.tolist() == blocked and got_penalized.tolist() == penalized

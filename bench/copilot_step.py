@@ -1,0 +1,168 @@
+"""The copilot's cost per engine step in isolation: the correction pipeline's ``apply`` for B
+rows that all ask for the copilot (the copilot plugin: the pilot's log-softmax and top-k, the
+copilot's batched forward, the fusion and the report's figures; then the pipeline's
+re-applied engine masks), against the same pipeline of another revision (``--baseline``).
+
+The copilot has the shape ``corrigo copilot train`` gives it (adapters/copilot_training.py
+``TrainSettings``: hidden 128, 2 layers, top-32) beside the embedded SmolLM2-135M's vocabulary,
+with a random head (a step's cost does not depend on the weights). Rows: prompts of uniform
+16-512 random tokens (fixed seed), prefilled once, then ``--steps`` decode steps with random
+pilot logits. Modes alternate ABBA within each repeat (current, baseline, baseline, current,
+...) on one torch thread, as in vLLM's CPU worker.
+
+    .venv/bin/python -m bench.copilot_step --batch 1 8 32 --baseline d032322
+
+Results (every step's ms, and per mode and batch the median) are appended as a run to
+docs/bench/copilot-step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from adapters.copilot_training import TrainSettings, copilot_config
+from adapters.engine import resolve_model
+from bench.results import append_run, machine
+from decoding import pipeline as pipeline_module
+from decoding.copilot import checkpoint
+from decoding.copilot import plugin as plugin_module
+from decoding.copilot.binding import Binding
+from decoding.copilot.model import Copilot
+from decoding.copilot.params import COPILOTS_CONTEXT
+from decoding.copilot.runner import CopilotRunner
+from decoding.correction import parse_correction
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench" / "copilot-step.json"
+VOCAB_LOW = 1000
+
+
+def _module_at(rev: str, path: str, name: str, replace: dict[str, str]):
+    """The module ``path`` as it is at git revision ``rev``, imported as ``name`` (with the
+    source substitutions ``replace``, to point its imports at other baseline modules)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
+    for old, new in replace.items():
+        source = source.replace(old, new)
+    file = Path(tempfile.mkdtemp()) / Path(path).name
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline_modules(rev: str):
+    """(pipeline, copilot plugin) modules of revision ``rev``; the plugin's pilot features
+    from that revision's model.py."""
+    pipeline = _module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
+    _module_at(rev, "decoding/copilot/model.py", "decoding.copilot._baseline_model", {})
+    plugin = _module_at(
+        rev,
+        "decoding/copilot/plugin.py",
+        "decoding.copilot._baseline_plugin",
+        {"from .model import": "from ._baseline_model import"},
+    )
+    return pipeline, plugin
+
+
+def make_copilot(folder: Path, pilot: str) -> Path:
+    config = AutoConfig.from_pretrained(pilot)
+    torch.manual_seed(0)
+    model = Copilot(copilot_config(config, TrainSettings()), TrainSettings().top_k)
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    checkpoint.save(folder, model, Binding("bench", "v", "c"))
+    return folder
+
+
+def step_times(modules, path: Path, dtype, batch: int, steps: int, seed: int) -> list[float]:
+    """ms per step of ``modules`` = (pipeline, plugin) for ``batch`` copilot rows."""
+    pipeline_mod, plugin_mod = modules
+    runner = CopilotRunner(str(path), dtype=dtype)
+    plugin = plugin_mod.CopilotRectification({"c": runner}, observe=lambda r, a, b: None)
+    pipeline = pipeline_mod.CorrectionPipeline({"copilot": plugin})
+    spec = parse_correction({"copilot": {"name": "c"}}, context={COPILOTS_CONTEXT: {"c"}})
+    rng = random.Random(seed)
+    vocab = runner.runner.vocab_size
+    outputs = []
+    for row in range(batch):
+        prompt = [rng.randrange(VOCAB_LOW, vocab) for _ in range(rng.randint(16, 512))]
+        outputs.append([])
+        pipeline.add(row, spec, prompt, outputs[-1], stop=0)
+    gen = torch.Generator().manual_seed(seed)
+    times = []
+    for step in range(steps + 1):
+        logits = torch.randn(batch, vocab, generator=gen) * 3
+        started = time.perf_counter()
+        pipeline.apply(logits)
+        if step:  # the first step prefills every row
+            times.append((time.perf_counter() - started) * 1e3)
+        for output in outputs:
+            output.append(rng.randrange(VOCAB_LOW, vocab))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--baseline", help="git revision whose pipeline and plugin to compare")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per batch")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    dtype = getattr(torch, args.dtype)
+    modes = {"current": (pipeline_module, plugin_module)}
+    if args.baseline:
+        modes[f"baseline {args.baseline}"] = baseline_modules(args.baseline)
+    before = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_copilot(Path(tmp) / "copilot", resolve_model(None, None).path)
+        records = []
+        for batch in args.batch:
+            order = list(modes)
+            for repeat in range(args.repeats):
+                for mode in order if repeat % 2 == 0 else order[::-1]:
+                    times = step_times(modes[mode], path, dtype, batch, args.steps, repeat)
+                    records.append({"batch": batch, "mode": mode, "repeat": repeat, "ms": times})
+                    print(batch, mode, repeat, f"{statistics.median(times):.2f} ms", flush=True)
+    summary = [
+        {
+            "batch": batch,
+            "mode": mode,
+            "median_ms": statistics.median(
+                t for r in records if r["batch"] == batch and r["mode"] == mode for t in r["ms"]
+            ),
+        }
+        for batch in args.batch
+        for mode in modes
+    ]
+    append_run(
+        args.output,
+        {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "records": records,
+            "summary": summary,
+        },
+        before,
+    )
+    for row in summary:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

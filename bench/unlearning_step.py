@@ -1,0 +1,155 @@
+"""Guarded unlearning's cost per engine step in isolation, with 10,000 forbidden phrases: the
+correction pipeline's ``apply`` for B rows that all carry the filters (soft penalty, hard
+trie bans, the pipeline's re-applied engine masks), against the pipeline and plugin of
+another revision (``--baseline``).
+
+The forget set is bench/unlearning.py's (one entry of ``--phrases`` random 1-3 word phrases,
+every surface form tokenized by the embedded SmolLM2's tokenizer); the soft filter's token
+table is random unit vectors of MiniLM's width (a step subtracts a constant vector whatever
+its values; building the real table takes minutes) and the words are embedded by a random
+projection of the same width. Each row's output grows by one random token per step. Modes
+alternate ABBA on one torch thread, as in vLLM's CPU worker.
+
+    .venv/bin/python -m bench.unlearning_step --batch 1 8 32 --baseline d032322
+
+Results (every step's ms, per mode and batch the median) are appended as a run to
+docs/bench/unlearning-step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from adapters.engine import resolve_model
+from bench.copilot_step import _module_at
+from bench.results import append_run, machine
+from bench.unlearning import phrases
+from decoding import pipeline as pipeline_module
+from decoding.correction import parse_correction
+from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT, ForgetEntry, ForgetSet
+from decoding.unlearning import plugin as plugin_module
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench" / "unlearning-step.json"
+WIDTH = 384  # MiniLM's embedding width
+
+
+class RandomWords:
+    """Unit vectors for words, from a fixed random projection of their bytes."""
+
+    def __init__(self) -> None:
+        self.projection = torch.randn(256, WIDTH, generator=torch.Generator().manual_seed(0))
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        counts = torch.zeros(len(texts), 256)
+        for i, text in enumerate(texts):
+            for byte in text.encode():
+                counts[i, byte] += 1
+        return torch.nn.functional.normalize(counts @ self.projection, dim=-1)
+
+
+def baseline_modules(rev: str):
+    pipeline = _module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
+    plugin = _module_at(
+        rev, "decoding/unlearning/plugin.py", "decoding.unlearning._baseline_plugin", {}
+    )
+    return pipeline, plugin
+
+
+def step_times(modules, forget_set, encode, table, batch, steps, vocab, seed) -> list[float]:
+    pipeline_mod, plugin_mod = modules
+    filters = plugin_mod.ForgetFilters(forget_set, encode, RandomWords(), table)
+    filters.compile((0,))  # once per (set, entries), cached: not a step's cost
+    plugin = plugin_mod.Unlearning({"set": filters}, observe=lambda *a: None)
+    pipeline = pipeline_mod.CorrectionPipeline({"unlearning": plugin})
+    spec = parse_correction(
+        {"unlearning": {"forget_set": "set", "targets": [0]}},
+        context={FORGET_SETS_CONTEXT: {"set": 1}, GATED_CONTEXT: True},
+    )
+    rng = random.Random(seed)
+    outputs = []
+    for row in range(batch):
+        outputs.append([])
+        pipeline.add(row, spec, [1, 2, 3], outputs[-1], stop=0)
+    gen = torch.Generator().manual_seed(seed)
+    times = []
+    for step in range(steps + 1):
+        for output in outputs:
+            output.append(rng.randrange(vocab))
+        logits = torch.randn(batch, vocab, generator=gen) * 3
+        started = time.perf_counter()
+        pipeline.apply(logits)
+        if step:  # the first step builds the rows' states
+            times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--phrases", type=int, default=10_000)
+    parser.add_argument("--baseline", help="git revision whose pipeline and plugin to compare")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per batch")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    meta = machine()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
+    vocab = len(tokenizer)
+    entry = ForgetEntry("Write a short story.", "A story about a city.")
+    entry = ForgetEntry(entry.question, entry.answer, tuple(phrases(tokenizer, args.phrases)))
+    forget_set = ForgetSet("set", (entry,))
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    table = torch.nn.functional.normalize(
+        torch.randn(vocab, WIDTH, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
+    modes = {"current": (pipeline_module, plugin_module)}
+    if args.baseline:
+        modes[f"baseline {args.baseline}"] = baseline_modules(args.baseline)
+    records = []
+    for batch in args.batch:
+        order = list(modes)
+        for repeat in range(args.repeats):
+            for mode in order if repeat % 2 == 0 else order[::-1]:
+                times = step_times(
+                    modes[mode], forget_set, encode, table, batch, args.steps, vocab, repeat
+                )
+                records.append({"batch": batch, "mode": mode, "repeat": repeat, "ms": times})
+                print(batch, mode, repeat, f"{statistics.median(times):.2f} ms", flush=True)
+    summary = [
+        {
+            "batch": batch,
+            "mode": mode,
+            "median_ms": statistics.median(
+                t for r in records if r["batch"] == batch and r["mode"] == mode for t in r["ms"]
+            ),
+        }
+        for batch in args.batch
+        for mode in modes
+    ]
+    append_run(
+        args.output,
+        {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "records": records,
+            "summary": summary,
+        },
+        meta,
+    )
+    for row in summary:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
