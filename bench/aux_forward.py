@@ -25,13 +25,9 @@ table (the one in docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +35,7 @@ import torch
 
 from adapters.default_model import ensure_default_model
 from bench.results import add_table_option, append_run, machine, printed_table, read_runs
+from bench.revisions import module_at
 from decoding.aux import ragged
 from decoding.aux import runner as runner_module
 from decoding.aux.runner import AuxModelRunner
@@ -51,22 +48,7 @@ MODES = ("eager", "unpacked", "compiled")
 
 def _baseline_runner(rev: str) -> type:
     """``AuxModelRunner`` as decoding/aux/runner.py defines it at ``rev``."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:decoding/aux/runner.py"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "runner.py"
-    path.write_text(source)
-    name = "decoding.aux._baseline_runner"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "decoding.aux"
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module.AuxModelRunner
+    return module_at(rev, "decoding/aux/runner.py", "decoding.aux._baseline_runner").AuxModelRunner
 
 
 def _unpacked(path: str, dtype: torch.dtype) -> AuxModelRunner:

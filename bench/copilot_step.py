@@ -19,11 +19,8 @@ docs/bench/copilot-step.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +31,7 @@ from transformers import AutoConfig
 from adapters.copilot_training import TrainSettings, copilot_config
 from adapters.engine import resolve_model
 from bench.results import append_run, machine
+from bench.revisions import module_at
 from decoding import pipeline as pipeline_module
 from decoding.copilot import checkpoint
 from decoding.copilot import plugin as plugin_module
@@ -48,29 +46,12 @@ RESULTS = REPO / "docs" / "bench" / "copilot-step.json"
 VOCAB_LOW = 1000
 
 
-def _module_at(rev: str, path: str, name: str, replace: dict[str, str]):
-    """The module ``path`` as it is at git revision ``rev``, imported as ``name`` (with the
-    source substitutions ``replace``, to point its imports at other baseline modules)."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:{path}"], cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout
-    for old, new in replace.items():
-        source = source.replace(old, new)
-    file = Path(tempfile.mkdtemp()) / Path(path).name
-    file.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def baseline_modules(rev: str):
     """(pipeline, copilot plugin) modules of revision ``rev``; the plugin's pilot features
     from that revision's model.py."""
-    pipeline = _module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
-    _module_at(rev, "decoding/copilot/model.py", "decoding.copilot._baseline_model", {})
-    plugin = _module_at(
+    pipeline = module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
+    module_at(rev, "decoding/copilot/model.py", "decoding.copilot._baseline_model", {})
+    plugin = module_at(
         rev,
         "decoding/copilot/plugin.py",
         "decoding.copilot._baseline_plugin",

@@ -28,8 +28,8 @@ import torch
 from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
-from bench.copilot_step import _module_at
 from bench.results import append_run, machine
+from bench.revisions import module_at
 from bench.unlearning import phrases
 from decoding import pipeline as pipeline_module
 from decoding.correction import parse_correction
@@ -56,8 +56,8 @@ class RandomWords:
 
 
 def baseline_modules(rev: str):
-    pipeline = _module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
-    plugin = _module_at(
+    pipeline = module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
+    plugin = module_at(
         rev, "decoding/unlearning/plugin.py", "decoding.unlearning._baseline_plugin", {}
     )
     return pipeline, plugin
