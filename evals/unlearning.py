@@ -691,13 +691,12 @@ def provenance() -> dict:
 
 
 def with_runs(results: dict, previous: dict | None) -> dict:
-    """The latest run at the top level (with its ``provenance``), every earlier run kept whole
-    in ``runs`` (oldest first)."""
+    """``{"runs": [...]}``: the earlier runs kept whole (oldest first; a file from before runs
+    were kept is its one earlier run) and this one last, with its ``provenance``."""
     runs: list[dict] = []
     if previous is not None:
-        runs = list(previous.get("runs", []))
-        runs.append({k: v for k, v in previous.items() if k != "runs"})
-    return {**results, "provenance": provenance(), "runs": runs}
+        runs = list(previous["runs"]) if set(previous) == {"runs"} else [previous]
+    return {"runs": [*runs, {**results, "provenance": provenance()}]}
 
 
 def by_fact(known: list[Fact], owners: list[Fact], flags: list[bool]) -> list[bool]:
@@ -1274,8 +1273,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "unlearning.json"
     previous = json.loads(path.read_text()) if path.exists() else None
-    results = with_runs(results, previous)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    document = with_runs(results, previous)
+    results = document["runs"][-1]
+    path.write_text(json.dumps(document, indent=2) + "\n")
     plot(results, out / "unlearning.png")
     print(main_table(results))
     print(gate_table(results))
@@ -1295,7 +1295,6 @@ def run(args: argparse.Namespace) -> int:
         "misspelled_leaks",
         "gate_opened_unrelated",
         "gate_comparison",
-        "runs",
     )
     print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
     return 0
