@@ -646,6 +646,15 @@ def gate_section(results: dict) -> str:
             f"{false_open} of {v['negatives']} held-out negatives).",
             "",
             gate_table(results),
+            "",
+            "The same run's main comparison and, with `--policies`, its policy tables:",
+            "",
+            main_table(results),
+            *(
+                ["", policy_table(results), "", sweep_table(results)]
+                if "policies" in results
+                else []
+            ),
             GATE_END,
         ]
     )
@@ -657,7 +666,7 @@ def with_gate_section(page: str, results: dict) -> str:
     if GATE_BEGIN in page and GATE_END in page:
         head, rest = page.split(GATE_BEGIN, 1)
         return head + section + rest.split(GATE_END, 1)[1]
-    return page.rstrip("\n") + "\n\n## Trained gate vs cosine gate\n\n" + section + "\n"
+    return page.rstrip("\n") + "\n\n## Latest run: trained gate vs cosine gate\n\n" + section + "\n"
 
 
 def provenance() -> dict:
