@@ -55,8 +55,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +68,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from adapters.default_model import ensure_default_model
+from decoding.unlearning.classifier import gate_path
+from decoding.unlearning.embeddings import minilm
+from decoding.unlearning.fit_gate import fit
+from decoding.unlearning.forget_set import load_forget_set
+from decoding.unlearning.loading import digest
 from decoding.unlearning.policy import CONTENT_FILTER, DEFAULT_ABSTENTION, ON_MATCH
 from server.launcher import LiveServer, start_server
 from server.toml_writer import write_config
@@ -281,7 +289,26 @@ def evaluate(args: argparse.Namespace) -> dict:
         "".join(json.dumps({"question": f.question, "answer": f.answer}) + "\n" for f in known)
     )
     forget_file.chmod(0o600)  # corrigo refuses forget sets other users can read
+    # The trained gate: the same set in a folder of its own, its gate fitted beside it on the
+    # training halves of the retain and near-topic prompts (:func:`gate_split`).
+    split = gate_split(retain, near)
+    trained_file = workdir / "trained" / "forget.jsonl"
+    trained_file.parent.mkdir()
+    trained_file.write_bytes(forget_file.read_bytes())
+    trained_file.chmod(0o600)
+    trained_set = load_forget_set("trained", trained_file)
+    started = time.perf_counter()
+    fitted = fit(
+        trained_set,
+        digest(trained_set),
+        gate_path(trained_file),
+        split["train_prompts"],
+        minilm(),
+        seed=args.seed,
+    )
+    fit_seconds = time.perf_counter() - started
     correction = {"unlearning": {"forget_set": "eval", "threshold": args.threshold}}
+    trained_correction = {"unlearning": {"forget_set": "trained"}}
     forget_set = {
         "path": str(forget_file),
         "threshold": args.threshold,
@@ -289,7 +316,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         "report_detail": True,  # the gate's score, for the refuse threshold sweep
     }
     by_policy: dict[str, dict[str, list[Answer]]] = {}
-    server = serve({**base, "forget_sets": {"eval": forget_set}}, workdir, "gated")
+    sets = {"eval": forget_set, "trained": {**forget_set, "path": str(trained_file)}}
+    del sets["trained"]["threshold"]  # the trained gate decides at its own
+    server = serve({**base, "forget_sets": sets}, workdir, "gated")
     try:
         gated = {
             group: ask_all_detail(
@@ -299,6 +328,22 @@ def evaluate(args: argparse.Namespace) -> dict:
                 ("forget", probes),
                 ("retain", retain_qs),
                 ("near", near_qs),
+                ("unrelated", unrelated),
+            )
+        }
+        # The same prompts' held-out halves under the trained gate.
+        held_retain = [
+            q for q, f in zip(retain_qs, retain_owner, strict=True) if f in split["eval_retain"]
+        ]
+        held_near = [n.question for n in split["eval_near"]]
+        by_trained = {
+            group: ask_all_detail(
+                server.base_url, qs, trained_correction, args.max_tokens, f"{group}, trained gate"
+            )
+            for group, qs in (
+                ("forget", probes),
+                ("retain", held_retain),
+                ("near", held_near),
                 ("unrelated", unrelated),
             )
         }
@@ -323,6 +368,17 @@ def evaluate(args: argparse.Namespace) -> dict:
             judged = judge_runs(server.base_url, known, probe_owner, plain_probes, by_policy)
     finally:
         server.stop()
+
+    def marker_leaks(texts: list[str]) -> dict:
+        """Leaks by markers and misspellings (no judge: it runs on the main runs only)."""
+        said = [f.leaked_in(a) for f, a in zip(probe_owner, texts, strict=True)]
+        spelled = [s or f.spelled_in(a) for f, a, s in zip(probe_owner, texts, said, strict=True)]
+        return {
+            "facts": interval(by_fact(known, probe_owner, said)),
+            "probes": interval(said),
+            "facts_with_spelling": interval(by_fact(known, probe_owner, spelled)),
+            "probes_with_spelling": interval(spelled),
+        }
 
     def leaks(run: str) -> dict:
         texts = forget_texts[run]
@@ -368,6 +424,34 @@ def evaluate(args: argparse.Namespace) -> dict:
             "unlearning": accuracy([a.text for a in gated["near"]], near),
         },
         "gate_open_rate": {group: gate_open(answers) for group, answers in gated.items()},
+        "gate_comparison": gate_comparison(
+            split,
+            fitted,
+            fit_seconds,
+            {
+                "cosine": {
+                    "forget": gated["forget"],
+                    "retain": [
+                        a
+                        for a, f in zip(gated["retain"], retain_owner, strict=True)
+                        if f in split["eval_retain"]
+                    ],
+                    "near": [
+                        a
+                        for a, n in zip(gated["near"], near, strict=True)
+                        if n in split["eval_near"]
+                    ],
+                    "unrelated": gated["unrelated"],
+                },
+                "classifier": by_trained,
+            },
+            {
+                "cosine": marker_leaks(forget_texts["unlearning"]),
+                "classifier": marker_leaks([a.text for a in by_trained["forget"]]),
+            },
+            [f for f in retain_owner if f in split["eval_retain"]],
+            split["eval_near"],
+        ),
         "reveal_judge": revealed["calibration"],
         "base_perplexity_retain_answers": perplexity(retain),
         "examples": [
@@ -425,6 +509,203 @@ def evaluate(args: argparse.Namespace) -> dict:
         ],
     }
     return results
+
+
+def gate_split(retain: list[Fact], near: list[NearTopic]) -> dict:
+    """The trained gate's negatives and the prompts both gates are compared on, disjoint: the
+    retain facts at even positions of the shipped order (each with its question and probes)
+    and the near-topic questions at even positions train the gate; those at odd positions are
+    held out for the comparison (the forget probes and unrelated prompts are never trained on:
+    the gate's positives are the forget set's own questions, answers and their templated
+    paraphrases, decoding/unlearning/fit_gate.py)."""
+    train_retain, eval_retain = retain[0::2], retain[1::2]
+    train_near, eval_near = near[0::2], near[1::2]
+    return {
+        "train_prompts": [q for f in train_retain for q in (f.question, *f.probes)]
+        + [n.question for n in train_near],
+        "train_retain": train_retain,
+        "eval_retain": eval_retain,
+        "train_near": train_near,
+        "eval_near": eval_near,
+    }
+
+
+def gate_comparison(split, fitted, fit_seconds, answers, leak, retain_owner, near) -> dict:
+    """The cosine gate against the trained gate on the held-out prompts (:func:`gate_split`):
+    open rates, the leak on the forget probes, accuracy on the held-out retain and near-topic
+    questions."""
+
+    def one(gate: str) -> dict:
+        a = answers[gate]
+        return {
+            "gate_open": {group: interval([x.gated for x in a[group]]) for group in a},
+            "leak": leak[gate],
+            "retain_accuracy": interval(
+                [f.said_in(x.text) for f, x in zip(retain_owner, a["retain"], strict=True)]
+            ),
+            "near_topic_accuracy": interval(
+                [n.said_in(x.text) for n, x in zip(near, a["near"], strict=True)]
+            ),
+        }
+
+    return {
+        "split": {
+            "rule": "retain facts and near-topic questions at even positions of the shipped "
+            "files train the gate (with the forget set's own questions, answers and templated "
+            "paraphrases as positives); odd positions are held out for this comparison",
+            "train_retain_facts": len(split["train_retain"]),
+            "eval_retain_facts": len(split["eval_retain"]),
+            "eval_retain_questions": len(retain_owner),
+            "train_near_topic": len(split["train_near"]),
+            "eval_near_topic": len(near),
+            "train_negative_prompts": len(split["train_prompts"]),
+        },
+        "fit": {
+            "threshold": fitted.threshold,
+            "validation": fitted.validation,
+            "train_pairs": fitted.train_pairs,
+            "seconds": round(fit_seconds, 1),
+        },
+        "cosine": one("cosine"),
+        "classifier": one("classifier"),
+    }
+
+
+GATES = {"cosine": "cosine gate (0.5)", "classifier": "trained gate"}
+
+
+def gate_rows(results: dict) -> list[tuple[str, dict]]:
+    """The gate comparison's rows: (name, {gate: interval})."""
+    c = results["gate_comparison"]
+    n = c["split"]
+    return [
+        ("gate open: forget probes", {g: c[g]["gate_open"]["forget"] for g in GATES}),
+        (
+            f"gate open: retain, held out ({n['eval_retain_questions']})",
+            {g: c[g]["gate_open"]["retain"] for g in GATES},
+        ),
+        (
+            f"gate open: near-topic, held out ({n['eval_near_topic']}, false opens)",
+            {g: c[g]["gate_open"]["near"] for g in GATES},
+        ),
+        (
+            f"gate open: unrelated ({results['unrelated_prompts']}, false opens)",
+            {g: c[g]["gate_open"]["unrelated"] for g in GATES},
+        ),
+        ("leak, facts: markers", {g: c[g]["leak"]["facts"] for g in GATES}),
+        (
+            "leak, facts: markers or misspelling",
+            {g: c[g]["leak"]["facts_with_spelling"] for g in GATES},
+        ),
+        ("leak, probes: markers", {g: c[g]["leak"]["probes"] for g in GATES}),
+        ("retain accuracy, held out", {g: c[g]["retain_accuracy"] for g in GATES}),
+        ("near-topic accuracy, held out", {g: c[g]["near_topic_accuracy"] for g in GATES}),
+    ]
+
+
+def gate_table(results: dict) -> str:
+    """Cosine gate vs trained gate on the same held-out prompts, with 95% intervals."""
+    lines = ["| | " + " | ".join(GATES.values()) + " |", "|---|" + "---:|" * len(GATES)]
+    for name, cells in gate_rows(results):
+        shown = [
+            f"{100 * c['rate']:.1f}% [{100 * c['low']:.0f}, {100 * c['high']:.0f}]"
+            for c in (cells[g] for g in GATES)
+        ]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+#: The generated part of docs/evals/unlearning.md: the gate comparison, from the JSON.
+GATE_BEGIN = "<!-- generated by evals/unlearning.py from unlearning.json: gate comparison -->"
+GATE_END = "<!-- end of generated gate comparison -->"
+
+
+def gate_section(results: dict) -> str:
+    """The gate comparison as the page shows it (the split, the fit, the table)."""
+    c = results["gate_comparison"]
+    n, f = c["split"], c["fit"]
+    v = f["validation"]
+    p = results["provenance"]
+    false_open = "n/a" if v["false_open"] is None else f"{100 * v['false_open']:.1f}%"
+    return "\n".join(
+        [
+            GATE_BEGIN,
+            f"Run at commit {p['commit']}{' (with local changes)' if p['dirty'] else ''}, "
+            f"{p['date']}, {p['cpus']} CPUs ({', '.join(p['cpu_flags'])}), load average "
+            f"{p['load_average'][0]} at the end.",
+            "",
+            f"Split: {n['rule']}: the gate trains on {n['train_negative_prompts']} negative "
+            f"prompts ({n['train_retain_facts']} retain facts, {n['train_near_topic']} near-topic "
+            f"questions); the rows below use the other {n['eval_retain_facts']} retain facts' "
+            f"{n['eval_retain_questions']} questions and {n['eval_near_topic']} near-topic "
+            "questions, the forget probes (never trained on) and the unrelated prompts.",
+            "",
+            f"Fit: {f['train_pairs']} training pairs, {f['seconds']} s; threshold "
+            f"{f['threshold']:.3f} chosen on the held-out split (recall "
+            f"{100 * v['recall']:.1f}% of {v['positives']} held-out forget prompts, false opens "
+            f"{false_open} of {v['negatives']} held-out negatives).",
+            "",
+            gate_table(results),
+            "",
+            "The same run's main comparison and, with `--policies`, its policy tables:",
+            "",
+            main_table(results),
+            *(
+                ["", policy_table(results), "", sweep_table(results)]
+                if "policies" in results
+                else []
+            ),
+            GATE_END,
+        ]
+    )
+
+
+def with_gate_section(page: str, results: dict) -> str:
+    """``page`` with its generated gate section replaced (appended when it has none)."""
+    section = gate_section(results)
+    if GATE_BEGIN in page and GATE_END in page:
+        head, rest = page.split(GATE_BEGIN, 1)
+        return head + section + rest.split(GATE_END, 1)[1]
+    return page.rstrip("\n") + "\n\n## Latest run: trained gate vs cosine gate\n\n" + section + "\n"
+
+
+def provenance() -> dict:
+    """What the run ran on: the commit (and whether the tree had changes), the CPU's flags
+    relevant to the engine's speed, the load average when it ended."""
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    flags: list[str] = []
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                break
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "cpu_flags": [f for f in wanted if f in flags],
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def with_runs(results: dict, previous: dict | None) -> dict:
+    """``{"runs": [...]}``: the earlier runs kept whole (oldest first; a file from before runs
+    were kept is its one earlier run) and this one last, with its ``provenance``."""
+    runs: list[dict] = []
+    if previous is not None:
+        runs = list(previous["runs"]) if set(previous) == {"runs"} else [previous]
+    return {"runs": [*runs, {**results, "provenance": provenance()}]}
 
 
 def by_fact(known: list[Fact], owners: list[Fact], flags: list[bool]) -> list[bool]:
@@ -977,6 +1258,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
     parser.add_argument("--threshold", type=float, default=0.5, help="gate threshold")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="the trained gate's seed")
     parser.add_argument(
         "--policies",
         type=_policies,
@@ -998,9 +1280,17 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "unlearning.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = out / "unlearning.json"
+    previous = json.loads(path.read_text()) if path.exists() else None
+    document = with_runs(results, previous)
+    results = document["runs"][-1]
+    path.write_text(json.dumps(document, indent=2) + "\n")
     plot(results, out / "unlearning.png")
     print(main_table(results))
+    print(gate_table(results))
+    page = out / "unlearning.md"
+    if page.exists():
+        page.write_text(with_gate_section(page.read_text(), results))
     if "policies" in results:
         plot_policies(results, out / "unlearning_policies.png")
         print(policy_table(results))
@@ -1013,6 +1303,7 @@ def run(args: argparse.Namespace) -> int:
         "judged_leaks_without_markers",
         "misspelled_leaks",
         "gate_opened_unrelated",
+        "gate_comparison",
     )
     print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
     return 0

@@ -75,11 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default info)",
     )
     _add_copilot_commands(commands)
+    _add_unlearning_commands(commands)
     evaluate = commands.add_parser("eval", help="run an evaluation against a corrigo server")
     evals = evaluate.add_subparsers(dest="eval", required=True, metavar="EVAL")
     for name in EVALS:
         importlib.import_module(eval_module(name)).add_parser(evals)
     return parser
+
+
+def _add_unlearning_commands(commands) -> None:
+    unlearning = commands.add_parser(
+        "unlearning", help="fit a forget set's trained gate (see README: Guarded unlearning)"
+    )
+    sub = unlearning.add_subparsers(dest="unlearning_command", required=True, metavar="COMMAND")
+    fit = sub.add_parser(
+        "fit-gate",
+        help="train the gate classifier of a forget set and save it beside the set",
+        description=(
+            "Train a small classifier on MiniLM embeddings (the set's questions, answers and "
+            "templated paraphrases as positives; the --retain and --near prompts as negatives), "
+            "choose its threshold on a held-out split, and save it as SET.gate.pt beside the "
+            "forget set, where 'corrigo serve' uses it (decoding/unlearning/fit_gate.py)."
+        ),
+    )
+    fit.add_argument("--forget", required=True, type=Path, metavar="SET.jsonl")
+    fit.add_argument(
+        "--retain",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="prompts the gate must pass (JSONL with question or prompt, or one per line)",
+    )
+    fit.add_argument(
+        "--near", type=Path, action="append", default=[], metavar="FILE", help="more negatives"
+    )
+    fit.add_argument("--seed", type=int, default=0)
 
 
 def _add_copilot_commands(commands) -> None:
@@ -154,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args, rest)
     if args.command == "copilot":
         return copilot_train(args)
+    if args.command == "unlearning":
+        return fit_gate(args)
     if args.command == "eval":
         return importlib.import_module(eval_module(args.eval)).run(args)
     raise AssertionError(args.command)
@@ -195,6 +227,29 @@ def copilot_train(args: argparse.Namespace) -> int:
     if args.joint:
         print(f"corrigo: fine-tuned pilot in {args.out / 'pilot'}; serve both with:")
         print((args.out / "serve.toml").read_text(), end="")
+    return 0
+
+
+def fit_gate(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from decoding.unlearning import ForgetSetError
+    from decoding.unlearning.embeddings import minilm
+    from decoding.unlearning.fit_gate import fit_files
+
+    try:
+        result = fit_files(args.forget, [args.retain, *args.near], minilm(), args.seed)
+    except ForgetSetError as exc:
+        print(f"corrigo: {exc}", file=sys.stderr)
+        return 2
+    v = result.validation
+    false_open = "n/a" if v["false_open"] is None else f"{100 * v['false_open']:.1f}%"
+    print(
+        f"corrigo: gate saved in {result.path} (threshold {result.threshold:.4f}; held out: "
+        f"recall {100 * v['recall']:.1f}% of {v['positives']} forget prompts, false opens "
+        f"{false_open} of {v['negatives']} others)"
+    )
     return 0
 
 

@@ -49,9 +49,18 @@ class ServerMetrics:
         self.unlearning_gate = Counter(
             "corrigo_unlearning_gate",
             "Unlearning gate decisions, by forget set (its public name or alias, else "
-            "'undisclosed') and decision (filter: the request concerns the set and is "
-            "filtered; pass: it decodes unchanged).",
-            ["forget_set", "decision"],
+            "'undisclosed'), decision (filter: the request concerns the set and is "
+            "filtered; pass: it decodes unchanged) and the gate that decided (cosine: the "
+            "similarity threshold; classifier: the set's trained gate).",
+            ["forget_set", "decision", "gate"],
+            registry=registry,
+        )
+        self.unlearning_gate_score = Histogram(
+            "corrigo_unlearning_gate_score",
+            "The unlearning gate's score per gated request (cosine similarity, or the trained "
+            "gate's probability), by forget set (public label) and gate.",
+            ["forget_set", "gate"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
             registry=registry,
         )
         self.unlearning_outcomes = Counter(

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from decoding.unlearning.embeddings import minilm
+from decoding.unlearning.fit_gate import fit_files
+
 from .support import TEST_ENGINE, LiveServer, start_server, write_config
 
 API_KEY = "test-key-0123456789"
@@ -67,6 +70,9 @@ JUDGE_KEY = "judge-secret-5d1e"
 #: The session engine's private forget set (tests/security/test_unlearning_secrecy.py): its name
 #: must never reach a client, and its reports show the gate's decision only.
 FORGET_VAULT = Path(__file__).parent / "data" / "forget_vault.jsonl"
+#: The capitals set with a trained gate (decoding/unlearning/classifier.py) and its negatives.
+TRAINED_SET = "capitals_trained"
+RETAIN_CAPITALS = Path(__file__).parent / "data" / "retain_capitals.txt"
 #: A profile of the session engine that enforces unlearning with the private set.
 GUARDED_PROFILE = "guarded"
 #: The profiles the session engine lists in /v1/models after the served model.
@@ -80,6 +86,15 @@ def private_copy(source: Path, folder: Path) -> str:
     shutil.copyfile(source, target)
     target.chmod(0o600)
     return str(target)
+
+
+def trained_copy(folder: Path) -> str:
+    """A private copy of the capitals set with its gate fitted beside it (`corrigo unlearning
+    fit-gate`, on tests/data/retain_capitals.txt as negatives)."""
+    folder.mkdir()
+    path = private_copy(FORGET_CAPITALS, folder)
+    fit_files(Path(path), [RETAIN_CAPITALS], minilm(), seed=0)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +118,16 @@ def live_server(tmp_path_factory) -> LiveServer:
                 },
                 # Private: the defaults (a fixed threshold, decision-only reports, no name).
                 "vault": {"path": private_copy(FORGET_VAULT, tmp)},
+                # The capitals set again, with a trained gate beside it
+                # (tests/integration/test_unlearning.py).
+                TRAINED_SET: {
+                    "path": trained_copy(tmp / "trained"),
+                    "public_name": True,
+                    "report_detail": True,
+                    # A range the cosine gate would allow; the trained gate refuses a move.
+                    "min_threshold": 0.3,
+                    "max_threshold": 0.9,
+                },
             },
             "profiles": {
                 GUARDED_PROFILE: {

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..contract import AdmissionStep, Admitted
 from ..params import RequestRefused
+from .classifier import TrainedGate
 from .forget_set import ForgetSet
 from .gate import Embedder, ForgetGate, GateDecision, chunks
 from .params import ForgetSetPolicy, UnlearningParams
@@ -183,11 +184,16 @@ class UnlearningGate(AdmissionStep):
         metrics: Any,
         policies: Mapping[str, ForgetSetPolicy],
         limits: Any,
+        trained: Mapping[str, TrainedGate] | None = None,
     ) -> None:
         """``metrics``: the server's (server/metrics.py: ``unlearning_gate``,
-        ``tokens_blocked``, ``unlearning_outcomes``); ``limits``: its ``[limits]``
-        (``max_gate_chars``, ``max_gate_pieces``)."""
-        self.gates = {name: ForgetGate(s, embedder) for name, s in forget_sets.items()}
+        ``unlearning_gate_score``, ``tokens_blocked``, ``unlearning_outcomes``); ``limits``: its
+        ``[limits]`` (``max_gate_chars``, ``max_gate_pieces``); ``trained``: the sets' trained
+        gates (decoding/unlearning/classifier.py), which decide instead of the cosine gate."""
+        trained = trained or {}
+        self.gates: dict[str, ForgetGate | TrainedGate] = {
+            name: trained.get(name) or ForgetGate(s, embedder) for name, s in forget_sets.items()
+        }
         self.metrics = metrics
         self.policies = dict(policies)
         self.max_chars = limits.max_gate_chars
@@ -198,8 +204,16 @@ class UnlearningGate(AdmissionStep):
 
     def prepare(self, params: UnlearningParams, body: Mapping[str, Any]) -> GateJob:
         """Cheap checks before admission (fail closed): 400 for text the gate cannot read or
-        more than it reads."""
+        more than it reads, and for a threshold moved on a set whose trained gate decides at
+        its own."""
         where = "messages" if "messages" in body else "prompt"
+        gate = self.gates.get(params.forget_set)
+        if isinstance(gate, TrainedGate) and params.threshold != self.policy(params).threshold:
+            raise RequestRefused(
+                "This forget set's gate is a trained classifier that decides at its own "
+                "validated threshold; omit 'threshold'.",
+                param="correction.unlearning.threshold",
+            )
         try:
             texts = request_texts(body)
         except UngateableInput as exc:
@@ -225,7 +239,10 @@ class UnlearningGate(AdmissionStep):
         )
         label = FILTER if decision.opened else PASS
         policy = self.policy(params)
-        self.metrics.unlearning_gate.labels(policy.label, label).inc()
+        self.metrics.unlearning_gate.labels(policy.label, label, decision.gate).inc()
+        self.metrics.unlearning_gate_score.labels(policy.label, decision.gate).observe(
+            decision.score
+        )
         on_match = strictest(policy.on_match, params.on_match)
         gated = params.model_copy(update={"targets": decision.targets, "on_match": on_match})
         admission = Admission(params, decision, on_match)
@@ -250,6 +267,11 @@ class UnlearningGate(AdmissionStep):
             self._executor, gate.decide_chunks, tuple(pieces), params.threshold
         )
         return decision.targets
+
+    def _threshold(self, params: UnlearningParams) -> float:
+        """The threshold the deciding gate compared its score with."""
+        gate = self.gates[params.forget_set]
+        return gate.threshold if isinstance(gate, TrainedGate) else params.threshold
 
     def policy(self, params: UnlearningParams) -> ForgetSetPolicy:
         return self.policies.get(params.forget_set) or ForgetSetPolicy()
@@ -279,7 +301,11 @@ class UnlearningGate(AdmissionStep):
                 shown = verdict if admission.on_match != "steer" else {}
                 admission.report = {"gate": gate, **shown}
             else:
-                gate |= {"score": round(decision.score, 4), "threshold": admission.params.threshold}
+                gate |= {
+                    "by": decision.gate,
+                    "score": round(decision.score, 4),
+                    "threshold": self._threshold(admission.params),
+                }
                 admission.report = {
                     "forget_set": policy.label,
                     "gate": gate,

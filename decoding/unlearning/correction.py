@@ -12,8 +12,11 @@ import torch
 from ..contract import Correction, EngineSetup, Figure, ServerSetup
 from ..pipeline import Row
 from .admission import UnlearningGate, policies
+from .classifier import TrainedGate, gate_path, load_gate
 from .embeddings import minilm
-from .loading import engine_plugin
+from .forget_set import ForgetSet
+from .gate import Embedder
+from .loading import check_private, engine_plugin
 from .params import FORGET_SETS_CONTEXT, UnlearningParams
 from .plugin import Unlearning
 
@@ -67,13 +70,31 @@ class UnlearningCorrection(Correction):
         # The gate's MiniLM is the only torch work in the server's process. One thread keeps
         # it off the core(s) the engine computes on; its inputs are a few short texts each.
         torch.set_num_threads(1)
+        embedder = minilm()
         return UnlearningGate(
             setup.deployment.forget_sets,
-            minilm(),
+            embedder,
             setup.metrics,
             policies(setup.config.forget_sets),
             setup.config.limits,
+            trained_gates(setup.deployment.forget_sets, setup.deployment.manifest, embedder),
         )
+
+
+def trained_gates(
+    forget_sets: Mapping[str, ForgetSet], manifest: Any, embedder: Embedder
+) -> dict[str, TrainedGate]:
+    """The trained gate of each set that has one beside its file
+    (decoding/unlearning/classifier.py ``gate_path``), checked against the server's embedder and
+    the set's entries (ForgetSetError otherwise: the server does not start)."""
+    out = {}
+    for name, forget_set in forget_sets.items():
+        entry = manifest.forget_sets[name]
+        path = gate_path(entry.path)
+        if path.exists():
+            check_private(name, str(path))
+            out[name] = load_gate(path, forget_set, embedder, entry.digest)
+    return out
 
 
 CORRECTION = UnlearningCorrection()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 
@@ -32,6 +32,11 @@ MAX_TARGETS = 3
 #: a longer sentence is also read in windows of this size, half overlapping, so that any
 #: passage of up to half this length lies whole in one window.
 WINDOW_CHARS = 200
+
+#: Which gate decided: the cosine threshold here, or a trained classifier
+#: (decoding/unlearning/classifier.py) where the forget set has one.
+GateKind = Literal["cosine", "classifier"]
+GATE_KINDS: tuple[GateKind, ...] = get_args(GateKind)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
@@ -48,6 +53,8 @@ class GateDecision:
     score: float
     #: Indices of the retrieved entries; empty when the gate stays closed.
     targets: tuple[int, ...]
+    #: The gate that decided (its ``score`` is a cosine or a probability).
+    gate: GateKind = "cosine"
 
     @property
     def opened(self) -> bool:
@@ -86,6 +93,8 @@ def chunks(texts: Sequence[str]) -> list[str]:
 
 class ForgetGate:
     """A forget set's entries, embedded once, and the decision for a request's texts."""
+
+    kind: GateKind = "cosine"
 
     def __init__(self, forget_set: ForgetSet, embedder: Embedder) -> None:
         self.forget_set = forget_set

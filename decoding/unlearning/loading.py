@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from .abstain import AbstentionPhrase
+from .continuation import TokenTexts
 from .embeddings import minilm, token_table
 from .forget_set import ForgetSet, ForgetSetError, load_forget_set
 from .plugin import ForgetFilters, Unlearning
@@ -114,7 +115,9 @@ def engine_plugin(
 
     embedder = minilm()
     table = token_table(tokenizer, embedder, vocab_rows)
-    bare_after = spaced_tokens(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    bare_after = spaced_tokens(tokenizer, texts)
+    vocabulary = TokenTexts(texts)
     filters = {
         name: ForgetFilters(
             load_declared(name, entry),
@@ -122,16 +125,17 @@ def engine_plugin(
             embedder,
             table,
             AbstentionPhrase.encode(entry.abstention, encode, bare_after),
+            vocabulary,
         )
         for name, entry in entries.items()
     }
     return Unlearning(filters, observe)
 
 
-def spaced_tokens(tokenizer) -> frozenset[int]:
-    """Ids of the tokens after which text starts afresh: those whose text ends in whitespace
-    (a chat template's newline) and the special tokens."""
+def spaced_tokens(tokenizer, texts: list[str]) -> frozenset[int]:
+    """Ids of the tokens after which text starts afresh: those whose text (``texts``, each
+    token decoded alone) ends in whitespace (a chat template's newline) and the special
+    tokens."""
     ids = range(len(tokenizer))
-    texts = tokenizer.batch_decode([[i] for i in ids])
     special = set(tokenizer.all_special_ids)
     return frozenset(i for i, t in zip(ids, texts, strict=True) if i in special or t[-1:].isspace())

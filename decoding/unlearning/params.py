@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field, FiniteFloat, ValidationInfo, field_validator, model_validator
 
 from ..params import CorrectionParams
+from .continuation import DEFAULT_EVERY, DEFAULT_TAU, DEFAULT_WINDOW
 from .gate import DEFAULT_THRESHOLD
 from .policy import DEFAULT_ON_MATCH, DEFAULT_REFUSAL, OnMatch, stricter_or_equal
 from .semantic import DEFAULT_DELTA, DEFAULT_LAMBDA
@@ -68,6 +69,13 @@ class UnlearningParams(CorrectionParams):
     penalty: FiniteFloat = Field(DEFAULT_LAMBDA, ge=0)
     #: Soft filter on or off (the hard trie filter always runs).
     soft: bool = True
+    #: Continuation check (:mod:`.continuation`): its semantic part's period ``k`` in steps,
+    #: window ``W`` in tokens and ban threshold ``tau``; ``continuation = false`` turns its
+    #: semantic part off (the lexical part, like the trie, always runs).
+    continuation: bool = True
+    check_every: int = Field(DEFAULT_EVERY, ge=1, le=64)
+    check_window: int = Field(DEFAULT_WINDOW, ge=1, le=64)
+    check_threshold: float = Field(DEFAULT_TAU, ge=0, le=1)
     #: What an open gate does (:mod:`.policy`); None: the set's policy. Only as strict or
     #: stricter than the set's (and the profile's); the server writes the one in force.
     on_match: OnMatch | None = None

@@ -4,6 +4,9 @@ For each row whose request the gate opened (``targets`` non-empty), on its logit
 
     1. soft:  s_v -= lambda * sim(v), or s_v = -inf when sim(v) >= delta   (a constant vector
               per request; see :mod:`.semantic`)
+       text:  s_v = -inf for every token v that completes a phrase after the row's recent text
+              in any spelling, and every k steps a penalty or ban on the candidates that bring
+              the recent text's meaning towards a phrase (see :mod:`.continuation`)
     2. hard:  s_v = -inf for every token v that would complete a forbidden token sequence given
               the row's generated suffix (see :mod:`.trie`)
 
@@ -26,6 +29,7 @@ import torch
 from ..pipeline import Row, StepPlugin
 from ..topk import argmax
 from .abstain import Abstention, AbstentionPhrase, force
+from .continuation import ContinuationCheck, TokenTexts
 from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
@@ -47,6 +51,9 @@ class CompiledTargets:
     root_bans: torch.Tensor
     #: ``sim(v)`` of every vocabulary token to the forbidden words (None: no soft filter).
     sim: torch.Tensor | None
+    #: The continuation check's phrases and their embeddings (None: no embedder).
+    phrases: tuple[str, ...]
+    phrase_embeddings: torch.Tensor | None
 
 
 class ForgetFilters:
@@ -59,10 +66,13 @@ class ForgetFilters:
         embedder: Embedder | None = None,
         token_table: torch.Tensor | None = None,
         abstention: AbstentionPhrase | None = None,
+        vocabulary: TokenTexts | None = None,
     ) -> None:
         """``token_table``: every vocabulary token's text embedding by ``embedder`` (see
         :mod:`.semantic`); without both, only the hard filter runs. ``abstention``: the set's
-        phrase for rows under ``abstain`` (None: such rows are steered)."""
+        phrase for rows under ``abstain`` (None: such rows are steered). ``vocabulary``: each
+        token's text, for the continuation check (:mod:`.continuation`; None: off)."""
+        self.vocabulary = vocabulary
         self.forget_set = forget_set
         self.abstention = abstention
         self.encode = encode
@@ -79,10 +89,16 @@ class ForgetFilters:
         forms = [form for phrase in forbidden_phrases(entries) for form in surface_forms(phrase)]
         trie = TokenTrie(self.encode(forms))
         words = semantic_words(entries)
+        meaning = None  # the revealing words' embeddings: the soft filter's and the check's
+        if self.embedder is not None and words:
+            meaning = self.embedder.encode(words)
         sim = None
-        if self.embedder is not None and self.token_table is not None and words:
-            sim = similarity(self.token_table, self.embedder.encode(words))
-        compiled = CompiledTargets(trie, torch.tensor(trie.root_bans, dtype=torch.long), sim)
+        if meaning is not None and self.token_table is not None:
+            sim = similarity(self.token_table, meaning)
+        phrases = tuple(forbidden_phrases(entries))
+        compiled = CompiledTargets(
+            trie, torch.tensor(trie.root_bans, dtype=torch.long), sim, phrases, meaning
+        )
         self._cache[targets] = compiled
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
@@ -105,6 +121,8 @@ class _RowState:
     soft: torch.Tensor | None
     #: The row's abstention phrase under ``abstain`` (None: steered).
     abstention: Abstention | None
+    #: The row's continuation check (None: the set has no vocabulary texts).
+    continuation: ContinuationCheck | None
 
 
 @dataclass(frozen=True)
@@ -153,7 +171,22 @@ class Unlearning(StepPlugin):
                     abstention = Abstention(filters.abstention)
                     if row.stream.output:  # a preempted request, back with its output
                         abstention.resume(row.stream.output)
-                state = _RowState(params, compiled, TrieCursor(compiled.trie), soft, abstention)
+                check = None
+                if filters.vocabulary is not None:
+                    semantic = params.continuation and compiled.phrase_embeddings is not None
+                    check = ContinuationCheck(
+                        compiled.phrases,
+                        filters.vocabulary,
+                        filters.embedder if semantic else None,
+                        compiled.phrase_embeddings if semantic else None,
+                        every=params.check_every,
+                        window=params.check_window,
+                        tau=params.check_threshold,
+                        penalty=params.penalty,
+                    )
+                state = _RowState(
+                    params, compiled, TrieCursor(compiled.trie), soft, abstention, check
+                )
             self._states[row.uid] = state
         return self._states[row.uid]
 
@@ -174,6 +207,12 @@ class Unlearning(StepPlugin):
                 sub -= constant.soft
             else:
                 sub[constant.soft_rows] -= constant.soft
+        # The continuation check (:mod:`.continuation`): text-level, before the hard blocks.
+        for j, (i, state) in enumerate(active):
+            if state.continuation is not None:
+                sub[j] -= state.continuation.subtrahend(sub[j], rows[i].stream.output).to(
+                    sub.device, sub.dtype
+                )
         after_soft = argmax(sub)
 
         # Hard blocks, last: the root's single-token phrases (index tensors built once per

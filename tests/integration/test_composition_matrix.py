@@ -449,12 +449,10 @@ def test_unlearning_exhausting_a_grammar_ends_with_content_filter(client, stream
     assert report is not None and report["forced_stops"] >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unlearning's hard filter matches the tokenizations of the forbidden phrases' "
-    "surface forms (decoding/unlearning/trie.py); a grammar allowing only the answer can spell "
-    "it in other splits (P+ari+s), which it does not see (README, Composition rules)",
-)
 def test_unlearning_under_a_grammar_spelling_the_answer_in_other_tokens(client):
+    # The trie knows "Paris" in its usual tokenizations only; the continuation check
+    # (decoding/unlearning/continuation.py) bans whatever token completes it after the row's
+    # text, so the grammar's other splits (P+ari+s) run out of tokens and the row ends.
     response = ask(client, {"structured_outputs": {"choice": ["Paris"]}}, UNLEARNING, max_tokens=8)
     assert "paris" not in (response.choices[0].message.content or "").lower()
+    assert response.choices[0].finish_reason == "content_filter"

@@ -16,6 +16,7 @@ from ..conftest import (
     FORGET_REFUSAL,
     GUARDED_PROFILE,
     SERVED_MODEL,
+    TRAINED_SET,
 )
 
 pytestmark = pytest.mark.engine
@@ -375,3 +376,51 @@ def test_outcome_metrics(live_server, client):
     after = outcomes()
     for outcome in ("refused", "abstained", "steered", "passed"):
         assert after.get(outcome, 0) == before.get(outcome, 0) + 1, (outcome, before, after)
+
+
+# -- the trained gate (decoding/unlearning/classifier.py) ---------------------------------------
+
+TRAINED = {"correction": {"unlearning": {"forget_set": TRAINED_SET}}}
+#: Near the capitals set's one entry (the cosine gate opens), not asking it; not among the
+#: trained gate's negatives (tests/data/retain_capitals.txt).
+GERMANY = "What is the capital of Germany?"
+
+
+def gate_report(response) -> dict:
+    return response.model_extra["correction"]["unlearning"]["gate"]
+
+
+def test_the_server_decides_with_the_trained_gate_where_the_set_has_one(
+    live_server, client, paris_probe
+):
+    def gate_total(decision: str, gate: str) -> float:
+        text = httpx.get(f"{live_server.base_url}/metrics").text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "corrigo_unlearning_gate_total"
+            and s.labels == {"forget_set": TRAINED_SET, "decision": decision, "gate": gate}
+        )
+
+    cosine = gate_report(ask(client, GERMANY, max_tokens=1, **FORGET))
+    assert cosine["by"] == "cosine" and cosine["decision"] == "filter", cosine
+    before = gate_total("pass", "classifier"), gate_total("filter", "classifier")
+    near = gate_report(ask(client, GERMANY, max_tokens=1, **TRAINED))
+    assert near["by"] == "classifier" and near["decision"] == "pass", near
+    assert near["score"] < near["threshold"] <= 1
+    response = ask(client, paris_probe, **TRAINED)
+    probe = gate_report(response)
+    assert probe["by"] == "classifier" and probe["decision"] == "filter", probe
+    assert "paris" not in response.choices[0].message.content.lower()
+    assert (gate_total("pass", "classifier"), gate_total("filter", "classifier")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+
+
+def test_a_threshold_moved_on_a_set_with_a_trained_gate_is_a_400(client):
+    correction = {"unlearning": {"forget_set": TRAINED_SET, "threshold": 0.3}}
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, GERMANY, max_tokens=1, correction=correction)
+    assert err.value.body["param"] == "correction.unlearning.threshold"

@@ -1,0 +1,153 @@
+"""The continuation check: judge a gated row's recent *text*, not its tokens one by one.
+
+The trie (:mod:`.trie`) bans the token sequences of a phrase's usual tokenizations and the soft
+filter (:mod:`.semantic`) judges each candidate token's text alone; a phrase the model spells in
+other tokens ("P" + "ari" + "s") or in several words, none revealing alone, passes both.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+
+import torch
+
+from .gate import Embedder
+
+#: Defaults: the semantic part every ``k`` steps, over the last ``window`` tokens, banning at
+#: cosine ``tau`` (not yet calibrated on the eval: a conservative value).
+DEFAULT_EVERY = 4
+DEFAULT_WINDOW = 8
+DEFAULT_TAU = 0.8
+#: Candidates (the row's most likely tokens) the semantic part judges.
+CANDIDATES = 8
+
+_NON_WORD = re.compile(r"[^\w]+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, each run of non-word characters one space: what "spells" a phrase."""
+    return _NON_WORD.sub(" ", text.lower())
+
+
+class ContinuationCheck:
+    """One row's check over its retrieved entries' phrases.
+
+    With ``w`` the text of the row's last ``W`` generated tokens, ``N`` :func:`normalise`,
+    ``P`` the phrases (normalised; those holding a shorter phrase of ``P`` left out) and
+    ``text(v)`` a token's text:
+
+    **Lexical, every step of a gated row.** The pending remainders of ``w`` are::
+
+        R(w) = { p[i:] : p in P, 0 < i < |p|, N(w) ends with p[:i] at a word start }
+
+    and every token ``v`` with ``N(text(v))`` starting with some ``r`` in ``R(w)`` is banned: it
+    completes ``p`` whatever tokens spelt its start. ``R(w)`` is a few dictionary look-ups (one
+    per word start in the window's normalised text) and each ``r`` one binary search in the
+    vocabulary's sorted normalised texts, so the cost does not grow with the vocabulary.
+
+    **Semantic, every ``k``-th step** (``len(output) % k == 0``), on the row's ``m`` most likely
+    candidates, with ``E`` the unit-norm sentence embedding and ``s(x) = max_p max(0, E(x) .
+    E(p))``::
+
+        ban v                                    if s(w + text(v)) >= tau and s(w + text(v)) > s(w)
+        logit_v -= lambda * (s(w + text(v)) - s(w))   otherwise, where positive
+
+    It penalises the candidates that bring the window's meaning towards a phrase (a paraphrase
+    being completed) in proportion to how far, and bans those that reach ``tau``; ``m + 1``
+    embeddings of short texts, hence every ``k``-th step only.
+    """
+
+    def __init__(
+        self,
+        phrases: Sequence[str],
+        vocabulary: TokenTexts,
+        embedder: Embedder | None = None,
+        phrase_embeddings: torch.Tensor | None = None,
+        every: int = DEFAULT_EVERY,
+        window: int = DEFAULT_WINDOW,
+        tau: float = DEFAULT_TAU,
+        penalty: float = 1.0,
+    ) -> None:
+        """``phrase_embeddings``: ``E(p)`` of the semantic part's phrases (with ``embedder``;
+        without them that part is off)."""
+        normal = [p for p in dict.fromkeys(normalise(p).strip() for p in phrases) if p]
+        kept = [p for p in normal if not any(q != p and f" {q} " in f" {p} " for q in normal)]
+        #: proper prefix -> the remainders completing a phrase after it
+        self.pending: dict[str, set[str]] = {}
+        for p in kept:
+            for i in range(1, len(p)):
+                self.pending.setdefault(p[:i], set()).add(p[i:])
+        self.longest = max((len(p) for p in kept), default=0)
+        self.vocabulary = vocabulary
+        self.embedder = embedder
+        self.phrase_embeddings = phrase_embeddings
+        self.every = every
+        self.window = window
+        self.tau = tau
+        self.penalty = penalty
+
+    def text(self, output: Sequence[int]) -> str:
+        return self.vocabulary.text(output[-self.window :])
+
+    def remainders(self, window: str) -> set[str]:
+        """``R(w)``."""
+        # The leading space stands for the window's start, where a word may begin.
+        text = (" " + normalise(window))[-(self.longest + 1) :]
+        out: set[str] = set()
+        for start, char in enumerate(text):
+            if char == " ":
+                out |= self.pending.get(text[start + 1 :], set())
+        return out
+
+    def lexical_bans(self, window: str) -> list[int]:
+        """Every token that completes a phrase after ``window``."""
+        return sorted({v for r in self.remainders(window) for v in self.vocabulary.starting(r)})
+
+    def similarity(self, texts: Sequence[str]) -> torch.Tensor:
+        """``s(x)`` for each text (zeros when the semantic part is off)."""
+        if self.embedder is None or self.phrase_embeddings is None or not texts:
+            return torch.zeros(len(texts))
+        e = self.embedder.encode([t.strip() or "." for t in texts])
+        return (e @ self.phrase_embeddings.T).amax(dim=-1).clamp_min(0)
+
+    def subtrahend(self, logits: torch.Tensor, output: Sequence[int]) -> torch.Tensor:
+        """What to subtract from the row's ``logits [vocab]`` for its token after ``output``
+        (``inf``: banned)."""
+        out = torch.zeros_like(logits)
+        window = self.text(output)
+        bans = self.lexical_bans(window)
+        if bans:
+            out[torch.tensor(bans, dtype=torch.long)] = torch.inf
+        if self.embedder is not None and len(output) % self.every == 0:
+            top = torch.topk(logits, min(CANDIDATES, logits.shape[-1])).indices.tolist()
+            texts = [
+                self.vocabulary.texts[v] if v < len(self.vocabulary.texts) else "" for v in top
+            ]
+            sims = self.similarity([window, *(window + t for t in texts)]).tolist()
+            for v, s in zip(top, sims[1:], strict=True):
+                if s >= self.tau and s > sims[0]:
+                    out[v] = torch.inf
+                elif s > sims[0] and not torch.isinf(out[v]):
+                    out[v] = out[v] + self.penalty * (s - sims[0])
+        return out
+
+
+class TokenTexts:
+    """Each vocabulary token's text, and the tokens whose normalised text starts with a given
+    string (binary search over the sorted normalised texts)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = list(texts)
+        pairs = sorted((normalise(t), i) for i, t in enumerate(self.texts))
+        self._keys = [k for k, _ in pairs]
+        self._ids = [i for _, i in pairs]
+
+    def text(self, tokens: Sequence[int]) -> str:
+        return "".join(self.texts[t] for t in tokens if 0 <= t < len(self.texts))
+
+    def starting(self, prefix: str) -> list[int]:
+        lo = bisect.bisect_left(self._keys, prefix)
+        hi = bisect.bisect_left(self._keys, prefix + "\U0010ffff")
+        return self._ids[lo:hi]

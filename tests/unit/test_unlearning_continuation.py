@@ -1,0 +1,99 @@
+"""The continuation check (decoding/unlearning/continuation.py): a phrase spelt in other tokens,
+which the token trie and the per-token soft filter pass, is blocked at the text level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from decoding.pipeline import CorrectionPipeline
+from decoding.unlearning import ForgetFilters, Unlearning
+from decoding.unlearning.continuation import ContinuationCheck, TokenTexts, normalise
+from decoding.unlearning.semantic import similarity
+from decoding.unlearning.trie import TokenTrie, TrieCursor, surface_forms
+
+from .test_unlearning import CAPITALS, INDEX, VOCAB, encode, gated, ids
+
+SPELT = ids(
+    "P", "a", "r", "i"
+)  # "Pari": one token short of "Paris", in no tokenization the trie knows
+
+
+def test_the_trie_and_the_per_token_filter_pass_a_spelt_answer():
+    """The weakness the check closes: per-token matching lets "P"+"a"+"r"+"i"+"s" through."""
+    trie = TokenTrie(encode(surface_forms("Paris")))
+    cursor = TrieCursor(trie)
+    cursor.follow(SPELT)
+    assert INDEX["s"] not in cursor.bans() and INDEX["s"] not in trie.root_bans
+    # Single letters mean nothing like "paris": an embedding table where only whole-name
+    # tokens are near it, as MiniLM's is.
+    table = torch.zeros(len(VOCAB), 2)
+    for name in (" Paris", "Par"):
+        table[INDEX[name], 0] = 1.0
+    table[:, 1] = (table[:, 0] == 0).float()
+    sim = similarity(table, torch.tensor([[1.0, 0.0]]))
+    assert sim[INDEX["s"]] == 0 and sim[INDEX[" Paris"]] == 1
+
+
+def test_the_check_bans_the_token_that_completes_the_phrase_in_any_spelling():
+    check = ContinuationCheck(["Paris"], TokenTexts(VOCAB))
+    assert INDEX["s"] in check.lexical_bans("The capital is Pari")
+    assert INDEX["is"] in check.lexical_bans("The capital is Par")  # "Par"+"is" the trie knows
+    assert check.lexical_bans("The capital is Pa") == []  # nothing completes it in one token
+    assert check.lexical_bans("The capital is Lyon") == []
+    assert check.lexical_bans("Compari") == []  # a phrase starts at a word start only
+
+
+def test_the_plugin_blocks_the_spelt_answer_that_per_token_matching_passes():
+    filters = ForgetFilters(CAPITALS, encode, embedder=None, vocabulary=TokenTexts(VOCAB))
+    pipeline = CorrectionPipeline({"unlearning": Unlearning({"capitals": filters})})
+    output: list[int] = []
+    pipeline.add(0, gated([0], soft=False), [9], output)
+    output.extend(SPELT)
+    step = pipeline.apply(torch.zeros(1, len(VOCAB)))
+    assert torch.isneginf(step[0, INDEX["s"]])
+    assert not torch.isneginf(step[0, INDEX["."]])
+
+    # Without the vocabulary's texts (the check off), the same row gets "s": the control.
+    bare = ForgetFilters(CAPITALS, encode, embedder=None)
+    pipeline = CorrectionPipeline({"unlearning": Unlearning({"capitals": bare})})
+    output = []
+    pipeline.add(0, gated([0], soft=False), [9], output)
+    output.extend(SPELT)
+    assert not torch.isneginf(pipeline.apply(torch.zeros(1, len(VOCAB)))[0, INDEX["s"]])
+
+
+def test_a_multi_word_phrase_is_completed_across_tokens_and_words():
+    vocab = TokenTexts([" City", " of", " Li", "ght", " Light", " Lights", " Paris", "."])
+    check = ContinuationCheck(["City of Light"], vocab)
+    assert sorted(check.lexical_bans("It is the City of Li")) == [3]
+    assert sorted(check.lexical_bans("It is the City of")) == [4, 5]
+    assert check.lexical_bans("It is the city") == []
+
+
+class Meaning:
+    """An embedder whose vectors say how much of "paris" a text spells (its share of the
+    letters p, a, r, i, s in order at the end): a stand-in for MiniLM's judgement."""
+
+    name = "meaning"
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        rows = []
+        for text in texts:
+            t = normalise(text).replace(" ", "")
+            share = max((n for n in range(6) if t.endswith("paris"[:n])), default=0) / 5
+            rows.append([share, (1 - share**2) ** 0.5])
+        return torch.tensor(rows)
+
+
+def test_every_kth_step_the_semantic_part_bans_what_reaches_tau_and_penalises_what_nears_it():
+    vocab = TokenTexts(["P", "a", "r", "i", "s", "x", " the"])
+    phrase = Meaning().encode(["paris"])
+    check = ContinuationCheck(["Zzz"], vocab, Meaning(), phrase, every=2, window=8, tau=0.95)
+    logits = torch.zeros(len(vocab.texts))
+    out = check.subtrahend(logits, [0, 1, 2, 3])  # "Pari", a 2nd step: "s" reaches 1.0 >= tau
+    assert torch.isinf(out[4]) and out[5] == 0
+    out = check.subtrahend(logits, [0, 1])  # "Pa": "r" brings it nearer, below tau
+    assert 0 < out[2] < torch.inf and out[5] == 0
+    assert torch.all(check.subtrahend(logits, [0, 1, 2]) == 0)  # not a 2nd step
