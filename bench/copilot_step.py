@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from transformers import AutoConfig
 from adapters.copilot_training import TrainSettings, copilot_config
 from adapters.engine import resolve_model
 from bench.results import append_run, machine
-from bench.revisions import module_at
+from bench.revisions import module_at, time_abba
 from decoding import pipeline as pipeline_module
 from decoding.copilot import checkpoint
 from decoding.copilot import plugin as plugin_module
@@ -113,25 +112,14 @@ def main() -> None:
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         path = make_copilot(Path(tmp) / "copilot", resolve_model(None, None).path)
-        records = []
-        for batch in args.batch:
-            order = list(modes)
-            for repeat in range(args.repeats):
-                for mode in order if repeat % 2 == 0 else order[::-1]:
-                    times = step_times(modes[mode], path, dtype, batch, args.steps, repeat)
-                    records.append({"batch": batch, "mode": mode, "repeat": repeat, "ms": times})
-                    print(batch, mode, repeat, f"{statistics.median(times):.2f} ms", flush=True)
-    summary = [
-        {
-            "batch": batch,
-            "mode": mode,
-            "median_ms": statistics.median(
-                t for r in records if r["batch"] == batch and r["mode"] == mode for t in r["ms"]
+        records, summary = time_abba(
+            modes,
+            args.batch,
+            args.repeats,
+            lambda modules, batch, repeat: step_times(
+                modules, path, dtype, batch, args.steps, repeat
             ),
-        }
-        for batch in args.batch
-        for mode in modes
-    ]
+        )
     append_run(
         args.output,
         {

@@ -1,11 +1,14 @@
-"""Code of another git revision, imported beside this one (a benchmark's baseline)."""
+"""Code of another git revision, imported beside this one and timed against it (a benchmark's
+baseline)."""
 
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -28,3 +31,34 @@ def module_at(rev: str, path: str, name: str, replace: dict[str, str] | None = N
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def time_abba(
+    modes: Mapping[str, object],
+    batches: Sequence[int],
+    repeats: int,
+    step_times: Callable[[object, int, int], list[float]],
+) -> tuple[list[dict], list[dict]]:
+    """Time each mode (this revision's modules, a baseline's) at each batch size in ABBA order:
+    ``step_times(modules, batch, repeat)`` gives one repeat's ms per step. Returns every
+    repeat's times and the median over all steps of each (batch, mode)."""
+    records = []
+    for batch in batches:
+        order = list(modes)
+        for repeat in range(repeats):
+            for mode in order if repeat % 2 == 0 else order[::-1]:
+                times = step_times(modes[mode], batch, repeat)
+                records.append({"batch": batch, "mode": mode, "repeat": repeat, "ms": times})
+                print(batch, mode, repeat, f"{statistics.median(times):.2f} ms", flush=True)
+    summary = [
+        {
+            "batch": batch,
+            "mode": mode,
+            "median_ms": statistics.median(
+                t for r in records if r["batch"] == batch and r["mode"] == mode for t in r["ms"]
+            ),
+        }
+        for batch in batches
+        for mode in modes
+    ]
+    return records, summary

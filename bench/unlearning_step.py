@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
 from bench.results import append_run, machine
-from bench.revisions import module_at
+from bench.revisions import module_at, time_abba
 from bench.unlearning import phrases
 from decoding import pipeline as pipeline_module
 from decoding.correction import parse_correction
@@ -117,27 +116,14 @@ def main() -> None:
     modes = {"current": (pipeline_module, plugin_module)}
     if args.baseline:
         modes[f"baseline {args.baseline}"] = baseline_modules(args.baseline)
-    records = []
-    for batch in args.batch:
-        order = list(modes)
-        for repeat in range(args.repeats):
-            for mode in order if repeat % 2 == 0 else order[::-1]:
-                times = step_times(
-                    modes[mode], forget_set, encode, table, batch, args.steps, vocab, repeat
-                )
-                records.append({"batch": batch, "mode": mode, "repeat": repeat, "ms": times})
-                print(batch, mode, repeat, f"{statistics.median(times):.2f} ms", flush=True)
-    summary = [
-        {
-            "batch": batch,
-            "mode": mode,
-            "median_ms": statistics.median(
-                t for r in records if r["batch"] == batch and r["mode"] == mode for t in r["ms"]
-            ),
-        }
-        for batch in args.batch
-        for mode in modes
-    ]
+    records, summary = time_abba(
+        modes,
+        args.batch,
+        args.repeats,
+        lambda modules, batch, repeat: step_times(
+            modules, forget_set, encode, table, batch, args.steps, vocab, repeat
+        ),
+    )
     append_run(
         args.output,
         {
