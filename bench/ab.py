@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
-from bench.results import load_average
 from decoding.aux.dtypes import BF16_CPU_FLAGS, cpu_has_native_bf16
+from evals.results import load_average
 from server.launcher import start_server
 from server.toml_writer import write_config
 

@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 
 from adapters.default_model import ensure_default_model
-from bench.results import add_table_option, append_run, machine, printed_table, read_runs
 from bench.revisions import module_at
 from decoding.aux import ragged
 from decoding.aux import runner as runner_module
 from decoding.aux.runner import AuxModelRunner
 from decoding.pipeline import TokenStream
+from evals.results import add_table_option, append_run, machine, printed_table, read_runs
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "aux-forward.json"

@@ -37,11 +37,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from adapters.copilot_training import TrainSettings, copilot_config
 from adapters.engine import resolve_model
 from bench import traffic
-from bench.results import append_run, load_average, machine
 from decoding.copilot import checkpoint
 from decoding.copilot.binding import Binding
 from decoding.copilot.model import Copilot
 from decoding.copilot.runner import pilot_identity
+from evals.results import append_run, load_average, machine
 from server.launcher import start_server
 from server.toml_writer import write_config
 

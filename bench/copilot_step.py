@@ -29,7 +29,6 @@ from transformers import AutoConfig
 
 from adapters.copilot_training import TrainSettings, copilot_config
 from adapters.engine import resolve_model
-from bench.results import append_run, machine
 from bench.revisions import module_at, time_abba
 from decoding import pipeline as pipeline_module
 from decoding.copilot import checkpoint
@@ -39,6 +38,7 @@ from decoding.copilot.model import Copilot
 from decoding.copilot.params import COPILOTS_CONTEXT
 from decoding.copilot.runner import CopilotRunner
 from decoding.correction import parse_correction
+from evals.results import append_run, machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "copilot-step.json"

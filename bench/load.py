@@ -10,7 +10,7 @@ else that is not a complete stream counts as a failure.
     .venv/bin/python -m bench.load                       # 64 clients, 60 s
     .venv/bin/python -m bench.load --clients 16 --duration 20 --max-running 8 --max-waiting 4
 
-Prints a markdown table and appends the run to docs/bench/load.json (bench/results.py);
+Prints a markdown table and appends the run to docs/bench/load.json (evals/results.py);
 ``--table docs/bench/load.json`` prints the latest run's table (the one in docs/benchmarks.md).
 """
 
@@ -29,8 +29,8 @@ import httpx
 import psutil
 import uvloop
 
-from bench.results import add_table_option, machine, printed_table
 from bench.serving import TOPICS, save_results
+from evals.results import add_table_option, machine, printed_table
 from server.launcher import start_server
 from server.toml_writer import write_config
 

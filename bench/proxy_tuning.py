@@ -23,8 +23,8 @@ import httpx
 import torch
 import uvloop
 
-from bench.results import machine
 from bench.serving import TOPICS, Run, run_pool, save_results, stream_request, summarise
+from evals.results import machine
 from server.launcher import start_server
 from server.toml_writer import write_config
 

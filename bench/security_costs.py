@@ -32,10 +32,10 @@ import re2
 import torch
 from starlette.requests import Request
 
-from bench.results import add_table_option, append_run, machine, printed_table, read_runs
 from decoding.unlearning.admission import request_texts
 from decoding.unlearning.embeddings import minilm
 from decoding.unlearning.gate import chunks
+from evals.results import add_table_option, append_run, machine, printed_table, read_runs
 from server.config import LimitsConfig
 from server.errors import APIError
 from server.request_body import read_json

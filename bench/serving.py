@@ -9,7 +9,7 @@ client, through /v1/completions (same prompt text as direct) and /v1/chat/comple
     .venv/bin/python -m bench.serving                      # embedded SmolLM2, c = 1, 8, 32
     .venv/bin/python -m bench.serving --requests 64 --max-tokens 128 --concurrency 1 8
 
-Prints a markdown table and appends the run to docs/bench/serving.json (bench/results.py);
+Prints a markdown table and appends the run to docs/bench/serving.json (evals/results.py);
 ``--table docs/bench/serving.json`` prints the latest run's table (the one in docs/benchmarks.md).
 
 Servers already running (each an OpenAI API serving ``--model``; one at a time, never two
@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import uvloop
 
-from bench.results import append_run, machine, read_runs
+from evals.results import append_run, machine, read_runs
 from server.launcher import start_server
 from server.toml_writer import write_config
 
@@ -219,7 +219,7 @@ async def bench_http(
 
 
 def save_results(name: str, result: dict, meta: dict) -> Path:
-    """Append a run (``meta`` from :func:`bench.results.machine`, taken before it) to
+    """Append a run (``meta`` from :func:`evals.results.machine`, taken before it) to
     docs/bench/NAME.json (or to NAME itself where it ends in .json); earlier runs stay."""
     path = Path(name) if name.endswith(".json") else RESULTS_DIR / f"{name}.json"
     append_run(path, json.loads(json.dumps(result, default=str)), meta)

@@ -26,7 +26,7 @@ concurrency.
 
     .venv/bin/python -m bench.traffic --setups equal small_pair --concurrency 1 8 32
 
-Each run is appended to docs/bench/traffic.json (or ``--output``; bench/results.py: earlier
+Each run is appended to docs/bench/traffic.json (or ``--output``; evals/results.py: earlier
 runs stay): throughput, TTFT and inter-token latency p50/p99 of plain and corrected requests,
 the load average around each measurement, the commit, the CPU's bf16 flags. Run it under the
 engine lock (flock /tmp/corrigo-engine.lock).
@@ -51,7 +51,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from adapters.aux_memory import model_shape
 from adapters.engine import resolve_model
 from adapters.proxy_training import cut_layers
-from bench.results import load_average, machine, read_runs, write_runs
+from evals.results import load_average, machine, read_runs, write_runs
 from server.launcher import start_server
 from server.toml_writer import write_config
 

@@ -9,7 +9,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from bench.results import read_runs
+from evals.results import read_runs
 
 
 def _median(runs: list[dict], *keys: str) -> float:

@@ -32,8 +32,8 @@ import httpx
 import torch
 import uvloop
 
-from bench.results import append_run, load_average, machine
 from bench.serving import TOPICS, Run, run_pool, stream_request, summarise
+from evals.results import append_run, load_average, machine
 from server.launcher import start_server
 from server.toml_writer import write_config
 

@@ -27,13 +27,13 @@ import torch
 from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
-from bench.results import append_run, machine
 from bench.revisions import module_at, time_abba
 from bench.unlearning import phrases
 from decoding import pipeline as pipeline_module
 from decoding.correction import parse_correction
 from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT, ForgetEntry, ForgetSet
 from decoding.unlearning import plugin as plugin_module
+from evals.results import append_run, machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "unlearning-step.json"

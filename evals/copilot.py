@@ -39,13 +39,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.results import BY_HAND, append_run, machine, read_runs, write_page, write_runs
+from evals.results import BY_HAND, append_run, machine, read_runs, write_page, write_runs
 from server.launcher import QUICK_ENGINE, start_server
 from server.toml_writer import write_config
 
 from .copilot_task import SPLIT_SIZES, Item, is_right, splits
 
-#: What the results file says of the machine (bench/results.py records the rest).
+#: What the results file says of the machine (evals/results.py records the rest).
 SHARED = (
     "2 CPU cores shared with other sessions' processes while it ran: throughput moves with "
     "their load (load averages recorded)"

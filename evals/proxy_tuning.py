@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 from adapters.default_model import ensure_default_model
-from bench.results import append_run, load_average, machine, write_page
 from decoding.cache import cache_dir
+from evals.results import append_run, load_average, machine, write_page
 
 from .server import local_server
 from .unlearning import (

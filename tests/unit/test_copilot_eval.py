@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from bench.results import BY_HAND, append_run, read_runs
 from evals.copilot import cell, keep_legacy, paired_bootstrap, verdicts, wilson, write_docs
 from evals.copilot_task import SPLIT_SIZES, make_item, parse_answer, splits
+from evals.results import BY_HAND, append_run, read_runs
 
 
 def test_items_are_worked_correctly_and_splits_are_seeded_and_disjoint():

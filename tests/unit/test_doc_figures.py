@@ -15,7 +15,7 @@ A figure is a number with a unit of measurement (``%``, ``x``, ``tok/s``, ``req/
 
 Generated pages (docs/evals/*.md, docs/bench/*.md) are written by code from the JSON file of the
 same name beside them, which must exist; only their hand-written part, after
-:data:`bench.results.BY_HAND`, is prose to check. Code blocks are not prose and are skipped.
+:data:`evals.results.BY_HAND`, is prose to check. Code blocks are not prose and are skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import BY_HAND
+from evals.results import BY_HAND
 
 REPO = Path(__file__).resolve().parents[2]
 HAND_WRITTEN = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
