@@ -107,15 +107,7 @@ def main() -> None:
         config = write_config(
             work / "copilot.toml",
             {
-                "model": {"path": model.path, "served_model_name": model.model_id},
-                "engine": {
-                    "max_model_len": 1024,
-                    "enforce_eager": True,
-                    "max_num_seqs": max(args.concurrency),
-                    "kv_cache_memory_bytes": 2 << 30,
-                },
-                "server": {"log_level": "warning"},
-                "limits": {"max_running_requests": max(args.concurrency)},
+                **traffic.server_sections(model, max(args.concurrency)),
                 "copilots.bench": {"path": str(work / "copilot")},
             },
         )

@@ -202,6 +202,22 @@ def build_pair(base: str, folder: Path) -> str:
     return str(folder)
 
 
+def server_sections(model, max_rows: int) -> dict:
+    """The config sections of a benchmark server for ``model`` (eager, up to ``max_rows``
+    rows, a fixed KV cache), to which a benchmark adds its corrections' sections."""
+    return {
+        "model": {"path": model.path, "served_model_name": model.model_id},
+        "engine": {
+            "max_model_len": 1024,
+            "enforce_eager": True,
+            "max_num_seqs": max_rows,
+            "kv_cache_memory_bytes": 2 << 30,
+        },
+        "server": {"log_level": "warning"},
+        "limits": {"max_running_requests": max_rows},
+    }
+
+
 def bench_setup(setup: str, args, work: Path, meta: dict, records: list[dict]) -> None:
     model = resolve_model(None, None)
     aux = model.path if setup == "equal" else build_pair(model.path, work / "pair")
@@ -209,15 +225,7 @@ def bench_setup(setup: str, args, work: Path, meta: dict, records: list[dict]) -
     config = write_config(
         work / f"{setup}.toml",
         {
-            "model": {"path": model.path, "served_model_name": model.model_id},
-            "engine": {
-                "max_model_len": 1024,
-                "enforce_eager": True,
-                "max_num_seqs": max(args.concurrency),
-                "kv_cache_memory_bytes": 2 << 30,
-            },
-            "server": {"log_level": "warning"},
-            "limits": {"max_running_requests": max(args.concurrency)},
+            **server_sections(model, max(args.concurrency)),
             "aux_models.expert": {"path": aux},
             "aux_models.anti": {"path": aux},
         },

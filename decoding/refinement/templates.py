@@ -30,9 +30,13 @@ def check_template(template: str, *fields: str) -> str:
         if name is None:
             continue
         if name not in fields or spec or conversion is not None:
-            shown = "{" + name + (f"!{conversion}" if conversion else "") + (
-                f":{spec}" if spec else ""
-            ) + "}"
+            shown = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
             raise ValueError(
                 f"the template may use only {allowed}, bare (no format spec, conversion, "
                 f"attribute or index); found {shown[:80]}"

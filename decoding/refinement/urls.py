@@ -73,8 +73,10 @@ class URL:
     query: str | None = None
 
     def __str__(self) -> str:
-        return _origin(self.scheme, self.host, self.port) + self.path + (
-            "" if self.query is None else "?" + self.query
+        return (
+            _origin(self.scheme, self.host, self.port)
+            + self.path
+            + ("" if self.query is None else "?" + self.query)
         )
 
 

@@ -8,6 +8,7 @@ other tokens ("P" + "ari" + "s") or in several words, none revealing alone, pass
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from collections.abc import Sequence
 
@@ -112,14 +113,12 @@ class ContinuationCheck:
         e = self.embedder.encode([t.strip() or "." for t in texts])
         return (e @ self.phrase_embeddings.T).amax(dim=-1).clamp_min(0)
 
-    def subtrahend(self, logits: torch.Tensor, output: Sequence[int]) -> torch.Tensor:
-        """What to subtract from the row's ``logits [vocab]`` for its token after ``output``
-        (``inf``: banned)."""
-        out = torch.zeros_like(logits)
+    def amounts(self, logits: torch.Tensor, output: Sequence[int]) -> dict[int, float]:
+        """What to subtract from the row's ``logits [vocab]`` for its token after ``output``,
+        only for the few tokens concerned (``inf``: banned): a step with nothing to do costs
+        no pass over the vocabulary."""
         window = self.text(output)
-        bans = self.lexical_bans(window)
-        if bans:
-            out[torch.tensor(bans, dtype=torch.long)] = torch.inf
+        out = dict.fromkeys(self.lexical_bans(window), math.inf)
         if self.embedder is not None and len(output) % self.every == 0:
             top = torch.topk(logits, min(CANDIDATES, logits.shape[-1])).indices.tolist()
             texts = [
@@ -128,9 +127,16 @@ class ContinuationCheck:
             sims = self.similarity([window, *(window + t for t in texts)]).tolist()
             for v, s in zip(top, sims[1:], strict=True):
                 if s >= self.tau and s > sims[0]:
-                    out[v] = torch.inf
-                elif s > sims[0] and not torch.isinf(out[v]):
-                    out[v] = out[v] + self.penalty * (s - sims[0])
+                    out[v] = math.inf
+                elif s > sims[0] and out.get(v) != math.inf:
+                    out[v] = out.get(v, 0.0) + self.penalty * (s - sims[0])
+        return out
+
+    def subtrahend(self, logits: torch.Tensor, output: Sequence[int]) -> torch.Tensor:
+        """:meth:`amounts` as a dense ``[vocab]`` tensor."""
+        out = torch.zeros_like(logits)
+        for v, amount in self.amounts(logits, output).items():
+            out[v] = amount
         return out
 
 

@@ -210,9 +210,12 @@ class Unlearning(StepPlugin):
         # The continuation check (:mod:`.continuation`): text-level, before the hard blocks.
         for j, (i, state) in enumerate(active):
             if state.continuation is not None:
-                sub[j] -= state.continuation.subtrahend(sub[j], rows[i].stream.output).to(
-                    sub.device, sub.dtype
-                )
+                amounts = state.continuation.amounts(sub[j], rows[i].stream.output)
+                if amounts:
+                    at_tokens = torch.tensor(list(amounts), device=sub.device)
+                    sub[j, at_tokens] -= torch.tensor(
+                        list(amounts.values()), device=sub.device, dtype=sub.dtype
+                    )
         after_soft = argmax(sub)
 
         # Hard blocks, last: the root's single-token phrases (index tensors built once per
