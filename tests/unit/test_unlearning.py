@@ -273,6 +273,20 @@ def test_params_are_validated_naming_the_field():
     assert bad({"forget_set": "capitals", "delta": 2}, client).param.endswith(".delta")
     assert bad({"forget_set": "capitals", "penalty": -1}, client).param.endswith(".penalty")
     assert bad({"forget_set": "capitals", "lambda": 1}, client).param.endswith(".lambda")
+    # The continuation check's fields: bounded, whatever JSON type carries the value (numeric
+    # strings are coerced and then bounded, as for every correction field).
+    for field, value in [
+        ("check_every", 0),
+        ("check_every", 10**9),
+        ("check_every", "0"),
+        ("check_window", 65),
+        ("check_window", 2.5),
+        ("check_threshold", 1.5),
+        ("check_threshold", "nan"),
+        ("continuation", [True]),
+    ]:
+        err = bad({"forget_set": "capitals", field: value}, client)
+        assert err.param == f"correction.unlearning.{field}", (field, value)
     # The gate's fields are the server's: a client cannot pick (or skip) the filtered entries.
     err = bad({"forget_set": "capitals", "targets": [0]}, client)
     assert err.param == "correction.unlearning.targets" and "gate" in err.message
