@@ -77,6 +77,8 @@ from decoding.unlearning.policy import CONTENT_FILTER, DEFAULT_ABSTENTION, ON_MA
 from server.launcher import LiveServer, start_server
 from server.toml_writer import write_config
 
+from . import unlearning_continuation as continuation
+
 FACTS = Path(__file__).parent / "data" / "facts.jsonl"
 ENGINE = {"enforce_eager": True, "max_model_len": 2048}
 
@@ -347,6 +349,21 @@ def evaluate(args: argparse.Namespace) -> dict:
                 ("unrelated", unrelated),
             )
         }
+        # The continuation check's meaning part off (what corrigo had before it) and on at
+        # each ban threshold, on the same prompts (evals/unlearning_continuation.py).
+        by_setting = {
+            name: {
+                group: ask_all_detail(
+                    server.base_url,
+                    qs,
+                    {"unlearning": {**correction["unlearning"], **fields}},
+                    args.max_tokens,
+                    f"{group}, continuation {name}",
+                )
+                for group, qs in (("forget", probes), ("retain", retain_qs), ("near", near_qs))
+            }
+            for name, fields in (continuation.settings().items() if args.continuation else ())
+        }
         for policy in policies:
             strict = {"unlearning": {**correction["unlearning"], "on_match": policy}}
             by_policy[policy] = {
@@ -451,6 +468,15 @@ def evaluate(args: argparse.Namespace) -> dict:
             },
             [f for f in retain_owner if f in split["eval_retain"]],
             split["eval_near"],
+        ),
+        **(
+            {
+                "continuation": continuation_comparison(
+                    known, probe_owner, retain, retain_owner, near, by_setting
+                )
+            }
+            if by_setting
+            else {}
         ),
         "reveal_judge": revealed["calibration"],
         "base_perplexity_retain_answers": perplexity(retain),
@@ -571,6 +597,73 @@ def gate_comparison(split, fitted, fit_seconds, answers, leak, retain_owner, nea
     }
 
 
+def continuation_comparison(
+    known: list[Fact],
+    probe_owner: list[Fact],
+    retain: list[Fact],
+    retain_owner: list[Fact],
+    near: list[NearTopic],
+    by_setting: dict[str, dict[str, list[Answer]]],
+) -> dict:
+    """The continuation check's settings on the validation and test halves of the facts
+    (evals/unlearning_continuation.py), the threshold chosen on validation by its rule."""
+    halves = dict(zip(("validation", "test"), continuation.halves(known), strict=True))
+    retain_halves = dict(zip(("validation", "test"), continuation.halves(retain), strict=True))
+
+    def leak(
+        answers: list[Answer], facts: list[Fact], spelling: bool = True, per_fact: bool = True
+    ) -> dict:
+        """Leaks on the probes of ``facts``: by markers (and misspellings with ``spelling``),
+        per fact (any of its probes) or per probe."""
+        kept = [(f, a.text) for f, a in zip(probe_owner, answers, strict=True) if f in facts]
+        flags = [f.leaked_in(t) or (spelling and f.spelled_in(t)) for f, t in kept]
+        if not per_fact:
+            return interval(flags)
+        return interval(by_fact(facts, [f for f, _ in kept], flags))
+
+    def retain_accuracy(answers: list[Answer], facts: list[Fact]) -> dict:
+        return interval(
+            [f.said_in(a.text) for f, a in zip(retain_owner, answers, strict=True) if f in facts]
+        )
+
+    def row(answers: dict[str, list[Answer]]) -> dict:
+        v, t = halves["validation"], halves["test"]
+        return {
+            "validation": {
+                "leak": leak(answers["forget"], v),
+                "retain_accuracy": retain_accuracy(answers["retain"], retain_halves["validation"]),
+            },
+            "test": {
+                "leak_facts": leak(answers["forget"], t, spelling=False),
+                "leak": leak(answers["forget"], t),
+                "leak_probes": leak(answers["forget"], t, per_fact=False),
+                "retain_accuracy": retain_accuracy(answers["retain"], retain_halves["test"]),
+            },
+            "near_topic_accuracy": interval(
+                [n.said_in(a.text) for n, a in zip(near, answers["near"], strict=True)]
+            ),
+        }
+
+    rows = {name: row(answers) for name, answers in by_setting.items()}
+    return {
+        "rule": continuation.RULE,
+        "settings": continuation.settings(),
+        "split": {
+            "validation_facts": len(halves["validation"]),
+            "test_facts": len(halves["test"]),
+            "test_probes": sum(f in halves["test"] for f in probe_owner),
+            "validation_retain_questions": sum(
+                f in retain_halves["validation"] for f in retain_owner
+            ),
+            "test_retain_questions": sum(f in retain_halves["test"] for f in retain_owner),
+            "near_topic_questions": len(near),
+        },
+        "rows": rows,
+        "chosen": continuation.choose({name: r["validation"] for name, r in rows.items()}),
+        "default": continuation.DEFAULT,
+    }
+
+
 GATES = {"cosine": "cosine gate (0.5)", "classifier": "trained gate"}
 
 
@@ -653,6 +746,17 @@ def gate_section(results: dict) -> str:
             *(
                 ["", policy_table(results), "", sweep_table(results)]
                 if "policies" in results
+                else []
+            ),
+            *(
+                [
+                    "",
+                    "With `--continuation`, the continuation check's meaning part off and on at "
+                    f"each ban threshold, on the same prompts ({results['continuation']['rule']}):",
+                    "",
+                    continuation.table(results["continuation"]),
+                ]
+                if "continuation" in results
                 else []
             ),
             GATE_END,
@@ -1265,6 +1369,12 @@ def add_parser(commands) -> None:
         help=f"compare on_match policies on the same prompts, e.g. {','.join(ON_MATCH)} "
         "(adds near-topic prompts and the judge; writes unlearning_policies.png)",
     )
+    parser.add_argument(
+        "--continuation",
+        action="store_true",
+        help="compare the continuation check's meaning part off and on at each ban threshold "
+        "on the same prompts, the threshold chosen on a validation half of the facts",
+    )
     parser.add_argument("--out", default="docs/evals", help="folder for the JSON and PNG")
 
 
@@ -1295,6 +1405,8 @@ def run(args: argparse.Namespace) -> int:
         plot_policies(results, out / "unlearning_policies.png")
         print(policy_table(results))
         print(sweep_table(results))
+    if "continuation" in results:
+        print(continuation.table(results["continuation"]))
     hidden = (
         "examples",
         "policy_examples",
@@ -1304,6 +1416,7 @@ def run(args: argparse.Namespace) -> int:
         "misspelled_leaks",
         "gate_opened_unrelated",
         "gate_comparison",
+        "continuation",
     )
     print(json.dumps({k: v for k, v in results.items() if k not in hidden}, indent=2))
     return 0
