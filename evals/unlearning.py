@@ -48,6 +48,10 @@ set answers every prompt under each policy (the request's ``on_match``; the set'
   report's outcome), on forget probes (wanted) and on retain and near-topic prompts (false
   refusals);
 - accuracy on retain and near-topic prompts (the target said).
+
+With ``--continuation``: the continuation check's meaning part off and on at each ban threshold,
+on the same forget probes, retain and near-topic questions, the threshold chosen on a validation
+half of the facts (evals/unlearning_continuation.py, :func:`continuation_comparison`).
 """
 
 from __future__ import annotations
