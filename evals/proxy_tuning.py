@@ -739,9 +739,13 @@ def _formats_section(row: dict, systems: dict) -> str:
         )
     one, own = row["one rendering"]["sweep"], row["per model"]["sweep"]
     sweep = "\n".join(
-        f"| {float(a):g} | {_pct(one[a]['validation'])} | {_pct(one[a]['test'])} | "
-        f"{_pct(one[a]['general'])} | {_pct(own[a]['validation'])} | {_pct(own[a]['test'])} | "
-        f"{_pct(own[a]['general'])} |"
+        f"| {float(a):g} | "
+        + " | ".join(
+            _pct(side[a][key])
+            for side in (one, own)
+            for key in ("validation", "test", "test_form", "general")
+        )
+        + " |"
         for a in sorted(one, key=float)
     )
     reports = row["checks"]["reports"]
@@ -778,6 +782,6 @@ with one rendering.
 
 The sweep (the choice used the validation columns only):
 
-| alpha | one rendering: validation | test | general | per model: validation | test | general |
-|---:|---:|---:|---:|---:|---:|---:|
+| alpha | one rendering: validation | test | test form | general | per model: validation | test | test form | general |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {sweep}"""

@@ -155,6 +155,7 @@ def summarise(
                 a: {
                     "validation": s["validation"]["accuracy"],
                     "test": s["test"]["accuracy"],
+                    "test_form": s["test"]["form"],
                     "general": s["general"],
                 }
                 for a, s in sorted(sweep.items())
