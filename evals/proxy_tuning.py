@@ -695,20 +695,20 @@ def _plot_formats(ax, row: dict) -> None:
     for condition, colour in zip(formats.CONDITIONS, ("tab:red", "tab:blue"), strict=True):
         sweep = row[condition]["sweep"]
         alphas = sorted(sweep, key=float)
-        for key, style in (("validation", ":"), ("test", "-")):
+        for key, style, label in (("test", "o-", "right"), ("test_form", "s--", "form")):
             ax.plot(
                 [float(a) for a in alphas],
                 [100 * sweep[a][key]["rate"] for a in alphas],
                 style,
-                marker="o",
                 color=colour,
-                label=f"{condition}, {key}",
+                label=f"{condition}: {label}",
             )
     ax.axhline(100 * row["base"]["test"]["accuracy"]["rate"], color="grey", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("alpha (grey line: base alone, test)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Base reads the bare prompt: the pair's prompt", fontsize=9)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("alpha (grey line: base alone, right)")
+    ax.set_ylabel("test questions (%)")
+    ax.set_title("Base reads the bare prompt; the pair its chat format or the same", fontsize=9)
     ax.legend(fontsize=7)
 
 
