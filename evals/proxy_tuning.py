@@ -24,9 +24,13 @@ most two more words). Stages, each cached in ``--work-dir`` (rerun to resume; ru
    proxy-tuned base (``correction.proxy_tuning``, each alpha of the sweep) through the OpenAI
    SDK, greedy, on the validation and test items and the general questions (the unlearning
    eval's near-topic questions, scored as there);
-6. ``docs``: alpha chosen on the validation split (best accuracy, the smaller alpha on a tie),
-   the test split reported at that alpha with 95% intervals; JSON, markdown and plot in
-   ``--docs``.
+6. ``formats``: per-model prompts (evals/proxy_tuning_formats.py): the served base reads the
+   bare prompt (``[frontend] chat_template``), the pair either the same rendering (corrigo
+   before per-model prompts) or its own chat format (``[aux_models.NAME] chat_template =
+   "chat"``); base alone and both conditions at each alpha, as in ``server``;
+7. ``docs``: alpha chosen on the validation split (best accuracy, the smaller alpha on a tie),
+   the test split reported at that alpha with 95% intervals (for ``formats``, per condition,
+   and the difference paired by item); JSON, markdown and plot in ``--docs``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from adapters.default_model import ensure_default_model
 from decoding.cache import cache_dir
 from evals.results import append_run, load_average, machine, write_page
 
+from . import proxy_tuning_formats as formats
 from .server import local_server
 from .unlearning import (
     Fact,
@@ -51,8 +56,8 @@ from .unlearning import (
     load_unrelated,
 )
 
-STAGES = ("anti", "expert", "direct", "inprocess", "server", "docs")
-RESUMING = ("server", "docs")
+STAGES = ("anti", "expert", "direct", "inprocess", "server", "formats", "docs")
+RESUMING = ("server", "formats", "docs")
 #: Generic prompts the anti-expert is distilled on (with the unrelated prompts).
 DISTIL_SUITES = Path(__file__).parent / "suites" / "refinement"
 TASK_TOKENS = 10
@@ -371,6 +376,68 @@ def stage_server(args, work: Path, before: dict) -> dict:
     return result
 
 
+def stage_formats(args, work: Path, before: dict) -> dict:
+    template = work / "bare_prompt.jinja"
+    template.write_text(formats.BARE_TEMPLATE)
+    general, _ = _general_questions()
+    alphas = [float(a) for a in args.alphas.split(",")]
+    result: dict = {
+        **before,
+        "decoding": "corrigo serve (vLLM, eager, the engine's dtype), OpenAI SDK, greedy, c=8",
+    }
+    systems = {formats.BARE_BASE: None} | {
+        formats.system_name(c, a): formats.correction(c, a)
+        for c in formats.CONDITIONS
+        for a in alphas
+    }
+    todo = {name: correction for name, correction in systems.items() if name not in result}
+    if not todo:
+        return result
+    config = formats.server_config(template, work / "expert", work / "anti")
+    with local_server(extra_config=config) as url:
+        result["checks"] = _check_formats(url, _prompts("test")[0], work / "expert")
+        for name, correction in todo.items():
+            texts = {
+                split: ask_all(url, _prompts(split), correction, TASK_TOKENS, f"{name}, {split}")
+                for split in EVAL_SPLITS
+            }
+            general_texts = ask_all(url, general, correction, GENERAL_TOKENS, f"{name}, general")
+            result[name] = {**_score(texts, general_texts), "texts": texts}
+            # Kept after each system: a stopped run resumes from the next one.
+            (work / "stages" / "formats.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _check_formats(url: str, prompt: str, tokenizer_folder: Path) -> dict:
+    """Fail closed unless the server runs the row as declared: the served model's prompt is
+    the bare text, and each condition's report names the pair's formats as expected."""
+    import httpx
+    from openai import OpenAI
+    from transformers import AutoTokenizer
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+    model = client.models.list().data[0].id
+    messages = [{"role": "user", "content": prompt}]
+    served = httpx.post(
+        f"{url}/tokenize", json={"model": model, "messages": messages}, timeout=60
+    ).json()["tokens"]
+    bare = AutoTokenizer.from_pretrained(tokenizer_folder)(f"{prompt}\n\n").input_ids
+    if served != bare:
+        raise RuntimeError(f"the served model's prompt is {served}, not the bare text {bare}")
+    reports = {}
+    for condition in formats.CONDITIONS:
+        r = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=2,
+            temperature=0,
+            extra_body={"correction": formats.correction(condition, 0.5)},
+        )
+        reports[condition] = (r.model_extra or {}).get("correction")
+        formats.check_report(condition, reports[condition])
+    return {"served_prompt": "bare text (ids checked with /tokenize)", "reports": reports}
+
+
 def stage_docs(args, work: Path, before: dict) -> dict:
     stages = {
         name: json.loads((work / "stages" / f"{name}.json").read_text()) for name in STAGES[:-1]
@@ -380,11 +447,10 @@ def stage_docs(args, work: Path, before: dict) -> dict:
         (k for k in server if k.startswith("proxy")), key=lambda k: float(k.split("=")[1])
     )
     # The alpha is chosen on the validation split only; ties go to the smaller alpha.
-    chosen = max(
-        proxies,
-        key=lambda k: (server[k]["validation"]["accuracy"]["rate"], -float(k.split("=")[1])),
+    alpha = formats.choose_alpha(
+        {float(k.split("=")[1]): server[k]["validation"]["accuracy"]["rate"] for k in proxies}
     )
-    alpha = float(chosen.split("=")[1])
+    chosen = f"proxy alpha={alpha:g}"
     systems = {
         "base (server)": server["base"],
         "base (transformers)": local["base"],
@@ -415,6 +481,7 @@ def stage_docs(args, work: Path, before: dict) -> dict:
             }
             for k in proxies
         },
+        "per_model_prompts": _formats_summary(stages["formats"]),
         "stages": {
             name: {k: v for k, v in st.items() if k == "machine" or not isinstance(v, dict)}
             for name, st in stages.items()
@@ -429,6 +496,20 @@ def stage_docs(args, work: Path, before: dict) -> dict:
     }
 
 
+def _formats_summary(record: dict) -> dict:
+    """The per-model prompts row (evals/proxy_tuning_formats.py) from the ``formats`` stage."""
+    items = task_items("test")
+    systems = {k: v for k, v in record.items() if isinstance(v, dict) and "texts" in v}
+    right = {
+        name: [task_right(t, f) for t, (_, f) in zip(r["texts"]["test"], items, strict=True)]
+        for name, r in systems.items()
+    }
+    return {
+        **formats.summarise(systems, right, [f.question for _, f in items]),
+        "checks": record["checks"],
+    }
+
+
 def _pct(cell: dict) -> str:
     return f"{100 * cell['rate']:.1f} [{100 * cell['low']:.0f}, {100 * cell['high']:.0f}]"
 
@@ -439,6 +520,7 @@ STAGE_FUNCTIONS = {
     "direct": stage_direct,
     "inprocess": stage_inprocess,
     "server": stage_server,
+    "formats": stage_formats,
     "docs": stage_docs,
 }
 
@@ -462,7 +544,7 @@ def write_docs(folder: Path, results: dict, args) -> None:
         else "tab:green"
         for n in names
     ]
-    fig, (ax, sweep_ax) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[3, 2])
+    fig, (ax, sweep_ax, formats_ax) = plt.subplots(1, 3, figsize=(17, 4), width_ratios=[3, 2, 2])
     for offset, key, alpha_, label in (
         (-0.2, "test", 1.0, "test task"),
         (0.2, "general", 0.4, "general"),
@@ -508,6 +590,7 @@ def write_docs(folder: Path, results: dict, args) -> None:
     sweep_ax.set_ylabel("accuracy (%)")
     sweep_ax.set_title("Proxy-tuned base across alpha", fontsize=9)
     sweep_ax.legend(fontsize=8)
+    _plot_formats(formats_ax, results["per_model_prompts"])
     fig.tight_layout()
     fig.savefig(folder / "proxy_tuning.png", dpi=110)
     s = results["stages"]
@@ -525,6 +608,7 @@ def write_docs(folder: Path, results: dict, args) -> None:
         f"| {name} | {st['wall_seconds']} | {st['cpu_seconds']} |" for name, st in s.items()
     )
     items, facts = results["items"], results["facts"]
+    per_model = _formats_section(results["per_model_prompts"], systems)
     write_page(
         folder / "proxy_tuning.md",
         f"""# Proxy-tuning: the expert's form, the base's knowledge
@@ -596,6 +680,8 @@ The sweep (every alpha; the choice used the validation column only):
 |---:|---:|---:|---:|
 {sweep}
 
+{per_model}
+
 Time per stage (seconds; CPU is this process's, so the server stage's engine is not in it):
 
 | stage | wall | CPU |
@@ -603,3 +689,99 @@ Time per stage (seconds; CPU is this process's, so the server stage's engine is 
 {timing}
 """,
     )
+
+
+def _plot_formats(ax, row: dict) -> None:
+    for condition, colour in zip(formats.CONDITIONS, ("tab:red", "tab:blue"), strict=True):
+        sweep = row[condition]["sweep"]
+        alphas = sorted(sweep, key=float)
+        for key, style, label in (("test", "o-", "right"), ("test_form", "s--", "form")):
+            ax.plot(
+                [float(a) for a in alphas],
+                [100 * sweep[a][key]["rate"] for a in alphas],
+                style,
+                color=colour,
+                label=f"{condition}: {label}",
+            )
+    ax.axhline(100 * row["base"]["test"]["accuracy"]["rate"], color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("alpha (grey line: base alone, right)")
+    ax.set_ylabel("test questions (%)")
+    ax.set_title("Base reads the bare prompt; the pair its chat format or the same", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _formats_section(row: dict, systems: dict) -> str:
+    """The page's section on the per-model prompts row (evals/proxy_tuning_formats.py)."""
+    diff = row["per model - one rendering (test)"]
+    # For reference, the main table's base and proxy-tuned base: every model reads the chat prompt.
+    proxy = next(n for n in systems if n.startswith("proxy"))
+    reference = {
+        "base alone, chat prompt (above)": ("", systems["base (server)"]),
+        "one rendering, chat prompt for all (above)": (proxy.rsplit("=", 1)[1], systems[proxy]),
+    }
+    lines = [
+        f"| base alone, bare prompt | - | {_pct(row['base']['test']['accuracy'])} | "
+        f"{_pct(row['base']['test']['form'])} | {_pct(row['base']['test']['knows'])} | "
+        f"{_pct(row['base']['general'])} |"
+    ]
+    for condition in formats.CONDITIONS:
+        r = row[condition]
+        lines.append(
+            f"| {condition} | {r['chosen_alpha']:g} | {_pct(r['test']['accuracy'])} | "
+            f"{_pct(r['test']['form'])} | {_pct(r['test']['knows'])} | {_pct(r['general'])} |"
+        )
+    for name, (alpha, r) in reference.items():
+        lines.append(
+            f"| {name} | {alpha or '-'} | {_pct(r['test']['accuracy'])} | {_pct(r['test']['form'])} | "
+            f"{_pct(r['test']['knows'])} | {_pct(r['general'])} |"
+        )
+    one, own = row["one rendering"]["sweep"], row["per model"]["sweep"]
+    sweep = "\n".join(
+        f"| {float(a):g} | "
+        + " | ".join(
+            _pct(side[a][key])
+            for side in (one, own)
+            for key in ("validation", "test", "test_form", "general")
+        )
+        + " |"
+        for a in sorted(one, key=float)
+    )
+    reports = row["checks"]["reports"]
+    table = "\n".join(lines)
+    return f"""## Per-model prompts: an untuned base's prompt, the chat pair's prompt
+
+The paper's main setting steers an untuned base, which reads plain text, with a chat-tuned
+expert pair, each model reading the prompt in its own format. Here the served base reads each
+question as bare text: `[frontend] chat_template` is `{json.dumps(row["served_template"])}` (each
+message's text and a blank line, what `chat_template = "base"` gives an auxiliary model), the
+text an untuned base would be given. Two conditions, on one server and the same items
+(evals/proxy_tuning_formats.py):
+
+- **one rendering** (corrigo before per-model prompts): the pair as `[aux_models.expert]` /
+  `[aux_models.anti]` with no `chat_template`, so it steps on the base's bare prompt;
+- **per model**: the same two folders as `[aux_models.expert_chat]` / `[aux_models.anti_chat]`
+  with `chat_template = "chat"`, so the pair reads SmolLM2's chat format, which the anti-expert
+  was distilled and the expert tuned on.
+
+Checked when the server starts (the run fails otherwise): `/tokenize` gives the bare text's ids
+for the served prompt, and the responses' reports are `{reports["one rendering"]}` (one
+rendering) and `{reports["per model"]}` (per model). Alpha is chosen on the validation split
+for each condition; test split, 95% Wilson intervals over questions:
+
+| system | alpha | test: right (%) | test: form (%) | test: knows (%) | general (%) |
+|---|---:|---:|---:|---:|---:|
+{table}
+
+Per model minus one rendering, test split, paired by question at each condition's alpha:
+**{100 * diff["difference"]:+.1f} points** [{100 * diff["low"]:+.1f}, {100 * diff["high"]:+.1f}]
+(95% interval over the {diff["facts"]} facts, a fact's four wordings being correlated);
+{diff["new_only"]} of {diff["items"]} questions right only per model, {diff["old_only"]} only
+with one rendering.
+
+The sweep (the choice used the validation columns only):
+
+| alpha | one rendering: validation | test | test form | general | per model: validation | test | test form | general |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+{sweep}"""
