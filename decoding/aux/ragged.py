@@ -152,14 +152,22 @@ def ragged_attention(
         raise ValueError(f"{ATTENTION} attention does not support dropout")
     layer = module.layer_idx
     segments = batch.segments
-    # All rows' new keys and values in one copy: [2, kv_heads, N, dim] split by segment into
-    # each row's columns [past, past + new) of this layer.
-    new = torch.stack((key[0], value[0])).split(batch.sizes, dim=2)
-    torch._foreach_copy_(
-        [s.cache.pair(layer)[:, :, s.past : s.past + s.new] for s in segments], list(new)
-    )
+    if len(segments) == 1:  # one row: two plain copies cost less than stacking for one
+        only = segments[0]
+        keys, values = only.cache.layer(layer)
+        keys[:, :, only.past : only.past + only.new] = key
+        values[:, :, only.past : only.past + only.new] = value
+        split: Sequence[torch.Tensor] = (query,)
+    else:
+        # All rows' new keys and values in one copy: [2, kv_heads, N, dim] split by segment
+        # into each row's columns [past, past + new) of this layer.
+        new = torch.stack((key[0], value[0])).split(batch.sizes, dim=2)
+        torch._foreach_copy_(
+            [s.cache.pair(layer)[:, :, s.past : s.past + s.new] for s in segments], list(new)
+        )
+        split = query.split(batch.sizes, dim=2)
     outs = []
-    for segment, queries in zip(segments, query.split(batch.sizes, dim=2), strict=True):
+    for segment, queries in zip(segments, split, strict=True):
         keys, values = segment.cache.layer(layer)
         end = segment.past + segment.new
         outs.append(

@@ -1,7 +1,7 @@
 """decoding/aux/ragged.py's attention (all rows' new keys and values written in one copy, the
 queries split in one call) equals the per-row loop it replaced, bit for bit: rows of very
 different lengths, grouped-query heads, rows joining (prefilled in the same forward as the
-decoding rows) and leaving, in float32 and bfloat16."""
+decoding rows) and leaving, a row alone, in float32 and bfloat16."""
 
 import pytest
 import torch
@@ -48,8 +48,9 @@ def test_batched_writes_equal_the_per_row_loop(dtype):
     twins: dict[int, RowCache] = {}
     grown = set()
     # Prompt lengths per row key, by the step they join at: 1 token to 300 tokens.
-    joins = {0: {1: 300, 2: 1, 3: 7}, 3: {4: 150, 5: 2}, 70: {6: 90}}
-    leaves = {5: [2], 40: [1], 75: [4]}
+    joins = {0: {1: 300, 2: 1, 3: 7}, 3: {4: 150, 5: 2}, 70: {6: 90}, 77: {7: 40}}
+    # From step 77 one row alone: prefilled, then decoding (the one-row path).
+    leaves = {5: [2], 40: [1], 75: [4], 77: [3, 5, 6]}
     for step in range(80):  # > HEADROOM: rows' caches grow (are moved) mid-flight
         for key in leaves.get(step, []):
             rows.pop(key)
