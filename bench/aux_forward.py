@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from adapters.default_model import ensure_default_model
+from bench.decode_attention import BASELINE_RAGGED, baseline_ragged
 from bench.revisions import module_at
 from decoding.aux import ragged
 from decoding.aux import runner as runner_module
@@ -47,8 +48,14 @@ MODES = ("eager", "unpacked", "compiled")
 
 
 def _baseline_runner(rev: str) -> type:
-    """``AuxModelRunner`` as decoding/aux/runner.py defines it at ``rev``."""
-    return module_at(rev, "decoding/aux/runner.py", "decoding.aux._baseline_runner").AuxModelRunner
+    """``AuxModelRunner`` as decoding/aux/runner.py defines it at ``rev``, with that revision's
+    decoding/aux/ragged.py where it has one (its relative import would otherwise get this
+    revision's)."""
+    replace = {}
+    if baseline_ragged(rev) is not None:
+        replace["from .ragged import"] = f"from .{BASELINE_RAGGED.rsplit('.', 1)[1]} import"
+    runner = module_at(rev, "decoding/aux/runner.py", "decoding.aux._baseline_runner", replace)
+    return runner.AuxModelRunner
 
 
 def _unpacked(path: str, dtype: torch.dtype) -> AuxModelRunner:

@@ -15,6 +15,13 @@ cached and ``q_r`` new tokens, exactly::
 over that row's columns only (grouped-query heads without repeating keys and values). A row's
 cost is its own length, never the longest row's.
 
+Per layer, the new keys and values of all rows are written with one multi-tensor copy (a
+decoding row's one column, a joining row's whole segment) and the queries split in one call;
+the attention itself is one SDPA call per row over that row's own columns. One call over all
+decoding rows measured slower on a bf16 CPU: it must read every row padded to the longest
+(a key mask) and, with per-row tensors, first gather them into one; the per-row calls read
+only each row's columns (bench/decode_attention.py, docs/benchmarks.md "Decode attention").
+
 Growth: a row that outgrows its capacity is moved to a tensor ``HEADROOM`` columns longer than
 it needs (only that row's cache is copied, about once every ``HEADROOM`` steps).
 """
@@ -46,6 +53,7 @@ class RowCache:
         self.store = torch.zeros(0, device=device, dtype=dtype)
         self.cached = 0
         self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pairs: list[torch.Tensor] = []
 
     @property
     def capacity(self) -> int:
@@ -70,10 +78,16 @@ class RowCache:
         self.store = grown
         # Per-layer views made once per allocation, not per step: [1, kv_heads, capacity, dim].
         self._layers = [(layer[0].unsqueeze(0), layer[1].unsqueeze(0)) for layer in grown]
+        self._pairs = list(grown.unbind(0))
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of layer ``index``, ``[1, kv_heads, capacity, head_dim]`` views."""
         return self._layers[index]
+
+    def pair(self, index: int) -> torch.Tensor:
+        """Keys and values of layer ``index`` together, a ``[2, kv_heads, capacity, head_dim]``
+        view (one destination for both in a write)."""
+        return self._pairs[index]
 
     @property
     def nbytes(self) -> int:
@@ -105,6 +119,8 @@ class Packed:
         self.segments = tuple(segments)
         self.layers = layers
         self.tokens = sum(s.new for s in segments)
+        #: Each segment's token count, in order (the split of the packed sequence).
+        self.sizes = [s.new for s in segments]
         #: Attention layers this forward went through (checked against ``layers``: a model
         #: whose layers do not call the registered attention function must not run silently).
         self.seen = 0
@@ -135,16 +151,28 @@ def ragged_attention(
     if dropout:
         raise ValueError(f"{ATTENTION} attention does not support dropout")
     layer = module.layer_idx
+    segments = batch.segments
+    if len(segments) == 1:  # one row: two plain copies cost less than stacking for one
+        only = segments[0]
+        keys, values = only.cache.layer(layer)
+        keys[:, :, only.past : only.past + only.new] = key
+        values[:, :, only.past : only.past + only.new] = value
+        split: Sequence[torch.Tensor] = (query,)
+    else:
+        # All rows' new keys and values in one copy: [2, kv_heads, N, dim] split by segment
+        # into each row's columns [past, past + new) of this layer.
+        new = torch.stack((key[0], value[0])).split(batch.sizes, dim=2)
+        torch._foreach_copy_(
+            [s.cache.pair(layer)[:, :, s.past : s.past + s.new] for s in segments], list(new)
+        )
+        split = query.split(batch.sizes, dim=2)
     outs = []
-    for segment in batch.segments:
+    for segment, queries in zip(segments, split, strict=True):
         keys, values = segment.cache.layer(layer)
-        a, b = segment.start, segment.start + segment.new
         end = segment.past + segment.new
-        keys[0, :, segment.past : end] = key[0, :, a:b]
-        values[0, :, segment.past : end] = value[0, :, a:b]
         outs.append(
             F.scaled_dot_product_attention(
-                query[:, :, a:b],
+                queries,
                 keys[:, :, :end],
                 values[:, :, :end],
                 is_causal=segment.new > 1,  # past == 0 here: top-left alignment is exact
