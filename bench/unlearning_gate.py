@@ -1,0 +1,141 @@
+"""The unlearning gate's own cost in the server process, without the engine: ``c`` chat
+requests arriving together (bench/unlearning.py's prompts and forget set), each through the
+gate's ``prepare`` and ``admit`` (decoding/unlearning/admission.py), against the gate and
+MiniLM wrapper of another revision (``--baseline``).
+
+One torch thread, as the server sets for the gate (decoding/unlearning/correction.py). A
+repeat is ``--rounds`` rounds; a round sends ``c`` requests at once and waits for every
+decision; its figure is the round's wall time per request (ms). Modes alternate ABBA
+(bench/revisions.py ``time_abba``). The decisions of both modes are checked equal.
+
+    .venv/bin/python -m bench.unlearning_gate --concurrency 1 8 --baseline a646ff2
+
+Results (each round's ms per request, per mode and concurrency the median) are appended as a
+run to docs/bench/unlearning-gate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+import torch
+from prometheus_client import CollectorRegistry
+from transformers import AutoTokenizer
+
+from adapters.engine import resolve_model
+from bench.revisions import module_at, time_abba
+from bench.serving import TOPICS
+from decoding.unlearning import ForgetEntry, ForgetSet
+from decoding.unlearning import admission as admission_module
+from decoding.unlearning import embeddings as embeddings_module
+from decoding.unlearning.params import UnlearningParams
+from evals.results import append_run, machine
+from server.config import LimitsConfig
+from server.metrics import ServerMetrics
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench" / "unlearning-gate.json"
+SET = "p10000"
+
+
+def gate_of(modules) -> object:
+    admission, embeddings = modules
+    forget_set = ForgetSet(
+        SET, (ForgetEntry("Write a short story.", "A story about a city."),)
+    )  # bench/unlearning.py's entry: the gate reads its question and answer only
+    return admission.UnlearningGate(
+        {SET: forget_set},
+        embeddings.MiniLM(),
+        ServerMetrics(CollectorRegistry()),
+        {},
+        LimitsConfig(),
+    )
+
+
+def round_ms(gate, prompts: list[str]) -> tuple[float, list]:
+    """One round: every prompt at once through ``prepare`` and ``admit``; wall ms per
+    request and the decisions."""
+    params = UnlearningParams(forget_set=SET, threshold=0.0)
+
+    async def main():
+        jobs = [gate.prepare(params, {"prompt": p}) for p in prompts]
+        return await asyncio.gather(*(gate.admit(params, job) for job in jobs))
+
+    started = time.perf_counter()
+    admitted = asyncio.run(main())
+    wall = (time.perf_counter() - started) * 1e3
+    return wall / len(prompts), [a.state.decision for a in admitted]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--baseline", help="git revision whose gate and MiniLM wrapper to compare")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per concurrency")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(max(args.concurrency) * args.rounds)
+    ]
+    modes = {"current": gate_of((admission_module, embeddings_module))}
+    if args.baseline:
+        modes[f"baseline {args.baseline}"] = gate_of(
+            (
+                module_at(
+                    args.baseline,
+                    "decoding/unlearning/admission.py",
+                    "decoding.unlearning._baseline_admission",
+                ),
+                module_at(
+                    args.baseline,
+                    "decoding/unlearning/embeddings.py",
+                    "decoding.unlearning._baseline_embeddings",
+                ),
+            )
+        )
+    decisions: dict[str, list] = {mode: [] for mode in modes}
+    for gate in modes.values():  # load and warm both before timing
+        round_ms(gate, prompts[:2])
+
+    def times(gate, c: int, repeat: int) -> list[float]:
+        out = []
+        for r in range(args.rounds):
+            ms, made = round_ms(gate, prompts[r * c : (r + 1) * c])
+            out.append(ms)
+            decisions[next(m for m, g in modes.items() if g is gate)].append((c, repeat, r, made))
+        return out
+
+    meta = machine()
+    records, summary = time_abba(modes, args.concurrency, args.repeats, times)
+    for mode in modes:  # same requests, same decisions (score within float noise)
+        for (c, rep, r, made), (_, _, _, ref) in zip(
+            sorted(decisions[mode]), sorted(decisions["current"]), strict=True
+        ):
+            for a, b in zip(made, ref, strict=True):
+                assert a.targets == b.targets and abs(a.score - b.score) < 1e-5, (c, rep, r)
+    append_run(
+        args.output,
+        {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "records": records,
+            "summary": summary,
+        },
+        meta,
+    )
+    for row in summary:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
