@@ -12,12 +12,22 @@ decision; its figure is the round's wall time per request (ms). Modes alternate 
 
 Results (each round's ms per request, per mode and concurrency the median) are appended as a
 run to docs/bench/unlearning-gate.json.
+
+``--continuation`` instead times the continuation check's semantic part
+(decoding/unlearning/continuation.py) as the engine process runs it, on one torch thread: per
+gated row every ``k`` steps, MiniLM embeds the row's last 8 tokens' text and that text followed
+by each of its 8 candidates. Windows slide over a fixed English passage (SmolLM2's tokens),
+the candidates are the passage's next token and 7 other tokens of it; a repeat is every window
+of the passage for ``rows`` rows whose checks fall on the same step (rows that started
+together). Appended to docs/bench/unlearning-continuation.json: ms per step that carries the
+checks of 1 and of 8 rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from pathlib import Path
 
@@ -31,6 +41,7 @@ from bench.serving import TOPICS
 from decoding.unlearning import ForgetEntry, ForgetSet
 from decoding.unlearning import admission as admission_module
 from decoding.unlearning import embeddings as embeddings_module
+from decoding.unlearning.continuation import ContinuationCheck, TokenTexts
 from decoding.unlearning.params import UnlearningParams
 from evals.results import append_run, machine
 from server.config import LimitsConfig
@@ -38,6 +49,13 @@ from server.metrics import ServerMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "unlearning-gate.json"
+CONTINUATION_RESULTS = REPO / "docs" / "bench" / "unlearning-continuation.json"
+PASSAGE = (
+    "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper "
+    "named Tom. Every night he climbed the winding stairs to light the lamp, and every "
+    "morning he watched the fishing boats return safely to the harbour. One stormy evening, "
+    "a young girl knocked on his door, soaked and shivering, asking for shelter."
+)
 SET = "p10000"
 
 
@@ -70,16 +88,58 @@ def round_ms(gate, prompts: list[str]) -> tuple[float, list]:
     return wall / len(prompts), [a.state.decision for a in admitted]
 
 
+def continuation_ms(tokenizer, rows: int, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Each repeat's ms per step for steps that carry ``rows`` rows' semantic checks."""
+    check = ContinuationCheck(
+        ["city"],  # bench/unlearning.py's entry: its answer's revealing word
+        TokenTexts(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])),
+        embeddings_module.minilm(),
+        embeddings_module.minilm().encode(["city"]),
+    )
+    ids = tokenizer(PASSAGE, add_special_tokens=False)["input_ids"]
+    texts = check.vocabulary.texts
+    records = []
+    for repeat in range(repeats):
+        times = []
+        for end in range(8, len(ids) - 1):
+            window = check.vocabulary.text(ids[end - 8 : end])
+            others = [ids[(end * 7 + j * 13) % len(ids)] for j in range(7)]
+            candidates = [texts[t] for t in (ids[end], *others)]
+            started = time.perf_counter()
+            for _ in range(rows):  # each row's check, as the plugin runs them in a step
+                check.similarity([window, *(window + c for c in candidates)])
+            times.append((time.perf_counter() - started) * 1e3)
+        records.append({"rows": rows, "repeat": repeat, "ms": times})
+    return records, [
+        {"rows": rows, "median_ms": statistics.median(t for r in records for t in r["ms"])}
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--baseline", help="git revision whose gate and MiniLM wrapper to compare")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per concurrency")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--continuation", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
+    if args.continuation:
+        meta = machine()
+        records, summary = [], []
+        for rows in (1, 8):
+            got = continuation_ms(tokenizer, rows, args.repeats)
+            records += got[0]
+            summary += got[1]
+            print(summary[-1])
+        append_run(
+            args.output or CONTINUATION_RESULTS,
+            {"args": {**vars(args), "output": None}, "records": records, "summary": summary},
+            meta,
+        )
+        return
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
@@ -125,7 +185,7 @@ def main() -> None:
             for a, b in zip(made, ref, strict=True):
                 assert a.targets == b.targets and abs(a.score - b.score) < 1e-5, (c, rep, r)
     append_run(
-        args.output,
+        args.output or RESULTS,
         {
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "records": records,
