@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from decoding.unlearning.admission import UnlearningGate
 from decoding.unlearning.batcher import EncodeBatcher
+from decoding.unlearning.classifier import PairClassifier, TrainedGate
 from decoding.unlearning.embeddings import buckets
 from decoding.unlearning.forget_set import ForgetEntry, ForgetSet
 from decoding.unlearning.gate import ForgetGate, chunks
@@ -292,3 +293,33 @@ def test_concurrent_admissions_decide_as_each_request_alone():
         assert a.state.decision == expected, prompt
         assert a.params.targets == expected.targets
     assert {a.state.decision.opened for a in admitted} == {True, False}  # both kinds seen
+
+
+def test_a_trained_gate_and_a_cosine_gate_decide_through_one_batch_as_alone():
+    embedder = Hashing()
+    torch.manual_seed(0)
+    trained = TrainedGate(FORGET, embedder, PairClassifier(DIM), threshold=0.5)
+    gate = UnlearningGate(
+        {"capitals": FORGET, "trained": FORGET},
+        embedder,
+        ServerMetrics(CollectorRegistry()),
+        {},
+        LimitsConfig(),
+        {"trained": trained},
+    )
+    cosine = ForgetGate(FORGET, embedder)
+    prompts = ["What is the capital of France?", "Who wrote Hamlet?", "zzzz", "Paris. Tokyo."]
+
+    async def main():
+        jobs = []
+        for prompt in prompts:
+            for name in ("capitals", "trained"):
+                params = UnlearningParams(forget_set=name)
+                jobs.append(gate.admit(params, gate.prepare(params, {"prompt": prompt})))
+        return await asyncio.gather(*jobs)
+
+    admitted = iter(asyncio.run(main()))
+    for prompt in prompts:
+        pieces = chunks([prompt])
+        assert next(admitted).state.decision == cosine.decide_chunks(pieces, 0.5)
+        assert next(admitted).state.decision == trained.decide_chunks(pieces)
