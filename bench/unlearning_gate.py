@@ -41,7 +41,7 @@ from bench.serving import TOPICS
 from decoding.unlearning import ForgetEntry, ForgetSet
 from decoding.unlearning import admission as admission_module
 from decoding.unlearning import embeddings as embeddings_module
-from decoding.unlearning.continuation import ContinuationCheck, TokenTexts
+from decoding.unlearning.continuation import ContinuationCheck, PhraseIndex, TokenTexts
 from decoding.unlearning.params import UnlearningParams
 from evals.results import append_run, machine
 from server.config import LimitsConfig
@@ -91,7 +91,7 @@ def round_ms(gate, prompts: list[str]) -> tuple[float, list]:
 def continuation_ms(tokenizer, rows: int, repeats: int) -> tuple[list[dict], list[dict]]:
     """Each repeat's ms per step for steps that carry ``rows`` rows' semantic checks."""
     check = ContinuationCheck(
-        ["city"],  # bench/unlearning.py's entry: its answer's revealing word
+        PhraseIndex(["city"]),  # bench/unlearning.py's entry: its answer's revealing word
         TokenTexts(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])),
         embeddings_module.minilm(),
         embeddings_module.minilm().encode(["city"]),
