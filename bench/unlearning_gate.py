@@ -21,6 +21,12 @@ the candidates are the passage's next token and 7 other tokens of it; a repeat i
 of the passage for ``rows`` rows whose checks fall on the same step (rows that started
 together). Appended to docs/bench/unlearning-continuation.json: ms per step that carries the
 checks of 1 and of 8 rows.
+
+``--join --baseline REV`` times what a gated row's continuation check costs when the row joins,
+with bench/unlearning.py's 10,000 phrases: the baseline's check built from the phrases for the
+row, against this revision's, whose phrase index is built once per set of retrieved entries
+(reported apart) and shared by the rows. ABBA, ``--repeats`` repeats of one row each; appended
+to docs/bench/unlearning-continuation.json.
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ from transformers import AutoTokenizer
 from adapters.engine import resolve_model
 from bench.revisions import module_at, time_abba
 from bench.serving import TOPICS
+from bench.unlearning import phrases
 from decoding.unlearning import ForgetEntry, ForgetSet
 from decoding.unlearning import admission as admission_module
 from decoding.unlearning import embeddings as embeddings_module
 from decoding.unlearning.continuation import ContinuationCheck, PhraseIndex, TokenTexts
 from decoding.unlearning.params import UnlearningParams
+from decoding.unlearning.phrases import forbidden_phrases
 from evals.results import append_run, machine
 from server.config import LimitsConfig
 from server.metrics import ServerMetrics
@@ -115,6 +123,42 @@ def continuation_ms(tokenizer, rows: int, repeats: int) -> tuple[list[dict], lis
     ]
 
 
+def join_ms(tokenizer, baseline: str, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Ms to build one joining row's check: this revision (index shared, built apart) and the
+    baseline's (built per row); and the index's own build, once per set of entries."""
+    old = module_at(
+        baseline,
+        "decoding/unlearning/continuation.py",
+        "decoding.unlearning._baseline_continuation",
+    )
+    entry = ForgetEntry(
+        "Write a short story.", "A story about a city.", tuple(phrases(tokenizer, 10_000))
+    )
+    forbidden = forbidden_phrases([entry])
+    vocabulary = TokenTexts(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
+    started = time.perf_counter()
+    index = PhraseIndex(forbidden)
+    index_ms = (time.perf_counter() - started) * 1e3
+    builds = {
+        "current": lambda: ContinuationCheck(index, vocabulary),
+        f"baseline {baseline}": lambda: old.ContinuationCheck(tuple(forbidden), vocabulary),
+    }
+    records = []
+    for repeat in range(repeats):
+        for mode in list(builds) if repeat % 2 == 0 else list(builds)[::-1]:
+            started = time.perf_counter()
+            builds[mode]()
+            ms = (time.perf_counter() - started) * 1e3
+            records.append({"mode": mode, "repeat": repeat, "ms": ms})
+            print(mode, repeat, f"{ms:.1f} ms", flush=True)
+    summary = [
+        {"mode": m, "median_ms": statistics.median(r["ms"] for r in records if r["mode"] == m)}
+        for m in builds
+    ]
+    summary.append({"mode": "current, phrase index once per entries", "median_ms": index_ms})
+    return records, summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
@@ -123,9 +167,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per concurrency")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--continuation", action="store_true")
+    parser.add_argument("--join", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
+    if args.join:
+        meta = machine()
+        records, summary = join_ms(tokenizer, args.baseline, args.repeats)
+        for row in summary:
+            print(row)
+        append_run(
+            args.output or CONTINUATION_RESULTS,
+            {"args": {**vars(args), "output": None}, "join": records, "summary": summary},
+            meta,
+        )
+        return
     if args.continuation:
         meta = machine()
         records, summary = [], []
