@@ -110,8 +110,8 @@ def unlearning() -> list[str]:
             "",
             "| set | c | plain tok/s per pair | filtered tok/s per pair | ratio per pair | median "
             "ratio | target (>= 0.95x) | TTFT p50 (s) per pair, plain | TTFT p50 (s) per pair, "
-            "filtered | load |",
-            "|---|---:|---|---|---|---:|---|---|---|---|",
+            "filtered | plugin ms per engine step | load |",
+            "|---|---:|---|---|---|---:|---|---|---|---:|---|",
         ]
         for row in run["summary"]:
             c = row["concurrency"]
@@ -127,12 +127,22 @@ def unlearning() -> list[str]:
             out.append(
                 f"| {row['system']} | {c} | {tok('no plugin')} | {tok(row['system'])} "
                 f"| {', '.join(f'{x:.3f}' for x in row['vs_plain_per_pair'])} "
-                f"| **{row['vs_plain']:.3f}x** | {'met' if row['met'] else 'missed'} "
+                f"| **{row['vs_plain']:.3f}x** | {_verdict(row)} "
                 f"| {tok('no plugin', 'ttft_p50_s')} | {tok(row['system'], 'ttft_p50_s')} "
-                f"| {_load(records, run)} |"
+                f"| {_plugin_ms(row)} | {_load(records, run)} |"
             )
         out.append("")
     return out
+
+
+def _verdict(row: dict) -> str:
+    if not row.get("target", True):
+        return "(diagnostic, not the target's system)"
+    return "met" if row["met"] else "missed"
+
+
+def _plugin_ms(row: dict) -> str:
+    return f"{row['plugin_ms_per_step']:.2f}" if "plugin_ms_per_step" in row else "not recorded"
 
 
 def page() -> str:

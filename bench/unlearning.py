@@ -7,9 +7,13 @@ the trie: up to 10 tokenizations per phrase). Every filtered request carries
 runs too. Greedy, ``ignore_eos``, all streamed through /v1/completions. Runs alternate ABBA
 (plain, filtered, filtered, plain, ...), ``--pairs`` pairs per concurrency; each pair's ratio
 and their median are appended as a run to docs/bench/unlearning.json with the load before and
-after each run. Target (issue 18): filtered >= 0.95 x plain.
+after each run. Target (issue 18): filtered >= 0.95 x plain. A third system, the same set with
+the continuation check's semantic part off (``continuation: false``; decoding/unlearning/
+continuation.py), runs in the same interleaved order (A B C C B A) to show what that check costs
+in this traffic; it is not the target's system. Each run also records the unlearning plugin's
+own time per engine step (``corrigo_plugin_step_seconds``, measured in the engine process).
 
-    flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.unlearning   # c = 1, 8; 5 pairs
+    flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.unlearning   # c = 1, 8; 5 ABC-CBA rounds
     .venv/bin/python -m bench.unlearning --soft-only       # the soft filter's two strategies
 
 ``--soft-only`` measures, in this process with one torch thread (as in the engine process),
@@ -31,6 +35,7 @@ from pathlib import Path
 import httpx
 import torch
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.serving import TOPICS, Run, run_pool, stream_request, summarise
 from evals.results import append_run, load_average, machine
@@ -58,10 +63,30 @@ def phrases(tokenizer, count: int, seed: int = 0) -> list[str]:
     return list(out)
 
 
-def correction_of(forget_set: str | None) -> dict | None:
-    if forget_set is None:
+#: Label of the diagnostic system without the continuation check's semantic part.
+NO_CONTINUATION = ", continuation off"
+
+
+def correction_of(system: str | None) -> dict | None:
+    """The request's ``correction`` for a system label (None / "no plugin": plain)."""
+    if system is None or system == "no plugin":
         return None
-    return {"unlearning": {"forget_set": forget_set, "threshold": 0.0}}
+    forget_set = system.removesuffix(NO_CONTINUATION)
+    unlearning = {"forget_set": forget_set, "threshold": 0.0}
+    if system.endswith(NO_CONTINUATION):
+        unlearning["continuation"] = False
+    return {"unlearning": unlearning}
+
+
+def plugin_seconds(base_url: str) -> tuple[float, float]:
+    """Seconds and steps the unlearning plugin has taken so far inside the engine's step."""
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text):
+        for sample in family.samples:
+            suffix = sample.name.removeprefix("corrigo_plugin_step_seconds")
+            if suffix in totals and sample.labels.get("plugin") == "unlearning":
+                totals[suffix] = sample.value
+    return totals["_sum"], totals["_count"]
 
 
 async def warm_up(base_url: str, model_id: str, prompt: str, forget_set: str) -> None:
@@ -75,8 +100,8 @@ async def warm_up(base_url: str, model_id: str, prompt: str, forget_set: str) ->
         assert report["gate"]["decision"] == "filter" and report["steps"] > 0, report
 
 
-async def one_run(base_url, model_id, prompts, concurrency, max_tokens, forget_set) -> Run:
-    correction = correction_of(forget_set)
+async def one_run(base_url, model_id, prompts, concurrency, max_tokens, system) -> Run:
+    correction = correction_of(system)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=900, limits=limits) as client:
 
@@ -87,7 +112,7 @@ async def one_run(base_url, model_id, prompts, concurrency, max_tokens, forget_s
             return await stream_request(client, "/v1/completions", body)
 
         wall, results = await run_pool(concurrency, prompts, one)
-    return summarise(forget_set or "no plugin", concurrency, wall, results)
+    return summarise(system or "no plugin", concurrency, wall, results)
 
 
 def soft_strategies(tokenizer, sample: int = 2048, rows: int = 8, steps: int = 50) -> str:
@@ -206,7 +231,9 @@ def main() -> None:
             },
         )
         server = start_server(config, Path(tmp) / "server.log")
-        systems = [None, *(f"p{size}" for size in args.sizes)]
+        systems = [None]
+        for size in args.sizes:
+            systems += [f"p{size}", f"p{size}{NO_CONTINUATION}"]
         try:
             for forget_set in systems[1:]:
                 uvloop.run(warm_up(server.base_url, model.model_id, prompts[0], forget_set))
@@ -216,6 +243,7 @@ def main() -> None:
                 for pair in range(args.pairs):
                     for forget_set in systems if pair % 2 == 0 else systems[::-1]:
                         before = load_average()
+                        seconds, steps = plugin_seconds(server.base_url)
                         run = uvloop.run(
                             one_run(
                                 server.base_url,
@@ -226,6 +254,8 @@ def main() -> None:
                                 forget_set,
                             )
                         )
+                        seconds_after, steps_after = plugin_seconds(server.base_url)
+                        steps_run = steps_after - steps
                         records.append(
                             {
                                 **run.__dict__,
@@ -233,6 +263,12 @@ def main() -> None:
                                 "pair": pair,
                                 "load_before": before,
                                 "load_after": load_average(),
+                                "plugin_steps": steps_run,
+                                "plugin_ms_per_step": (
+                                    1e3 * (seconds_after - seconds) / steps_run
+                                    if steps_run
+                                    else 0.0
+                                ),
                             }
                         )
                         print(f"  {run.system} c={c} pair {pair}: {run.tokens_per_s:.1f} tok/s")
@@ -250,13 +286,20 @@ def main() -> None:
                     if r["concurrency"] == c and r["pair"] == pair
                 }
                 ratios.append(tok[forget_set] / tok["no plugin"])
+            target = not forget_set.endswith(NO_CONTINUATION)  # the other is diagnostic
             summary.append(
                 {
                     "system": forget_set,
                     "concurrency": c,
+                    "target": target,
                     "vs_plain_per_pair": ratios,
                     "vs_plain": statistics.median(ratios),
-                    "met": statistics.median(ratios) >= TARGET,
+                    "met": statistics.median(ratios) >= TARGET if target else None,
+                    "plugin_ms_per_step": statistics.median(
+                        r["plugin_ms_per_step"]
+                        for r in records
+                        if r["concurrency"] == c and r["system"] == forget_set
+                    ),
                 }
             )
             print(summary[-1])

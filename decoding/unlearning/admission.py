@@ -22,7 +22,7 @@ detail, and metric labels carry a set's public label, never a private name.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from typing import Any
 
 from ..contract import AdmissionStep, Admitted
 from ..params import RequestRefused
+from .batcher import EncodeBatcher
 from .classifier import TrainedGate
 from .forget_set import ForgetSet
 from .gate import Embedder, ForgetGate, GateDecision, chunks
@@ -199,8 +200,13 @@ class UnlearningGate(AdmissionStep):
         self.max_chars = limits.max_gate_chars
         self.max_pieces = limits.max_gate_pieces
         # MiniLM serialises its encodes (decoding/unlearning/embeddings.py): one thread of its own, so
-        # queued gate work never holds the event loop's default executor.
+        # queued gate work never holds the event loop's default executor. Concurrent requests'
+        # pieces are embedded in one forward per embedder (decoding/unlearning/batcher.py).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearning-gate")
+        self._batchers: dict[int, EncodeBatcher] = {}
+        for gate in self.gates.values():
+            if id(gate.embedder) not in self._batchers:
+                self._batchers[id(gate.embedder)] = EncodeBatcher(gate.embedder, self._executor)
 
     def prepare(self, params: UnlearningParams, body: Mapping[str, Any]) -> GateJob:
         """Cheap checks before admission (fail closed): 400 for text the gate cannot read or
@@ -232,11 +238,7 @@ class UnlearningGate(AdmissionStep):
         """The parameters to send to the engine, with the gate's fields filled in, and the
         set's refusal as the answer when the gate opens under ``refuse`` (call it once the
         request holds an admission slot)."""
-        gate = self.gates[params.forget_set]
-        loop = asyncio.get_running_loop()
-        decision = await loop.run_in_executor(
-            self._executor, gate.decide_chunks, job.pieces, params.threshold
-        )
+        decision = await self._decide(params, job.pieces)
         label = FILTER if decision.opened else PASS
         policy = self.policy(params)
         self.metrics.unlearning_gate.labels(policy.label, label, decision.gate).inc()
@@ -261,12 +263,16 @@ class UnlearningGate(AdmissionStep):
         pieces = chunks(texts)
         if len(pieces) > self.max_pieces:
             raise _too_long(f"{self.max_pieces} sentences and passages in a round", NAME)
-        gate = self.gates[params.forget_set]
-        loop = asyncio.get_running_loop()
-        decision = await loop.run_in_executor(
-            self._executor, gate.decide_chunks, tuple(pieces), params.threshold
-        )
+        decision = await self._decide(params, tuple(pieces))
         return decision.targets
+
+    async def _decide(self, params: UnlearningParams, pieces: tuple[str, ...]) -> GateDecision:
+        """The gate's decision on ``pieces``, embedded in a batch with concurrent requests'."""
+        gate = self.gates[params.forget_set]
+        batcher = self._batchers[id(gate.embedder)]
+        return await batcher.run(
+            pieces, functools.partial(gate.decide_embedded, threshold=params.threshold)
+        )
 
     def _threshold(self, params: UnlearningParams) -> float:
         """The threshold the deciding gate compared its score with."""

@@ -146,7 +146,19 @@ class TrainedGate:
         ignored: the server refuses a request that moves it for a set with a trained gate)."""
         if not pieces:
             return GateDecision(0.0, (), self.kind)
-        scores = self.chunk_scores(pieces)
+        return self.decide_embedded(self.embedder.encode(list(pieces)), threshold, max_targets)
+
+    def decide_embedded(
+        self,
+        embeddings: torch.Tensor,
+        threshold: float | None = None,
+        max_targets: int = MAX_TARGETS,
+    ) -> GateDecision:
+        """The decision from the pieces' embeddings ``[pieces, dim]`` (``threshold`` ignored,
+        as in :meth:`decide_chunks`)."""
+        if len(embeddings) == 0:
+            return GateDecision(0.0, (), self.kind)
+        scores = pair_probabilities(self.model, embeddings, self.texts)
         top = torch.topk(scores, min(max_targets, len(scores)))
         targets = tuple(
             int(i) for s, i in zip(top.values, top.indices, strict=True) if s >= self.threshold

@@ -32,8 +32,43 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower())
 
 
+class PhraseIndex:
+    """The lexical part's index over a set of phrases ``P``, built once per set of retrieved
+    entries (decoding/unlearning/plugin.py ``CompiledTargets``) and shared by the rows that
+    retrieve them: ``P`` normalised, without the phrases that hold a shorter one of ``P`` as
+    whole words (banning the shorter one covers them), and every proper prefix of a kept
+    phrase mapped to the remainders that complete it.
+
+    A normalised phrase is its words joined by single spaces, so ``q`` occurs in ``p`` as whole
+    words exactly when ``q`` is one of ``p``'s contiguous word runs: checking those runs
+    (``w (w + 1) / 2`` for a phrase of ``w`` words) against the set costs ``O(|P| w^2)``, where
+    comparing every pair of phrases cost ``O(|P|^2)`` (10^8 substring tests per row at 10,000
+    phrases, seconds per request: bench/unlearning.py).
+    """
+
+    def __init__(self, phrases: Sequence[str]) -> None:
+        normal = [p for p in dict.fromkeys(normalise(p).strip() for p in phrases) if p]
+        present = set(normal)
+        kept = [p for p in normal if not _holds_another(p, present)]
+        #: proper prefix -> the remainders completing a phrase after it
+        self.pending: dict[str, set[str]] = {}
+        for p in kept:
+            for i in range(1, len(p)):
+                self.pending.setdefault(p[:i], set()).add(p[i:])
+        self.longest = max((len(p) for p in kept), default=0)
+
+
+def _holds_another(phrase: str, present: set[str]) -> bool:
+    """Whether a shorter phrase of ``present`` is a run of ``phrase``'s whole words."""
+    words = phrase.split(" ")
+    n = len(words)
+    return any(
+        " ".join(words[i:j]) in present for i in range(n) for j in range(i + 1, n + 1) if j - i < n
+    )
+
+
 class ContinuationCheck:
-    """One row's check over its retrieved entries' phrases.
+    """One row's check over its retrieved entries' phrases (their :class:`PhraseIndex`).
 
     With ``w`` the text of the row's last ``W`` generated tokens, ``N`` :func:`normalise`,
     ``P`` the phrases (normalised; those holding a shorter phrase of ``P`` left out) and
@@ -62,7 +97,7 @@ class ContinuationCheck:
 
     def __init__(
         self,
-        phrases: Sequence[str],
+        phrases: PhraseIndex,
         vocabulary: TokenTexts,
         embedder: Embedder | None = None,
         phrase_embeddings: torch.Tensor | None = None,
@@ -73,14 +108,8 @@ class ContinuationCheck:
     ) -> None:
         """``phrase_embeddings``: ``E(p)`` of the semantic part's phrases (with ``embedder``;
         without them that part is off)."""
-        normal = [p for p in dict.fromkeys(normalise(p).strip() for p in phrases) if p]
-        kept = [p for p in normal if not any(q != p and f" {q} " in f" {p} " for q in normal)]
-        #: proper prefix -> the remainders completing a phrase after it
-        self.pending: dict[str, set[str]] = {}
-        for p in kept:
-            for i in range(1, len(p)):
-                self.pending.setdefault(p[:i], set()).add(p[i:])
-        self.longest = max((len(p) for p in kept), default=0)
+        self.pending = phrases.pending
+        self.longest = phrases.longest
         self.vocabulary = vocabulary
         self.embedder = embedder
         self.phrase_embeddings = phrase_embeddings

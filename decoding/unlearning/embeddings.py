@@ -22,6 +22,8 @@ from ..cache import cache_dir
 
 #: Texts per forward pass; MiniLM inputs here are short (messages, words, token texts).
 BATCH_SIZE = 256
+#: Most padded word pieces a forward computes per real one (see :func:`buckets`).
+PAD_SLACK = 1.25
 
 
 class MiniLM:
@@ -40,15 +42,49 @@ class MiniLM:
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         if not texts:
             return torch.zeros(0, self.dim)
+        texts = list(texts)
+        out = torch.empty(len(texts), self.dim)
         with self._lock, torch.inference_mode():
-            out = self.model.encode(
-                list(texts),
-                batch_size=BATCH_SIZE,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return out.float().cpu()
+            for group in buckets(self.lengths(texts)):
+                part = self.model.encode(
+                    [texts[i] for i in group],
+                    batch_size=len(group),
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+                out[torch.tensor(group)] = part.float().cpu()
+        return out
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Each text's length in word pieces as the model reads it (truncated)."""
+        ids = self.model.tokenizer(
+            list(texts), truncation=True, max_length=self.model.max_seq_length
+        )["input_ids"]
+        return [len(i) for i in ids]
+
+
+def buckets(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of ``lengths`` in forwards of similar lengths: sorted by length, a forward grows
+    while its padded size ``n * max(len)`` stays within :data:`PAD_SLACK` x its real tokens
+    and it holds at most :data:`BATCH_SIZE` texts. A batch is padded to its longest text, so
+    one long text among short ones would otherwise make each short one cost as much as it."""
+    out: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        # sorted ascending: the newcomer is the group's longest
+        if group and (
+            len(group) >= BATCH_SIZE
+            or (len(group) + 1) * lengths[i] > PAD_SLACK * (real + lengths[i])
+        ):
+            out.append(group)
+            group, real = [], 0
+        group.append(i)
+        real += lengths[i]
+    if group:
+        out.append(group)
+    return out
 
 
 @cache

@@ -114,10 +114,17 @@ class ForgetGate:
 
     def chunk_scores(self, pieces: Sequence[str]) -> torch.Tensor:
         """``score(e)`` for every entry over already split ``pieces`` (:func:`chunks`)."""
-        entries = torch.zeros(len(self.forget_set))
         if not pieces:
+            return torch.zeros(len(self.forget_set))
+        return self.embedded_scores(self.embedder.encode(pieces))
+
+    def embedded_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``score(e)`` for every entry from the pieces' embeddings ``E(c)`` ``[pieces, dim]``
+        (zeros for none)."""
+        entries = torch.zeros(len(self.forget_set))
+        if len(embeddings) == 0:
             return entries
-        best = (self.embedder.encode(pieces) @ self.matrix.T).amax(dim=0)  # per entry text
+        best = (embeddings @ self.matrix.T).amax(dim=0)  # per entry text
         return entries.scatter_reduce(0, self.owners, best, reduce="amax", include_self=False)
 
     def decide(
@@ -131,7 +138,16 @@ class ForgetGate:
         """The decision over already split ``pieces`` (:func:`chunks`)."""
         if not pieces:  # nothing to judge: closed (the server refuses text it cannot read)
             return GateDecision(0.0, ())
-        scores = self.chunk_scores(pieces)
+        return self.decide_embedded(self.embedder.encode(pieces), threshold, max_targets)
+
+    def decide_embedded(
+        self, embeddings: torch.Tensor, threshold: float, max_targets: int = MAX_TARGETS
+    ) -> GateDecision:
+        """The decision from the pieces' embeddings ``[pieces, dim]`` (the gate's batcher,
+        decoding/unlearning/batcher.py, embeds several requests' pieces at once)."""
+        if len(embeddings) == 0:
+            return GateDecision(0.0, ())
+        scores = self.embedded_scores(embeddings)
         top = torch.topk(scores, min(max_targets, len(scores)))
         targets = tuple(
             int(i) for s, i in zip(top.values, top.indices, strict=True) if s >= threshold

@@ -29,7 +29,7 @@ import torch
 from ..pipeline import Row, StepPlugin
 from ..topk import argmax
 from .abstain import Abstention, AbstentionPhrase, force
-from .continuation import ContinuationCheck, TokenTexts
+from .continuation import ContinuationCheck, PhraseIndex, TokenTexts
 from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
@@ -51,8 +51,9 @@ class CompiledTargets:
     root_bans: torch.Tensor
     #: ``sim(v)`` of every vocabulary token to the forbidden words (None: no soft filter).
     sim: torch.Tensor | None
-    #: The continuation check's phrases and their embeddings (None: no embedder).
-    phrases: tuple[str, ...]
+    #: The continuation check's phrases, indexed once for every row that retrieves these
+    #: entries (None: the check is off), and their embeddings (None: no embedder).
+    phrases: PhraseIndex | None
     phrase_embeddings: torch.Tensor | None
 
 
@@ -95,7 +96,7 @@ class ForgetFilters:
         sim = None
         if meaning is not None and self.token_table is not None:
             sim = similarity(self.token_table, meaning)
-        phrases = tuple(forbidden_phrases(entries))
+        phrases = PhraseIndex(forbidden_phrases(entries)) if self.vocabulary is not None else None
         compiled = CompiledTargets(
             trie, torch.tensor(trie.root_bans, dtype=torch.long), sim, phrases, meaning
         )
@@ -172,7 +173,7 @@ class Unlearning(StepPlugin):
                     if row.stream.output:  # a preempted request, back with its output
                         abstention.resume(row.stream.output)
                 check = None
-                if filters.vocabulary is not None:
+                if filters.vocabulary is not None and compiled.phrases is not None:
                     semantic = params.continuation and compiled.phrase_embeddings is not None
                     check = ContinuationCheck(
                         compiled.phrases,

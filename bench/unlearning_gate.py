@@ -1,0 +1,257 @@
+"""The unlearning gate's own cost in the server process, without the engine: ``c`` chat
+requests arriving together (bench/unlearning.py's prompts and forget set), each through the
+gate's ``prepare`` and ``admit`` (decoding/unlearning/admission.py), against the gate and
+MiniLM wrapper of another revision (``--baseline``).
+
+One torch thread, as the server sets for the gate (decoding/unlearning/correction.py). A
+repeat is ``--rounds`` rounds; a round sends ``c`` requests at once and waits for every
+decision; its figure is the round's wall time per request (ms). Modes alternate ABBA
+(bench/revisions.py ``time_abba``). The decisions of both modes are checked equal.
+
+    .venv/bin/python -m bench.unlearning_gate --concurrency 1 8 --baseline a646ff2
+
+Results (each round's ms per request, per mode and concurrency the median) are appended as a
+run to docs/bench/unlearning-gate.json.
+
+``--continuation`` instead times the continuation check's semantic part
+(decoding/unlearning/continuation.py) as the engine process runs it, on one torch thread: per
+gated row every ``k`` steps, MiniLM embeds the row's last 8 tokens' text and that text followed
+by each of its 8 candidates. Windows slide over a fixed English passage (SmolLM2's tokens),
+the candidates are the passage's next token and 7 other tokens of it; a repeat is every window
+of the passage for ``rows`` rows whose checks fall on the same step (rows that started
+together). Appended to docs/bench/unlearning-continuation.json: ms per step that carries the
+checks of 1 and of 8 rows.
+
+``--join --baseline REV`` times what a gated row's continuation check costs when the row joins,
+with bench/unlearning.py's 10,000 phrases: the baseline's check built from the phrases for the
+row, against this revision's, whose phrase index is built once per set of retrieved entries
+(reported apart) and shared by the rows. ABBA, ``--repeats`` repeats of one row each; appended
+to docs/bench/unlearning-continuation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from prometheus_client import CollectorRegistry
+from transformers import AutoTokenizer
+
+from adapters.engine import resolve_model
+from bench.revisions import module_at, time_abba
+from bench.serving import TOPICS
+from bench.unlearning import phrases
+from decoding.unlearning import ForgetEntry, ForgetSet
+from decoding.unlearning import admission as admission_module
+from decoding.unlearning import embeddings as embeddings_module
+from decoding.unlearning.continuation import ContinuationCheck, PhraseIndex, TokenTexts
+from decoding.unlearning.params import UnlearningParams
+from decoding.unlearning.phrases import forbidden_phrases
+from evals.results import append_run, machine
+from server.config import LimitsConfig
+from server.metrics import ServerMetrics
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "bench" / "unlearning-gate.json"
+CONTINUATION_RESULTS = REPO / "docs" / "bench" / "unlearning-continuation.json"
+PASSAGE = (
+    "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper "
+    "named Tom. Every night he climbed the winding stairs to light the lamp, and every "
+    "morning he watched the fishing boats return safely to the harbour. One stormy evening, "
+    "a young girl knocked on his door, soaked and shivering, asking for shelter."
+)
+SET = "p10000"
+
+
+def gate_of(modules) -> object:
+    admission, embeddings = modules
+    forget_set = ForgetSet(
+        SET, (ForgetEntry("Write a short story.", "A story about a city."),)
+    )  # bench/unlearning.py's entry: the gate reads its question and answer only
+    return admission.UnlearningGate(
+        {SET: forget_set},
+        embeddings.MiniLM(),
+        ServerMetrics(CollectorRegistry()),
+        {},
+        LimitsConfig(),
+    )
+
+
+def round_ms(gate, prompts: list[str]) -> tuple[float, list]:
+    """One round: every prompt at once through ``prepare`` and ``admit``; wall ms per
+    request and the decisions."""
+    params = UnlearningParams(forget_set=SET, threshold=0.0)
+
+    async def main():
+        jobs = [gate.prepare(params, {"prompt": p}) for p in prompts]
+        return await asyncio.gather(*(gate.admit(params, job) for job in jobs))
+
+    started = time.perf_counter()
+    admitted = asyncio.run(main())
+    wall = (time.perf_counter() - started) * 1e3
+    return wall / len(prompts), [a.state.decision for a in admitted]
+
+
+def continuation_ms(tokenizer, rows: int, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Each repeat's ms per step for steps that carry ``rows`` rows' semantic checks."""
+    check = ContinuationCheck(
+        PhraseIndex(["city"]),  # bench/unlearning.py's entry: its answer's revealing word
+        TokenTexts(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])),
+        embeddings_module.minilm(),
+        embeddings_module.minilm().encode(["city"]),
+    )
+    ids = tokenizer(PASSAGE, add_special_tokens=False)["input_ids"]
+    texts = check.vocabulary.texts
+    records = []
+    for repeat in range(repeats):
+        times = []
+        for end in range(8, len(ids) - 1):
+            window = check.vocabulary.text(ids[end - 8 : end])
+            others = [ids[(end * 7 + j * 13) % len(ids)] for j in range(7)]
+            candidates = [texts[t] for t in (ids[end], *others)]
+            started = time.perf_counter()
+            for _ in range(rows):  # each row's check, as the plugin runs them in a step
+                check.similarity([window, *(window + c for c in candidates)])
+            times.append((time.perf_counter() - started) * 1e3)
+        records.append({"rows": rows, "repeat": repeat, "ms": times})
+    return records, [
+        {"rows": rows, "median_ms": statistics.median(t for r in records for t in r["ms"])}
+    ]
+
+
+def join_ms(tokenizer, baseline: str, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Ms to build one joining row's check: this revision (index shared, built apart) and the
+    baseline's (built per row); and the index's own build, once per set of entries."""
+    old = module_at(
+        baseline,
+        "decoding/unlearning/continuation.py",
+        "decoding.unlearning._baseline_continuation",
+    )
+    entry = ForgetEntry(
+        "Write a short story.", "A story about a city.", tuple(phrases(tokenizer, 10_000))
+    )
+    forbidden = forbidden_phrases([entry])
+    vocabulary = TokenTexts(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]))
+    started = time.perf_counter()
+    index = PhraseIndex(forbidden)
+    index_ms = (time.perf_counter() - started) * 1e3
+    builds = {
+        "current": lambda: ContinuationCheck(index, vocabulary),
+        f"baseline {baseline}": lambda: old.ContinuationCheck(tuple(forbidden), vocabulary),
+    }
+    records = []
+    for repeat in range(repeats):
+        for mode in list(builds) if repeat % 2 == 0 else list(builds)[::-1]:
+            started = time.perf_counter()
+            builds[mode]()
+            ms = (time.perf_counter() - started) * 1e3
+            records.append({"mode": mode, "repeat": repeat, "ms": ms})
+            print(mode, repeat, f"{ms:.1f} ms", flush=True)
+    summary = [
+        {"mode": m, "median_ms": statistics.median(r["ms"] for r in records if r["mode"] == m)}
+        for m in builds
+    ]
+    summary.append({"mode": "current, phrase index once per entries", "median_ms": index_ms})
+    return records, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--baseline", help="git revision whose gate and MiniLM wrapper to compare")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per concurrency")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--continuation", action="store_true")
+    parser.add_argument("--join", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
+    if args.join:
+        meta = machine()
+        records, summary = join_ms(tokenizer, args.baseline, args.repeats)
+        for row in summary:
+            print(row)
+        append_run(
+            args.output or CONTINUATION_RESULTS,
+            {"args": {**vars(args), "output": None}, "join": records, "summary": summary},
+            meta,
+        )
+        return
+    if args.continuation:
+        meta = machine()
+        records, summary = [], []
+        for rows in (1, 8):
+            got = continuation_ms(tokenizer, rows, args.repeats)
+            records += got[0]
+            summary += got[1]
+            print(summary[-1])
+        append_run(
+            args.output or CONTINUATION_RESULTS,
+            {"args": {**vars(args), "output": None}, "records": records, "summary": summary},
+            meta,
+        )
+        return
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(max(args.concurrency) * args.rounds)
+    ]
+    modes = {"current": gate_of((admission_module, embeddings_module))}
+    if args.baseline:
+        modes[f"baseline {args.baseline}"] = gate_of(
+            (
+                module_at(
+                    args.baseline,
+                    "decoding/unlearning/admission.py",
+                    "decoding.unlearning._baseline_admission",
+                ),
+                module_at(
+                    args.baseline,
+                    "decoding/unlearning/embeddings.py",
+                    "decoding.unlearning._baseline_embeddings",
+                ),
+            )
+        )
+    decisions: dict[str, list] = {mode: [] for mode in modes}
+    for gate in modes.values():  # load and warm both before timing
+        round_ms(gate, prompts[:2])
+
+    def times(gate, c: int, repeat: int) -> list[float]:
+        out = []
+        for r in range(args.rounds):
+            ms, made = round_ms(gate, prompts[r * c : (r + 1) * c])
+            out.append(ms)
+            decisions[next(m for m, g in modes.items() if g is gate)].append((c, repeat, r, made))
+        return out
+
+    meta = machine()
+    records, summary = time_abba(modes, args.concurrency, args.repeats, times)
+    for mode in modes:  # same requests, same decisions (score within float noise)
+        for (c, rep, r, made), (_, _, _, ref) in zip(
+            sorted(decisions[mode]), sorted(decisions["current"]), strict=True
+        ):
+            for a, b in zip(made, ref, strict=True):
+                assert a.targets == b.targets and abs(a.score - b.score) < 1e-5, (c, rep, r)
+    append_run(
+        args.output or RESULTS,
+        {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "records": records,
+            "summary": summary,
+        },
+        meta,
+    )
+    for row in summary:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
