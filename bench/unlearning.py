@@ -7,10 +7,10 @@ the trie: up to 10 tokenizations per phrase). Every filtered request carries
 runs too. Greedy, ``ignore_eos``, all streamed through /v1/completions. Runs alternate ABBA
 (plain, filtered, filtered, plain, ...), ``--pairs`` pairs per concurrency; each pair's ratio
 and their median are appended as a run to docs/bench/unlearning.json with the load before and
-after each run. Target (issue 18): filtered >= 0.95 x plain. A third system, the same set with
-the continuation check's semantic part off (``continuation: false``; decoding/unlearning/
-continuation.py), runs in the same interleaved order (A B C C B A) to show what that check costs
-in this traffic; it is not the target's system. Each run also records the unlearning plugin's
+after each run. Target (issue 18): filtered (the default request) >= 0.95 x plain. A third
+system, the same set with the continuation check's semantic part on (``continuation: true``,
+off by default; decoding/unlearning/continuation.py), runs in the same interleaved order
+(A B C C B A) to show what that check costs in this traffic; it is not the target's system. Each run also records the unlearning plugin's
 own time per engine step (``corrigo_plugin_step_seconds``, measured in the engine process).
 
     flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.unlearning   # c = 1, 8; 5 ABC-CBA rounds
@@ -63,18 +63,19 @@ def phrases(tokenizer, count: int, seed: int = 0) -> list[str]:
     return list(out)
 
 
-#: Label of the diagnostic system without the continuation check's semantic part.
-NO_CONTINUATION = ", continuation off"
+#: Label of the diagnostic system: the continuation check's semantic part on (off by default;
+#: run 1 of docs/bench/unlearning.json predates that default and ran ", continuation off").
+DIAGNOSTIC = ", continuation on"
 
 
 def correction_of(system: str | None) -> dict | None:
     """The request's ``correction`` for a system label (None / "no plugin": plain)."""
     if system is None or system == "no plugin":
         return None
-    forget_set = system.removesuffix(NO_CONTINUATION)
+    forget_set = system.removesuffix(DIAGNOSTIC)
     unlearning = {"forget_set": forget_set, "threshold": 0.0}
-    if system.endswith(NO_CONTINUATION):
-        unlearning["continuation"] = False
+    if system.endswith(DIAGNOSTIC):
+        unlearning["continuation"] = True
     return {"unlearning": unlearning}
 
 
@@ -233,7 +234,7 @@ def main() -> None:
         server = start_server(config, Path(tmp) / "server.log")
         systems = [None]
         for size in args.sizes:
-            systems += [f"p{size}", f"p{size}{NO_CONTINUATION}"]
+            systems += [f"p{size}", f"p{size}{DIAGNOSTIC}"]
         try:
             for forget_set in systems[1:]:
                 uvloop.run(warm_up(server.base_url, model.model_id, prompts[0], forget_set))
@@ -286,7 +287,7 @@ def main() -> None:
                     if r["concurrency"] == c and r["pair"] == pair
                 }
                 ratios.append(tok[forget_set] / tok["no plugin"])
-            target = not forget_set.endswith(NO_CONTINUATION)  # the other is diagnostic
+            target = not forget_set.endswith(DIAGNOSTIC)  # the other is diagnostic
             summary.append(
                 {
                     "system": forget_set,
