@@ -16,7 +16,7 @@ from decoding.refinement import (
 from decoding.refinement.params import RefinementParams
 from evals import refinement as ev
 from evals import refinement_stats as st
-from evals.refinement_report import page
+from evals.refinement_report import page, write_page
 from evals.refinement_suites import (
     CONSTRAINT_KINDS,
     GROUPS,
@@ -29,6 +29,7 @@ from evals.refinement_suites import (
     truth_spec,
     write,
 )
+from evals.results import BY_HAND
 from server.refinement.verifiers import SERVER_VERIFIER_TYPES
 
 CONTEXT = {VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES}
@@ -435,3 +436,40 @@ def test_p_true_samples_is_paired_with_plain_p_true_on_the_same_items():
     assert set(cells["best_of_n@p_true"]["vs"]) == {"single", "self_consistency"}
     # Its scores separate right drafts (0.9) from wrong ones (0.2) perfectly.
     assert cells["best_of_n@p_true_samples"]["verifier_auroc_on_drafts"] == 1.0
+
+
+def _run(rows, summary, **settings):
+    return {"settings": {"rounds": 3, "seeds": [0, 1], "temperature": 0.8,
+                         "max_tokens": {"multi_constraint": 32}, "verifiers": ev.VERIFIERS,
+                         "p_true_thresholds": {"multi_constraint": 0.5}, **settings},
+            "summary": summary, "model": "m", "cpu_count": 2, "cpu_model": "x",
+            "load_average": [1, 1, 1], "load_average_after": [1, 1, 1], "commit": "abc",
+            "dirty": False, "started_utc": "t", "requests": len(rows), "seconds": 1,
+            "summarised_seeds": [0, 1], "complete": True, "items": rows}  # fmt: skip
+
+
+def test_page_sets_p_true_after_samples_beside_plain_p_true_and_keeps_the_reading(tmp_path):
+    rows = []
+    for i in range(6):
+        for seed in (0, 1):
+            for config, chosen in (("single", i < 2), ("self_consistency", i < 2),
+                                   ("best_of_n@p_true", i < 1), ("best_of_n@p_true_samples", i < 3)):  # fmt: skip
+                rows.append(_row(f"i{i}", chosen, draft=i < 2, seed=seed, config=config,
+                                 score=0.9 if i < 2 else 0.2) | {"suite": "multi_constraint"})  # fmt: skip
+    run = _run(rows, ev.summarise(rows, 3),
+               thresholds={"p_true": {"multi_constraint": 0.5},
+                           "p_true_samples": {"multi_constraint": 0.25}})  # fmt: skip
+    run["calibration_auroc"] = {"p_true": {"multi_constraint": 0.6},
+                                "p_true_samples": {"multi_constraint": 0.7}}  # fmt: skip
+    text = page({"runs": [run]})
+    assert "## P(True) after the model's own samples" in text
+    assert "| `best_of_n` | 16.7% [" in text and "+33.3 [" in text
+    assert "after samples 0.250" in text and "after samples 0.700" in text
+    assert "`best_of_n@p_true_samples`: vs single: no measurable difference" in text
+    assert "vs best_of_n@p_true:" in text
+    # A rewrite keeps the reading written by hand below the marker.
+    (tmp_path / "refinement.md").write_text(f"stale table\n{BY_HAND}\nThe reading.\n")
+    write_page({"runs": [run]}, tmp_path)
+    written = (tmp_path / "refinement.md").read_text()
+    assert written.startswith(text.rstrip("\n")) and written.endswith(f"{BY_HAND}\nThe reading.\n")
+    assert written.count(BY_HAND) == 1 and "stale table" not in written
