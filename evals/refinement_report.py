@@ -123,11 +123,21 @@ def notes(run: Mapping[str, Any]) -> list[str]:
                 continue
             judged = cell["verifier_on_drafts"]
             wrong = judged["false_accept"] + judged["true_reject"]
-            if cell["mean_rounds"] == 1.0:
+            reasons = stop_reasons(run["items"], suite, config)
+            if cell["mean_rounds"] == 1.0 and set(reasons) == {"accepted"}:
                 out.append(
                     f"- {suite}, `{config}` never went past the draft: its verifier accepted "
                     f"every draft, {judged['false_accept']} of the {wrong} wrong ones included, "
                     "so it equals `single` up to that noise."
+                )
+            elif cell["mean_rounds"] == 1.0:
+                tokens = cell["tokens"]
+                out.append(
+                    f"- {suite}, `{config}` never went past the draft, though it was granted "
+                    f"{run['settings']['rounds']} candidates: it stopped with "
+                    + ", ".join(f"{k} {n}" for k, n in reasons.most_common())
+                    + f" after {tokens['mean_loop_tokens']:.1f} loop tokens per request of "
+                    f"the {tokens['cap']} it may spend; it measures `single`, not its strategy."
                 )
             over = cell["tokens"]["over_cap"]
             if over:
@@ -139,8 +149,7 @@ def notes(run: Mapping[str, Any]) -> list[str]:
                     "strategies.py, decoding/refinement/run.py), so the checks overshoot the "
                     "budget by a few tokens; its budget is not quite equal."
                 )
-            if config == SELF_CONSISTENCY:
-                reasons = stop_reasons(run["items"], suite, config)
+            if config == SELF_CONSISTENCY and cell["mean_rounds"] > 1.0:
                 n = sum(reasons.values())
                 out.append(
                     f"- {suite}, `self_consistency`: no majority in {reasons['disagreement']} of "

@@ -473,3 +473,17 @@ def test_page_sets_p_true_after_samples_beside_plain_p_true_and_keeps_the_readin
     written = (tmp_path / "refinement.md").read_text()
     assert written.startswith(text.rstrip("\n")) and written.endswith(f"{BY_HAND}\nThe reading.\n")
     assert written.count(BY_HAND) == 1 and "stale table" not in written
+
+
+def test_page_says_when_a_strategy_drew_nothing_after_the_draft_and_why():
+    rows = []
+    for i in range(4):
+        for config in ("single", "best_of_n@p_true"):
+            stop = "max_rounds" if config == "single" else "token_budget"
+            rows.append(_row(f"i{i}", i < 1, draft=i < 1, config=config) | {"suite": "multi_constraint", "stop_reason": stop})  # fmt: skip
+    text = page({"runs": [_run(rows, ev.summarise(rows, 3))]})
+    assert (
+        "`best_of_n@p_true` never went past the draft, though it was granted 3 candidates: it "
+        "stopped with token_budget 4 after 10.0 loop tokens per request of the 96 it may spend"
+    ) in text
+    assert "`best_of_n@p_true` never went past the draft: its verifier accepted" not in text
