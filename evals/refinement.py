@@ -10,11 +10,18 @@ chosen (decoding/refinement/loop.py), to the first draft and the final answer; s
 
 Configurations (:data:`CONFIGS`): ``single`` (the greedy draft, one candidate);
 ``self_consistency`` (``aggregate``: ``K`` samples, majority answer, no escalation);
-``<strategy>@<verifier>`` for each strategy. Budget rule: every configuration but ``single``
+``<strategy>@<verifier>`` for each strategy. ``@p_true_samples`` is P(True) asked after the
+model's own :data:`P_TRUE_SAMPLES` samples (the seeds' variant), compared by item with the
+same strategy under plain ``@p_true`` (one candidate shown). Budget rule: every configuration but ``single``
 gets ``K`` candidates (``max_rounds``) and ``K * max_tokens`` completion tokens for the
 loop (``max_total_tokens``: candidates, critiques, constraint lists and checks); a judge's
 own tokens are verifier cost, reported beside it; ``p_true`` costs one forward per candidate
-and no generated token. Each request's tokens are recorded, so the budgets can be compared.
+and no generated token; ``p_true_samples`` also generates its samples (once per request, up to
+``max_tokens`` each), verifier cost reported beside the loop's. Each request's tokens are recorded, so the budgets can be compared.
+
+Every P(True) verifier's threshold is chosen on a validation split (:func:`calibration_items`),
+each on its own scores of the same greedy drafts (:func:`calibration_jobs`,
+:func:`thresholds_from`); the exact checker is only the truth it is fitted against there.
 
 Results are appended as a run to ``refinement.json`` (commit, CPU flags, load average,
 settings, every request's row, the summary); the page and plot are generated from the last
@@ -29,6 +36,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +46,7 @@ import httpx
 from tqdm import tqdm
 
 from .refinement_report import write_page
-from .refinement_stats import best_threshold, flip, summarise_cell
+from .refinement_stats import auroc, best_threshold, flip, summarise_cell
 from .refinement_suites import GENERATORS, SEED, check, constraints_of, generate
 from .server import local_server
 
@@ -56,23 +64,34 @@ MAX_TOKENS = {
     "python_functions": 80,
     "python_edge_cases": 96,
 }
+#: Answers ``@p_true_samples`` shows the model before asking P(True) (drawn once per request at
+#: the verifier's default temperature 1.0, decoding/refinement/model_verifiers.py).
+P_TRUE_SAMPLES = 4
 #: The loop's verifiers: opinions of the served model, never the truth.
 VERIFIERS: dict[str, dict[str, Any]] = {
     "p_true": {"type": "p_true"},
+    "p_true_samples": {"type": "p_true", "samples": P_TRUE_SAMPLES},
     # A one-word verdict is all the judge must write; 8 tokens leave room for a preamble.
     "judge": {"type": "judge", "max_tokens": 8},
 }
+#: The verifiers whose acceptance threshold is chosen on the validation split.
+CALIBRATED: tuple[str, ...] = tuple(v for v, spec in VERIFIERS.items() if spec["type"] == "p_true")
 SINGLE = "single"
 SELF_CONSISTENCY = "self_consistency"
 #: The configurations every other one is compared with, paired by item.
 BASELINES = (SINGLE, SELF_CONSISTENCY)
+#: A verifier's counterpart: ``<strategy>@<key>`` is also compared, paired by item, with
+#: ``<strategy>@<value>`` (P(True) after samples against P(True) after the candidate alone).
+COUNTERPARTS = {"p_true_samples": "p_true"}
 #: Every configuration the eval knows, in table order.
 CONFIGS: tuple[str, ...] = (
     SINGLE,
     SELF_CONSISTENCY,
     "best_of_n@p_true",
+    "best_of_n@p_true_samples",
     "best_of_n@judge",
     "try_again@p_true",
+    "try_again@p_true_samples",
     "try_again@judge",
     "self_refine@p_true",
     "decompose@p_true",
@@ -94,7 +113,8 @@ LEGACY = "oracle-verifier eval (superseded: its verifier was the exact checker)"
 
 
 def config_parts(config: str) -> tuple[str, str]:
-    """``(strategy, verifier)`` of a configuration name."""
+    """``(strategy, verifier)`` of a configuration name. ``single@<verifier>`` is the greedy
+    draft scored by that verifier (the validation split's; ``single`` is ``single@p_true``)."""
     if config == SINGLE:
         return SINGLE, "p_true"
     if config == SELF_CONSISTENCY:
@@ -105,10 +125,27 @@ def config_parts(config: str) -> tuple[str, str]:
     return strategy, verifier
 
 
+def counterpart(config: str) -> str | None:
+    """The configuration ``config`` is compared with beside the baselines: the same strategy
+    under the counterpart verifier (:data:`COUNTERPARTS`), or None."""
+    strategy, verifier = config_parts(config)
+    other = COUNTERPARTS.get(verifier)
+    if other is None:
+        return None
+    return SINGLE if strategy == SINGLE and other == "p_true" else f"{strategy}@{other}"
+
+
+def calibration_config(verifier: str) -> str:
+    """The configuration whose greedy draft's score fits ``verifier``'s threshold."""
+    if verifier not in CALIBRATED:
+        raise ValueError(f"{verifier!r} has no threshold to choose")
+    return SINGLE if verifier == "p_true" else f"{SINGLE}@{verifier}"
+
+
 def loop_cap(config: str, suite: str, rounds: int) -> int | None:
     """The loop's completion-token budget: ``rounds * max_tokens`` (None for ``single``, which
     is bound by ``max_tokens`` alone)."""
-    return None if config == SINGLE else rounds * MAX_TOKENS[suite]
+    return None if config_parts(config)[0] == SINGLE else rounds * MAX_TOKENS[suite]
 
 
 @dataclass(frozen=True)
@@ -129,17 +166,23 @@ def available_suites() -> list[str]:
 
 
 def request_body(
-    job: Job, model: str, rounds: int, temperature: float, p_true_threshold: float = 0.5
+    job: Job,
+    model: str,
+    rounds: int,
+    temperature: float,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The chat request of one job: the loop steered by a non-exact verifier, the suite's
-    exact verifier as ``truth`` only."""
+    exact verifier as ``truth`` only. ``thresholds``: each P(True) verifier's, for the job's
+    suite (0.5 where absent)."""
     strategy, verifier = config_parts(job.config)
     # aggregate scores its samples too, though the vote decides: p_true, never the truth.
-    spec = dict(VERIFIERS["p_true" if verifier == "majority" else verifier])
+    name = "p_true" if verifier == "majority" else verifier
+    spec = dict(VERIFIERS[name])
     if spec["type"] == "p_true":
-        spec["threshold"] = p_true_threshold
+        spec["threshold"] = (thresholds or {}).get(name, 0.5)
     refinement: dict[str, Any] = {"verifier": spec, "truth": job.item["verifier"]}
-    if job.config == SINGLE:
+    if strategy == SINGLE:
         refinement["max_rounds"] = 1
     else:
         refinement.update(
@@ -206,11 +249,12 @@ async def run_jobs(
     temperature: float,
     concurrency: int,
     deadline: float | None,
-    thresholds: dict[str, float] | None = None,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
     desc: str = "refinement eval",
 ) -> list[dict[str, Any]]:
     """Send the jobs (at most ``concurrency`` at once, in order); jobs not started by
-    ``deadline`` (monotonic seconds) are skipped. ``thresholds``: p_true's, by suite."""
+    ``deadline`` (monotonic seconds) are skipped. ``thresholds``: each P(True) verifier's, by
+    verifier then suite."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     thresholds = thresholds or {}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=900) as client:
@@ -224,7 +268,12 @@ async def run_jobs(
                     bar.update()
                     return None
                 started = time.monotonic()
-                body = request_body(job, model, rounds, temperature, thresholds.get(job.suite, 0.5))
+                mine = {
+                    v: by_suite[job.suite]
+                    for v, by_suite in thresholds.items()
+                    if job.suite in by_suite
+                }
+                body = request_body(job, model, rounds, temperature, mine)
                 response = await client.post("/v1/chat/completions", json=body)
                 bar.update()
             if response.status_code != 200:
@@ -249,13 +298,42 @@ def calibration_items(suite: str, n: int = CALIBRATION_ITEMS) -> list[dict[str, 
     return [{**item, "id": f"val-{item['id']}"} for item in items]
 
 
-def thresholds_from(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """p_true's threshold per suite: :func:`best_threshold` of the greedy drafts' P(True)
-    against their truth on the validation split."""
-    out = {}
-    for suite in sorted({r["suite"] for r in rows}):
-        mine = [r for r in rows if r["suite"] == suite]
-        out[suite] = best_threshold([r["scores"][0] for r in mine], [r["draft"] for r in mine])
+def calibration_jobs(suites: Sequence[str], configs: Mapping[str, Sequence[str]]) -> list[Job]:
+    """The validation split's jobs: for each generated suite, every item once (seed 0), greedy
+    and scored by each P(True) verifier the suite's configurations use (``p_true`` always:
+    ``single`` and ``self_consistency`` report it)."""
+    jobs = []
+    for suite in suites:
+        if suite not in GENERATORS:
+            continue
+        used = {"p_true"} | {config_parts(c)[1] for c in configs[suite]}
+        for verifier in (v for v in CALIBRATED if v in used):
+            config = calibration_config(verifier)
+            jobs += [Job(suite, config, 0, item) for item in calibration_items(suite)]
+    return jobs
+
+
+def thresholds_from(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each P(True) verifier's threshold per suite (by verifier, then suite):
+    :func:`best_threshold` of its scores of the greedy drafts against their truth on the
+    validation split."""
+    out: dict[str, dict[str, float]] = {}
+    for verifier, suite in sorted({(config_parts(r["config"])[1], r["suite"]) for r in rows}):
+        mine = [r for r in rows if r["suite"] == suite and config_parts(r["config"])[1] == verifier]
+        scores, truths = [r["scores"][0] for r in mine], [r["draft"] for r in mine]
+        out.setdefault(verifier, {})[suite] = best_threshold(scores, truths)
+    return out
+
+
+def calibration_auroc(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each P(True) verifier's :func:`auroc` on the validation split's greedy drafts (by
+    verifier, then suite): how well its score separates right drafts from wrong ones."""
+    out: dict[str, dict[str, float | None]] = {}
+    for verifier, suite in sorted({(config_parts(r["config"])[1], r["suite"]) for r in rows}):
+        mine = [r for r in rows if r["suite"] == suite and config_parts(r["config"])[1] == verifier]
+        out.setdefault(verifier, {})[suite] = auroc(
+            [r["scores"][0] for r in mine], [r["draft"] for r in mine]
+        )
     return out
 
 
@@ -285,7 +363,11 @@ def summarise(rows: list[dict[str, Any]], rounds: int) -> dict[str, dict[str, di
         out[suite] = {
             config: summarise_cell(
                 config_rows,
-                {b: by_config[b] for b in BASELINES if b in by_config and b != config},
+                {
+                    b: by_config[b]
+                    for b in (*BASELINES, counterpart(config))
+                    if b in by_config and b != config
+                },
                 loop_cap(config, suite, rounds),
             )
             for config, config_rows in by_config.items()
@@ -394,14 +476,10 @@ def run(args: argparse.Namespace) -> int:
     deadline = started + args.deadline_minutes * 60 if args.deadline_minutes else None
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
 
-    calibration_jobs = [
-        Job(suite, SINGLE, 0, item)
-        for suite in suites
-        if suite in GENERATORS
-        for item in calibration_items(suite)
-    ]
+    configs = {s: tuple(chosen or DEFAULT_CONFIGS.get(s, CONFIGS)) for s in suites}
+    validation = calibration_jobs(suites, configs)
     calibration: list[dict[str, Any]] = []
-    thresholds: dict[str, float] = {}
+    thresholds: dict[str, dict[str, float]] = {}
 
     async def go(base_url: str) -> list[dict[str, Any]]:
         common = {
@@ -413,14 +491,14 @@ def run(args: argparse.Namespace) -> int:
             await run_jobs(
                 base_url,
                 args.api_key,
-                calibration_jobs,
+                validation,
                 deadline=None,
-                desc="p_true threshold",
+                desc="P(True) thresholds",
                 **common,
             )
         )
         thresholds.update(thresholds_from(calibration))
-        print(f"p_true thresholds (validation split): {thresholds}")
+        print(f"P(True) thresholds (validation split): {thresholds}")
         return await run_jobs(
             base_url, args.api_key, jobs, deadline=deadline, thresholds=thresholds, **common
         )
@@ -440,13 +518,20 @@ def run(args: argparse.Namespace) -> int:
         "model": "SmolLM2-135M-Instruct (embedded)",
         "settings": {
             "suites": suites,
-            "configs": {s: list(chosen or DEFAULT_CONFIGS.get(s, CONFIGS)) for s in suites},
+            "configs": {s: list(c) for s, c in configs.items()},
             "seeds": seeds,
             "rounds": args.rounds,
             "temperature": args.temperature,
             "max_tokens": {s: MAX_TOKENS[s] for s in suites},
             "verifiers": VERIFIERS,
-            "p_true_thresholds": {s: thresholds.get(s, 0.5) for s in suites},
+            "p_true_thresholds": {s: thresholds.get("p_true", {}).get(s, 0.5) for s in suites},
+            # Every P(True) verifier's, by verifier then suite (0.5: no validation split).
+            "thresholds": {
+                v: {s: thresholds.get(v, {}).get(s, 0.5) for s in suites}
+                for v in CALIBRATED
+                if any(config_parts(c)[1] == v for cs in configs.values() for c in cs)
+                or v == "p_true"
+            },
             "concurrency": args.concurrency,
             "limit": args.limit,
             "deadline_minutes": args.deadline_minutes,
@@ -457,6 +542,7 @@ def run(args: argparse.Namespace) -> int:
         "requests": len(rows),
         "summary": summary,
         "calibration": calibration,
+        "calibration_auroc": calibration_auroc(calibration) if calibration else {},
         "items": rows,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """docs/evals/refinement.md and refinement.png, generated from refinement.json's last run that
-has a summary (never edited by hand: ``corrigo eval refinement --report-only`` rewrites them).
+has a summary (``corrigo eval refinement --report-only`` rewrites them). A reading written by hand
+below the page's :data:`evals.results.BY_HAND` line is kept by every rewrite.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .refinement_stats import verdict
+from .results import write_page as write_kept
 
 SINGLE, SELF_CONSISTENCY = "single", "self_consistency"
+#: The verifier suffix of P(True) after the model's own samples, and of plain P(True).
+SAMPLES, ONE = "@p_true_samples", "@p_true"
 
 
 def last_run(results: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -48,7 +52,7 @@ def suite_table(
     lines = [
         "| configuration | pass rate [95% CI] | per seed | vs single (paired) | "
         "vs self-consistency (paired) | flips +/− | verifier on drafts: false accept / "
-        "false reject | loop tokens / request (cap; over cap) | judge tokens / request | "
+        "false reject | loop tokens / request (cap; over cap) | verifier tokens / request | "
         "rounds | stop reasons |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -91,11 +95,9 @@ def findings(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str
         for config, cell in cells.items():
             if config == SINGLE:
                 continue
-            parts = []
-            for base in (SINGLE, SELF_CONSISTENCY):
-                diff = cell["vs"].get(base)
-                if diff is not None:
-                    parts.append(f"vs {base}: {verdict(diff)} ({_diff(diff)})")
+            parts = [
+                f"vs {base}: {verdict(diff)} ({_diff(diff)})" for base, diff in cell["vs"].items()
+            ]
             flips = cell["flips"]
             out.append(
                 f"- {suite}, `{config}`: " + "; ".join(parts) + f"; flips "
@@ -121,11 +123,21 @@ def notes(run: Mapping[str, Any]) -> list[str]:
                 continue
             judged = cell["verifier_on_drafts"]
             wrong = judged["false_accept"] + judged["true_reject"]
-            if cell["mean_rounds"] == 1.0:
+            reasons = stop_reasons(run["items"], suite, config)
+            if cell["mean_rounds"] == 1.0 and set(reasons) == {"accepted"}:
                 out.append(
                     f"- {suite}, `{config}` never went past the draft: its verifier accepted "
                     f"every draft, {judged['false_accept']} of the {wrong} wrong ones included, "
                     "so it equals `single` up to that noise."
+                )
+            elif cell["mean_rounds"] == 1.0:
+                tokens = cell["tokens"]
+                out.append(
+                    f"- {suite}, `{config}` never went past the draft, though it was granted "
+                    f"{run['settings']['rounds']} candidates: it stopped with "
+                    + ", ".join(f"{k} {n}" for k, n in reasons.most_common())
+                    + f" after {tokens['mean_loop_tokens']:.1f} loop tokens per request of "
+                    f"the {tokens['cap']} it may spend; it measures `single`, not its strategy."
                 )
             over = cell["tokens"]["over_cap"]
             if over:
@@ -137,8 +149,7 @@ def notes(run: Mapping[str, Any]) -> list[str]:
                     "strategies.py, decoding/refinement/run.py), so the checks overshoot the "
                     "budget by a few tokens; its budget is not quite equal."
                 )
-            if config == SELF_CONSISTENCY:
-                reasons = stop_reasons(run["items"], suite, config)
+            if config == SELF_CONSISTENCY and cell["mean_rounds"] > 1.0:
                 n = sum(reasons.values())
                 out.append(
                     f"- {suite}, `self_consistency`: no majority in {reasons['disagreement']} of "
@@ -146,6 +157,76 @@ def notes(run: Mapping[str, Any]) -> list[str]:
                     "first sample, the greedy draft (decoding/refinement/votes.py)."
                 )
     return out
+
+
+def thresholds(settings: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Each P(True) verifier's thresholds by suite (a run before ``thresholds`` has only
+    ``p_true_thresholds``)."""
+    return settings.get("thresholds") or {"p_true": settings["p_true_thresholds"]}
+
+
+def _auroc(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def samples_table(
+    suite: str, cells: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]
+) -> list[str]:
+    """Each strategy run with P(True) after samples beside the same strategy with plain P(True):
+    pass rates, their paired difference, the verifier's mistakes and AUROC on the drafts."""
+    pairs = [
+        (c[: -len(SAMPLES)] + ONE, c) for c in cells if c.endswith(SAMPLES) and c[: -len(SAMPLES)]
+    ]
+    pairs = [(one, many) for one, many in pairs if one in cells]
+    if not pairs:
+        return []
+    cut = thresholds(settings)
+    lines = [
+        "| strategy | P(True), candidate only | P(True) after samples | after samples − "
+        "candidate only (paired) | after samples vs single (paired) | false accept / false "
+        "reject on drafts (only; after samples) | AUROC on drafts (only; after samples) | "
+        "verifier tokens / request (only; after samples) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for one, many in pairs:
+        a, b = cells[one], cells[many]
+        ja, jb = a["verifier_on_drafts"], b["verifier_on_drafts"]
+        lines.append(
+            f"| `{one[: -len(ONE)]}` | {_interval(a['pass_rate'])} | {_interval(b['pass_rate'])}"
+            f" | {_diff(b['vs'].get(one))} | {_diff(b['vs'].get(SINGLE))} | "
+            f"{ja['false_accept']} / {ja['false_reject']}; {jb['false_accept']} / "
+            f"{jb['false_reject']} of {b['n_requests']} | "
+            f"{_auroc(a.get('verifier_auroc_on_drafts'))}; "
+            f"{_auroc(b.get('verifier_auroc_on_drafts'))} | "
+            f"{a['tokens']['mean_verifier_tokens']:.1f}; "
+            f"{b['tokens']['mean_verifier_tokens']:.1f} |"
+        )
+    one_cut = cut.get("p_true", {}).get(suite)
+    many_cut = cut.get("p_true_samples", {}).get(suite)
+    if one_cut is not None and many_cut is not None:
+        lines += [
+            "",
+            f"Thresholds (validation split): candidate only {one_cut:.3f}, after samples "
+            f"{many_cut:.3f}.",
+        ]
+    return lines
+
+
+def validation_auroc(run: Mapping[str, Any]) -> list[str]:
+    """The validation split's AUROC of each P(True) verifier, by suite."""
+    table = run.get("calibration_auroc") or {}
+    if not table:
+        return []
+    names = {"p_true": "candidate only", "p_true_samples": "after samples"}
+    return [
+        "On the validation split (greedy drafts, seed 0), AUROC of P(True) against the truth: "
+        + "; ".join(
+            f"{suite} " + ", ".join(f"{names.get(v, v)} {_auroc(table[v][suite])}" for v in table)
+            for suite in sorted({s for by_suite in table.values() for s in by_suite})
+            if all(suite in table[v] for v in table)
+        )
+        + "."
+    ]
 
 
 def page(results: Mapping[str, Any]) -> str:
@@ -165,12 +246,19 @@ def page(results: Mapping[str, Any]) -> str:
         if config != SINGLE and cell["vs"].get(SINGLE) and verdict(cell["vs"][SINGLE]) == "hurts"
     ]
     rounds = settings["rounds"]
+    # Described only where the run used it (its threshold was fitted).
+    samples = (
+        settings["verifiers"]["p_true_samples"]["samples"]
+        if "p_true_samples" in thresholds(settings)
+        else None
+    )
     lines = [
         "# Refinement: strategies vs baselines at the same budget, verifier apart from truth",
         "",
         "Generated by `corrigo eval refinement` (evals/refinement.py, evals/refinement_report.py)"
         f" from run {index} of [refinement.json](refinement.json) (`runs[{index}]`, its raw rows"
-        " in `items`); plot [refinement.png](refinement.png). Do not edit by hand.",
+        " in `items`); plot [refinement.png](refinement.png). Everything above the by-hand "
+        "marker is generated; do not edit it by hand.",
         "",
         "## Set-up",
         "",
@@ -194,6 +282,15 @@ def page(results: Mapping[str, Any]) -> str:
         "accepting at a threshold chosen per suite on a validation split (the suite's generator "
         "at another seed, greedy drafts, maximising balanced accuracy against the truth): "
         + ", ".join(f"{s} {t:.3f}" for s, t in settings["p_true_thresholds"].items())
+        + (
+            ""
+            if samples is None
+            else f"; `@p_true_samples`: the same question asked after {samples} answers the "
+            "model drew itself at temperature 1.0 (once per request; Kadavath et al.'s "
+            "brainstorming variant), its threshold chosen the same way from its own scores of "
+            "the same validation drafts: "
+            + ", ".join(f"{s} {t:.3f}" for s, t in thresholds(settings)["p_true_samples"].items())
+        )
         + "; `@judge`: the served model asked CORRECT/INCORRECT "
         f"(max {settings['verifiers']['judge']['max_tokens']} tokens); `self_consistency`: "
         f"`aggregate` with {rounds} samples, the majority answer wins. The suite's exact "
@@ -203,8 +300,15 @@ def page(results: Mapping[str, Any]) -> str:
         f"{rounds} candidates (`max_rounds`) and a loop budget of {rounds} × max_tokens "
         "completion tokens (`max_total_tokens`, covering candidates, critiques, constraint "
         "lists and checks; the tables count the requests that spent more). A judge's own tokens are verifier cost, shown apart; `p_true` "
-        "generates no token (one forward per candidate). The token columns are measured per "
-        "request.",
+        "generates no token (one forward per candidate)"
+        + (
+            ""
+            if samples is None
+            else f"; `p_true_samples` generates its {samples} samples (up to max_tokens each), "
+            "verifier cost outside the loop's budget, shown apart: its configurations spend "
+            "more tokens than their `@p_true` counterparts"
+        )
+        + ". The token columns are measured per request.",
         f"- Draft greedy; later rounds at temperature {settings['temperature']}; every request "
         "carries its seed.",
         "- Interval: 95%, normal approximation over items of each item's pass share across "
@@ -235,6 +339,22 @@ def page(results: Mapping[str, Any]) -> str:
     lines += ["", *findings(summary), "", "What the tables imply:", "", *notes(run), ""]
     for suite, cells in summary.items():
         lines += [f"## {suite}", "", suite_table(suite, cells, run["items"]), ""]
+    compared = {s: samples_table(s, cells, settings) for s, cells in summary.items()}
+    if any(compared.values()):
+        lines += [
+            "## P(True) after the model's own samples",
+            "",
+            "Each strategy steered by P(True) asked after the model's own samples, beside the "
+            "same strategy steered by P(True) asked about the candidate alone, on the same items"
+            " and seeds (differences paired by item, 95% intervals). AUROC: how well the "
+            "verifier's score of the greedy draft separates right drafts from wrong ones "
+            "(0.5 is chance; a point estimate over the cell's requests).",
+            "",
+        ]
+        for suite, table in compared.items():
+            if table:
+                lines += [f"### {suite}", "", *table, ""]
+        lines += [*validation_auroc(run), ""]
     lines += [
         "Flips compare the final answer with the same request's first draft, judged by the "
         "truth, summed over seeds (`+` incorrect→correct, `−` correct→incorrect).",
@@ -278,5 +398,5 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
 
 
 def write_page(results: Mapping[str, Any], out: Path) -> None:
-    (out / "refinement.md").write_text(page(results))
+    write_kept(out / "refinement.md", page(results))
     plot(results, out / "refinement.png")

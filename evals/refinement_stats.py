@@ -143,6 +143,9 @@ def summarise_cell(
         if any(r.get("constraints_met") is None for r in rows)
         else mean_interval(list(_mean_by_item(rows, "constraints_met").values())).to_json(),
         "verifier_on_drafts": verifier_on_drafts(rows),
+        "verifier_auroc_on_drafts": auroc(
+            [float(r["scores"][0]) for r in rows], [bool(r["draft"]) for r in rows]
+        ),
         "mean_rounds": sum(int(r["rounds"]) for r in rows) / len(rows),
         "mean_seconds": sum(float(r["seconds"]) for r in rows) / len(rows),
     }
@@ -193,3 +196,18 @@ def verifier_on_drafts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         key = ("true_" if accepted == correct else "false_") + ("accept" if accepted else "reject")
         counts[key] += 1
     return counts
+
+
+def auroc(scores: Sequence[float], truths: Sequence[bool]) -> float | None:
+    """The area under the ROC curve of ``scores`` against ``truths``: the probability that a
+    right answer scores above a wrong one, ties counting one half (Mann-Whitney,
+    ``sum over pairs (right, wrong) of [s_r > s_w] + [s_r == s_w] / 2``, over
+    ``n_right * n_wrong``); 0.5 is chance. None when one class is absent."""
+    if len(scores) != len(truths):
+        raise ValueError("scores and truths must have the same length")
+    right = [s for s, t in zip(scores, truths, strict=True) if t]
+    wrong = [s for s, t in zip(scores, truths, strict=True) if not t]
+    if not right or not wrong:
+        return None
+    wins = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
+    return wins / (len(right) * len(wrong))

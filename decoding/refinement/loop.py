@@ -95,9 +95,11 @@ async def refine(
     on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     verifier_types: VerifierTypes = BUILTIN_VERIFIER_TYPES,
+    sequence_tokens: int | None = None,
 ) -> Outcome:
     """Run the request's strategy and select its answer. ``verifier_types``: the registry the
-    request's specs were validated against (the server's)."""
+    request's specs were validated against (the server's); ``sequence_tokens``: the most
+    completion tokens ``generate`` lets one sequence take (the request's ``max_tokens``)."""
     ctx = ctx or VerifyContext(messages)
     verifier = build_verifier(params.verifier, verifier_types)
     run = RefinementRun(
@@ -109,6 +111,7 @@ async def refine(
         on_candidate=on_candidate,
         clock=clock,
         verifier_types=verifier_types,
+        sequence_tokens=sequence_tokens,
     )
     await strategy_for(params.strategy).run(run)
     if not run.candidates:

@@ -77,8 +77,14 @@ class RefinementRun:
         on_candidate: Callable[[Candidate], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         verifier_types: VerifierTypes = BUILTIN_VERIFIER_TYPES,
+        sequence_tokens: int | None = None,
     ) -> None:
         self.params = params
+        #: The most completion tokens one sequence can take (the request's ``max_tokens``,
+        #: where ``generate`` caps every sequence; None: unknown): a call reserves no more of
+        #: ``max_total_tokens`` per sequence than this, so a draft drawn beside samples does
+        #: not hold the whole budget while they are refused.
+        self.sequence_tokens = sequence_tokens
         self.messages = list(messages)
         self._generate = generate
         self.verifier = verifier
@@ -163,7 +169,8 @@ class RefinementRun:
             if share <= 0:
                 self.stop("token_budget")
                 return None
-            max_tokens = share if max_tokens is None else min(max_tokens, share)
+            caps = [c for c in (max_tokens, self.sequence_tokens) if c is not None]
+            max_tokens = min([share, *caps])
         n = self.budget.grant_engine_calls(n)
         if n == 0:
             self.stop(self.budget.spent or "engine_call_budget")

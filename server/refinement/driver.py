@@ -156,6 +156,8 @@ class RefinementDriver:
                 on_candidate=on_candidate,
                 # The registry the request's specs were validated against.
                 verifier_types=verifier_types_in(self.runtime.correction_context),
+                # The cap _generate puts on every sequence (its reservations stay within it).
+                sequence_tokens=request.max_completion_tokens or request.max_tokens,
             )
         except NoCandidate as exc:
             if isinstance(exc.cause, APIError):

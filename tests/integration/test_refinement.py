@@ -527,3 +527,13 @@ def test_client_disconnect_aborts_the_rounds(live_server, http):
         time.sleep(0.5)
     else:
         pytest.fail("the engine still runs the rounds of a disconnected client")
+
+
+def test_best_of_n_draws_every_candidate_within_rounds_times_max_tokens(client):
+    # The draft is requested beside the samples; it reserves only what max_tokens lets it
+    # take, so a budget of max_rounds x max_tokens holds all three (it used to hold none).
+    refinement = {"verifier": NEVER, "strategy": "best_of_n", "max_rounds": 3,
+                  "max_total_tokens": 36, "temperature": 1.0}  # fmt: skip
+    report = report_of(chat(client, refinement, seed=0))
+    assert report["rounds"] == 3 and report["stop_reason"] == "max_rounds"
+    assert report["tokens"] <= 36

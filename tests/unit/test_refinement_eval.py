@@ -16,7 +16,7 @@ from decoding.refinement import (
 from decoding.refinement.params import RefinementParams
 from evals import refinement as ev
 from evals import refinement_stats as st
-from evals.refinement_report import page
+from evals.refinement_report import page, write_page
 from evals.refinement_suites import (
     CONSTRAINT_KINDS,
     GROUPS,
@@ -29,6 +29,7 @@ from evals.refinement_suites import (
     truth_spec,
     write,
 )
+from evals.results import BY_HAND
 from server.refinement.verifiers import SERVER_VERIFIER_TYPES
 
 CONTEXT = {VERIFIER_TYPES_CONTEXT: SERVER_VERIFIER_TYPES}
@@ -131,10 +132,11 @@ def test_item_truth_needs_every_constraint():
 # --- flips, intervals, budgets ----------------------------------------------------------------
 
 
-def _row(item, chosen, draft=False, seed=0, loop=10, total=10, config="c"):
+def _row(item, chosen, draft=False, seed=0, loop=10, total=10, config="c", score=0.5):
     return {"id": item, "seed": seed, "draft": draft, "chosen": chosen, "config": config,
             "loop_tokens": loop, "completion_tokens": total, "rounds": 1, "seconds": 1.0,
-            "draft_accepted": True, "constraints_met": None, "stop_reason": "accepted"}  # fmt: skip
+            "draft_accepted": True, "constraints_met": None, "stop_reason": "accepted",
+            "scores": [score]}  # fmt: skip
 
 
 def test_flips_count_both_directions():
@@ -224,11 +226,19 @@ ITEM = {"id": "x", "prompt": "What is 2 + 2?",
 
 @pytest.mark.parametrize("config", ev.CONFIGS)
 def test_the_loop_verifier_is_never_the_truth(config):
-    body = ev.request_body(ev.Job("arithmetic_generated", config, 2, ITEM), "m", 3, 0.8, 0.7)
+    thresholds = {"p_true": 0.7, "p_true_samples": 0.6}
+    job = ev.Job("arithmetic_generated", config, 2, ITEM)
+    body = ev.request_body(job, "m", 3, 0.8, thresholds)
     refinement = body["correction"]["refinement"]
     assert refinement["truth"] == ITEM["verifier"]
     assert refinement["verifier"]["type"] in ("p_true", "judge")
-    assert refinement["verifier"].get("threshold", 0.7) == 0.7
+    # Each P(True) verifier gets its own threshold; P(True) after samples shows them.
+    if config.endswith("@p_true_samples"):
+        assert refinement["verifier"] == {"type": "p_true", "samples": ev.P_TRUE_SAMPLES,
+                                          "threshold": 0.6}  # fmt: skip
+    else:
+        assert refinement["verifier"].get("samples", 0) == 0
+        assert refinement["verifier"].get("threshold", 0.7) == 0.7
     assert body["seed"] == 2 and body["temperature"] == 0.0
     if config == ev.SINGLE:
         assert refinement["max_rounds"] == 1 and "max_total_tokens" not in refinement
@@ -319,3 +329,161 @@ def test_page_says_plainly_when_nothing_helps():
     assert "runs[1]" in text
     assert "`try_again@p_true` never went past the draft" in text
     assert "| accepted 30 |" in text
+
+
+# --- P(True) after the model's own samples -------------------------------------------------------
+
+
+def test_p_true_samples_configurations_parse_and_pair_with_plain_p_true():
+    assert ev.config_parts("best_of_n@p_true_samples") == ("best_of_n", "p_true_samples")
+    assert ev.config_parts("single@p_true_samples") == ("single", "p_true_samples")
+    assert ev.counterpart("best_of_n@p_true_samples") == "best_of_n@p_true"
+    assert ev.counterpart("try_again@p_true_samples") == "try_again@p_true"
+    assert ev.counterpart("single@p_true_samples") == ev.SINGLE
+    assert ev.counterpart("best_of_n@p_true") is None and ev.counterpart(ev.SINGLE) is None
+    # Each new configuration runs by default beside its one-candidate counterpart.
+    for suite, configs in ev.DEFAULT_CONFIGS.items():
+        new = [c for c in configs if c.endswith("@p_true_samples")]
+        assert {"best_of_n@p_true_samples", "try_again@p_true_samples"} <= set(new), suite
+        assert all(ev.counterpart(c) in configs for c in new)
+    assert ev.calibration_config("p_true") == ev.SINGLE
+    assert ev.calibration_config("p_true_samples") == "single@p_true_samples"
+    with pytest.raises(ValueError):
+        ev.calibration_config("judge")
+    with pytest.raises(ValueError):
+        ev.config_parts("best_of_n@p_true_sample")
+
+
+def test_a_greedy_draft_scored_after_samples_is_one_candidate():
+    job = ev.Job("arithmetic_generated", "single@p_true_samples", 0, ITEM)
+    refinement = ev.request_body(job, "m", 3, 0.8, {"p_true_samples": 0.4})["correction"][
+        "refinement"
+    ]
+    assert refinement["max_rounds"] == 1 and "strategy" not in refinement
+    assert refinement["verifier"]["samples"] == ev.P_TRUE_SAMPLES
+    assert refinement["verifier"]["threshold"] == 0.4
+    RefinementParams.model_validate(refinement, context=CONTEXT)
+
+
+def test_calibration_scores_the_same_drafts_with_each_p_true_verifier_used():
+    configs = {"arithmetic_generated": ("single", "best_of_n@p_true_samples", "best_of_n@judge"),
+               "multi_constraint": ("single", "best_of_n@judge"),
+               "arithmetic": ("single", "best_of_n@p_true_samples")}  # fmt: skip
+    jobs = ev.calibration_jobs(list(configs), configs)
+    by = {}
+    for job in jobs:
+        by.setdefault((job.suite, job.config), []).append(job.item["id"])
+    # Plain P(True) is always fitted (single and self_consistency report it); P(True) after
+    # samples only where a configuration uses it; the hand-written suite has no split.
+    assert set(by) == {("arithmetic_generated", "single"),
+                       ("arithmetic_generated", "single@p_true_samples"),
+                       ("multi_constraint", "single")}  # fmt: skip
+    same = by[("arithmetic_generated", "single")]
+    assert by[("arithmetic_generated", "single@p_true_samples")] == same
+    assert len(same) == ev.CALIBRATION_ITEMS and all(i.startswith("val-") for i in same)
+    assert {job.seed for job in jobs} == {0}
+
+
+def _scored(suite, config, score, draft):
+    return {"suite": suite, "config": config, "scores": [score], "draft": draft}
+
+
+def test_each_p_true_verifier_gets_its_own_threshold_from_its_own_scores():
+    rows = [
+        # Plain P(True): separates at 0.8.
+        _scored("s", "single", 0.9, True), _scored("s", "single", 0.8, True),
+        _scored("s", "single", 0.7, False), _scored("s", "single", 0.6, False),
+        # After samples: the same drafts, other scores, separating at 0.3.
+        _scored("s", "single@p_true_samples", 0.35, True),
+        _scored("s", "single@p_true_samples", 0.3, True),
+        _scored("s", "single@p_true_samples", 0.2, False),
+        _scored("s", "single@p_true_samples", 0.1, False),
+        _scored("t", "single", 0.5, False),
+    ]  # fmt: skip
+    assert ev.thresholds_from(rows) == {
+        "p_true": {"s": 0.8, "t": 1.0},
+        "p_true_samples": {"s": 0.3},
+    }
+    assert ev.calibration_auroc(rows) == {"p_true": {"s": 1.0, "t": None},
+                                          "p_true_samples": {"s": 1.0}}  # fmt: skip
+
+
+def test_auroc_by_hand():
+    # Right: 0.9, 0.5; wrong: 0.5, 0.1. Pairs: (0.9 > 0.5), (0.9 > 0.1), (0.5 = 0.5: half),
+    # (0.5 > 0.1): 3.5 of 4.
+    assert st.auroc([0.9, 0.5, 0.5, 0.1], [True, True, False, False]) == 0.875
+    assert st.auroc([0.1, 0.9], [True, False]) == 0.0
+    assert st.auroc([0.3, 0.3], [True, False]) == 0.5
+    assert st.auroc([0.3, 0.4], [True, True]) is None
+    with pytest.raises(ValueError):
+        st.auroc([0.1], [True, False])
+
+
+def test_p_true_samples_is_paired_with_plain_p_true_on_the_same_items():
+    rows = []
+    for i in range(6):
+        for seed in (0, 1):
+            for config, chosen in (("single", i < 2), ("self_consistency", i < 2),
+                                   ("best_of_n@p_true", i < 1), ("best_of_n@p_true_samples", i < 3)):  # fmt: skip
+                rows.append(_row(f"i{i}", chosen, draft=i < 2, seed=seed, config=config,
+                                 score=0.9 if i < 2 else 0.2) | {"suite": "multi_constraint"})  # fmt: skip
+    cells = ev.summarise(rows, 3)["multi_constraint"]
+    vs = cells["best_of_n@p_true_samples"]["vs"]
+    assert set(vs) == {"single", "self_consistency", "best_of_n@p_true"}
+    # Items i1 and i2 gain over the one-candidate P(True): +2/6 on every item pair's mean.
+    assert vs["best_of_n@p_true"]["mean"] == pytest.approx(2 / 6)
+    assert vs["single"]["mean"] == pytest.approx(1 / 6)
+    assert set(cells["best_of_n@p_true"]["vs"]) == {"single", "self_consistency"}
+    # Its scores separate right drafts (0.9) from wrong ones (0.2) perfectly.
+    assert cells["best_of_n@p_true_samples"]["verifier_auroc_on_drafts"] == 1.0
+
+
+def _run(rows, summary, **settings):
+    return {"settings": {"rounds": 3, "seeds": [0, 1], "temperature": 0.8,
+                         "max_tokens": {"multi_constraint": 32}, "verifiers": ev.VERIFIERS,
+                         "p_true_thresholds": {"multi_constraint": 0.5}, **settings},
+            "summary": summary, "model": "m", "cpu_count": 2, "cpu_model": "x",
+            "load_average": [1, 1, 1], "load_average_after": [1, 1, 1], "commit": "abc",
+            "dirty": False, "started_utc": "t", "requests": len(rows), "seconds": 1,
+            "summarised_seeds": [0, 1], "complete": True, "items": rows}  # fmt: skip
+
+
+def test_page_sets_p_true_after_samples_beside_plain_p_true_and_keeps_the_reading(tmp_path):
+    rows = []
+    for i in range(6):
+        for seed in (0, 1):
+            for config, chosen in (("single", i < 2), ("self_consistency", i < 2),
+                                   ("best_of_n@p_true", i < 1), ("best_of_n@p_true_samples", i < 3)):  # fmt: skip
+                rows.append(_row(f"i{i}", chosen, draft=i < 2, seed=seed, config=config,
+                                 score=0.9 if i < 2 else 0.2) | {"suite": "multi_constraint"})  # fmt: skip
+    run = _run(rows, ev.summarise(rows, 3),
+               thresholds={"p_true": {"multi_constraint": 0.5},
+                           "p_true_samples": {"multi_constraint": 0.25}})  # fmt: skip
+    run["calibration_auroc"] = {"p_true": {"multi_constraint": 0.6},
+                                "p_true_samples": {"multi_constraint": 0.7}}  # fmt: skip
+    text = page({"runs": [run]})
+    assert "## P(True) after the model's own samples" in text
+    assert "| `best_of_n` | 16.7% [" in text and "+33.3 [" in text
+    assert "after samples 0.250" in text and "after samples 0.700" in text
+    assert "`best_of_n@p_true_samples`: vs single: no measurable difference" in text
+    assert "vs best_of_n@p_true:" in text
+    # A rewrite keeps the reading written by hand below the marker.
+    (tmp_path / "refinement.md").write_text(f"stale table\n{BY_HAND}\nThe reading.\n")
+    write_page({"runs": [run]}, tmp_path)
+    written = (tmp_path / "refinement.md").read_text()
+    assert written.startswith(text.rstrip("\n")) and written.endswith(f"{BY_HAND}\nThe reading.\n")
+    assert written.count(BY_HAND) == 1 and "stale table" not in written
+
+
+def test_page_says_when_a_strategy_drew_nothing_after_the_draft_and_why():
+    rows = []
+    for i in range(4):
+        for config in ("single", "best_of_n@p_true"):
+            stop = "max_rounds" if config == "single" else "token_budget"
+            rows.append(_row(f"i{i}", i < 1, draft=i < 1, config=config) | {"suite": "multi_constraint", "stop_reason": stop})  # fmt: skip
+    text = page({"runs": [_run(rows, ev.summarise(rows, 3))]})
+    assert (
+        "`best_of_n@p_true` never went past the draft, though it was granted 3 candidates: it "
+        "stopped with token_budget 4 after 10.0 loop tokens per request of the 96 it may spend"
+    ) in text
+    assert "`best_of_n@p_true` never went past the draft: its verifier accepted" not in text

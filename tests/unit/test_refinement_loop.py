@@ -234,3 +234,28 @@ def test_every_strategy_name_has_its_strategy():
     # The names are defined once (params.StrategyName); each names exactly one strategy.
     assert set(STRATEGIES_BY_NAME) == set(STRATEGIES)
     assert all(STRATEGIES_BY_NAME[name].name == name for name in STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "aggregate"])
+def test_a_draft_drawn_beside_samples_reserves_only_what_one_sequence_can_take(strategy):
+    # best_of_n and aggregate request the draft and the samples together; the draft, asked
+    # without max_tokens, used to reserve the whole budget, so the samples were refused and
+    # the strategy returned the draft alone (the refinement eval's runs[2] saw it).
+    def engine():
+        script = Script("41", ["42", "43"])
+
+        async def capped(messages, *, n=1, max_tokens=None, temperature=None):
+            await asyncio.sleep(0)  # let the two calls interleave
+            out = await script(messages, n=n, max_tokens=max_tokens, temperature=temperature)
+            return [Generation(g.text, min(max_tokens, 12)) for g in out]
+
+        return script, capped
+
+    p = params(strategy=strategy, max_rounds=3, max_total_tokens=36, temperature=0.8)
+    script, capped = engine()
+    out = run(p, capped, sequence_tokens=12)
+    assert [c["max_tokens"] for c in script.calls] == [12, 12]
+    assert len(out.candidates) == 3 and out.tokens == 36
+    # Without the request's cap the loop cannot know what the draft will take: as before.
+    script, capped = engine()
+    assert len(run(p, capped).candidates) == 1
