@@ -42,7 +42,7 @@ class RectificationFusion:
         ``log_probs``: ``log_softmax(scores)`` in float32 where the caller has it already
         (``"probs"`` needs it). Returns the fused scores (float32): a new tensor, or with
         ``in_place`` and float32 ``scores`` in ``"logits"`` space, ``scores`` itself, overwritten
-        with the same values (one pass over ``[rows, vocab]`` and no allocation fewer)."""
+        with the same values (no new ``[rows, vocab]`` tensor)."""
         lam = lam.to(torch.float32)[:, None]
         rectification = rectification.to(torch.float32)
         if self.space == "logits":

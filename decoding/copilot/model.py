@@ -142,8 +142,9 @@ def packed_layer(
     batch: transformers' ``LlamaDecoderLayer`` and ``LlamaAttention`` forwards, the same
     operations on the same tensors in the same order (so the same values, bit for bit:
     tests/unit/test_copilot.py), with the attention function called directly instead of
-    through the module wrappers and the attention registry, whose Python is most of a 2-layer,
-    128-wide copilot's backbone time per step (bench/copilot_step.py)::
+    through the module wrappers and the attention registry (their Python per layer: a small
+    part of a 2-layer, 128-wide copilot's step, whose time goes mostly to the fixed cost of its
+    many small torch operations; docs/benchmarks.md)::
 
         h = x + o_proj(ragged_attention(rope(q_proj(n1(x))), rope(k_proj(n1(x))), v_proj(n1(x))))
         y = h + down_proj(act(gate_proj(n2(h))) * up_proj(n2(h)))
