@@ -63,8 +63,8 @@ def make_copilot(folder: Path, pilot: str) -> Copilot:
     torch.manual_seed(0)
     model = Copilot(copilot_config(config, TrainSettings()), TrainSettings().top_k)
     torch.nn.init.normal_(model.head.weight, std=0.02)
-    vocab, pilot_config = pilot_identity(pilot)
-    checkpoint.save(folder, model, Binding.of(pilot, vocab, pilot_config))
+    vocab, pilot_config, weights = pilot_identity(pilot)
+    checkpoint.save(folder, model, Binding.of(pilot, vocab, pilot_config, weights=weights))
     return model
 
 

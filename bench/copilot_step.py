@@ -1,7 +1,8 @@
 """The copilot's cost per engine step in isolation: the correction pipeline's ``apply`` for B
 rows that all ask for the copilot (the copilot plugin: the pilot's log-softmax and top-k, the
 copilot's batched forward, the fusion and the report's figures; then the pipeline's
-re-applied engine masks), against the same pipeline of another revision (``--baseline``).
+re-applied engine masks), against the same pipeline of another revision (``--baseline``: its
+pipeline, plugin, copilot network and runners).
 
 The copilot has the shape ``corrigo copilot train`` gives it (adapters/copilot_training.py
 ``TrainSettings``: hidden 128, 2 layers, top-32) beside the embedded SmolLM2-135M's vocabulary,
@@ -33,10 +34,10 @@ from bench.revisions import module_at, time_abba
 from decoding import pipeline as pipeline_module
 from decoding.copilot import checkpoint
 from decoding.copilot import plugin as plugin_module
+from decoding.copilot import runner as runner_module
 from decoding.copilot.binding import Binding
 from decoding.copilot.model import Copilot
 from decoding.copilot.params import COPILOTS_CONTEXT
-from decoding.copilot.runner import CopilotRunner
 from decoding.correction import parse_correction
 from evals.results import append_run, machine
 
@@ -46,8 +47,9 @@ VOCAB_LOW = 1000
 
 
 def baseline_modules(rev: str):
-    """(pipeline, copilot plugin) modules of revision ``rev``; the plugin's pilot features
-    from that revision's model.py."""
+    """(pipeline, copilot plugin, copilot runner) modules of revision ``rev``: the plugin's
+    pilot features, and the copilot network the runner loads, from that revision's model.py;
+    the runner's auxiliary runner (decoding/aux/runner.py) from that revision too."""
     pipeline = module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
     module_at(rev, "decoding/copilot/model.py", "decoding.copilot._baseline_model", {})
     plugin = module_at(
@@ -56,7 +58,25 @@ def baseline_modules(rev: str):
         "decoding.copilot._baseline_plugin",
         {"from .model import": "from ._baseline_model import"},
     )
-    return pipeline, plugin
+    module_at(
+        rev,
+        "decoding/copilot/checkpoint.py",
+        "decoding.copilot._baseline_checkpoint",
+        {"from .model import": "from ._baseline_model import"},
+    )
+    module_at(rev, "decoding/aux/runner.py", "decoding.aux._baseline_runner", {})
+    runner = module_at(
+        rev,
+        "decoding/copilot/runner.py",
+        "decoding.copilot._baseline_copilot_runner",
+        {
+            "from decoding.copilot.checkpoint import": (
+                "from decoding.copilot._baseline_checkpoint import"
+            ),
+            "from ..aux.runner import": "from ..aux._baseline_runner import",
+        },
+    )
+    return pipeline, plugin, runner
 
 
 def make_copilot(folder: Path, pilot: str) -> Path:
@@ -69,9 +89,10 @@ def make_copilot(folder: Path, pilot: str) -> Path:
 
 
 def step_times(modules, path: Path, dtype, batch: int, steps: int, seed: int) -> list[float]:
-    """ms per step of ``modules`` = (pipeline, plugin) for ``batch`` copilot rows."""
-    pipeline_mod, plugin_mod = modules
-    runner = CopilotRunner(str(path), dtype=dtype)
+    """ms per step of ``modules`` = (pipeline, plugin, copilot runner) for ``batch`` copilot
+    rows."""
+    pipeline_mod, plugin_mod, runner_mod = modules
+    runner = runner_mod.CopilotRunner(str(path), dtype=dtype)
     plugin = plugin_mod.CopilotRectification({"c": runner}, observe=lambda r, a, b: None)
     pipeline = pipeline_mod.CorrectionPipeline({"copilot": plugin})
     spec = parse_correction({"copilot": {"name": "c"}}, context={COPILOTS_CONTEXT: {"c"}})
@@ -99,14 +120,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    parser.add_argument("--baseline", help="git revision whose pipeline and plugin to compare")
+    parser.add_argument(
+        "--baseline", help="git revision whose pipeline, plugin, copilot and runners to compare"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per batch")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    modes = {"current": (pipeline_module, plugin_module)}
+    modes = {"current": (pipeline_module, plugin_module, runner_module)}
     if args.baseline:
         modes[f"baseline {args.baseline}"] = baseline_modules(args.baseline)
     before = machine()

@@ -159,8 +159,14 @@ class AuxModelRunner:
             start += len(item.tokens)
         batch = Packed(segments, self.layers)
         last = torch.tensor([s.start + s.new - 1 for s in segments], device=self.device)
+        # Every row bringing one token (a decode step): row i's token is the sequence's token
+        # i, so its inputs are laid out as they are, with no zeros to fill in.
+        decoding = batch.tokens == len(segments)
         extra = {}
         for name, values in inputs.items():
+            if decoding:
+                extra[name] = values.to(self.device).unsqueeze(0)
+                continue
             laid = values.new_zeros((1, batch.tokens, *values.shape[1:]))
             laid[0, last] = values.to(self.device)
             extra[name] = laid

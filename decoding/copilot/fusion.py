@@ -35,13 +35,19 @@ class RectificationFusion:
         rectification: torch.Tensor,
         lam: torch.Tensor,
         log_probs: torch.Tensor | None = None,
+        *,
+        in_place: bool = False,
     ) -> torch.Tensor:
         """``scores``, ``rectification``: ``[rows, vocab]``; ``lam``: ``[rows]``;
         ``log_probs``: ``log_softmax(scores)`` in float32 where the caller has it already
-        (``"probs"`` needs it). Returns the fused scores (float32, a new tensor)."""
+        (``"probs"`` needs it). Returns the fused scores (float32): a new tensor, or with
+        ``in_place`` and float32 ``scores`` in ``"logits"`` space, ``scores`` itself, overwritten
+        with the same values (no new ``[rows, vocab]`` tensor)."""
         lam = lam.to(torch.float32)[:, None]
         rectification = rectification.to(torch.float32)
         if self.space == "logits":
+            if in_place and scores.dtype == torch.float32:
+                return scores.addcmul_(lam, rectification)
             return torch.addcmul(scores.float(), lam, rectification)
         if log_probs is None:
             log_probs = torch.log_softmax(scores, dim=-1, dtype=torch.float32)

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, apply_rotary_pos_emb
 
-from ..aux.ragged import BATCH_KWARG
+from ..aux.ragged import BATCH_KWARG, Packed, ragged_attention
 from ..topk import topk
 
 
@@ -120,17 +121,48 @@ class Copilot(nn.Module):
         which keeps every row's keys and values itself): what ``LlamaModel.forward`` computes
         there, without its wrappers (output capturing, config defaults, a cache object and the
         causal mask, which the ragged attention does not read), whose Python per forward is a
-        visible share of a 2-layer copilot's step."""
+        visible share of a 2-layer copilot's step. Each layer runs as :func:`packed_layer`."""
         backbone = self.backbone
-        kwargs.pop("use_cache", None)
-        rotary = backbone.rotary_emb(embeds, position_ids=position_ids)
+        batch = kwargs[BATCH_KWARG]
+        cos, sin = backbone.rotary_emb(embeds, position_ids=position_ids)
         hidden = embeds
         for layer in backbone.layers:
-            hidden = layer(
-                hidden,
-                attention_mask=None,
-                position_ids=position_ids,
-                position_embeddings=rotary,
-                **kwargs,
-            )
+            hidden = packed_layer(layer, hidden, cos, sin, batch)
         return backbone.norm(hidden)
+
+
+def packed_layer(
+    layer: LlamaDecoderLayer,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    batch: Packed,
+) -> torch.Tensor:
+    """``layer(hidden, position_embeddings=(cos, sin), corrigo_batch=batch)`` over a packed
+    batch: transformers' ``LlamaDecoderLayer`` and ``LlamaAttention`` forwards, the same
+    operations on the same tensors in the same order (so the same values, bit for bit:
+    tests/unit/test_copilot.py), with the attention function called directly instead of
+    through the module wrappers and the attention registry (their Python per layer: a small
+    part of a 2-layer, 128-wide copilot's step, whose time goes mostly to the fixed cost of its
+    many small torch operations; docs/benchmarks.md)::
+
+        h = x + o_proj(ragged_attention(rope(q_proj(n1(x))), rope(k_proj(n1(x))), v_proj(n1(x))))
+        y = h + down_proj(act(gate_proj(n2(h))) * up_proj(n2(h)))
+    """
+    attention = layer.self_attn
+    residual = hidden
+    hidden = layer.input_layernorm(hidden)
+    input_shape = hidden.shape[:-1]
+    hidden_shape = (*input_shape, -1, attention.head_dim)
+    query = attention.q_proj(hidden).view(hidden_shape).transpose(1, 2)
+    key = attention.k_proj(hidden).view(hidden_shape).transpose(1, 2)
+    value = attention.v_proj(hidden).view(hidden_shape).transpose(1, 2)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    out, _ = ragged_attention(
+        attention, query, key, value, None, scaling=attention.scaling, **{BATCH_KWARG: batch}
+    )
+    hidden = attention.o_proj(out.reshape(*input_shape, -1).contiguous())
+    hidden = residual + hidden
+    residual = hidden
+    hidden = layer.post_attention_layernorm(hidden)
+    return residual + layer.mlp(hidden)

@@ -116,7 +116,8 @@ class CopilotRectification(StepPlugin):
     ) -> torch.Tensor:
         """Each row fused in its own space (one batched call per space present)."""
         if len(set(spaces)) == 1:
-            return self._fusions[spaces[0]](scores, rectification, lam, log_probs)
+            # ``scores`` are the plugin's to overwrite (StepPlugin.apply's contract).
+            return self._fusions[spaces[0]](scores, rectification, lam, log_probs, in_place=True)
         fused = scores.float().clone()
         for space, fusion in self._fusions.items():
             chosen = torch.tensor([s == space for s in spaces], device=scores.device)

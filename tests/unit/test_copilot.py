@@ -20,6 +20,7 @@ from adapters.copilot_training import (
     train,
 )
 from adapters.default_model import ensure_default_model
+from decoding.aux.ragged import ATTENTION, Packed, RowCache, Segment
 from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read, save
 from decoding.copilot.fusion import RectificationFusion
@@ -44,6 +45,18 @@ def test_logit_fusion_adds_lambda_times_f():
     lam = torch.tensor([0.0, 1.0, 2.5])
     out = RectificationFusion("logits")(s, f, lam)
     torch.testing.assert_close(out, s + lam[:, None] * f)
+
+
+def test_in_place_logit_fusion_overwrites_the_scores_with_the_same_values():
+    s, f = torch.randn(3, 700) * 3, torch.randn(3, 700).bfloat16()
+    lam = torch.tensor([0.5, 1.0, 2.5])
+    fusion = RectificationFusion("logits")
+    kept = s.clone()
+    new = fusion(s, f, lam)
+    assert torch.equal(s, kept)  # out of place by default
+    fused = fusion(s, f, lam, in_place=True)
+    assert fused is s and torch.equal(fused, new)
+    assert fusion(s.bfloat16(), f, lam, in_place=True).dtype == torch.float32  # a new tensor
 
 
 def test_prob_fusion_clamps_renormalises_and_returns_log_probs():
@@ -285,6 +298,59 @@ def test_observer_gets_mean_and_max_of_the_applied_rectification(tmp_path):
     assert uids == [7]
     torch.testing.assert_close(mean, applied.mean(-1))
     torch.testing.assert_close(top, applied.amax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_layers_compute_what_transformers_layers_compute_bit_for_bit(dtype):
+    """The copilot's packed backbone (decoding/copilot/model.py ``packed_layer``) against
+    transformers' ``LlamaDecoderLayer`` over the same packed batch: two rows prefilled, then
+    decode steps with a third row joining; the same values exactly, at every step."""
+    torch.manual_seed(0)
+    model = Copilot(tiny_copilot_config(90), top_k=3).to(dtype).eval()
+    model.config._attn_implementation = ATTENTION
+    backbone = model.backbone
+    shape = (2, backbone.config.num_key_value_heads, backbone.config.head_dim)
+    caches = {
+        name: [RowCache(shape, dtype, torch.device("cpu")) for _ in range(3)] for name in "ab"
+    }
+
+    def transformers_layers(embeds, positions, batch):
+        rotary = backbone.rotary_emb(embeds, position_ids=positions)
+        hidden = embeds
+        for layer in backbone.layers:
+            hidden = layer(
+                hidden, position_ids=positions, position_embeddings=rotary, corrigo_batch=batch
+            )
+        return backbone.norm(hidden)
+
+    def packed(name, new):
+        segments, start = [], 0
+        for row, count in enumerate(new):
+            cache = caches[name][row]
+            if count:
+                cache.reserve(cache.cached + count)
+                segments.append(Segment(cache, cache.cached, count, start))
+                start += count
+        return Packed(segments, 2)
+
+    steps = [[5, 3, 0], [1, 1, 0], [1, 1, 4], [1, 1, 1], [0, 1, 1]]
+    with torch.inference_mode():
+        for new in steps:
+            batch = {name: packed(name, new) for name in "ab"}
+            tokens = batch["a"].tokens
+            embeds = torch.randn(1, tokens, 64).to(dtype)
+            positions = torch.tensor(
+                [[s.past + i for s in batch["a"].segments for i in range(s.new)]]
+            )
+            ours = model._packed_backbone(embeds, position_ids=positions, corrigo_batch=batch["a"])
+            theirs = transformers_layers(embeds, positions, batch["b"])
+            assert batch["a"].seen == batch["b"].seen == 2
+            assert torch.equal(ours, theirs)
+            for name in "ab":
+                for segment in batch[name].segments:
+                    segment.cache.cached += segment.new
+            for mine, other in zip(caches["a"], caches["b"], strict=True):
+                assert torch.equal(mine.store, other.store)
 
 
 # -- the trainer ----------------------------------------------------------------------------------
