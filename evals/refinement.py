@@ -10,6 +10,9 @@ chosen (decoding/refinement/loop.py), to the first draft and the final answer; s
 
 Configurations (:data:`CONFIGS`): ``single`` (the greedy draft, one candidate);
 ``self_consistency`` (``aggregate``: ``K`` samples, majority answer, no escalation);
+``escalate@<verifier>`` (``aggregate`` as MAgICoRe routes: ``K - 1`` samples; when they all
+agree the majority answer, else one ``try_again`` round from the majority sample, steered by
+the verifier: :data:`ESCALATION`);
 ``<strategy>@<verifier>`` for each strategy. ``@p_true_samples`` is P(True) asked after the
 model's own :data:`P_TRUE_SAMPLES` samples (the seeds' variant), compared by item with the
 same strategy under plain ``@p_true`` (one candidate shown). Budget rule: every configuration but ``single``
@@ -78,6 +81,11 @@ VERIFIERS: dict[str, dict[str, Any]] = {
 CALIBRATED: tuple[str, ...] = tuple(v for v, spec in VERIFIERS.items() if spec["type"] == "p_true")
 SINGLE = "single"
 SELF_CONSISTENCY = "self_consistency"
+#: ``escalate@<verifier>``: the aggregate strategy's fields, fixed before any run (no tuning):
+#: ``K - 1`` samples leave one of the ``K`` rounds to the refiner; ``tau`` 1.0 escalates
+#: unless every sample gives the same answer (the easy problems, answered by the vote).
+ESCALATE = "escalate"
+ESCALATION = {"strategy": "aggregate", "tau": 1.0, "escalate": "try_again"}
 #: The configurations every other one is compared with, paired by item.
 BASELINES = (SINGLE, SELF_CONSISTENCY)
 #: A verifier's counterpart: ``<strategy>@<key>`` is also compared, paired by item, with
@@ -97,6 +105,7 @@ CONFIGS: tuple[str, ...] = (
     "decompose@p_true",
     "decompose@judge",
     "localize@p_true",
+    "escalate@p_true",
 )
 #: Where a configuration's strategy has nothing to work on, it is not run by default:
 #: decompose needs several constraints; localize needs several steps (an arithmetic answer
@@ -193,6 +202,8 @@ def request_body(
         )
         if strategy == "aggregate":
             refinement["samples"] = rounds
+        if strategy == ESCALATE:
+            refinement.update(ESCALATION, samples=rounds - 1)
     return {
         "model": model,
         "messages": [{"role": "user", "content": job.item["prompt"]}],

@@ -259,6 +259,18 @@ def test_self_consistency_votes_over_k_samples():
         ev.config_parts("best_of_n@answer")
 
 
+def test_escalate_samples_k_minus_one_and_refines_unless_they_all_agree():
+    job = ev.Job("arithmetic_generated", "escalate@p_true", 0, ITEM)
+    body = ev.request_body(job, "m", 3, 0.8, {"p_true": 0.7})
+    refinement = body["correction"]["refinement"]
+    assert refinement["strategy"] == "aggregate" and refinement["samples"] == 2
+    assert refinement["escalate"] == "try_again" and refinement["tau"] == 1.0
+    assert refinement["max_rounds"] == 3  # one round left to the refiner, same budget
+    assert refinement["max_total_tokens"] == 3 * ev.MAX_TOKENS["arithmetic_generated"]
+    assert refinement["verifier"] == {"type": "p_true", "threshold": 0.7}
+    RefinementParams.model_validate(refinement, context=CONTEXT)
+
+
 def _payload(draft, chosen, flip):
     return {
         "choices": [{"message": {"content": "4"}}],
