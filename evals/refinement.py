@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import subprocess
@@ -412,13 +413,35 @@ def machine() -> dict[str, Any]:
     }
 
 
+def rows_archive(path: Path) -> Path:
+    """Where earlier runs' per-request rows are kept, compressed, beside ``path``."""
+    return path.with_name(f"{path.stem}-rows.json.gz")
+
+
 def append_run(path: Path, run_record: dict[str, Any]) -> dict[str, Any]:
     """Append ``run_record`` to the results file's ``runs`` (an older file without ``runs`` is
-    kept whole as the first run, marked :data:`LEGACY`); return the whole file."""
+    kept whole as the first run, marked :data:`LEGACY`); return the whole file.
+
+    Only the latest run keeps its per-request rows (``items``, about 1.5 MB a run) in the
+    file; earlier runs' rows move, whole, to :func:`rows_archive` (gzip, keyed by the run's
+    index), and the run records where they went, so the file stays a few MB however many
+    runs it holds."""
     results: dict[str, Any] = {"runs": []}
     if path.exists():
         old = json.loads(path.read_text())
         results = old if "runs" in old else {"runs": [{"kind": LEGACY, **old}]}
+    archive_path = rows_archive(path)
+    archive: dict[str, Any] = {}
+    if archive_path.exists():
+        archive = json.loads(gzip.decompress(archive_path.read_bytes()))
+    moved = False
+    for index, earlier in enumerate(results["runs"]):
+        if isinstance(earlier.get("items"), list):
+            archive[str(index)] = earlier.pop("items")
+            earlier["items_archived"] = f"{archive_path.name}#/{index}"
+            moved = True
+    if moved:  # mtime 0: the same rows give the same bytes
+        archive_path.write_bytes(gzip.compress(json.dumps(archive).encode(), mtime=0))
     results["runs"].append(run_record)
     path.write_text(json.dumps(results, indent=1) + "\n")
     return results

@@ -2,6 +2,7 @@
 budgets, the request it sends (the truth never steers the loop) and the results file."""
 
 import asyncio
+import gzip
 import json
 import random
 
@@ -314,6 +315,19 @@ def test_runs_are_appended_and_a_legacy_file_is_kept(tmp_path):
     assert [r.get("n") for r in results["runs"]] == [None, 1, 2]
     assert results["runs"][0]["kind"] == ev.LEGACY and results["runs"][0]["suites"] == {"old": 1}
     assert json.loads(path.read_text()) == results
+
+
+def test_only_the_latest_run_keeps_its_rows_and_earlier_rows_are_archived_whole(tmp_path):
+    path = tmp_path / "refinement.json"
+    first, second = [{"id": "a"}, {"id": "b"}], [{"id": "c"}]
+    ev.append_run(path, {"n": 1, "items": first})
+    ev.append_run(path, {"n": 2, "items": second})
+    results = ev.append_run(path, {"n": 3, "items": [{"id": "d"}]})
+    assert results["runs"][-1]["items"] == [{"id": "d"}]
+    assert all("items" not in r for r in results["runs"][:-1])
+    assert results["runs"][0]["items_archived"] == "refinement-rows.json.gz#/0"
+    archive = json.loads(gzip.decompress(ev.rows_archive(path).read_bytes()))
+    assert archive == {"0": first, "1": second}
 
 
 def test_page_says_plainly_when_nothing_helps():
