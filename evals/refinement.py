@@ -49,7 +49,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from .refinement_report import write_page
+from .refinement_report import LEGACY, write_page
 from .refinement_stats import auroc, best_threshold, flip, summarise_cell
 from .refinement_suites import GENERATORS, SEED, check, constraints_of, generate
 from .server import local_server
@@ -118,8 +118,6 @@ DEFAULT_CONFIGS: dict[str, tuple[str, ...]] = {
         c for c in CONFIGS if not c.startswith("localize") and c != "try_again@judge"
     ),
 }
-#: A results file older than the ``runs`` list: kept whole as the first run.
-LEGACY = "oracle-verifier eval (superseded: its verifier was the exact checker)"
 
 
 def config_parts(config: str) -> tuple[str, str]:

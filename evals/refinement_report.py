@@ -13,6 +13,9 @@ from typing import Any
 from .refinement_stats import verdict
 from .results import write_page as write_kept
 
+#: A results file older than the ``runs`` list: kept whole as the first run.
+LEGACY = "oracle-verifier eval (superseded: its verifier was the exact checker)"
+
 SINGLE, SELF_CONSISTENCY = "single", "self_consistency"
 #: The verifier suffix of P(True) after the model's own samples, and of plain P(True).
 SAMPLES, ONE = "@p_true_samples", "@p_true"
@@ -359,10 +362,13 @@ def page(results: Mapping[str, Any]) -> str:
         "Flips compare the final answer with the same request's first draft, judged by the "
         "truth, summed over seeds (`+` incorrect→correct, `−` correct→incorrect).",
         "",
-        "Earlier results files (an eval whose loop verifier was the exact checker, so "
-        "best_of_n was an oracle pass@k and no flip could go wrong) are kept as `runs[0]`.",
-        "",
     ]
+    if results["runs"][0].get("kind") == LEGACY:
+        lines += [
+            "Earlier results files (an eval whose loop verifier was the exact checker, so "
+            "best_of_n was an oracle pass@k and no flip could go wrong) are kept as `runs[0]`.",
+            "",
+        ]
     return "\n".join(lines)
 
 
