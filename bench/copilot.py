@@ -41,7 +41,7 @@ from decoding.copilot import checkpoint
 from decoding.copilot.binding import Binding
 from decoding.copilot.model import Copilot
 from decoding.copilot.runner import pilot_identity
-from evals.results import append_run, load_average, machine
+from evals.results import append_run, arguments, load_average, machine
 from server.launcher import start_server
 from server.toml_writer import write_config
 
@@ -186,7 +186,7 @@ def main() -> None:
             }
         )
     run = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": arguments(args),
         "flops_per_token": flops,
         "records": records,
         "summary": summary,

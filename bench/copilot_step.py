@@ -39,7 +39,7 @@ from decoding.copilot.binding import Binding
 from decoding.copilot.model import Copilot
 from decoding.copilot.params import COPILOTS_CONTEXT
 from decoding.correction import parse_correction
-from evals.results import append_run, machine
+from evals.results import append_run, arguments, machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "copilot-step.json"
@@ -146,7 +146,7 @@ def main() -> None:
     append_run(
         args.output,
         {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": arguments(args),
             "records": records,
             "summary": summary,
         },

@@ -38,7 +38,7 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.serving import TOPICS, Run, run_pool, stream_request, summarise
-from evals.results import append_run, load_average, machine
+from evals.results import append_run, arguments, load_average, machine
 from server.launcher import start_server
 from server.toml_writer import write_config
 
@@ -66,6 +66,18 @@ def phrases(tokenizer, count: int, seed: int = 0) -> list[str]:
 #: Label of the diagnostic system: the continuation check's semantic part on (off by default;
 #: run 1 of docs/bench/unlearning.json predates that default and ran ", continuation off").
 DIAGNOSTIC = ", continuation on"
+
+
+def story_prompts(tokenizer, count: int) -> list[str]:
+    """``count`` chat-formatted requests for a short story, cycling through the topics."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for i in range(count)
+    ]
 
 
 def correction_of(system: str | None) -> dict | None:
@@ -195,14 +207,7 @@ def main() -> None:
     if args.soft_only:
         print(soft_strategies(tokenizer))
         return
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for i in range(max(args.requests.values(), default=16))
-    ]
+    prompts = story_prompts(tokenizer, max(args.requests.values(), default=16))
     meta = machine()
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,7 +312,7 @@ def main() -> None:
     append_run(
         args.output,
         {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": arguments(args),
             "records": records,
             "summary": summary,
         },

@@ -43,15 +43,14 @@ from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
 from bench.revisions import module_at, time_abba
-from bench.serving import TOPICS
-from bench.unlearning import phrases
+from bench.unlearning import phrases, story_prompts
 from decoding.unlearning import ForgetEntry, ForgetSet
 from decoding.unlearning import admission as admission_module
 from decoding.unlearning import embeddings as embeddings_module
 from decoding.unlearning.continuation import ContinuationCheck, PhraseIndex, TokenTexts
 from decoding.unlearning.params import UnlearningParams
 from decoding.unlearning.phrases import forbidden_phrases
-from evals.results import append_run, machine
+from evals.results import append_run, arguments, machine
 from server.config import LimitsConfig
 from server.metrics import ServerMetrics
 
@@ -196,14 +195,7 @@ def main() -> None:
             meta,
         )
         return
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for i in range(max(args.concurrency) * args.rounds)
-    ]
+    prompts = story_prompts(tokenizer, max(args.concurrency) * args.rounds)
     modes = {"current": gate_of((admission_module, embeddings_module))}
     if args.baseline:
         modes[f"baseline {args.baseline}"] = gate_of(
@@ -243,7 +235,7 @@ def main() -> None:
     append_run(
         args.output or RESULTS,
         {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": arguments(args),
             "records": records,
             "summary": summary,
         },

@@ -33,7 +33,7 @@ from decoding import pipeline as pipeline_module
 from decoding.correction import parse_correction
 from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT, ForgetEntry, ForgetSet
 from decoding.unlearning import plugin as plugin_module
-from evals.results import append_run, machine
+from evals.results import append_run, arguments, machine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "unlearning-step.json"
@@ -127,7 +127,7 @@ def main() -> None:
     append_run(
         args.output,
         {
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": arguments(args),
             "records": records,
             "summary": summary,
         },

@@ -25,6 +25,11 @@ from decoding.aux.dtypes import cpu_bf16_flags
 REPO = Path(__file__).resolve().parent.parent
 
 
+def arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """A run's command-line arguments as JSON values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages."""
     return [round(x, 2) for x in os.getloadavg()]
