@@ -167,6 +167,10 @@ class LimitsConfig(_Section):
     #: Pieces (messages, sentences, windows of long sentences) the gate embeds for one
     #: request; a gated request that splits into more is refused (400).
     max_gate_pieces: int = Field(512, gt=0)
+    #: Pieces whose embeddings the gate keeps for requests that repeat them (a system prompt,
+    #: earlier chat turns), least recently used dropped first; 0: none kept
+    #: (decoding/unlearning/piece_cache.py; docs/security.md on what it shows to timing).
+    gate_cache_pieces: int = Field(4096, ge=0)
 
 
 class AuxModelConfig(_Section):

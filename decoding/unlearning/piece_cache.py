@@ -1,0 +1,65 @@
+"""The gate's embeddings of pieces it has already read, kept for the requests that repeat them.
+
+A piece's embedding ``E(p)`` depends on its text alone, up to the float noise of the padded
+batch it was encoded in (decoding/unlearning/batcher.py: the attention mask keeps padding and
+the other texts out; MiniLM's rows differ by at most ~1e-7 between batches), so a piece seen
+before need not be encoded again: ``E(p)`` is looked up by the exact text. Requests repeat pieces all the time
+(an application's system prompt, a chat's earlier messages resent with every turn), and on one
+CPU core MiniLM costs about 0.3 ms per word piece, the gate's whole cost.
+
+The cache holds at most ``capacity`` pieces (each at most 200 characters,
+decoding/unlearning/gate.py ``WINDOW_CHARS``, and one ``[dim]`` float32 row), dropping the
+least recently used first; capacity 0 keeps nothing. It is confined to the gate's one thread
+(no lock). Like vLLM's prefix cache, it makes a repeated piece faster to gate, which a client
+timing its own requests could notice (docs/security.md).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+
+
+class PieceCache:
+    """Least recently used ``piece -> E(piece)`` (see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
+        #: Pieces found and pieces encoded so far (for tests and the benchmark's accounting).
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def lookup(self, pieces: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The cached embeddings of those of ``pieces`` that are cached (each now the most
+        recently used)."""
+        found: dict[str, torch.Tensor] = {}
+        for piece in pieces:
+            row = self._rows.get(piece)
+            if row is not None:
+                self._rows.move_to_end(piece)
+                found[piece] = row
+        self.hits += len(found)
+        self.misses += len(pieces) - len(found)
+        return found
+
+    def store(self, pieces: Sequence[str], embeddings: torch.Tensor) -> None:
+        """Keep ``embeddings[i]`` as ``E(pieces[i])``, then drop the least recently used
+        beyond the capacity."""
+        if self.capacity == 0:
+            return
+        for piece, row in zip(pieces, embeddings, strict=True):
+            self._rows[piece] = row.clone()  # not a view: the batch's table can be freed
+            self._rows.move_to_end(piece)
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._rows.clear()
