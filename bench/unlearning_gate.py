@@ -13,12 +13,13 @@ decision; its figure is the round's wall time per request (ms). Modes alternate 
 Results (each round's ms per request, per mode and concurrency the median) are appended as a
 run to docs/bench/unlearning-gate.json.
 
-The gate keeps the embeddings of pieces it has read (decoding/unlearning/piece_cache.py), and
-the rounds' requests repeat across repeats (as bench/unlearning.py's runs repeat theirs), so
-"current" reads them from its cache after its first repeat. A third mode, "current, novel
-requests", has a gate of its own that never sees a request twice: each request's user message
-carries its own number (its system prompt and chat markup are the others'), the traffic where
-only the shared pieces are cached; its decisions are not compared (other texts).
+Two more modes have the gate's piece cache on (``[limits] gate_cache_pieces``, off by
+default; decoding/unlearning/piece_cache.py): "current, piece cache on" gets the same requests,
+which repeat across repeats (as bench/unlearning.py's runs repeat theirs), so after its first
+repeat it reads every piece from its cache; "current, piece cache on, novel requests" never
+sees a request twice: each request's user message carries its own number (its system prompt
+and chat markup are the others'), the traffic where only the shared pieces are cached; its
+decisions are not compared (other texts).
 
 ``--continuation`` instead times the continuation check's semantic part
 (decoding/unlearning/continuation.py) as the engine process runs it, on one torch thread: per
@@ -73,8 +74,10 @@ PASSAGE = (
     "a young girl knocked on his door, soaked and shivering, asking for shelter."
 )
 SET = "p10000"
-#: The mode whose requests are all new to the gate (see the module docstring).
-NOVEL = "current, novel requests"
+#: The modes with the piece cache on (see the module docstring), and its size there.
+CACHED = "current, piece cache on"
+NOVEL = "current, piece cache on, novel requests"
+CACHE_PIECES = 4096
 
 
 def novel_prompts(tokenizer, numbers: list[int]) -> list[str]:
@@ -94,7 +97,9 @@ def novel_prompts(tokenizer, numbers: list[int]) -> list[str]:
     ]
 
 
-def gate_of(modules) -> object:
+def gate_of(modules, limits: LimitsConfig | None = None) -> object:
+    """An :class:`UnlearningGate` of ``modules`` (admission, embeddings) over bench/unlearning.py's
+    set, with ``limits`` (default: the defaults, no piece cache)."""
     admission, embeddings = modules
     forget_set = ForgetSet(
         SET, (ForgetEntry("Write a short story.", "A story about a city."),)
@@ -104,7 +109,7 @@ def gate_of(modules) -> object:
         embeddings.MiniLM(),
         ServerMetrics(CollectorRegistry()),
         {},
-        LimitsConfig(),
+        limits or LimitsConfig(),
     )
 
 
@@ -224,9 +229,11 @@ def main() -> None:
         )
         return
     prompts = story_prompts(tokenizer, max(args.concurrency) * args.rounds)
+    cached = LimitsConfig(gate_cache_pieces=CACHE_PIECES)
     modes = {
         "current": gate_of((admission_module, embeddings_module)),
-        NOVEL: gate_of((admission_module, embeddings_module)),
+        CACHED: gate_of((admission_module, embeddings_module), cached),
+        NOVEL: gate_of((admission_module, embeddings_module), cached),
     }
     if args.baseline:
         modes[f"baseline {args.baseline}"] = gate_of(

@@ -10,8 +10,10 @@ CPU core MiniLM costs about 0.3 ms per word piece, the gate's whole cost.
 The cache holds at most ``capacity`` pieces (each at most 200 characters,
 decoding/unlearning/gate.py ``WINDOW_CHARS``, and one ``[dim]`` float32 row), dropping the
 least recently used first; capacity 0 keeps nothing. It is confined to the gate's one thread
-(no lock). Like vLLM's prefix cache, it makes a repeated piece faster to gate, which a client
-timing its own requests could notice (docs/security.md).
+(no lock). It is off unless the operator sets ``[limits] gate_cache_pieces``: a piece read
+before is gated faster, so a client timing its own requests could tell that someone sent that
+text (docs/security.md), which only a deployment whose clients may know each other's texts
+(one tenant) can accept.
 """
 
 from __future__ import annotations
