@@ -203,13 +203,15 @@ class UnlearningGate(AdmissionStep):
         # MiniLM serialises its encodes (decoding/unlearning/embeddings.py): one thread of its own, so
         # queued gate work never holds the event loop's default executor. Concurrent requests'
         # pieces are embedded in one forward per embedder (decoding/unlearning/batcher.py),
-        # pieces read before not again (decoding/unlearning/piece_cache.py).
+        # pieces read before not again where the operator allows it
+        # (decoding/unlearning/piece_cache.py: a hit is visible in the latency).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearning-gate")
         self._batchers: dict[int, EncodeBatcher] = {}
         for gate in self.gates.values():
             if id(gate.embedder) not in self._batchers:
+                cache = PieceCache(limits.gate_cache_pieces) if limits.gate_cache_pieces else None
                 self._batchers[id(gate.embedder)] = EncodeBatcher(
-                    gate.embedder, self._executor, cache=PieceCache(limits.gate_cache_pieces)
+                    gate.embedder, self._executor, cache=cache
                 )
 
     def prepare(self, params: UnlearningParams, body: Mapping[str, Any]) -> GateJob:
