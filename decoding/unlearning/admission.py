@@ -190,8 +190,9 @@ class UnlearningGate(AdmissionStep):
     ) -> None:
         """``metrics``: the server's (server/metrics.py: ``unlearning_gate``,
         ``unlearning_gate_score``, ``tokens_blocked``, ``unlearning_outcomes``); ``limits``: its
-        ``[limits]`` (``max_gate_chars``, ``max_gate_pieces``, ``gate_cache_pieces``); ``trained``: the sets' trained
-        gates (decoding/unlearning/classifier.py), which decide instead of the cosine gate."""
+        ``[limits]`` (``max_gate_chars``, ``max_gate_pieces``, ``gate_cache_pieces``);
+        ``trained``: the sets' trained gates (decoding/unlearning/classifier.py), which decide
+        instead of the cosine gate."""
         trained = trained or {}
         self.gates: dict[str, ForgetGate | TrainedGate] = {
             name: trained.get(name) or ForgetGate(s, embedder) for name, s in forget_sets.items()

@@ -11,8 +11,9 @@ own pieces, in its own order::
 so a request's result is what ``finish_r(encode(P_r))`` gives, up to the float noise of the
 padded batch (a piece's embedding does not depend on the batch's other texts: the attention
 mask keeps padding out). With a :class:`.piece_cache.PieceCache`, ``U`` is only the pieces
-the cache lacks; the others' rows come from the cache (each encoded once, in an earlier batch). The encode and every ``finish_r`` run on the gate's thread, never on
-the event loop. A request only ever receives its own result or its own error:
+the cache lacks; the others' rows come from the cache (each encoded once, in an earlier
+batch). The encode and every ``finish_r`` run on the gate's thread, never on the event loop.
+A request only ever receives its own result or its own error:
 
 - an encode that fails for the batch is retried for each request alone, so a text that
   breaks the encoder fails its request only;
