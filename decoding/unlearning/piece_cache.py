@@ -2,10 +2,11 @@
 
 A piece's embedding ``E(p)`` depends on its text alone, up to the float noise of the padded
 batch it was encoded in (decoding/unlearning/batcher.py: the attention mask keeps padding and
-the other texts out; MiniLM's rows differ by at most ~1e-7 between batches), so a piece seen
-before need not be encoded again: ``E(p)`` is looked up by the exact text. Requests repeat pieces all the time
-(an application's system prompt, a chat's earlier messages resent with every turn), and on one
-CPU core MiniLM costs about 0.3 ms per word piece, the gate's whole cost.
+the other texts out; MiniLM's rows differ by about 1e-7 between batches), so a piece seen
+before need not be encoded again: ``E(p)`` is looked up by the exact text. Requests repeat
+pieces all the time (an application's system prompt, a chat's earlier messages resent with
+every turn), and MiniLM's forwards are the gate's whole cost: on one CPU core, roughly half a
+millisecond per word piece (bench/unlearning_gate.py).
 
 The cache holds at most ``capacity`` pieces (each at most 200 characters,
 decoding/unlearning/gate.py ``WINDOW_CHARS``, and one ``[dim]`` float32 row), dropping the
