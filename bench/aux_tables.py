@@ -81,7 +81,13 @@ def step_table(name: str, title: str) -> list[str]:
             f"### Run {i} ([{name}]({name}) `/runs/{i}`)",
             "",
             _head(run) + f" {run['args']['steps']} decode steps per repeat, "
-            f"{run['args']['repeats']} ABBA repeats, one torch thread.",
+            f"{run['args']['repeats']} ABBA repeats, one torch thread."
+            + (
+                " The continuation check's lexical part on (`--continuation`: token texts, "
+                "rows following an English passage)."
+                if run["args"].get("continuation")
+                else ""
+            ),
             "",
             "| rows | mode | ms per step, median of each repeat | median |",
             "|---:|---|---|---:|",

@@ -16,6 +16,10 @@ own time per engine step (``corrigo_plugin_step_seconds``, measured in the engin
     flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.unlearning   # c = 1, 8; 5 ABC-CBA rounds
     .venv/bin/python -m bench.unlearning --soft-only       # the soft filter's two strategies
 
+``--gate-cache-pieces N`` serves with the gate's piece cache on (``[limits]
+gate_cache_pieces``, off by default; decoding/unlearning/piece_cache.py): the runs repeat
+their requests, so after a system's first run every piece is read from the cache.
+
 ``--soft-only`` measures, in this process with one torch thread (as in the engine process),
 the two ways to run the soft filter: a cached table of every vocabulary token's MiniLM
 embedding (a constant penalty vector per request; what corrigo ships) against top-k candidate
@@ -196,6 +200,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="ABBA: plain/unlearning pairs")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--soft-only", action="store_true")
+    parser.add_argument(
+        "--gate-cache-pieces",
+        type=int,
+        default=0,
+        help="the server's [limits] gate_cache_pieces (default 0: off, the server's default)",
+    )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -233,6 +243,7 @@ def main() -> None:
                 "model": {"path": model.path, "served_model_name": model.model_id},
                 "engine": {"max_model_len": 2048, "enforce_eager": True},
                 "server": {"log_level": "warning"},
+                "limits": {"gate_cache_pieces": args.gate_cache_pieces},
                 **sets,
             },
         )

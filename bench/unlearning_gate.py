@@ -13,6 +13,14 @@ decision; its figure is the round's wall time per request (ms). Modes alternate 
 Results (each round's ms per request, per mode and concurrency the median) are appended as a
 run to docs/bench/unlearning-gate.json.
 
+Two more modes have the gate's piece cache on (``[limits] gate_cache_pieces``, off by
+default; decoding/unlearning/piece_cache.py): "current, piece cache on" gets the same requests,
+which repeat across repeats (as bench/unlearning.py's runs repeat theirs), so after its first
+repeat it reads every piece from its cache; "current, piece cache on, novel requests" never
+sees a request twice: each request's user message carries its own number (its system prompt
+and chat markup are the others'), the traffic where only the shared pieces are cached; its
+decisions are not compared (other texts).
+
 ``--continuation`` instead times the continuation check's semantic part
 (decoding/unlearning/continuation.py) as the engine process runs it, on one torch thread: per
 gated row every ``k`` steps, MiniLM embeds the row's last 8 tokens' text and that text followed
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -43,6 +52,7 @@ from transformers import AutoTokenizer
 
 from adapters.engine import resolve_model
 from bench.revisions import module_at, time_abba
+from bench.serving import TOPICS
 from bench.unlearning import phrases, story_prompts
 from decoding.unlearning import ForgetEntry, ForgetSet
 from decoding.unlearning import admission as admission_module
@@ -64,9 +74,32 @@ PASSAGE = (
     "a young girl knocked on his door, soaked and shivering, asking for shelter."
 )
 SET = "p10000"
+#: The modes with the piece cache on (see the module docstring), and its size there.
+CACHED = "current, piece cache on"
+NOVEL = "current, piece cache on, novel requests"
+CACHE_PIECES = 4096
 
 
-def gate_of(modules) -> object:
+def novel_prompts(tokenizer, numbers: list[int]) -> list[str]:
+    """bench/unlearning.py's chat requests, each user message numbered (never seen before)."""
+    return [
+        tokenizer.apply_chat_template(
+            [
+                {
+                    "role": "user",
+                    "content": f"Write a short story about {TOPICS[n % len(TOPICS)]} (#{n}).",
+                }
+            ],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for n in numbers
+    ]
+
+
+def gate_of(modules, limits: LimitsConfig | None = None) -> object:
+    """An :class:`UnlearningGate` of ``modules`` (admission, embeddings) over bench/unlearning.py's
+    set, with ``limits`` (default: the defaults, no piece cache)."""
     admission, embeddings = modules
     forget_set = ForgetSet(
         SET, (ForgetEntry("Write a short story.", "A story about a city."),)
@@ -76,7 +109,7 @@ def gate_of(modules) -> object:
         embeddings.MiniLM(),
         ServerMetrics(CollectorRegistry()),
         {},
-        LimitsConfig(),
+        limits or LimitsConfig(),
     )
 
 
@@ -196,7 +229,12 @@ def main() -> None:
         )
         return
     prompts = story_prompts(tokenizer, max(args.concurrency) * args.rounds)
-    modes = {"current": gate_of((admission_module, embeddings_module))}
+    cached = LimitsConfig(gate_cache_pieces=CACHE_PIECES)
+    modes = {
+        "current": gate_of((admission_module, embeddings_module)),
+        CACHED: gate_of((admission_module, embeddings_module), cached),
+        NOVEL: gate_of((admission_module, embeddings_module), cached),
+    }
     if args.baseline:
         modes[f"baseline {args.baseline}"] = gate_of(
             (
@@ -216,17 +254,24 @@ def main() -> None:
     for gate in modes.values():  # load and warm both before timing
         round_ms(gate, prompts[:2])
 
+    fresh = itertools.count()
+
     def times(gate, c: int, repeat: int) -> list[float]:
         out = []
+        mode = next(m for m, g in modes.items() if g is gate)
         for r in range(args.rounds):
-            ms, made = round_ms(gate, prompts[r * c : (r + 1) * c])
+            if mode == NOVEL:
+                batch = novel_prompts(tokenizer, [next(fresh) for _ in range(c)])
+            else:
+                batch = prompts[r * c : (r + 1) * c]
+            ms, made = round_ms(gate, batch)
             out.append(ms)
-            decisions[next(m for m, g in modes.items() if g is gate)].append((c, repeat, r, made))
+            decisions[mode].append((c, repeat, r, made))
         return out
 
     meta = machine()
     records, summary = time_abba(modes, args.concurrency, args.repeats, times)
-    for mode in modes:  # same requests, same decisions (score within float noise)
+    for mode in set(modes) - {NOVEL}:  # same requests, same decisions (score within noise)
         for (c, rep, r, made), (_, _, _, ref) in zip(
             sorted(decisions[mode]), sorted(decisions["current"]), strict=True
         ):

@@ -12,6 +12,11 @@ alternate ABBA on one torch thread, as in vLLM's CPU worker.
 
     .venv/bin/python -m bench.unlearning_step --batch 1 8 32 --baseline d032322
 
+``--continuation`` also runs the continuation check's lexical part, as served (its semantic
+part is off by default): the filters get the tokenizer's token texts, and each row's output
+follows an English passage (bench/unlearning_gate.py ``PASSAGE``, row ``r`` from its token
+``7 r``) instead of random tokens, since what the check does depends on the text's words.
+
 Results (every step's ms, per mode and batch the median) are appended as a run to
 docs/bench/unlearning-step.json.
 """
@@ -29,10 +34,12 @@ from transformers import AutoTokenizer
 from adapters.engine import resolve_model
 from bench.revisions import module_at, time_abba
 from bench.unlearning import phrases
+from bench.unlearning_gate import PASSAGE
 from decoding import pipeline as pipeline_module
 from decoding.correction import parse_correction
 from decoding.unlearning import FORGET_SETS_CONTEXT, GATED_CONTEXT, ForgetEntry, ForgetSet
 from decoding.unlearning import plugin as plugin_module
+from decoding.unlearning.continuation import TokenTexts
 from evals.results import append_run, arguments, machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,15 +63,25 @@ class RandomWords:
 
 def baseline_modules(rev: str):
     pipeline = module_at(rev, "decoding/pipeline.py", "decoding._baseline_pipeline", {})
+    module_at(
+        rev, "decoding/unlearning/continuation.py", "decoding.unlearning._baseline_continuation"
+    )
     plugin = module_at(
-        rev, "decoding/unlearning/plugin.py", "decoding.unlearning._baseline_plugin", {}
+        rev,
+        "decoding/unlearning/plugin.py",
+        "decoding.unlearning._baseline_plugin",
+        {"from .continuation import": "from ._baseline_continuation import"},
     )
     return pipeline, plugin
 
 
-def step_times(modules, forget_set, encode, table, batch, steps, vocab, seed) -> list[float]:
+def step_times(
+    modules, forget_set, encode, table, batch, steps, vocab, seed, texts=None, passage=None
+) -> list[float]:
+    """Each step's ms (the first, where the rows join, left out). ``texts``: the token texts
+    that turn the continuation check on; ``passage``: token ids the rows' outputs follow."""
     pipeline_mod, plugin_mod = modules
-    filters = plugin_mod.ForgetFilters(forget_set, encode, RandomWords(), table)
+    filters = plugin_mod.ForgetFilters(forget_set, encode, RandomWords(), table, vocabulary=texts)
     filters.compile((0,))  # once per (set, entries), cached: not a step's cost
     plugin = plugin_mod.Unlearning({"set": filters}, observe=lambda *a: None)
     pipeline = pipeline_mod.CorrectionPipeline({"unlearning": plugin})
@@ -80,8 +97,11 @@ def step_times(modules, forget_set, encode, table, batch, steps, vocab, seed) ->
     gen = torch.Generator().manual_seed(seed)
     times = []
     for step in range(steps + 1):
-        for output in outputs:
-            output.append(rng.randrange(vocab))
+        for row, output in enumerate(outputs):
+            if passage is None:
+                output.append(rng.randrange(vocab))
+            else:
+                output.append(passage[(7 * row + step) % len(passage)])
         logits = torch.randn(batch, vocab, generator=gen) * 3
         started = time.perf_counter()
         pipeline.apply(logits)
@@ -98,6 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per batch")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--continuation", action="store_true", help="the check's lexical part on")
     args = parser.parse_args()
     torch.set_num_threads(1)
     meta = machine()
@@ -113,6 +134,10 @@ def main() -> None:
     table = torch.nn.functional.normalize(
         torch.randn(vocab, WIDTH, generator=torch.Generator().manual_seed(1)), dim=-1
     )
+    texts = passage = None
+    if args.continuation:
+        texts = TokenTexts(tokenizer.batch_decode([[i] for i in range(vocab)]))
+        passage = tokenizer(PASSAGE, add_special_tokens=False)["input_ids"]
     modes = {"current": (pipeline_module, plugin_module)}
     if args.baseline:
         modes[f"baseline {args.baseline}"] = baseline_modules(args.baseline)
@@ -121,7 +146,7 @@ def main() -> None:
         args.batch,
         args.repeats,
         lambda modules, batch, repeat: step_times(
-            modules, forget_set, encode, table, batch, args.steps, vocab, repeat
+            modules, forget_set, encode, table, batch, args.steps, vocab, repeat, texts, passage
         ),
     )
     append_run(

@@ -167,6 +167,12 @@ class LimitsConfig(_Section):
     #: Pieces (messages, sentences, windows of long sentences) the gate embeds for one
     #: request; a gated request that splits into more is refused (400).
     max_gate_pieces: int = Field(512, gt=0)
+    #: Pieces whose embeddings the unlearning gate keeps for later requests that repeat them
+    #: (a system prompt, earlier chat turns), least recently used dropped first; 0 (default):
+    #: none kept. A kept piece is gated faster, which a client timing its requests can see:
+    #: set it only where every client may learn which texts the others sent
+    #: (decoding/unlearning/piece_cache.py; docs/security.md).
+    gate_cache_pieces: int = Field(0, ge=0)
 
 
 class AuxModelConfig(_Section):

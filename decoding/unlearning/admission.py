@@ -35,6 +35,7 @@ from .classifier import TrainedGate
 from .forget_set import ForgetSet
 from .gate import Embedder, ForgetGate, GateDecision, chunks
 from .params import ForgetSetPolicy, UnlearningParams
+from .piece_cache import PieceCache
 from .plugin import Unlearning
 from .policy import OnMatch, outcome, strictest
 
@@ -189,8 +190,9 @@ class UnlearningGate(AdmissionStep):
     ) -> None:
         """``metrics``: the server's (server/metrics.py: ``unlearning_gate``,
         ``unlearning_gate_score``, ``tokens_blocked``, ``unlearning_outcomes``); ``limits``: its
-        ``[limits]`` (``max_gate_chars``, ``max_gate_pieces``); ``trained``: the sets' trained
-        gates (decoding/unlearning/classifier.py), which decide instead of the cosine gate."""
+        ``[limits]`` (``max_gate_chars``, ``max_gate_pieces``, ``gate_cache_pieces``);
+        ``trained``: the sets' trained gates (decoding/unlearning/classifier.py), which decide
+        instead of the cosine gate."""
         trained = trained or {}
         self.gates: dict[str, ForgetGate | TrainedGate] = {
             name: trained.get(name) or ForgetGate(s, embedder) for name, s in forget_sets.items()
@@ -201,12 +203,17 @@ class UnlearningGate(AdmissionStep):
         self.max_pieces = limits.max_gate_pieces
         # MiniLM serialises its encodes (decoding/unlearning/embeddings.py): one thread of its own, so
         # queued gate work never holds the event loop's default executor. Concurrent requests'
-        # pieces are embedded in one forward per embedder (decoding/unlearning/batcher.py).
+        # pieces are embedded in one forward per embedder (decoding/unlearning/batcher.py),
+        # pieces read before not again where the operator allows it
+        # (decoding/unlearning/piece_cache.py: a hit is visible in the latency).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearning-gate")
         self._batchers: dict[int, EncodeBatcher] = {}
         for gate in self.gates.values():
             if id(gate.embedder) not in self._batchers:
-                self._batchers[id(gate.embedder)] = EncodeBatcher(gate.embedder, self._executor)
+                cache = PieceCache(limits.gate_cache_pieces) if limits.gate_cache_pieces else None
+                self._batchers[id(gate.embedder)] = EncodeBatcher(
+                    gate.embedder, self._executor, cache=cache
+                )
 
     def prepare(self, params: UnlearningParams, body: Mapping[str, Any]) -> GateJob:
         """Cheap checks before admission (fail closed): 400 for text the gate cannot read or

@@ -10,8 +10,10 @@ own pieces, in its own order::
 
 so a request's result is what ``finish_r(encode(P_r))`` gives, up to the float noise of the
 padded batch (a piece's embedding does not depend on the batch's other texts: the attention
-mask keeps padding out). The encode and every ``finish_r`` run on the gate's thread, never on
-the event loop. A request only ever receives its own result or its own error:
+mask keeps padding out). With a :class:`.piece_cache.PieceCache`, ``U`` is only the pieces
+the cache lacks; the others' rows come from the cache (each encoded once, in an earlier
+batch). The encode and every ``finish_r`` run on the gate's thread, never on the event loop.
+A request only ever receives its own result or its own error:
 
 - an encode that fails for the batch is retried for each request alone, so a text that
   breaks the encoder fails its request only;
@@ -37,6 +39,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from .gate import Embedder
+from .piece_cache import PieceCache
 
 #: Pieces embedded in one forward at most (a single larger request still gets its own batch).
 BATCH_PIECES = 256
@@ -65,8 +68,12 @@ class EncodeBatcher:
         batch_pieces: int = BATCH_PIECES,
         max_wait_s: float = MAX_WAIT_S,
         max_waiting: int = MAX_WAITING,
+        cache: PieceCache | None = None,
     ) -> None:
+        """``cache``: embeddings of pieces already read, shared by the batches (None: every
+        batch encodes all of its pieces)."""
         self.embedder = embedder
+        self.cache = cache
         self.executor = executor
         self.batch_pieces = batch_pieces
         self.max_wait_s = max_wait_s
@@ -140,11 +147,11 @@ class EncodeBatcher:
                 job.future.set_exception(RuntimeError("the gate's batcher stopped"))
 
     def _compute(self, batch: list[_Job[Any]]) -> list[tuple[bool, Any]]:
-        """On the gate's thread: one encode of the batch's distinct pieces, then each
-        member's ``finish`` on its own rows: ``(True, result)`` or ``(False, error)``."""
+        """On the gate's thread: one encode of the batch's distinct pieces (those not cached),
+        then each member's ``finish`` on its own rows: ``(True, result)`` or ``(False, error)``."""
         unique = list(dict.fromkeys(p for job in batch for p in job.pieces))
         try:
-            table = self.embedder.encode(unique) if unique else None
+            table = self._embed(unique)
         except Exception as exc:
             if len(batch) == 1:
                 return [(False, exc)]
@@ -154,12 +161,30 @@ class EncodeBatcher:
 
     def _alone(self, job: _Job[Any]) -> tuple[bool, Any]:
         """One member encoded by itself (after its batch's encode failed)."""
+        unique = list(dict.fromkeys(job.pieces))
         try:
-            table = self.embedder.encode(list(dict.fromkeys(job.pieces))) if job.pieces else None
+            table = self._embed(unique)
         except Exception as exc:
             return False, exc
-        index = {p: i for i, p in enumerate(dict.fromkeys(job.pieces))}
+        index = {p: i for i, p in enumerate(unique)}
         return self._finish(job, table, index)
+
+    def _embed(self, unique: list[str]) -> torch.Tensor | None:
+        """``[len(unique), dim]``: the cached rows, and one encode of the rest (None for no
+        pieces). Only a successful encode's rows are cached."""
+        if not unique:
+            return None
+        if self.cache is None:
+            return self.embedder.encode(unique)
+        found = self.cache.lookup(unique)
+        missing = [p for p in unique if p not in found]
+        if not missing:
+            return torch.stack([found[p] for p in unique])
+        fresh = self.embedder.encode(missing)
+        rows = dict(zip(missing, fresh, strict=True))
+        table = torch.stack([found[p] if p in found else rows[p] for p in unique])
+        self.cache.store(missing, fresh)
+        return table
 
     @staticmethod
     def _finish(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,10 @@ DEFAULT_WINDOW = 8
 DEFAULT_TAU = 0.8
 #: Candidates (the row's most likely tokens) the semantic part judges.
 CANDIDATES = 8
+
+#: Token ids one :class:`LexicalBans` keeps at most over all of its suffixes (least recently
+#: used suffixes dropped first): 512 KiB of references per set of retrieved entries.
+MEMO_TOKENS = 1 << 16
 
 _NON_WORD = re.compile(r"[^\w]+")
 
@@ -67,6 +72,68 @@ def _holds_another(phrase: str, present: set[str]) -> bool:
     )
 
 
+class LexicalBans:
+    """The lexical part's bans after a window, shared by the rows of one :class:`PhraseIndex`.
+
+    With ``S(w)`` the suffixes of ``N(w)`` (its last ``longest + 1`` characters, a space
+    before) that start at a word start, and for a suffix ``s``::
+
+        B(s) = { v : r in pending(s), N(text(v)) starts with r }
+
+    the bans after ``w`` are ``B(S(w)) = union_{s in S(w)} B(s)``, which is
+    ``{ v : r in R(w), N(text(v)) starts with r }`` (:class:`ContinuationCheck`). The same
+    few suffixes recur at nearly every step (the last word of a sentence: "a", "the", "of"),
+    and one short suffix can have hundreds of remainders (after "a": every phrase starting
+    with an "a"; about 1 ms per row at 10,000 phrases), so each ``B(s)`` is computed once and
+    kept for every row and step, up to :data:`MEMO_TOKENS` token ids in all.
+    """
+
+    def __init__(
+        self, phrases: PhraseIndex, vocabulary: TokenTexts, capacity: int = MEMO_TOKENS
+    ) -> None:
+        self.pending = phrases.pending
+        self.longest = phrases.longest
+        self.vocabulary = vocabulary
+        self.capacity = capacity
+        self._memo: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._size = 0
+
+    def suffixes(self, window: str) -> list[str]:
+        """``S(w)`` restricted to the suffixes that begin some phrase (the others ban
+        nothing)."""
+        # The leading space stands for the window's start, where a word may begin.
+        text = (" " + normalise(window))[-(self.longest + 1) :]
+        return [
+            text[start + 1 :]
+            for start, char in enumerate(text)
+            if char == " " and text[start + 1 :] in self.pending
+        ]
+
+    def after(self, window: str) -> list[int]:
+        """``B(S(w))``, sorted."""
+        parts = [self._of(s) for s in self.suffixes(window)]
+        parts = [p for p in parts if p]
+        if len(parts) == 1:
+            return list(parts[0])
+        return sorted({v for p in parts for v in p})
+
+    def _of(self, suffix: str) -> tuple[int, ...]:
+        """``B(suffix)``, sorted: from the memo, else computed and kept."""
+        hit = self._memo.get(suffix)
+        if hit is not None:
+            self._memo.move_to_end(suffix)
+            return hit
+        starting = self.vocabulary.starting
+        bans = tuple(sorted({v for r in self.pending[suffix] for v in starting(r)}))
+        if len(bans) <= self.capacity:
+            self._memo[suffix] = bans
+            self._size += len(bans)
+            while self._size > self.capacity:
+                _, dropped = self._memo.popitem(last=False)
+                self._size -= len(dropped)
+        return bans
+
+
 class ContinuationCheck:
     """One row's check over its retrieved entries' phrases (their :class:`PhraseIndex`).
 
@@ -105,9 +172,12 @@ class ContinuationCheck:
         window: int = DEFAULT_WINDOW,
         tau: float = DEFAULT_TAU,
         penalty: float = 1.0,
+        lexical: LexicalBans | None = None,
     ) -> None:
         """``phrase_embeddings``: ``E(p)`` of the semantic part's phrases (with ``embedder``;
-        without them that part is off)."""
+        without them that part is off). ``lexical``: the bans of ``phrases`` over
+        ``vocabulary``, shared with the other rows of these phrases (None: the row's own)."""
+        self.lexical = lexical if lexical is not None else LexicalBans(phrases, vocabulary)
         self.pending = phrases.pending
         self.longest = phrases.longest
         self.vocabulary = vocabulary
@@ -132,8 +202,9 @@ class ContinuationCheck:
         return out
 
     def lexical_bans(self, window: str) -> list[int]:
-        """Every token that completes a phrase after ``window``."""
-        return sorted({v for r in self.remainders(window) for v in self.vocabulary.starting(r)})
+        """Every token that completes a phrase after ``window``, sorted: the tokens starting
+        with some ``r`` in :meth:`remainders`, through the shared :class:`LexicalBans`."""
+        return self.lexical.after(window)
 
     def similarity(self, texts: Sequence[str]) -> torch.Tensor:
         """``s(x)`` for each text (zeros when the semantic part is off)."""

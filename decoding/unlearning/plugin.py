@@ -29,7 +29,7 @@ import torch
 from ..pipeline import Row, StepPlugin
 from ..topk import argmax
 from .abstain import Abstention, AbstentionPhrase, force
-from .continuation import ContinuationCheck, PhraseIndex, TokenTexts
+from .continuation import ContinuationCheck, LexicalBans, PhraseIndex, TokenTexts
 from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
@@ -55,6 +55,8 @@ class CompiledTargets:
     #: entries (None: the check is off), and their embeddings (None: no embedder).
     phrases: PhraseIndex | None
     phrase_embeddings: torch.Tensor | None
+    #: The check's lexical bans per suffix, kept for every row of these entries (None: off).
+    lexical: LexicalBans | None
 
 
 class ForgetFilters:
@@ -96,9 +98,12 @@ class ForgetFilters:
         sim = None
         if meaning is not None and self.token_table is not None:
             sim = similarity(self.token_table, meaning)
-        phrases = PhraseIndex(forbidden_phrases(entries)) if self.vocabulary is not None else None
+        phrases = lexical = None
+        if self.vocabulary is not None:
+            phrases = PhraseIndex(forbidden_phrases(entries))
+            lexical = LexicalBans(phrases, self.vocabulary)
         compiled = CompiledTargets(
-            trie, torch.tensor(trie.root_bans, dtype=torch.long), sim, phrases, meaning
+            trie, torch.tensor(trie.root_bans, dtype=torch.long), sim, phrases, meaning, lexical
         )
         self._cache[targets] = compiled
         if len(self._cache) > CACHE_SIZE:
@@ -184,6 +189,7 @@ class Unlearning(StepPlugin):
                         window=params.check_window,
                         tau=params.check_threshold,
                         penalty=params.penalty,
+                        lexical=compiled.lexical,
                     )
                 state = _RowState(
                     params, compiled, TrieCursor(compiled.trie), soft, abstention, check

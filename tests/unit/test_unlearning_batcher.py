@@ -19,6 +19,7 @@ from decoding.unlearning.embeddings import buckets
 from decoding.unlearning.forget_set import ForgetEntry, ForgetSet
 from decoding.unlearning.gate import ForgetGate, chunks
 from decoding.unlearning.params import UnlearningParams
+from decoding.unlearning.piece_cache import PieceCache
 from server.config import LimitsConfig
 from server.metrics import ServerMetrics
 
@@ -323,3 +324,84 @@ def test_a_trained_gate_and_a_cosine_gate_decide_through_one_batch_as_alone():
         pieces = chunks([prompt])
         assert next(admitted).state.decision == cosine.decide_chunks(pieces, 0.5)
         assert next(admitted).state.decision == trained.decide_chunks(pieces)
+
+
+def test_cached_pieces_are_not_encoded_again_and_give_the_same_rows():
+    embedder = Recording()
+    cache = PieceCache(100)
+    batcher = _batcher(embedder, cache=cache)
+
+    async def each(requests):
+        return [await batcher.run(r, identity) for r in requests]
+
+    first = asyncio.run(each(REQUESTS))
+    again = asyncio.run(each(REQUESTS))
+    for pieces, a, b in zip(REQUESTS, first, again, strict=True):
+        expected = torch.stack([vector(p) for p in pieces]) if pieces else torch.zeros(0, 0)
+        assert torch.equal(a, expected) and torch.equal(b, expected), pieces
+    # The first pass encoded each distinct piece once, only those not seen before; the
+    # second pass encoded nothing.
+    encoded = [p for call in embedder.calls for p in call]
+    assert sorted(encoded) == sorted({p for r in REQUESTS for p in r})
+    assert embedder.calls == [
+        ["You are a helpful assistant.", "What is the capital of France?"],
+        ["Tell me about Paris."],
+        ["Write a poem."],
+        ["a", "b"],
+    ]
+
+
+def test_the_cache_keeps_at_most_its_capacity_least_recently_used_dropped_first():
+    cache = PieceCache(2)
+    cache.store(["a", "b"], torch.stack([vector("a"), vector("b")]))
+    assert set(cache.lookup(["a"])) == {"a"}  # "a" now the most recently used
+    cache.store(["c"], vector("c")[None])
+    assert len(cache) == 2 and set(cache.lookup(["a", "b", "c"])) == {"a", "c"}
+    off = PieceCache(0)
+    off.store(["a"], vector("a")[None])
+    assert len(off) == 0 and off.lookup(["a"]) == {}
+    with pytest.raises(ValueError):
+        PieceCache(-1)
+
+
+def test_a_failed_encode_caches_nothing_and_still_fails_its_request_only():
+    embedder = Recording(poison="bad")
+    cache = PieceCache(100)
+    batcher = _batcher(embedder, cache=cache, max_wait_s=0.05)
+
+    async def main():
+        return await asyncio.gather(
+            batcher.run(("good", "bad"), identity),
+            batcher.run(("good", "fine"), identity),
+            return_exceptions=True,
+        )
+
+    failed, ok = asyncio.run(main())
+    assert isinstance(failed, ValueError)
+    assert torch.equal(ok, torch.stack([vector("good"), vector("fine")]))
+    assert set(cache.lookup(["good", "fine", "bad"])) == {"good", "fine"}
+
+
+def _admit_twice(gate: UnlearningGate, prompt: str) -> None:
+    params = UnlearningParams(forget_set="capitals", threshold=0.5)
+
+    async def twice():
+        for _ in range(2):
+            await gate.admit(params, gate.prepare(params, {"prompt": prompt}))
+
+    asyncio.run(twice())
+
+
+def test_the_gate_caches_per_limits_and_not_at_zero():
+    for capacity, encodes in ((4096, 1), (0, 2)):
+        embedder = Recording()
+        gate = UnlearningGate(
+            {"capitals": FORGET},
+            embedder,
+            ServerMetrics(CollectorRegistry()),
+            {},
+            LimitsConfig(gate_cache_pieces=capacity),
+        )
+        embedder.calls.clear()  # the entries' own embedding at start-up
+        _admit_twice(gate, "Tell me about Paris.")
+        assert len(embedder.calls) == encodes, capacity

@@ -11,7 +11,13 @@ import torch
 
 from decoding.pipeline import CorrectionPipeline
 from decoding.unlearning import ForgetFilters, Unlearning
-from decoding.unlearning.continuation import ContinuationCheck, PhraseIndex, TokenTexts, normalise
+from decoding.unlearning.continuation import (
+    ContinuationCheck,
+    LexicalBans,
+    PhraseIndex,
+    TokenTexts,
+    normalise,
+)
 from decoding.unlearning.semantic import similarity
 from decoding.unlearning.trie import TokenTrie, TrieCursor, surface_forms
 
@@ -127,3 +133,32 @@ def test_the_phrase_index_keeps_what_the_pairwise_rule_keeps_without_comparing_e
     started = time.perf_counter()
     PhraseIndex(many)
     assert time.perf_counter() - started < 5  # well under 0.5 s here; the pairwise rule: minutes
+
+
+def test_shared_lexical_bans_are_the_remainders_bans_at_every_window_and_memo_size():
+    """decoding/unlearning/continuation.py ``LexicalBans``: the bans kept per suffix and shared
+    by rows are, at every window, the tokens starting with one of the window's remainders
+    (``R(w)``, computed afresh), whatever the memo holds or has dropped."""
+    rng = random.Random(1)
+    # Short words over few letters: many words start like others, so that a window often
+    # ends inside several phrases at once (several suffixes ban, their bans are merged).
+    words = ["".join(rng.choices("aenst", k=rng.randint(2, 4))) for _ in range(24)]
+    phrases = [" ".join(rng.choices(words, k=rng.choice([2, 3]))) for _ in range(80)]
+    texts = sorted({w[i:j] for w in words for i in range(len(w)) for j in range(i + 1, len(w) + 1)})
+    vocab = TokenTexts([*texts, *(" " + t for t in texts), " ", "."])
+    index = PhraseIndex(phrases)
+    noise = ["".join(rng.choices([*texts, " ", ". "], k=rng.randint(0, 6))) for _ in range(400)]
+    cut = [(p := rng.choice(phrases))[: rng.randint(1, len(p))] for _ in noise]
+    # Half the windows end inside a phrase (the cases that ban), half anywhere.
+    windows = [w + rng.choice(["", " ", ". "]) + c for w, c in zip(noise, cut, strict=True)] + noise
+    for capacity in (0, 5, 1 << 16):
+        shared = LexicalBans(index, vocab, capacity)
+        rows = [ContinuationCheck(index, vocab, lexical=shared) for _ in range(2)]
+        banning = merged = 0
+        for n, window in enumerate(windows):
+            expected = sorted({v for r in rows[0].remainders(window) for v in vocab.starting(r)})
+            assert rows[n % 2].lexical_bans(window) == expected, (capacity, window)
+            banning += bool(expected)
+            merged += sum(bool(shared._of(s)) for s in shared.suffixes(window)) > 1
+        assert banning > 150 and merged > 10  # the comparison is not vacuous
+        assert shared._size <= capacity and shared._size == sum(map(len, shared._memo.values()))

@@ -10,6 +10,7 @@ from decoding.unlearning import ForgetEntry, ForgetGate, ForgetSet
 from decoding.unlearning.batcher import EncodeBatcher
 from decoding.unlearning.embeddings import minilm
 from decoding.unlearning.gate import chunks
+from decoding.unlearning.piece_cache import PieceCache
 
 SET = ForgetSet(
     "capitals",
@@ -89,3 +90,36 @@ def test_batched_encodes_give_each_request_its_scores_and_decision_alone(gate):
             )
             assert together.targets == one_by_one.targets
             assert together.score == pytest.approx(one_by_one.score, abs=1e-5)
+
+
+def test_cached_pieces_give_each_request_its_scores_and_decision_uncached(gate):
+    """With the gate's piece cache (decoding/unlearning/piece_cache.py), a request whose pieces
+    were read before (a shared system prompt, the same request again) decides as it does
+    with every piece encoded afresh: the same retrieved entries, scores within float noise."""
+    requests = [
+        ["You are a helpful assistant.", "Which city is the seat of the French government?"],
+        ["You are a helpful assistant.", "Who painted the Mona Lisa? My cat likes boxes."],
+        ["You are a helpful assistant.", "What is 2 + 2?"],
+        ["Which city is the seat of the French government?"],
+    ]
+    cache = PieceCache(64)
+    cached = EncodeBatcher(gate.embedder, ThreadPoolExecutor(max_workers=1), cache=cache)
+    plain = EncodeBatcher(gate.embedder, ThreadPoolExecutor(max_workers=1))
+
+    async def one_by_one(batcher, threshold):
+        return [
+            await batcher.run(chunks(r), lambda e, t=threshold: gate.decide_embedded(e, t))
+            for r in requests
+        ]
+
+    seen = set()
+    for threshold in (0.0, 0.3, 0.5, 0.7):
+        with_cache = asyncio.run(one_by_one(cached, threshold))
+        without = asyncio.run(one_by_one(plain, threshold))
+        for texts, a, b in zip(requests, with_cache, without, strict=True):
+            assert a.targets == b.targets, (texts, threshold)
+            assert a.score == pytest.approx(b.score, abs=1e-5), (texts, threshold)
+            seen.add(a.opened)
+    assert seen == {True, False}  # both kinds of decision compared
+    # Each distinct piece was encoded once (6 of them), every other read came from the cache.
+    assert cache.misses == len(cache) == 6 and cache.hits == 4 * 9 - 6
