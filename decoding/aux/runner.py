@@ -118,8 +118,10 @@ class AuxModelRunner:
         """Next-token logits ``[len(streams), vocab]`` for each row's stream, in ``streams``' order.
 
         ``streams[key]`` is the row's whole token stream so far (prompt then generated tokens);
-        between two calls it has usually grown by exactly one token; a row that is new, or
-        whose cache does not match that (a preempted and resumed request), is prefilled anew.
+        between two calls it has usually grown by exactly one token, or not at all (the engine
+        prefills a long prompt in chunks and samples, then discards, a token after each: the
+        last token runs again); a row that is new, or whose cache matches neither (a preempted
+        and resumed request), is prefilled anew.
         Rows not in ``streams`` are released. ``inputs``: extra per-row model inputs for the
         newest token, ``[len(streams), ...]`` in ``streams``' order (a joining row's earlier
         tokens run with zeros in their place).
@@ -129,7 +131,12 @@ class AuxModelRunner:
         work = []
         for key, stream in streams.items():
             cache = self.rows.get(key)
-            if cache is not None and cache.cached == len(stream) - 1:
+            if cache is not None and cache.cached in (len(stream) - 1, len(stream)):
+                # cached == len(stream): the stream has not grown since the row's last step
+                # (a chunked prefill's step, whose sampled token the engine discards): its last
+                # token runs again, its column overwritten with this step's inputs, instead of
+                # the whole stream being prefilled anew at every chunk.
+                cache.cached = len(stream) - 1
                 work.append(_Work(key, cache, [stream.last]))
                 continue
             cache = RowCache(self._shape, self.dtype, self.device)

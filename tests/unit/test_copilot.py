@@ -256,6 +256,37 @@ def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path,
             output.append(int(torch.randint(0, vocab, (1,), generator=generator)))
 
 
+def test_a_chunked_prompt_is_prefilled_once_and_rectified_with_its_last_steps_pilot(tmp_path):
+    """Under chunked prefill a row's prompt reaches the plugin at several steps with the
+    same stream and, each time, other pilot logits (the engine discards all but the last
+    chunk's token). The copilot prefills it once, then reruns only the last token with that
+    step's pilot features: the rectification is the uncached reference's with the features
+    of the step at hand."""
+    vocab = 50
+    model = random_copilot(vocab, top_k=4)
+    save(tmp_path / "ck", model, Binding("p", "v", "c", "logits", 1.0))
+    source = CopilotRunner(str(tmp_path / "ck"))
+    plugin = CopilotRectification({"fix": source})
+    tokens = []
+    original = source.runner.model.forward
+
+    def counting(*args, **kwargs):
+        tokens.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    source.runner.model.forward = counting
+    prompt = list(range(1, 31))
+    spec = parse_correction({"copilot": {"name": "fix"}}, context=CONTEXT)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        logits = torch.randn(1, vocab, generator=generator) * 3
+        out = plugin.apply(logits.clone(), [Row(0, spec, TokenStream(prompt, []))])
+        probs, ids = torch.softmax(logits[0], -1).topk(4)
+        f = reference_rectification(model, prompt, len(prompt), [PilotFeatures(ids, probs)])
+        torch.testing.assert_close(out[0], logits[0] + f, rtol=1e-4, atol=1e-4)
+    assert tokens == [30, 1, 1]
+
+
 def test_plugin_fuses_a_whole_batch_in_one_space(tmp_path):
     """Every row in probs space: the batched path, checked against the formula."""
     vocab = 40
