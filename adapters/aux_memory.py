@@ -6,7 +6,8 @@ dims, hidden size ``H``, MLP width ``I``, vocabulary ``V`` and (copilots) ``k`` 
 read per position, in a dtype of ``b`` bytes, stepped by decoding/aux/runner.py for ``N`` rows
 of at most ``T`` tokens (vLLM's ``max_num_seqs`` and ``max_model_len``)::
 
-    weights   = P b (+ V H b where the output layer is tied to the input embeddings and the
+    weights   = P b (copilots: with their fused projections, decoding/copilot/model.py)
+              (+ V H b where the output layer is tied to the input embeddings and the
                      linear layers are packed, decoding/aux/packed.py: its packed copy)
     layout    = 2 L N K C D b                  the KV caches, C = T + HEADROOM columns: each row
                                                holds its own length plus headroom, so this is
@@ -167,4 +168,11 @@ def copilot_shape(path: str | Path) -> ModelShape:
     """The shape of the copilot checkpoint at ``path`` (reads its copilot.json only)."""
     checkpoint = read(Path(path).expanduser())
     config, top_k = checkpoint.config, checkpoint.top_k
-    return ModelShape.of(config, _parameters(lambda: Copilot(config, top_k)), top_k)
+    return ModelShape.of(config, _parameters(lambda: _served_copilot(config, top_k)), top_k)
+
+
+def _served_copilot(config, top_k: int) -> Copilot:
+    """The copilot as decoding/copilot/runner.py holds it: with its fused projections."""
+    model = Copilot(config, top_k)
+    model.fuse_projections()
+    return model

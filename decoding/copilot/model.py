@@ -66,6 +66,14 @@ class Copilot(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         nn.init.normal_(self.pilot_embed.weight, std=config.initializer_range)
         nn.init.zeros_(self.head.weight)
+        #: Each layer's projections concatenated (:meth:`fuse_projections`), for the packed
+        #: backbone; None until fused (training runs the backbone's own layers).
+        self.fused: nn.ModuleList | None = None
+
+    def fuse_projections(self) -> None:
+        """Give the packed backbone each layer's :class:`FusedProjections` (built from the
+        current weights: call it once they are loaded, before any dtype cast or packing)."""
+        self.fused = nn.ModuleList(FusedProjections(layer) for layer in self.backbone.layers)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
@@ -126,9 +134,47 @@ class Copilot(nn.Module):
         batch = kwargs[BATCH_KWARG]
         cos, sin = backbone.rotary_emb(embeds, position_ids=position_ids)
         hidden = embeds
-        for layer in backbone.layers:
-            hidden = packed_layer(layer, hidden, cos, sin, batch)
+        fused = [None] * len(backbone.layers) if self.fused is None else self.fused
+        for layer, projections in zip(backbone.layers, fused, strict=True):
+            hidden = packed_layer(layer, hidden, cos, sin, batch, projections)
         return backbone.norm(hidden)
+
+
+def _concatenated(*linears: nn.Linear) -> nn.Linear:
+    """One linear layer computing ``linears``' outputs side by side (same input)."""
+    biased = [linear.bias is not None for linear in linears]
+    if len(set(biased)) != 1:
+        raise ValueError("cannot concatenate linear layers with and without a bias")
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    joined = nn.Linear(weight.shape[1], weight.shape[0], bias=biased[0])
+    joined.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        joined.weight.copy_(weight)
+        if joined.bias is not None:
+            joined.bias.copy_(torch.cat([linear.bias.detach() for linear in linears]))
+    return joined
+
+
+class FusedProjections(nn.Module):
+    """A decoder layer's projections that read the same input, each set as one matmul::
+
+        [q | k | v] = x [W_q; W_k; W_v]^T          [gate | up] = x [W_gate; W_up]^T
+
+    Output column ``j`` is the same dot product of the same input row as in its own layer;
+    what the concatenation saves is the fixed cost of three calls (two for the MLP), which on
+    the CPU is most of a 128-wide layer's matmul time for a few rows (~25 us per call). A
+    kernel may order a dot product's sum differently for another output width: oneDNN's
+    packed bf16 kernels gave identical values, and tests/unit/test_copilot.py bounds the
+    difference for any kernel."""
+
+    def __init__(self, layer: LlamaDecoderLayer) -> None:
+        super().__init__()
+        attention, mlp = layer.self_attn, layer.mlp
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        self.qkv = _concatenated(*projections)
+        self.qkv_sizes = [p.weight.shape[0] for p in projections]
+        self.gate_up = _concatenated(mlp.gate_proj, mlp.up_proj)
+        self.gate_up_sizes = [mlp.gate_proj.weight.shape[0], mlp.up_proj.weight.shape[0]]
 
 
 def packed_layer(
@@ -137,6 +183,7 @@ def packed_layer(
     cos: torch.Tensor,
     sin: torch.Tensor,
     batch: Packed,
+    fused: FusedProjections | None = None,
 ) -> torch.Tensor:
     """``layer(hidden, position_embeddings=(cos, sin), corrigo_batch=batch)`` over a packed
     batch: transformers' ``LlamaDecoderLayer`` and ``LlamaAttention`` forwards, the same
@@ -148,15 +195,20 @@ def packed_layer(
 
         h = x + o_proj(ragged_attention(rope(q_proj(n1(x))), rope(k_proj(n1(x))), v_proj(n1(x))))
         y = h + down_proj(act(gate_proj(n2(h))) * up_proj(n2(h)))
+
+    With ``fused`` (the layer's :class:`FusedProjections`), ``q``, ``k``, ``v`` and ``gate``,
+    ``up`` come from one matmul each.
     """
-    attention = layer.self_attn
+    attention, mlp = layer.self_attn, layer.mlp
     residual = hidden
     hidden = layer.input_layernorm(hidden)
     input_shape = hidden.shape[:-1]
     hidden_shape = (*input_shape, -1, attention.head_dim)
-    query = attention.q_proj(hidden).view(hidden_shape).transpose(1, 2)
-    key = attention.k_proj(hidden).view(hidden_shape).transpose(1, 2)
-    value = attention.v_proj(hidden).view(hidden_shape).transpose(1, 2)
+    if fused is None:
+        projected = (attention.q_proj(hidden), attention.k_proj(hidden), attention.v_proj(hidden))
+    else:
+        projected = fused.qkv(hidden).split(fused.qkv_sizes, dim=-1)
+    query, key, value = (p.view(hidden_shape).transpose(1, 2) for p in projected)
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     out, _ = ragged_attention(
         attention, query, key, value, None, scaling=attention.scaling, **{BATCH_KWARG: batch}
@@ -165,4 +217,7 @@ def packed_layer(
     hidden = residual + hidden
     residual = hidden
     hidden = layer.post_attention_layernorm(hidden)
-    return residual + layer.mlp(hidden)
+    if fused is None:
+        return residual + mlp(hidden)
+    gate, up = fused.gate_up(hidden).split(fused.gate_up_sizes, dim=-1)
+    return residual + mlp.down_proj(mlp.act_fn(gate) * up)

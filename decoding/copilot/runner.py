@@ -63,6 +63,7 @@ class CopilotRunner:
         self.top_k = checkpoint.top_k
         self.binding = checkpoint.binding
         model = checkpoint.load_model(device)
+        model.fuse_projections()
         self.runner = AuxModelRunner(path, device=device, dtype=dtype, model=model)
 
     def step(

@@ -20,6 +20,8 @@ from adapters.copilot_training import (
     train,
 )
 from adapters.default_model import ensure_default_model
+from decoding.aux.dtypes import dtype_name
+from decoding.aux.packed import pack_linears, packs
 from decoding.aux.ragged import ATTENTION, Packed, RowCache, Segment
 from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read, save
@@ -382,6 +384,60 @@ def test_packed_layers_compute_what_transformers_layers_compute_bit_for_bit(dtyp
                     segment.cache.cached += segment.new
             for mine, other in zip(caches["a"], caches["b"], strict=True):
                 assert torch.equal(mine.store, other.store)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_projections_compute_the_separate_ones(dtype):
+    """The packed backbone with each layer's projections concatenated
+    (``Copilot.fuse_projections``, what the runner uses, packed for oneDNN where the runner
+    packs) against the separate projections, over prefills, decode steps and a joining row:
+    each output column is the same dot product, so the values agree to the kernels' rounding
+    (float32: 1e-5; bf16: a couple of bf16 steps, 2^-7 relative; identical on this project's
+    bf16 machine)."""
+    torch.manual_seed(0)
+    model = Copilot(tiny_copilot_config(90), top_k=3).eval()
+    model.fuse_projections()
+    model = model.to(dtype)
+    if packs("cpu", dtype_name(dtype)):
+        pack_linears(model)
+    model.config._attn_implementation = ATTENTION
+    fused = model.fused
+    config = model.backbone.config
+    shape = (2, config.num_key_value_heads, config.head_dim)
+    caches = {
+        name: [RowCache(shape, dtype, torch.device("cpu")) for _ in range(3)]
+        for name in ("fused", "separate")
+    }
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-6
+    with torch.inference_mode():
+        for new in [[5, 3, 0], [1, 1, 0], [1, 1, 4], [1, 1, 1], [0, 1, 1]]:
+            outs = {}
+            for name, projections in (("fused", fused), ("separate", None)):
+                segments, start = [], 0
+                for row, count in enumerate(new):
+                    cache = caches[name][row]
+                    if count:
+                        cache.reserve(cache.cached + count)
+                        segments.append(Segment(cache, cache.cached, count, start))
+                        start += count
+                batch = Packed(segments, 2)
+                torch.manual_seed(sum(new))  # the same inputs for both
+                embeds = torch.randn(1, batch.tokens, 64).to(dtype)
+                positions = torch.tensor([[s.past + i for s in segments for i in range(s.new)]])
+                model.fused = projections
+                outs[name] = model._packed_backbone(
+                    embeds, position_ids=positions, corrigo_batch=batch
+                )
+                for segment in segments:
+                    segment.cache.cached += segment.new
+            model.fused = fused
+            torch.testing.assert_close(
+                outs["fused"].float(), outs["separate"].float(), rtol=tolerance, atol=tolerance
+            )
+            for one, other in zip(caches["fused"], caches["separate"], strict=True):
+                torch.testing.assert_close(
+                    one.store.float(), other.store.float(), rtol=tolerance, atol=tolerance
+                )
 
 
 # -- the trainer ----------------------------------------------------------------------------------
