@@ -68,15 +68,18 @@ class AuxModelRunner:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         model: torch.nn.Module | None = None,
+        cache_dtype: torch.dtype | None = None,
     ):
         """``model``: an already loaded causal model (with ``config``,
         ``get_output_embeddings()`` and a ``logits_to_keep`` argument, e.g. a copilot) instead
-        of loading ``path``."""
+        of loading ``path``; ``cache_dtype``: what its KV caches hold, if not ``dtype`` (the
+        attention then runs in it, decoding/aux/ragged.py)."""
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dtype = dtype
+        self.cache_dtype = cache_dtype or dtype
         self.config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
         if packs(self.device.type, dtype_name(dtype)):
@@ -139,7 +142,7 @@ class AuxModelRunner:
                 cache.cached = len(stream) - 1
                 work.append(_Work(key, cache, [stream.last]))
                 continue
-            cache = RowCache(self._shape, self.dtype, self.device)
+            cache = RowCache(self._shape, self.cache_dtype, self.device)
             self.rows[key] = cache
             work.append(_Work(key, cache, stream.tokens()))
         if not work:

@@ -78,17 +78,40 @@ class Copilot(nn.Module):
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
 
+    @property
+    def layers_dtype(self) -> torch.dtype:
+        """What the backbone computes in (its embeddings and head may hold another dtype)."""
+        return self.backbone.norm.weight.dtype
+
+    @property
+    def tables_dtype(self) -> torch.dtype:
+        """What the vocabulary-size tables hold: ``E``, ``F`` and the head's weight."""
+        return self.pilot_embed.weight.dtype
+
+    def tables_to(self, dtype: torch.dtype) -> None:
+        """Hold ``E``, ``F`` and the head in ``dtype``, the rest as it is. The tables are nearly
+        all of a copilot's bytes (3 x vocab x hidden) and a step reads its rows' parts of ``E``
+        and ``F`` and all of the head, so they decide its memory traffic; the decoder layers
+        (hidden 128, 2 layers) are a small fraction of the weights but most of a step's
+        operations, which on the CPU cost less in float32 (no oneDNN bf16 call per matmul,
+        ~25 us against ~3 us for a few rows, and no casts in the norms)."""
+        self.backbone.embed_tokens.to(dtype)
+        self.pilot_embed.to(dtype)
+        self.head.to(dtype)
+
     def embed(
         self,
         input_ids: torch.Tensor,
         pilot_ids: torch.Tensor | None = None,
         pilot_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``e = E[x] + sum_j q_j F[v_j]``; positions whose ``q`` are all 0 get ``E[x]`` only."""
-        embeds = self.backbone.embed_tokens(input_ids)
+        """``e = E[x] + sum_j q_j F[v_j]``; positions whose ``q`` are all 0 get ``E[x]`` only.
+        In the backbone's dtype (the tables' rows are cast to it first, see :meth:`tables_to`)."""
+        dtype = self.layers_dtype
+        embeds = self.backbone.embed_tokens(input_ids).to(dtype)
         if pilot_ids is not None:
-            weights = pilot_probs.to(embeds.dtype).unsqueeze(-1)
-            embeds = embeds + (self.pilot_embed(pilot_ids) * weights).sum(-2)
+            weights = pilot_probs.to(dtype).unsqueeze(-1)
+            embeds = embeds + (self.pilot_embed(pilot_ids).to(dtype) * weights).sum(-2)
         return embeds
 
     def forward(
@@ -120,7 +143,8 @@ class Copilot(nn.Module):
             hidden = hidden[select]
         if logits_to_keep is not None:
             hidden = hidden[:, logits_to_keep]
-        return CausalLMOutputWithPast(logits=self.head(hidden), past_key_values=past)
+        logits = self.head(hidden.to(self.tables_dtype))
+        return CausalLMOutputWithPast(logits=logits, past_key_values=past)
 
     def _packed_backbone(
         self, embeds: torch.Tensor, *, position_ids: torch.Tensor, **kwargs

@@ -22,7 +22,7 @@ from adapters.copilot_training import (
 from adapters.default_model import ensure_default_model
 from decoding.aux.dtypes import dtype_name
 from decoding.aux.packed import pack_linears, packs
-from decoding.aux.ragged import ATTENTION, Packed, RowCache, Segment
+from decoding.aux.ragged import ATTENTION, Packed, RowCache, Segment, ragged_attention
 from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read, save
 from decoding.copilot.fusion import RectificationFusion
@@ -438,6 +438,30 @@ def test_fused_projections_compute_the_separate_ones(dtype):
                 torch.testing.assert_close(
                     one.store.float(), other.store.float(), rtol=tolerance, atol=tolerance
                 )
+
+
+def test_float32_layers_attend_in_their_caches_dtype():
+    """A copilot's float32 layers over bf16 caches (decoding/copilot/runner.py): the ragged
+    attention writes the keys and values rounded to bf16 and attends in bf16, exactly as a bf16
+    model does with the same (rounded) inputs, and hands the result back in float32."""
+    torch.manual_seed(3)
+    dtype, layer = torch.bfloat16, type("Layer", (), {"layer_idx": 0})()
+    outs = {}
+    for name, computes in (("mixed", torch.float32), ("bf16", dtype)):
+        caches = [RowCache((1, 1, 32), dtype, torch.device("cpu")) for _ in range(2)]
+        for cache in caches:
+            cache.reserve(8)
+        torch.manual_seed(3)
+        query, key, value = (torch.randn(1, h, 5, 32).to(dtype) for h in (2, 1, 1))
+        batch = Packed([Segment(caches[0], 0, 3, 0), Segment(caches[1], 0, 2, 3)], 1)
+        out, _ = ragged_attention(
+            layer, *(t.to(computes) for t in (query, key, value)), None, corrigo_batch=batch
+        )
+        assert out.dtype == computes
+        outs[name] = out, [c.store.clone() for c in caches]
+    assert torch.equal(outs["mixed"][0], outs["bf16"][0].float())
+    for mixed, bf16 in zip(outs["mixed"][1], outs["bf16"][1], strict=True):
+        assert torch.equal(mixed, bf16)
 
 
 # -- the trainer ----------------------------------------------------------------------------------
