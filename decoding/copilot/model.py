@@ -186,10 +186,10 @@ class FusedProjections(nn.Module):
 
     Output column ``j`` is the same dot product of the same input row as in its own layer;
     what the concatenation saves is the fixed cost of three calls (two for the MLP), which on
-    the CPU is most of a 128-wide layer's matmul time for a few rows (~25 us per call). A
-    kernel may order a dot product's sum differently for another output width: oneDNN's
-    packed bf16 kernels gave identical values, and tests/unit/test_copilot.py bounds the
-    difference for any kernel."""
+    the CPU is most of a 128-wide layer's matmul time for a few rows (~25 us per oneDNN bf16
+    call, a few us in float32, what the served copilot's layers run in). A kernel may order a
+    dot product's sum differently for another output width: oneDNN's packed bf16 kernels gave
+    identical values, and tests/unit/test_copilot.py bounds the difference for any kernel."""
 
     def __init__(self, layer: LlamaDecoderLayer) -> None:
         super().__init__()
