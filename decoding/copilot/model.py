@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -69,6 +70,8 @@ class Copilot(nn.Module):
         #: Each layer's projections concatenated (:meth:`fuse_projections`), for the packed
         #: backbone; None until fused (training runs the backbone's own layers).
         self.fused: nn.ModuleList | None = None
+        #: RoPE's cos and sin of every position below the table's length (:meth:`_rotary`).
+        self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fuse_projections(self) -> None:
         """Give the packed backbone each layer's :class:`FusedProjections` (built from the
@@ -156,12 +159,32 @@ class Copilot(nn.Module):
         visible share of a 2-layer copilot's step. Each layer runs as :func:`packed_layer`."""
         backbone = self.backbone
         batch = kwargs[BATCH_KWARG]
-        cos, sin = backbone.rotary_emb(embeds, position_ids=position_ids)
+        cos, sin = self._rotary(embeds, position_ids)
         hidden = embeds
         fused = [None] * len(backbone.layers) if self.fused is None else self.fused
         for layer, projections in zip(backbone.layers, fused, strict=True):
             hidden = packed_layer(layer, hidden, cos, sin, batch, projections)
-        return backbone.norm(hidden)
+        return rms_norm(backbone.norm, hidden)
+
+    def _rotary(
+        self, embeds: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``backbone.rotary_emb(embeds, position_ids)``: on the CPU, for RoPE whose
+        frequencies do not depend on the sequence ("default"), rows of a table that function
+        computed once for positions ``0..n-1`` (elementwise operations on each position: the
+        same values, tests/unit/test_copilot.py), grown when a position reaches its end."""
+        rotary = self.backbone.rotary_emb
+        if embeds.device.type != "cpu" or rotary.rope_type != "default":
+            return rotary(embeds, position_ids=position_ids)  # (a table's growth check syncs)
+        table = self._rotary_table
+        needed = int(position_ids.max()) + 1
+        if table is None or table[0].shape[0] < needed or table[0].dtype != embeds.dtype:
+            positions = torch.arange(max(2 * needed, 256), device=embeds.device)[None]
+            cos, sin = rotary(embeds, position_ids=positions)
+            table = self._rotary_table = (cos[0], sin[0])
+        at = position_ids.reshape(-1)
+        shape = (*position_ids.shape, table[0].shape[-1])
+        return table[0].index_select(0, at).view(shape), table[1].index_select(0, at).view(shape)
 
 
 def _concatenated(*linears: nn.Linear) -> nn.Linear:
@@ -201,6 +224,17 @@ class FusedProjections(nn.Module):
         self.gate_up_sizes = [mlp.gate_proj.weight.shape[0], mlp.up_proj.weight.shape[0]]
 
 
+def rms_norm(norm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``norm(hidden)`` for transformers' ``LlamaRMSNorm``; in float32 as one ``rms_norm``
+    call: the same operations in the same order, ``x * rsqrt(mean(x^2) + eps) * w`` in
+    float32 (the module casts to the input dtype before the weight, a no-op in float32), with
+    less Python around them. Other dtypes (where that cast rounds) run the module."""
+    weight = norm.weight
+    if hidden.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(hidden, (hidden.shape[-1],), weight, norm.variance_epsilon)
+    return norm(hidden)
+
+
 def packed_layer(
     layer: LlamaDecoderLayer,
     hidden: torch.Tensor,
@@ -225,7 +259,7 @@ def packed_layer(
     """
     attention, mlp = layer.self_attn, layer.mlp
     residual = hidden
-    hidden = layer.input_layernorm(hidden)
+    hidden = rms_norm(layer.input_layernorm, hidden)
     input_shape = hidden.shape[:-1]
     hidden_shape = (*input_shape, -1, attention.head_dim)
     if fused is None:
@@ -240,7 +274,7 @@ def packed_layer(
     hidden = attention.o_proj(out.reshape(*input_shape, -1).contiguous())
     hidden = residual + hidden
     residual = hidden
-    hidden = layer.post_attention_layernorm(hidden)
+    hidden = rms_norm(layer.post_attention_layernorm, hidden)
     if fused is None:
         return residual + mlp(hidden)
     gate, up = fused.gate_up(hidden).split(fused.gate_up_sizes, dim=-1)

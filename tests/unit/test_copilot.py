@@ -464,6 +464,21 @@ def test_float32_layers_attend_in_their_caches_dtype():
         assert torch.equal(mixed, bf16)
 
 
+def test_rotary_table_rows_are_what_the_rotary_embedding_computes():
+    """The packed backbone's RoPE table (``Copilot._rotary``): for positions anywhere, in
+    any order, through the table's growth, the values ``backbone.rotary_emb`` computes for
+    those positions, bit for bit."""
+    model = Copilot(tiny_copilot_config(90), top_k=3).eval()
+    rotary = model.backbone.rotary_emb
+    embeds = torch.zeros(1, 5, 64)
+    with torch.inference_mode():
+        for positions in ([0, 1, 2, 3, 4], [200, 7, 255, 3, 100], [1000, 4095, 17, 0, 2048]):
+            ids = torch.tensor([positions])
+            ours, theirs = model._rotary(embeds, ids), rotary(embeds, position_ids=ids)
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+        assert model._rotary_table[0].shape[0] == 2 * 4096  # grew once for position 4095
+
+
 # -- the trainer ----------------------------------------------------------------------------------
 
 
