@@ -37,6 +37,10 @@ with ``W = (3 I + 4 H + (A + 2 K) D) b`` per token (the MLP's three ``I``-wide t
 and the allocator hold beside the tensors. tests/unit/test_aux_memory.py checks the
 weights and the caches against a loaded model byte for byte and the transient against a
 measured peak; bench/aux_streams_check.py compares the whole with a CUDA device's peak.
+
+A copilot (decoding/copilot/runner.py) holds its ``3 V H`` table parameters in ``dtype`` and
+the rest (its decoder layers, with their fused projections) in float32, with its layers'
+activations: ``b = 4`` for those (its caches are in ``dtype``).
 """
 
 from __future__ import annotations
@@ -75,10 +79,19 @@ class ModelShape:
     top_k: int = 0
     #: Whether the output layer shares the input embeddings' weight.
     tied_head: bool = False
+    #: Parameters held in float32 whatever the dtype, with the layers' activations (a
+    #: copilot's decoder layers: decoding/copilot/runner.py); 0 for a plain model.
+    float32_parameters: int = 0
 
     @classmethod
     def of(
-        cls, config: PretrainedConfig, parameters: int, top_k: int = 0, *, tied_head: bool = False
+        cls,
+        config: PretrainedConfig,
+        parameters: int,
+        top_k: int = 0,
+        *,
+        tied_head: bool = False,
+        float32_parameters: int = 0,
     ) -> ModelShape:
         heads = config.num_attention_heads
         hidden = config.hidden_size
@@ -94,6 +107,7 @@ class ModelShape:
             vocab=config.vocab_size,
             top_k=top_k,
             tied_head=tied_head,
+            float32_parameters=float32_parameters,
         )
 
 
@@ -122,25 +136,31 @@ def estimate(
     shape: ModelShape, dtype: str, rows: int, tokens: int, *, packed: bool = False
 ) -> Footprint:
     """The peak of a model in ``dtype`` serving ``rows`` rows of at most ``tokens`` tokens;
-    ``packed``: its linear layers are packed (decoding/aux/packed.py ``packs``)."""
+    ``packed``: its linear layers are packed (decoding/aux/packed.py ``packs``). A model with
+    ``float32_parameters`` (a copilot) holds those and its layers' activations in float32:
+    ``b`` is 4 there."""
     b = DTYPE_BYTES[dtype]
+    layers_dtype = "float32" if shape.float32_parameters else dtype
+    bl = DTYPE_BYTES[layers_dtype]
     columns = tokens + HEADROOM
     layout = layout_bytes(shape, dtype, rows, columns)
     widest = (
         3 * shape.intermediate
         + 4 * shape.hidden
         + (shape.attention_heads + 2 * shape.kv_heads) * shape.head_dim
-    ) * b
-    output = shape.attention_heads * shape.head_dim * b
+    ) * bl
+    output = shape.attention_heads * shape.head_dim * bl
     forward = max(tokens, PREFILL_TOKENS) * (widest + output)
     decode = rows * (
-        shape.vocab * (b + 12) + widest + output + 2 * shape.top_k * shape.hidden * b
+        shape.vocab * (b + 12) + widest + output + 2 * shape.top_k * shape.hidden * bl
     ) + (
-        2 * shape.attention_heads * columns * shape.head_dim * b
+        2 * shape.attention_heads * columns * shape.head_dim * bl
         + 4 * shape.attention_heads * columns
     )
+    in_dtype = shape.parameters - shape.float32_parameters
+    tied_copy = (packed and shape.tied_head) * shape.vocab * shape.hidden
     return Footprint(
-        weights=(shape.parameters + (packed and shape.tied_head) * shape.vocab * shape.hidden) * b,
+        weights=(in_dtype + tied_copy) * b + shape.float32_parameters * 4,
         layout=layout,
         transient=max(layout // rows, forward, decode),
     )
@@ -167,4 +187,14 @@ def copilot_shape(path: str | Path) -> ModelShape:
     """The shape of the copilot checkpoint at ``path`` (reads its copilot.json only)."""
     checkpoint = read(Path(path).expanduser())
     config, top_k = checkpoint.config, checkpoint.top_k
-    return ModelShape.of(config, _parameters(lambda: Copilot(config, top_k)), top_k)
+    parameters = _parameters(lambda: _served_copilot(config, top_k))
+    # Its vocabulary-size tables (E, F, the untied head) in the dtype, the rest in float32.
+    tables = 3 * config.vocab_size * config.hidden_size
+    return ModelShape.of(config, parameters, top_k, float32_parameters=parameters - tables)
+
+
+def _served_copilot(config, top_k: int) -> Copilot:
+    """The copilot as decoding/copilot/runner.py holds it: with its fused projections."""
+    model = Copilot(config, top_k)
+    model.fuse_projections()
+    return model

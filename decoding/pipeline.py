@@ -138,13 +138,25 @@ def keep_engine_masks(
     rows were exhausted and had their stop token forced (``[rows]`` bool).
 
     Each pass over ``[rows, vocab]`` costs on the engine's step, so: the engine's mask is
-    re-applied only where there is one, ``NaN`` becomes ``-inf`` in one in-place pass
-    (infinities kept), and a row is exhausted iff its maximum is ``-inf``.
+    re-applied only where there is one, a row is exhausted iff its maximum is ``-inf``, and
+    ``NaN`` becomes ``-inf`` (infinities kept) only in the rows whose maximum is ``NaN``
+    (``amax`` propagates it: a row without one needs no pass), on the CPU; on a GPU, where
+    asking would cost a host sync, in one in-place pass over every row.
     """
     if mask.where is not None:
         corrected.masked_fill_(mask.where, -torch.inf)
-    corrected.nan_to_num_(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
-    exhausted = torch.isneginf(corrected.amax(dim=-1)) & ~mask.all_masked
+    if corrected.device.type != "cpu":
+        corrected.nan_to_num_(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+        top = corrected.amax(dim=-1)
+    else:
+        top = corrected.amax(dim=-1)
+        nan = torch.isnan(top)
+        if bool(nan.any()):
+            bad = nan.nonzero()[:, 0]
+            rows = corrected[bad].nan_to_num_(nan=-torch.inf, posinf=torch.inf, neginf=-torch.inf)
+            corrected[bad] = rows
+            top[bad] = rows.amax(dim=-1)
+    exhausted = torch.isneginf(top) & ~mask.all_masked
     forced = torch.zeros_like(exhausted)
     if bool(exhausted.any()):
         for i in exhausted.nonzero()[:, 0].tolist():

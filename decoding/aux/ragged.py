@@ -140,7 +140,9 @@ def ragged_attention(
     """transformers' attention-function interface over :class:`RowCache` rows.
 
     ``query`` ``[1, heads, N, dim]``, ``key``/``value`` ``[1, kv_heads, N, dim]`` (after RoPE)
-    for the packed sequence described by ``kwargs[BATCH_KWARG]``; returns ``[1, N, heads, dim]``.
+    for the packed sequence described by ``kwargs[BATCH_KWARG]``; returns ``[1, N, heads, dim]``
+    in ``query``'s dtype. The attention runs in the caches' dtype (a copilot's float32 layers
+    keep bf16 caches: decoding/copilot/runner.py).
     """
     batch = kwargs.get(BATCH_KWARG)
     if not isinstance(batch, Packed):
@@ -152,6 +154,8 @@ def ragged_attention(
         raise ValueError(f"{ATTENTION} attention does not support dropout")
     layer = module.layer_idx
     segments = batch.segments
+    computes, dtype = query.dtype, segments[0].cache.store.dtype
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     if len(segments) == 1:  # one row: two plain copies cost less than stacking for one
         only = segments[0]
         keys, values = only.cache.layer(layer)
@@ -182,7 +186,7 @@ def ragged_attention(
         )
     batch.seen += 1
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return out.transpose(1, 2), None
+    return out.transpose(1, 2).to(computes), None
 
 
 AttentionInterface.register(ATTENTION, ragged_attention)

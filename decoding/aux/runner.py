@@ -68,15 +68,18 @@ class AuxModelRunner:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         model: torch.nn.Module | None = None,
+        cache_dtype: torch.dtype | None = None,
     ):
         """``model``: an already loaded causal model (with ``config``,
         ``get_output_embeddings()`` and a ``logits_to_keep`` argument, e.g. a copilot) instead
-        of loading ``path``."""
+        of loading ``path``; ``cache_dtype``: what its KV caches hold, if not ``dtype`` (the
+        attention then runs in it, decoding/aux/ragged.py)."""
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dtype = dtype
+        self.cache_dtype = cache_dtype or dtype
         self.config = self.model.config
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
         if packs(self.device.type, dtype_name(dtype)):
@@ -118,8 +121,10 @@ class AuxModelRunner:
         """Next-token logits ``[len(streams), vocab]`` for each row's stream, in ``streams``' order.
 
         ``streams[key]`` is the row's whole token stream so far (prompt then generated tokens);
-        between two calls it has usually grown by exactly one token; a row that is new, or
-        whose cache does not match that (a preempted and resumed request), is prefilled anew.
+        between two calls it has usually grown by exactly one token, or not at all (the engine
+        prefills a long prompt in chunks and samples, then discards, a token after each: the
+        last token runs again); a row that is new, or whose cache matches neither (a preempted
+        and resumed request), is prefilled anew.
         Rows not in ``streams`` are released. ``inputs``: extra per-row model inputs for the
         newest token, ``[len(streams), ...]`` in ``streams``' order (a joining row's earlier
         tokens run with zeros in their place).
@@ -129,10 +134,15 @@ class AuxModelRunner:
         work = []
         for key, stream in streams.items():
             cache = self.rows.get(key)
-            if cache is not None and cache.cached == len(stream) - 1:
+            if cache is not None and cache.cached in (len(stream) - 1, len(stream)):
+                # cached == len(stream): the stream has not grown since the row's last step
+                # (a chunked prefill's step, whose sampled token the engine discards): its last
+                # token runs again, its column overwritten with this step's inputs, instead of
+                # the whole stream being prefilled anew at every chunk.
+                cache.cached = len(stream) - 1
                 work.append(_Work(key, cache, [stream.last]))
                 continue
-            cache = RowCache(self._shape, self.dtype, self.device)
+            cache = RowCache(self._shape, self.cache_dtype, self.device)
             self.rows[key] = cache
             work.append(_Work(key, cache, stream.tokens()))
         if not work:

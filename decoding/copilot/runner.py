@@ -13,6 +13,8 @@ from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read
 from decoding.pipeline import TokenStream
 
+from ..aux.dtypes import dtype_name
+from ..aux.packed import PackedLinear, packs
 from ..aux.runner import AuxModelRunner
 
 
@@ -50,10 +52,13 @@ class CopilotRunner:
     """A copilot checkpoint stepped with its own KV cache, batched across rows, by the
     auxiliary model runner (one forward per step for all the rows using it).
 
-    ``dtype``: what it runs in (its weights are saved in float32). bf16 is sound for a copilot:
-    its rectification comes out with bf16's ~3 significant digits, within 2% of the float32
-    one's largest entry, and the fused distribution picks the same tokens wherever float32's
-    choice is not a near-tie (tests/unit/test_copilot.py).
+    ``dtype``: what its vocabulary-size tables (``E``, ``F``, the head: nearly all its bytes)
+    and its KV caches hold (its attention runs in it: a row's cache is read whole at every
+    step); its decoder layers' weights and activations are float32 whatever ``dtype`` is
+    (decoding/copilot/model.py ``Copilot.tables_to`` says why). Its weights are saved in
+    float32. bf16 tables are sound for a copilot: its rectification comes out within 2% of the
+    float32 one's largest entry, and the fused distribution picks the same tokens wherever
+    float32's choice is not a near-tie (tests/unit/test_copilot.py).
     """
 
     def __init__(
@@ -63,7 +68,14 @@ class CopilotRunner:
         self.top_k = checkpoint.top_k
         self.binding = checkpoint.binding
         model = checkpoint.load_model(device)
-        self.runner = AuxModelRunner(path, device=device, dtype=dtype, model=model)
+        model.fuse_projections()
+        self.runner = AuxModelRunner(
+            path, device=device, dtype=torch.float32, model=model, cache_dtype=dtype
+        )
+        model.tables_to(dtype)
+        if packs(torch.device(device).type, dtype_name(dtype)):
+            model.head = PackedLinear(model.head)
+        self.dtype = dtype
 
     def step(
         self, streams: Mapping[int, TokenStream], inputs: Mapping[str, torch.Tensor]

@@ -88,7 +88,20 @@ def test_runners_load_in_their_dtype(tiny, tmp_path):
     model = Copilot(tiny_llama_config(50, hidden_size=64, head_dim=32), top_k=3)
     save(tmp_path / "ck", model, Binding("p", "v", "c"))
     copilot = CopilotRunner(str(tmp_path / "ck"), dtype=torch.bfloat16)
-    assert {p.dtype for p in copilot.runner.model.parameters()} == {torch.bfloat16}
+    # Its vocabulary-size tables and caches in bf16; its decoder layers in float32.
+    served = copilot.runner.model
+    tables = [served.backbone.embed_tokens, served.pilot_embed, served.head]
+    assert {
+        t.dtype
+        for m in tables
+        for t in [*m.parameters(), *vars(m).values()]
+        if isinstance(t, torch.Tensor)
+    } == {torch.bfloat16}
+    in_tables = {id(p) for m in tables for p in m.parameters()}
+    rest = {p.dtype for p in served.parameters() if id(p) not in in_tables}
+    assert rest == {torch.float32}
+    copilot.step({1: TokenStream([1, 2, 3], [])}, {})
+    assert copilot.runner.rows[1].store.dtype == torch.bfloat16
 
 
 # -- the estimate against a loaded model ------------------------------------------------------
@@ -124,7 +137,14 @@ def test_a_copilots_shape_counts_its_own_tables(tmp_path):
     save(tmp_path / "ck", model, Binding("p", "v", "c"))
     shape = copilot_shape(tmp_path / "ck")
     assert shape.top_k == 3 and shape.vocab == 50
-    assert shape.parameters * 4 == _bytes(model.parameters())
+    for dtype in ("float32", "bfloat16"):
+        # As the runner holds it: fused projections, tables in the dtype (the head packed
+        # where linear layers are), decoder layers in float32.
+        served = CopilotRunner(str(tmp_path / "ck"), dtype=getattr(torch, dtype)).runner.model
+        packed = [m for m in served.modules() if isinstance(m, PackedLinear)]
+        held = _bytes(served.parameters()) + sum(m.nbytes for m in packed)
+        assert estimate(shape, dtype, 1, 1, packed=bool(packed)).weights == held
+    assert shape.parameters > sum(p.numel() for p in model.parameters())  # fused projections
 
 
 def _peak_rss_reset() -> int:

@@ -105,6 +105,25 @@ def test_a_large_join_is_split_into_bounded_forwards(tiny, reference, monkeypatc
     torch.testing.assert_close(out, _expected(reference, streams), rtol=1e-4, atol=1e-4)
 
 
+def test_a_step_whose_stream_has_not_grown_reruns_only_its_last_token(tiny, reference):
+    """Chunked prefill: the engine samples (and discards) a token after each chunk of a long
+    prompt, so the row reaches the runner several steps with the same stream. Only its first
+    step prefills it; the others run its last token again, with the full forward's logits."""
+    runner = AuxModelRunner(str(tiny))
+    forwards = _Counting(runner)
+    streams = {1: list(range(10, 50)), 2: [3, 4, 5]}
+    for _ in range(3):  # row 1's prompt in three chunks; row 2 decodes beside it
+        out = runner.step({k: TokenStream(s, []) for k, s in streams.items()})
+        torch.testing.assert_close(out, _expected(reference, streams), rtol=1e-4, atol=1e-4)
+        streams[2].append(7)
+    assert forwards.lengths == [40 + 3, 2, 2]
+    streams[1].append(8)  # its first real token
+    out = runner.step({k: TokenStream(s, []) for k, s in streams.items()})
+    assert forwards.lengths[-1] == 2
+    torch.testing.assert_close(out, _expected(reference, streams), rtol=1e-4, atol=1e-4)
+    assert runner.rows[1].cached == len(streams[1])
+
+
 def test_bf16_rows_match_a_bf16_full_forward(tiny):
     """In bf16 the runner's ragged attention gives the bf16 full forward's logits (to bf16's
     rounding), for rows of different lengths."""

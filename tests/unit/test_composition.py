@@ -91,11 +91,12 @@ def _previous_rule(corrected, masked, stops):
     return forced
 
 
+@pytest.mark.parametrize("nans", [0.05, 0.002])
 @pytest.mark.parametrize("masks", [False, True])
-def test_the_rule_equals_the_previous_full_mask_passes(masks):
-    """Random batches with NaNs, infinities, exhausted and fully masked rows, with and without
-    any engine mask (the batch without one skips the boolean mask): same logits, same forced
-    stops, bit for bit."""
+def test_the_rule_equals_the_previous_full_mask_passes(masks, nans):
+    """Random batches with NaNs (in most rows, or in a few: only those rows get a NaN pass),
+    infinities, exhausted and fully masked rows, with and without any engine mask (the batch
+    without one skips the boolean mask): same logits, same forced stops, bit for bit."""
     gen = torch.Generator().manual_seed(18)
     for trial in range(50):
         rows, vocab = 6, 40
@@ -105,11 +106,12 @@ def test_the_rule_equals_the_previous_full_mask_passes(masks):
             before[trial % rows] = -INF  # a row the engine masked entirely
         corrected = torch.randn(rows, vocab, generator=gen) * 4
         special = torch.rand(rows, vocab, generator=gen)
-        corrected[special < 0.05] = torch.nan
+        corrected[special < nans] = torch.nan
         corrected[(special > 0.05) & (special < 0.1)] = INF
         corrected[(special > 0.1) & (special < 0.3)] = -INF
         corrected[(trial + 1) % rows] = -INF  # exhausted by a plugin
         corrected[(trial + 2) % rows, ::2] = torch.nan
+        corrected[(trial + 3) % rows] = torch.nan  # all NaN: exhausted once they are -inf
         stops = [None if r == 3 else (r * 7) % vocab for r in range(rows)]
         mask = EngineMask(before)
         assert (mask.where is not None) == masks

@@ -20,7 +20,9 @@ from adapters.copilot_training import (
     train,
 )
 from adapters.default_model import ensure_default_model
-from decoding.aux.ragged import ATTENTION, Packed, RowCache, Segment
+from decoding.aux.dtypes import dtype_name
+from decoding.aux.packed import pack_linears, packs
+from decoding.aux.ragged import ATTENTION, Packed, RowCache, Segment, ragged_attention
 from decoding.copilot.binding import Binding, BindingError, weights_fingerprint
 from decoding.copilot.checkpoint import CheckpointError, read, save
 from decoding.copilot.fusion import RectificationFusion
@@ -256,6 +258,37 @@ def test_plugin_matches_an_uncached_reference_through_joins_and_leaves(tmp_path,
             output.append(int(torch.randint(0, vocab, (1,), generator=generator)))
 
 
+def test_a_chunked_prompt_is_prefilled_once_and_rectified_with_its_last_steps_pilot(tmp_path):
+    """Under chunked prefill a row's prompt reaches the plugin at several steps with the
+    same stream and, each time, other pilot logits (the engine discards all but the last
+    chunk's token). The copilot prefills it once, then reruns only the last token with that
+    step's pilot features: the rectification is the uncached reference's with the features
+    of the step at hand."""
+    vocab = 50
+    model = random_copilot(vocab, top_k=4)
+    save(tmp_path / "ck", model, Binding("p", "v", "c", "logits", 1.0))
+    source = CopilotRunner(str(tmp_path / "ck"))
+    plugin = CopilotRectification({"fix": source})
+    tokens = []
+    original = source.runner.model.forward
+
+    def counting(*args, **kwargs):
+        tokens.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    source.runner.model.forward = counting
+    prompt = list(range(1, 31))
+    spec = parse_correction({"copilot": {"name": "fix"}}, context=CONTEXT)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        logits = torch.randn(1, vocab, generator=generator) * 3
+        out = plugin.apply(logits.clone(), [Row(0, spec, TokenStream(prompt, []))])
+        probs, ids = torch.softmax(logits[0], -1).topk(4)
+        f = reference_rectification(model, prompt, len(prompt), [PilotFeatures(ids, probs)])
+        torch.testing.assert_close(out[0], logits[0] + f, rtol=1e-4, atol=1e-4)
+    assert tokens == [30, 1, 1]
+
+
 def test_plugin_fuses_a_whole_batch_in_one_space(tmp_path):
     """Every row in probs space: the batched path, checked against the formula."""
     vocab = 40
@@ -351,6 +384,99 @@ def test_packed_layers_compute_what_transformers_layers_compute_bit_for_bit(dtyp
                     segment.cache.cached += segment.new
             for mine, other in zip(caches["a"], caches["b"], strict=True):
                 assert torch.equal(mine.store, other.store)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_projections_compute_the_separate_ones(dtype):
+    """The packed backbone with each layer's projections concatenated
+    (``Copilot.fuse_projections``, what the runner uses, packed for oneDNN where the runner
+    packs) against the separate projections, over prefills, decode steps and a joining row:
+    each output column is the same dot product, so the values agree to the kernels' rounding
+    (float32: 1e-5; bf16: a couple of bf16 steps, 2^-7 relative; identical on this project's
+    bf16 machine)."""
+    torch.manual_seed(0)
+    model = Copilot(tiny_copilot_config(90), top_k=3).eval()
+    model.fuse_projections()
+    model = model.to(dtype)
+    if packs("cpu", dtype_name(dtype)):
+        pack_linears(model)
+    model.config._attn_implementation = ATTENTION
+    fused = model.fused
+    config = model.backbone.config
+    shape = (2, config.num_key_value_heads, config.head_dim)
+    caches = {
+        name: [RowCache(shape, dtype, torch.device("cpu")) for _ in range(3)]
+        for name in ("fused", "separate")
+    }
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-6
+    with torch.inference_mode():
+        for new in [[5, 3, 0], [1, 1, 0], [1, 1, 4], [1, 1, 1], [0, 1, 1]]:
+            outs = {}
+            for name, projections in (("fused", fused), ("separate", None)):
+                segments, start = [], 0
+                for row, count in enumerate(new):
+                    cache = caches[name][row]
+                    if count:
+                        cache.reserve(cache.cached + count)
+                        segments.append(Segment(cache, cache.cached, count, start))
+                        start += count
+                batch = Packed(segments, 2)
+                torch.manual_seed(sum(new))  # the same inputs for both
+                embeds = torch.randn(1, batch.tokens, 64).to(dtype)
+                positions = torch.tensor([[s.past + i for s in segments for i in range(s.new)]])
+                model.fused = projections
+                outs[name] = model._packed_backbone(
+                    embeds, position_ids=positions, corrigo_batch=batch
+                )
+                for segment in segments:
+                    segment.cache.cached += segment.new
+            model.fused = fused
+            torch.testing.assert_close(
+                outs["fused"].float(), outs["separate"].float(), rtol=tolerance, atol=tolerance
+            )
+            for one, other in zip(caches["fused"], caches["separate"], strict=True):
+                torch.testing.assert_close(
+                    one.store.float(), other.store.float(), rtol=tolerance, atol=tolerance
+                )
+
+
+def test_float32_layers_attend_in_their_caches_dtype():
+    """A copilot's float32 layers over bf16 caches (decoding/copilot/runner.py): the ragged
+    attention writes the keys and values rounded to bf16 and attends in bf16, exactly as a bf16
+    model does with the same (rounded) inputs, and hands the result back in float32."""
+    torch.manual_seed(3)
+    dtype, layer = torch.bfloat16, type("Layer", (), {"layer_idx": 0})()
+    outs = {}
+    for name, computes in (("mixed", torch.float32), ("bf16", dtype)):
+        caches = [RowCache((1, 1, 32), dtype, torch.device("cpu")) for _ in range(2)]
+        for cache in caches:
+            cache.reserve(8)
+        torch.manual_seed(3)
+        query, key, value = (torch.randn(1, h, 5, 32).to(dtype) for h in (2, 1, 1))
+        batch = Packed([Segment(caches[0], 0, 3, 0), Segment(caches[1], 0, 2, 3)], 1)
+        out, _ = ragged_attention(
+            layer, *(t.to(computes) for t in (query, key, value)), None, corrigo_batch=batch
+        )
+        assert out.dtype == computes
+        outs[name] = out, [c.store.clone() for c in caches]
+    assert torch.equal(outs["mixed"][0], outs["bf16"][0].float())
+    for mixed, bf16 in zip(outs["mixed"][1], outs["bf16"][1], strict=True):
+        assert torch.equal(mixed, bf16)
+
+
+def test_rotary_table_rows_are_what_the_rotary_embedding_computes():
+    """The packed backbone's RoPE table (``Copilot._rotary``): for positions anywhere, in
+    any order, through the table's growth, the values ``backbone.rotary_emb`` computes for
+    those positions, bit for bit."""
+    model = Copilot(tiny_copilot_config(90), top_k=3).eval()
+    rotary = model.backbone.rotary_emb
+    embeds = torch.zeros(1, 5, 64)
+    with torch.inference_mode():
+        for positions in ([0, 1, 2, 3, 4], [200, 7, 255, 3, 100], [1000, 4095, 17, 0, 2048]):
+            ids = torch.tensor([positions])
+            ours, theirs = model._rotary(embeds, ids), rotary(embeds, position_ids=ids)
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+        assert model._rotary_table[0].shape[0] == 2 * 4096  # grew once for position 4095
 
 
 # -- the trainer ----------------------------------------------------------------------------------
