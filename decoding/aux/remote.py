@@ -68,13 +68,11 @@ class RemoteRunner:
                 env=env,
             )
             self._conn = Connection(ours.detach())
-        self._conn.send(
-            {"path": path, "dtype": dtype_name(dtype), "threads": torch.get_num_threads()}
-        )
         self._lock = threading.Lock()
         self._sent: dict[int, int] = {}  # row key -> its stream's length in the worker
         self._vocab: int | None = None
         self._close = weakref.finalize(self, _stop, self._conn, self.process)
+        self._send({"path": path, "dtype": dtype_name(dtype), "threads": torch.get_num_threads()})
 
     def ready(self) -> RemoteRunner:
         """Wait until the worker has loaded the model; raise ``ValueError`` if it could not."""
@@ -105,7 +103,10 @@ class RemoteRunner:
                 raise RuntimeError(f"{self.path}: the forward failed in its worker:\n{shape[0]}")
             self._sent = {key: len(stream) for key, stream in streams.items()}
             logits = torch.empty(shape, dtype=torch.float32)
-            self._conn.recv_bytes_into(logits.numpy().data.cast("B"))
+            try:
+                self._conn.recv_bytes_into(logits.numpy().data.cast("B"))
+            except (EOFError, OSError) as exc:
+                raise self._ended() from exc
         return logits
 
     def release(self, key: int) -> None:

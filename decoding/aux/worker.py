@@ -40,7 +40,8 @@ def _use_every_core() -> None:
 
 def _streams(held: dict[int, list[int]], rows: list[tuple[int, int, list[int]]]):
     """Each row's whole stream, from what the parent sent and what the worker held."""
-    for key in [k for k in held if k not in {row[0] for row in rows}]:
+    stepped = {key for key, _, _ in rows}
+    for key in [k for k in held if k not in stepped]:
         del held[key]
     streams = {}
     for key, length, tokens in rows:
