@@ -18,7 +18,9 @@ KV cache, nothing of theirs is counted. What is outside must fit in what vLLM le
   will take: ``workers x gpu_memory_utilization x host memory`` (each CPU worker's share) or
   ``workers x kv_cache_memory_bytes + the served model's weights``, less
   ``CPU_PROCESS_RESERVE`` for each engine process (the engine core and each worker). Only the
-  output rank loads them (adapters/tensor_parallel.py): their need counts once.
+  output rank loads them (adapters/tensor_parallel.py): their need counts once. Proxy-tuning's
+  models run in worker processes of their own there (decoding/aux/remote.py): vLLM's share
+  counts none of their weights, and each worker needs ``AUX_WORKER_RESERVE`` beside them.
 
 :func:`check_fits` is the pure decision; :func:`engine_memory` reads the figures.
 """
@@ -45,6 +47,10 @@ CUDA_RESERVE = 1 << 30
 #: Host memory each engine process (vLLM's engine core, each CPU worker) takes beyond weights
 #: and KV cache: 0.55 and 0.6 GiB (proportional set size) measured on the CPU build.
 CPU_PROCESS_RESERVE = 768 << 20
+#: Host memory each auxiliary model's worker process on the CPU (decoding/aux/remote.py) takes
+#: beyond its weights, caches and activations: Python, torch and transformers, 0.31 GiB
+#: (anonymous) measured, plus its share of the libraries' pages.
+AUX_WORKER_RESERVE = 512 << 20
 
 GiB = 1 << 30
 NOTHING_DECLARED = "no auxiliary models or copilots declared"
@@ -153,8 +159,20 @@ def budget(engine: EngineMemory, override: int | None) -> Budget:
     )
 
 
-def _need(footprints: Sequence[Footprint], weights_counted: bool) -> int:
-    return sum(f.peak - (f.weights if weights_counted else 0) for f in footprints)
+def _in_worker(declared: Declared, engine: EngineMemory) -> bool:
+    """Whether the model runs in a worker process of its own (proxy-tuning's models on the CPU,
+    decoding/proxy_tuning/correction.py), where vLLM's share cannot count its weights."""
+    return engine.platform == "cpu" and declared.label.startswith("aux_models.")
+
+
+def _need(footprints: Sequence[tuple[Footprint, bool]], weights_counted: bool) -> int:
+    """Bytes needed beyond vLLM's share: each ``(footprint, in a worker process)``."""
+    return sum(
+        f.peak
+        - (f.weights if weights_counted and not worker else 0)
+        + (AUX_WORKER_RESERVE if worker else 0)
+        for f, worker in footprints
+    )
 
 
 def check_fits(
@@ -174,9 +192,14 @@ def check_fits(
 
     packed = {label: packs(engine.platform, dtype) for label, dtype in dtypes.items()}
 
+    worker = {d.label: _in_worker(d, engine) for d in declared}
+
     def need(rows: int) -> int:
         footprints = [
-            estimate(d.shape, dtypes[d.label], rows, engine.tokens, packed=packed[d.label])
+            (
+                estimate(d.shape, dtypes[d.label], rows, engine.tokens, packed=packed[d.label]),
+                worker[d.label],
+            )
             for d in declared
         ]
         return _need(footprints, room.weights_counted)
@@ -197,15 +220,18 @@ def check_fits(
     ]
     for d in declared:
         f = estimate(d.shape, dtypes[d.label], engine.rows, engine.tokens, packed=packed[d.label])
-        weights = "" if room.weights_counted else f", weights {_gib(f.weights)}"
+        counted = room.weights_counted and not worker[d.label]
+        weights = "" if counted else f", weights {_gib(f.weights)}"
+        process = f", worker process {_gib(AUX_WORKER_RESERVE)}" if worker[d.label] else ""
         lines.append(
             f"  {d.label} ({dtypes[d.label]}): KV cache {_gib(f.layout)}, activations "
-            f"{_gib(f.transient + f.workspace)}{weights}"
+            f"{_gib(f.transient + f.workspace)}{weights}{process}"
         )
-    if room.weights_counted:
+    if room.weights_counted and not all(worker.values()):
         weights = sum(
             estimate(d.shape, dtypes[d.label], 1, 1, packed=packed[d.label]).weights
             for d in declared
+            if not worker[d.label]
         )
         lines.append(
             f"  (their weights, {_gib(weights)}, are not in this figure: vLLM counts them in "

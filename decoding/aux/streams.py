@@ -2,8 +2,9 @@
 
 - CPU, :class:`ThreadOverlap`: a thread per lane. vLLM's CPU worker binds its thread to the
   cores it computes on and leaves the rest to the front end; a lane thread widens its affinity
-  to every core the process may use, so the forwards overlap the engine's instead of queueing
-  behind it on its core.
+  to every core the process may use. Proxy-tuning's models run in worker processes on the CPU
+  (decoding/aux/remote.py), so there a lane thread only waits on its worker: forwards run on
+  the lane thread itself take turns with the engine's for the interpreter lock.
 - CUDA, :class:`StreamOverlap`: a CUDA stream per lane. A forward's kernels are queued on its
   lane's stream, so the forwards of different models run concurrently with each other (and
   with the engine's forward queued after them on the caller's stream); CUDA events order them

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from adapters.aux_budget import (
+    AUX_WORKER_RESERVE,
     CPU_PROCESS_RESERVE,
     CUDA_RESERVE,
     AuxMemoryError,
     Declared,
     EngineMemory,
+    _gib,
     budget,
     check_aux_memory,
     check_fits,
@@ -303,6 +305,26 @@ def test_models_that_do_not_fit_refuse_with_what_to_change():
     )
     with pytest.raises(AuxMemoryError):
         check_fits(declared, gpu(rows=12), None, native_bf16=False)
+
+
+def test_on_the_cpu_an_auxiliary_models_worker_process_and_weights_are_needed():
+    """vLLM's share counts the weights of what its process loads (a copilot), not those of the
+    proxy-tuning models in their worker processes (decoding/aux/remote.py), which also take
+    their own process's memory."""
+    cpu = gpu(platform="cpu", device_bytes=None, host_available=23 * GiB, host_total=24 * GiB)
+    room = budget(cpu, None)
+    assert room.weights_counted
+    model = estimate(LLAMA_1B, "bfloat16", 256, 8192)
+    line = check_fits(
+        [Declared("aux_models.expert", LLAMA_1B, "bfloat16")], cpu, model.peak * 2, False
+    )
+    assert line.startswith(
+        f"auxiliary models and copilots: {_gib(model.peak + AUX_WORKER_RESERVE)} "
+    )
+    line = check_fits([Declared("copilots.fix", LLAMA_1B, "bfloat16")], cpu, model.peak * 2, False)
+    assert line.startswith(f"auxiliary models and copilots: {_gib(model.peak - model.weights)} ")
+    with pytest.raises(AuxMemoryError, match="weights 2.3 GiB, worker process 512 MiB"):
+        check_fits([Declared("aux_models.expert", LLAMA_1B, "bfloat16")], cpu, None, False)
 
 
 def test_workspace_is_part_of_every_footprint():

@@ -10,6 +10,7 @@ import torch
 
 from adapters.default_model import ensure_default_model
 from decoding.aux.overlap import Inline
+from decoding.aux.remote import RemoteRunner
 from decoding.aux.runner import AuxModelRunner
 from decoding.aux.streams import StreamOverlap, ThreadOverlap, overlap_for
 from decoding.correction import parse_correction
@@ -79,6 +80,9 @@ def test_proxy_tuning_on_real_models_is_the_same_on_threads_as_inline(tmp_path):
         kind: ProxyTuning({n: AuxModelRunner(p) for n, p in paths.items()}, lanes)
         for kind, lanes in (("inline", Inline()), ("threads", ThreadOverlap()))
     }
+    # As on the CPU in the engine (decoding/proxy_tuning/correction.py): a worker per model.
+    workers = {n: RemoteRunner(p) for n, p in paths.items()}
+    plugins["workers"] = ProxyTuning({n: w.ready() for n, w in workers.items()}, ThreadOverlap())
     streams = {0: [1, 504, 3458], 1: [1, 2683, 28, 940], 2: [1, 11234]}
     generator = torch.Generator().manual_seed(0)
     for step in range(6):
@@ -95,6 +99,9 @@ def test_proxy_tuning_on_real_models_is_the_same_on_threads_as_inline(tmp_path):
             plugin.prepare(rows)
             out[kind] = plugin.apply(base.clone(), rows)
         assert torch.equal(out["inline"], out["threads"])
+        torch.testing.assert_close(out["workers"], out["inline"], rtol=0, atol=1e-5)
         assert not torch.equal(out["inline"], base)
         for uid in streams:
             streams[uid].append(int(out["inline"][list(streams).index(uid)].argmax()))
+    for worker in workers.values():
+        worker.close()
