@@ -201,6 +201,18 @@ def test_checkpoint_round_trip(tmp_path):
 # -- the plugin, stepping a real copilot through the auxiliary runner -----------------------------
 
 
+def packed_batch(caches, new):
+    """A 2-layer packed batch: ``new[row]`` tokens for each row with any, on ``caches[row]``."""
+    segments, start = [], 0
+    for row, count in enumerate(new):
+        cache = caches[row]
+        if count:
+            cache.reserve(cache.cached + count)
+            segments.append(Segment(cache, cache.cached, count, start))
+            start += count
+    return Packed(segments, 2)
+
+
 def reference_rectification(copilot, stream, prompt_length, features):
     """The copilot's output for the stream's last position, computed without any cache:
     pilot features at positions >= prompt_length - 1 (``features[j]`` for position
@@ -356,20 +368,10 @@ def test_packed_layers_compute_what_transformers_layers_compute_bit_for_bit(dtyp
             )
         return backbone.norm(hidden)
 
-    def packed(name, new):
-        segments, start = [], 0
-        for row, count in enumerate(new):
-            cache = caches[name][row]
-            if count:
-                cache.reserve(cache.cached + count)
-                segments.append(Segment(cache, cache.cached, count, start))
-                start += count
-        return Packed(segments, 2)
-
     steps = [[5, 3, 0], [1, 1, 0], [1, 1, 4], [1, 1, 1], [0, 1, 1]]
     with torch.inference_mode():
         for new in steps:
-            batch = {name: packed(name, new) for name in "ab"}
+            batch = {name: packed_batch(caches[name], new) for name in "ab"}
             tokens = batch["a"].tokens
             embeds = torch.randn(1, tokens, 64).to(dtype)
             positions = torch.tensor(
@@ -413,14 +415,8 @@ def test_fused_projections_compute_the_separate_ones(dtype):
         for new in [[5, 3, 0], [1, 1, 0], [1, 1, 4], [1, 1, 1], [0, 1, 1]]:
             outs = {}
             for name, projections in (("fused", fused), ("separate", None)):
-                segments, start = [], 0
-                for row, count in enumerate(new):
-                    cache = caches[name][row]
-                    if count:
-                        cache.reserve(cache.cached + count)
-                        segments.append(Segment(cache, cache.cached, count, start))
-                        start += count
-                batch = Packed(segments, 2)
+                batch = packed_batch(caches[name], new)
+                segments = batch.segments
                 torch.manual_seed(sum(new))  # the same inputs for both
                 embeds = torch.randn(1, batch.tokens, 64).to(dtype)
                 positions = torch.tensor([[s.past + i for s in segments for i in range(s.new)]])
