@@ -144,8 +144,12 @@ def _threads_started_elsewhere() -> Iterator[None]:
     A thread inherits its creator's CPU affinity. vLLM's CPU engine binds its engine thread to
     its cores (OpenMP places); ZeroMQ's I/O thread, started with a context's first socket,
     would share them, and every message it wakes for preempts the engine's step on that core
-    (a step's send took ~0.46 ms of wall time for ~0.17 ms of its own CPU at concurrency 1).
+    (bench.copilot at concurrency 1: a step's send took ~0.46 ms of wall time for ~0.17 ms of
+    its own CPU; with the I/O thread on another core, ~0.19 ms, all of it its own).
     """
+    if not hasattr(os, "sched_getaffinity"):  # not Linux: no binding to inherit
+        yield
+        return
     own = os.sched_getaffinity(0)
     others = set(range(os.cpu_count() or 1)) - own
     try:
