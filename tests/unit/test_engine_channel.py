@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import sys
 
@@ -88,3 +89,52 @@ def test_the_key_is_new_at_every_start():
     finally:
         a.close()
         b.close()
+
+
+ZMQ_THREADS = """
+import json, os, sys, threading
+from adapters.engine_channel import FigureSender
+from adapters.manifest import ReportChannel
+os.sched_setaffinity(0, {0})  # an engine thread bound to CPU 0
+before = {int(t) for t in os.listdir("/proc/self/task")}
+sender = FigureSender(ReportChannel(**json.loads(sys.argv[1])))
+started = {int(t) for t in os.listdir("/proc/self/task")} - before
+print(json.dumps({
+    "own": sorted(os.sched_getaffinity(0)),
+    "started": [sorted(os.sched_getaffinity(t)) for t in started],
+}))
+sender.close()
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity")
+    or len(os.sched_getaffinity(0)) < 2
+    or 0 not in os.sched_getaffinity(0),
+    reason="needs CPU 0 and another CPU to bind threads to",
+)
+def test_the_senders_io_threads_run_off_the_engine_threads_core():
+    """vLLM's CPU engine thread is bound to its cores; ZeroMQ's I/O thread, which would inherit
+    that binding, must not take turns with the engine's step on them."""
+    receiver = FigureReceiver()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                ZMQ_THREADS,
+                json.dumps({"endpoint": receiver.channel.endpoint, "key": receiver.channel.key}),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    finally:
+        receiver.close()
+    result = json.loads(out.stdout)
+    assert result["own"] == [0]  # the creating thread's binding is restored
+    assert result["started"]  # ZeroMQ's I/O and reaper threads
+    for cpus in result["started"]:
+        assert cpus and 0 not in cpus
