@@ -13,7 +13,9 @@ forward (the same model's runner), then takes the two results. Modes:
 
 SmolLM2-135M for all three (the equal set-up of bench/traffic.py), one torch thread, rows with
 prompts of uniform 16-512 tokens (fixed seed), prefilled once, then ``--steps`` decode steps
-timed (wall ms per step, median), modes interleaved ABBA over ``--repeats``. With the three
+timed (wall ms per step), modes interleaved ABBA over ``--repeats`` (bench/revisions.py
+``time_abba``: every repeat's times, and each mode's median over all of them; runs 0 and 1 of
+docs/bench/aux-overlap.json hold each repeat's median instead). With the three
 forwards fully serialised a step costs about 3x ``engine``; fully overlapped on two free cores
 about 1.5x.
 
@@ -26,21 +28,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from adapters.default_model import ensure_default_model
+from bench.revisions import time_abba
 from decoding.aux.remote import RemoteRunner
 from decoding.aux.runner import AuxModelRunner
 from decoding.aux.streams import ThreadOverlap
 from decoding.pipeline import TokenStream
-from evals.results import append_run, load_average, machine
+from evals.results import append_run, machine
 
 MODES = ("threads", "workers", "engine")
 
@@ -97,28 +98,14 @@ def main() -> None:
         "workers": {n: w.ready() for n, w in workers.items()},
         "engine": {},
     }
-    lanes = {mode: ThreadOverlap() for mode in MODES}
-    records = []
-    for batch in args.batch:
-        samples: dict[str, list[float]] = {mode: [] for mode in MODES}
-        loads = []
-        for repeat in range(args.repeats):
-            for mode in MODES if repeat % 2 == 0 else reversed(MODES):  # ABBA
-                loads.append(load_average()[0])
-                times = time_steps(engine, aux[mode], lanes[mode], batch, args.steps)
-                samples[mode].append(statistics.median(times) * 1e3)
-        for mode, values in samples.items():
-            record = {
-                "batch": batch,
-                "mode": mode,
-                "ms_per_step": values,
-                "min_ms": min(values),
-                "median_ms": statistics.median(values),
-                "max_ms": max(values),
-                "load_1min": loads,
-            }
-            records.append(record)
-            print(json.dumps(record), flush=True)
+    # Each mode's auxiliary models with lanes of their own.
+    modes = {mode: (aux[mode], ThreadOverlap()) for mode in MODES}
+
+    def step_ms(mode: tuple[dict, ThreadOverlap], batch: int, _repeat: int) -> list[float]:
+        models, lanes = mode
+        return [t * 1e3 for t in time_steps(engine, models, lanes, batch, args.steps)]
+
+    records, summary = time_abba(modes, args.batch, args.repeats, step_ms)
     for worker in workers.values():
         worker.close()
     result = {
@@ -127,6 +114,7 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "records": records,
+        "summary": summary,
     }
     append_run(args.output, result, meta)
 

@@ -445,7 +445,10 @@ def test_auroc_by_hand():
         st.auroc([0.1], [True, False])
 
 
-def test_p_true_samples_is_paired_with_plain_p_true_on_the_same_items():
+def _p_true_samples_rows():
+    """6 multi_constraint items x 2 seeds: single and self-consistency right on i0-i1,
+    best_of_n@p_true on i0, best_of_n@p_true_samples on i0-i2; drafts right (score 0.9) on
+    i0-i1, wrong (0.2) elsewhere."""
     rows = []
     for i in range(6):
         for seed in (0, 1):
@@ -453,6 +456,11 @@ def test_p_true_samples_is_paired_with_plain_p_true_on_the_same_items():
                                    ("best_of_n@p_true", i < 1), ("best_of_n@p_true_samples", i < 3)):  # fmt: skip
                 rows.append(_row(f"i{i}", chosen, draft=i < 2, seed=seed, config=config,
                                  score=0.9 if i < 2 else 0.2) | {"suite": "multi_constraint"})  # fmt: skip
+    return rows
+
+
+def test_p_true_samples_is_paired_with_plain_p_true_on_the_same_items():
+    rows = _p_true_samples_rows()
     cells = ev.summarise(rows, 3)["multi_constraint"]
     vs = cells["best_of_n@p_true_samples"]["vs"]
     assert set(vs) == {"single", "self_consistency", "best_of_n@p_true"}
@@ -475,13 +483,7 @@ def _run(rows, summary, **settings):
 
 
 def test_page_sets_p_true_after_samples_beside_plain_p_true_and_keeps_the_reading(tmp_path):
-    rows = []
-    for i in range(6):
-        for seed in (0, 1):
-            for config, chosen in (("single", i < 2), ("self_consistency", i < 2),
-                                   ("best_of_n@p_true", i < 1), ("best_of_n@p_true_samples", i < 3)):  # fmt: skip
-                rows.append(_row(f"i{i}", chosen, draft=i < 2, seed=seed, config=config,
-                                 score=0.9 if i < 2 else 0.2) | {"suite": "multi_constraint"})  # fmt: skip
+    rows = _p_true_samples_rows()
     run = _run(rows, ev.summarise(rows, 3),
                thresholds={"p_true": {"multi_constraint": 0.5},
                            "p_true_samples": {"multi_constraint": 0.25}})  # fmt: skip
