@@ -183,7 +183,9 @@ def test_a_decode_step_stays_within_the_estimate(tiny):
     measured = _measured_step(AuxModelRunner(tiny), streams)
     footprint = estimate(shape, "float32", rows, 1)
     assert measured <= footprint.layout + footprint.transient + footprint.workspace
-    assert measured >= rows * shape.vocab * 4  # the logits are seen: the bound is not vacuous
+    # The logits are seen, so the bound is not vacuous. Within 5%: resident pages the step
+    # frees (glibc trimming memory released before it) lower the growth by a few hundred kB.
+    assert measured >= 0.95 * rows * shape.vocab * 4
 
 
 @needs_peak_reset
