@@ -16,7 +16,8 @@ before the engine sees a request: it shows there, not in the steps).
 
     flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.step_phases
 
-Results are appended as a run to docs/bench/step-phases.json.
+Results are appended as a run to docs/bench/step-phases.json. ``--plot`` draws a run's medians
+(the latest, or ``--run N``) as docs/bench/step-phases.png instead of running.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from bench import traffic
 from bench.copilot import make_copilot
 from bench.serving import run_pool, stream_request
 from bench.unlearning import phrases, story_prompts
-from evals.results import append_run, arguments, load_average, machine
+from evals.results import append_run, arguments, load_average, machine, read_runs
 from server.launcher import start_server
 from server.toml_writer import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "step-phases.json"
+PLOT = REPO / "docs" / "bench" / "step-phases.png"
 CLOCK = Path(__file__).resolve().parent / "step_clock"
 SYSTEMS = {
     "plain": None,
@@ -89,6 +91,43 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
+def plot(run: dict, path: Path) -> None:
+    """One horizontal bar per system and concurrency: its median step, split into vLLM's part
+    (forward, post) and corrigo's (update, plugins, the rest of apply, the figures' send)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run["summary"]
+    parts = {
+        "vLLM: inputs and forward": lambda r: r["forward_ms"],
+        "vLLM: sampling, outputs, scheduling": lambda r: r["post_ms"],
+        "corrigo: batch update": lambda r: r["update_ms"],
+        "corrigo: plugins": lambda r: r["plugins_ms"],
+        "corrigo: pipeline and report bookkeeping": lambda r: (
+            r["apply_ms"] - r["plugins_ms"] - r["send_ms"]
+        ),
+        "corrigo: figures' send": lambda r: r["send_ms"],
+    }
+    labels = [f"{r['system']}, c = {r['concurrency']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 2.2))
+    left = [0.0] * len(rows)
+    for name, value in parts.items():
+        widths = [value(r) for r in rows]
+        ax.barh(labels, widths, left=left, label=name)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for y, total in enumerate(left):
+        ax.text(total + 0.3, y, f"{total:.1f} ms", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(left=35)  # the forward dwarfs the rest: the axis starts at 35 ms
+    ax.set_xlabel("median steady decode step (ms; the axis starts at 35)")
+    ax.set_title(f"Engine step phases, {run['commit']} ({run['cpu']}, {run['cores']} cores)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 async def one_run(base_url: str, model_id: str, prompts, c: int, tokens: int, correction):
     limits = httpx.Limits(max_connections=c + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=900, limits=limits) as client:
@@ -108,7 +147,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="A B C C B A rounds")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, nargs="?", const=PLOT, help="draw, do not run")
+    parser.add_argument("--run", type=int, default=-1, help="the run --plot draws")
     args = parser.parse_args()
+    if args.plot is not None:
+        plot(read_runs(args.output)[args.run], args.plot)
+        return
     model = resolve_model(None, None)
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     meta = machine()
