@@ -16,8 +16,9 @@ before the engine sees a request: it shows there, not in the steps).
 
     flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.step_phases
 
-Results are appended as a run to docs/bench/step-phases.json. ``--plot`` draws a run's medians
-(the latest, or ``--run N``) as docs/bench/step-phases.png instead of running.
+Results are appended as a run to docs/bench/step-phases.json. Instead of running, ``--table``
+prints a run's medians (the latest, or ``--run N``) as markdown, and ``--plot`` draws them as
+docs/bench/step-phases.png.
 """
 
 from __future__ import annotations
@@ -91,6 +92,26 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
+def table(run: dict) -> str:
+    """A run's medians (ms), each system's step against the plain one at its concurrency."""
+    plain = {r["concurrency"]: r["period_ms"] for r in run["summary"] if r["system"] == "plain"}
+    lines = [
+        f"Run of {run['commit']}, {run['started'][:10]} (median ms over steady decode steps):",
+        "",
+        "| system | c | steps | step | vs plain | vLLM: forward | vLLM: post | corrigo: apply "
+        "| of which plugins | of which send |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run["summary"]:
+        extra = r["period_ms"] - plain[r["concurrency"]]
+        lines.append(
+            f"| {r['system']} | {r['concurrency']} | {r['steps']} | {r['period_ms']:.2f} "
+            f"| {extra:+.2f} | {r['forward_ms']:.2f} | {r['post_ms']:.2f} | {r['apply_ms']:.2f} "
+            f"| {r['plugins_ms']:.2f} | {r['send_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(run: dict, path: Path) -> None:
     """One horizontal bar per system and concurrency: its median step, split into vLLM's part
     (forward, post) and corrigo's (update, plugins, the rest of apply, the figures' send)."""
@@ -148,8 +169,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="A B C C B A rounds")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, nargs="?", const=PLOT, help="draw, do not run")
-    parser.add_argument("--run", type=int, default=-1, help="the run --plot draws")
+    parser.add_argument("--table", action="store_true", help="print a run's table, do not run")
+    parser.add_argument("--run", type=int, default=-1, help="the run --table or --plot shows")
     args = parser.parse_args()
+    if args.table:
+        print(table(read_runs(args.output)[args.run]))
+        return
     if args.plot is not None:
         plot(read_runs(args.output)[args.run], args.plot)
         return
