@@ -1,13 +1,15 @@
 """Where a corrected engine step's time goes, phase by phase, against a plain step (issue 18).
 
-One ``corrigo serve`` of the embedded SmolLM2-135M with the copilot of bench/copilot.py and the
+One ``corrigo serve`` of the embedded SmolLM2-135M with the copilot of bench/copilot.py, the
 forget set of bench/unlearning.py (10,000 phrases; threshold 0, so the gate opens for every
-filtered request). bench/step_clock/ is on the server's ``PYTHONPATH``: it wraps corrigo's
+filtered request) and, as bench/traffic.py's ``equal`` setup, the embedded model again as
+proxy-tuning's expert and anti-expert (each in its worker process on the CPU). bench/step_clock/ is on the server's ``PYTHONPATH``: it wraps corrigo's
 logits processor in the engine process and logs every step's phases (its docstring defines
 them). Three systems run the same requests (bench/unlearning.py's chat prompts, ``--max-tokens``
 greedy tokens, streamed ``/v1/completions``, at most ``c`` in flight): *plain*, *copilot*
-(``correction.copilot``) and *unlearning* (``correction.unlearning``), in the order A B C C B A,
-``--rounds`` times per concurrency. A step belongs to the run whose wall-clock window holds
+(``correction.copilot``), *unlearning* (``correction.unlearning``) and *proxy_tuning*
+(``correction.proxy_tuning``), in the order A B C D D C B A, ``--rounds`` times per
+concurrency. A step belongs to the run whose wall-clock window holds
 it; steps whose batch changed since the previous step (a row joined or left: a prefill or an
 idle gap) are left out, so the figures are those of steady decode steps. Per system and
 concurrency: every phase's median over those steps; the steps themselves are kept, with
@@ -52,6 +54,7 @@ SYSTEMS = {
     "plain": None,
     "copilot": {"copilot": {"name": "bench"}},
     "unlearning": {"unlearning": {"forget_set": "p10000", "threshold": 0.0}},
+    "proxy_tuning": {"proxy_tuning": {"expert": "expert", "anti_expert": "anti"}},
 }
 #: A step's fields, as bench/step_clock/sitecustomize.py logs them.
 FIELDS = (
@@ -166,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2, help="A B C C B A rounds")
+    parser.add_argument("--rounds", type=int, default=2, help="A B C D D C B A rounds")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, nargs="?", const=PLOT, help="draw, do not run")
     parser.add_argument("--table", action="store_true", help="print a run's table, do not run")
@@ -196,6 +199,8 @@ def main() -> None:
                 **traffic.server_sections(model, max(args.concurrency)),
                 "copilots.bench": {"path": str(work / "copilot")},
                 "forget_sets.p10000": {"path": str(forget), "threshold": 0.0},
+                "aux_models.expert": {"path": model.path},
+                "aux_models.anti": {"path": model.path},
             },
         )
         clock = work / "clock"
