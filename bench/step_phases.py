@@ -3,18 +3,20 @@
 One ``corrigo serve`` of the embedded SmolLM2-135M with the copilot of bench/copilot.py, the
 forget set of bench/unlearning.py (10,000 phrases; threshold 0, so the gate opens for every
 filtered request) and, as bench/traffic.py's ``equal`` setup, the embedded model again as
-proxy-tuning's expert and anti-expert (each in its worker process on the CPU). bench/step_clock/ is on the server's ``PYTHONPATH``: it wraps corrigo's
-logits processor in the engine process and logs every step's phases (its docstring defines
-them). Three systems run the same requests (bench/unlearning.py's chat prompts, ``--max-tokens``
+proxy-tuning's expert and anti-expert (each in its worker process on the CPU).
+bench/step_clock/ is on the server's ``PYTHONPATH``: it wraps corrigo's logits processor in the
+engine process and logs every step's phases (its docstring defines them).
+
+Four systems run the same requests (bench/unlearning.py's chat prompts, ``--max-tokens``
 greedy tokens, streamed ``/v1/completions``, at most ``c`` in flight): *plain*, *copilot*
 (``correction.copilot``), *unlearning* (``correction.unlearning``) and *proxy_tuning*
 (``correction.proxy_tuning``), in the order A B C D D C B A, ``--rounds`` times per
-concurrency. A step belongs to the run whose wall-clock window holds
-it; steps whose batch changed since the previous step (a row joined or left: a prefill or an
-idle gap) are left out, so the figures are those of steady decode steps. Per system and
-concurrency: every phase's median over those steps; the steps themselves are kept, with
-each run's throughput and median time to first token (the unlearning gate's embedding comes
-before the engine sees a request: it shows there, not in the steps).
+concurrency. A step belongs to the run whose wall-clock window holds it. Steps whose batch
+changed since the previous step (a row joined or left: a prefill or an idle gap) are left out,
+so the figures are those of steady decode steps. Per system and concurrency: every phase's
+median over those steps. The steps themselves are kept, with each run's throughput and median
+time to first token (the unlearning gate embeds a request before the engine sees it: that
+shows in the time to first token, not in the steps).
 
     flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.step_phases
 
@@ -246,6 +248,8 @@ def main() -> None:
         finally:
             server.stop()
         logs = [json.loads(p.read_text()) for p in clock.glob("*.json")]
+    if not logs:
+        raise SystemExit(f"the step clock logged no step: see {CLOCK}/sitecustomize.py")
     steps = max(logs, key=len)  # the engine process that ran the model (the only one logging)
     per_run = steady(steps, windows)
     summary = []
