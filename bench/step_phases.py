@@ -101,18 +101,24 @@ def table(run: dict) -> str:
     """A run's medians (ms), each system's step against the plain one at its concurrency."""
     plain = {r["concurrency"]: r["period_ms"] for r in run["summary"] if r["system"] == "plain"}
     lines = [
-        f"Run of {run['commit']}, {run['started'][:10]} (median ms over steady decode steps):",
+        f"Run of {run['commit']}, {run['started'][:10]} (median ms over steady decode steps; "
+        "time to first token: the median of the runs' medians):",
         "",
         "| system | c | steps | step | vs plain | vLLM: forward | vLLM: post | corrigo: apply "
-        "| of which plugins | of which send |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| of which plugins | of which send | time to first token |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in run["summary"]:
         extra = r["period_ms"] - plain[r["concurrency"]]
+        ttft = 1e3 * statistics.median(
+            x["ttft_p50_s"]
+            for x in run["runs"]
+            if x["system"] == r["system"] and x["concurrency"] == r["concurrency"]
+        )
         lines.append(
             f"| {r['system']} | {r['concurrency']} | {r['steps']} | {r['period_ms']:.2f} "
             f"| {extra:+.2f} | {r['forward_ms']:.2f} | {r['post_ms']:.2f} | {r['apply_ms']:.2f} "
-            f"| {r['plugins_ms']:.2f} | {r['send_ms']:.2f} |"
+            f"| {r['plugins_ms']:.2f} | {r['send_ms']:.2f} | {ttft:.0f} |"
         )
     return "\n".join(lines)
 
