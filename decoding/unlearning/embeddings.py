@@ -20,8 +20,14 @@ from tqdm.auto import tqdm
 
 from ..cache import cache_dir
 
-#: Word pieces in one forward at most (its packed rows times their length).
+#: Word pieces a packed row holds (a longer text fills a row of its own): attention within a
+#: row costs its length squared, so short texts share short rows.
+ROW_PIECES = 64
+#: Word pieces in one forward at most (its rows times the longest row's length).
 FORWARD_PIECES = 4096
+#: Most padded word pieces a forward computes per real one: a short row waits for the next
+#: forward rather than be padded to a long one's length.
+PAD_SLACK = 1.25
 
 
 class MiniLM:
@@ -65,7 +71,11 @@ class MiniLM:
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         out = torch.empty(len(texts), self.dim)
         with self._lock, torch.inference_mode():
-            for rows in pack([len(i) for i in ids], self.max_length, FORWARD_PIECES):
+            lengths = [len(i) for i in ids]
+            # Few pieces in all: one row, one forward (a forward's fixed cost is more than
+            # their attention); else rows of ROW_PIECES.
+            row = self.max_length if sum(lengths) <= self.max_length else ROW_PIECES
+            for rows in pack(lengths, row, FORWARD_PIECES):
                 texts_in = [t for row in rows for t in row]
                 out[torch.tensor(texts_in)] = self._forward([[ids[t] for t in row] for row in rows])
         return out
@@ -107,11 +117,11 @@ class MiniLM:
 
 
 def pack(lengths: Sequence[int], row_pieces: int, forward_pieces: int) -> list[list[list[int]]]:
-    """Indices of ``lengths`` (texts' word pieces, each at most ``row_pieces``) packed for
-    forwards: each forward a list of rows, each row the texts it holds, in order. Longest texts
-    first, each into the first row it fits (a row holds at most ``row_pieces``), then rows,
-    longest first, into forwards of at most ``forward_pieces`` padded pieces (rows x the
-    longest row; always at least one row)."""
+    """Indices of ``lengths`` (texts' word pieces) packed for forwards: each forward a list of
+    rows, each row the texts it holds, in order. Longest texts first, each into the first row
+    with room for it (a row holds at most ``row_pieces``; a longer text gets a row alone), then
+    rows, longest first, into forwards of at most ``forward_pieces`` padded pieces (rows x the
+    longest row) and :data:`PAD_SLACK` x their real ones (always at least one row)."""
     rows: list[list[int]] = []
     used: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -124,11 +134,16 @@ def pack(lengths: Sequence[int], row_pieces: int, forward_pieces: int) -> list[l
             rows.append([i])
             used.append(lengths[i])
     forwards: list[list[int]] = []
+    real = 0
     for r in sorted(range(len(rows)), key=lambda r: -used[r]):
         # Rows come longest first: a forward's first row sets its width.
-        if not forwards or (len(forwards[-1]) + 1) * used[forwards[-1][0]] > forward_pieces:
+        if forwards:
+            padded = (len(forwards[-1]) + 1) * used[forwards[-1][0]]
+        if not forwards or padded > forward_pieces or padded > PAD_SLACK * (real + used[r]):
             forwards.append([])
+            real = 0
         forwards[-1].append(r)
+        real += used[r]
     return [[rows[r] for r in forward] for forward in forwards]
 
 

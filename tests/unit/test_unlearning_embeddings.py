@@ -55,16 +55,19 @@ def test_a_texts_embedding_does_not_depend_on_its_companions():
 def test_packing_places_every_text_once_within_the_bounds(seed):
     rng = random.Random(seed)
     lengths = [rng.randint(1, 256) for _ in range(rng.randint(1, 80))]
-    forwards = pack(lengths, 256, 1024)
+    forwards = pack(lengths, 64, 1024)
     placed = [t for forward in forwards for row in forward for t in row]
     assert sorted(placed) == list(range(len(lengths)))
     for forward in forwards:
         widths = [sum(lengths[t] for t in row) for row in forward]
-        assert max(widths) <= 256
+        assert all(w <= 64 or len(row) == 1 for w, row in zip(widths, forward, strict=True))
         assert widths == sorted(widths, reverse=True)  # the first row is the widest
         assert len(forward) == 1 or len(forward) * widths[0] <= 1024
 
 
-def test_short_texts_share_a_row():
+def test_short_texts_share_a_row_and_a_long_one_has_its_own():
     # Longest first, each into the first row with room: 250 + 5, then 3 + 2.
     assert pack([3, 5, 2, 250], 256, 4096) == [[[3, 1], [0, 2]]]
+    # Rows of 64: the 250-piece text alone, the short ones together; a forward of 2 x 250
+    # padded pieces is over 400, so the short row gets its own.
+    assert pack([3, 5, 2, 250], 64, 400) == [[[3]], [[1, 0, 2]]]
