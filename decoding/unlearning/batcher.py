@@ -8,9 +8,9 @@ own pieces, in its own order::
 
     result_r = finish_r(E[index_U(p) for p in P_r])
 
-so a request's result is what ``finish_r(encode(P_r))`` gives, up to the float noise of the
-padded batch (a piece's embedding does not depend on the batch's other texts: the attention
-mask keeps padding out). With a :class:`.piece_cache.PieceCache`, ``U`` is only the pieces
+so a request's result is what ``finish_r(encode(P_r))`` gives, up to float noise (a piece's
+embedding does not depend on the batch's other texts: decoding/unlearning/embeddings.py packs
+texts into shared rows, each attending to its own word pieces only). With a :class:`.piece_cache.PieceCache`, ``U`` is only the pieces
 the cache lacks; the others' rows come from the cache (each encoded once, in an earlier
 batch). The encode and every ``finish_r`` run on the gate's thread, never on the event loop.
 A request only ever receives its own result or its own error:

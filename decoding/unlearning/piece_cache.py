@@ -1,7 +1,7 @@
 """The gate's embeddings of pieces it has already read, kept for the requests that repeat them.
 
-A piece's embedding ``E(p)`` depends on its text alone, up to the float noise of the padded
-batch it was encoded in (decoding/unlearning/batcher.py: the attention mask keeps padding and
+A piece's embedding ``E(p)`` depends on its text alone, up to the float noise of the packed
+batch it was encoded in (decoding/unlearning/embeddings.py: the attention mask keeps padding and
 the other texts out; MiniLM's rows differ by about 1e-7 between batches), so a piece seen
 before need not be encoded again: ``E(p)`` is looked up by the exact text. Requests repeat
 pieces all the time (an application's system prompt, a chat's earlier messages resent with

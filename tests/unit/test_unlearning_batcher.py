@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from decoding.unlearning.admission import UnlearningGate
 from decoding.unlearning.batcher import EncodeBatcher
 from decoding.unlearning.classifier import PairClassifier, TrainedGate
-from decoding.unlearning.embeddings import buckets
 from decoding.unlearning.forget_set import ForgetEntry, ForgetSet
 from decoding.unlearning.gate import ForgetGate, chunks
 from decoding.unlearning.params import UnlearningParams
@@ -231,18 +230,6 @@ def test_the_event_loop_runs_while_a_forward_is_in_progress():
         return ticks
 
     assert asyncio.run(main()) == 5
-
-
-def test_buckets_group_similar_lengths_and_cover_every_text_once():
-    lengths = [64, 10, 24, 10, 18, 10, 11, 63, 5]
-    groups = buckets(lengths)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for group in groups:
-        longest = max(lengths[i] for i in group)
-        assert len(group) == 1 or len(group) * longest <= 1.25 * sum(lengths[i] for i in group)
-    assert [lengths[i] for i in groups[-1]] == [63, 64]  # the long ones together
-    assert buckets([]) == []
-    assert max(len(g) for g in buckets([7] * 1000)) <= 256
 
 
 FORGET = ForgetSet(
