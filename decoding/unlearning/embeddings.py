@@ -74,8 +74,8 @@ class MiniLM:
             lengths = [len(i) for i in ids]
             # Few pieces in all: one row, one forward (a forward's fixed cost is more than
             # their attention); else rows of ROW_PIECES.
-            row = self.max_length if sum(lengths) <= self.max_length else ROW_PIECES
-            for rows in pack(lengths, row, FORWARD_PIECES):
+            width = self.max_length if sum(lengths) <= self.max_length else ROW_PIECES
+            for rows in pack(lengths, width, FORWARD_PIECES):
                 texts_in = [t for row in rows for t in row]
                 out[torch.tensor(texts_in)] = self._forward([[ids[t] for t in row] for row in rows])
         return out
@@ -134,12 +134,11 @@ def pack(lengths: Sequence[int], row_pieces: int, forward_pieces: int) -> list[l
             rows.append([i])
             used.append(lengths[i])
     forwards: list[list[int]] = []
-    real = 0
+    real = 0  # the current forward's real pieces
     for r in sorted(range(len(rows)), key=lambda r: -used[r]):
         # Rows come longest first: a forward's first row sets its width.
-        if forwards:
-            padded = (len(forwards[-1]) + 1) * used[forwards[-1][0]]
-        if not forwards or padded > forward_pieces or padded > PAD_SLACK * (real + used[r]):
+        padded = (len(forwards[-1]) + 1) * used[forwards[-1][0]] if forwards else 0
+        if not forwards or padded > min(forward_pieces, PAD_SLACK * (real + used[r])):
             forwards.append([])
             real = 0
         forwards[-1].append(r)
