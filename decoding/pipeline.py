@@ -121,13 +121,17 @@ class EngineMask:
     ``-inf`` (a batch without grammars, ``allowed_token_ids``, ``bad_words`` or ``min_tokens``),
     told by one per-row minimum instead of a full boolean mask (on a GPU the mask is cheap and
     asking whether there is one would cost a host sync); ``all_masked``: ``[rows]``, the rows
-    whose every token was ``-inf`` (a row's maximum).
+    whose every token was ``-inf`` (a row's maximum; on the CPU, without a mask, none: a row
+    whose minimum is finite has a finite entry, so the usual step makes one pass, not two).
     """
 
     def __init__(self, logits: torch.Tensor) -> None:
-        self.all_masked = torch.isneginf(logits.amax(dim=-1))
-        any_masked = logits.device.type != "cpu" or bool(torch.isneginf(logits.amin(dim=-1)).any())
-        self.where = torch.isneginf(logits) if any_masked else None
+        if logits.device.type != "cpu" or bool(torch.isneginf(logits.amin(dim=-1)).any()):
+            self.where = torch.isneginf(logits)
+            self.all_masked = torch.isneginf(logits.amax(dim=-1))
+        else:
+            self.where = None
+            self.all_masked = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
 
 
 def keep_engine_masks(

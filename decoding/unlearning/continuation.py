@@ -30,6 +30,8 @@ CANDIDATES = 8
 MEMO_TOKENS = 1 << 16
 
 _NON_WORD = re.compile(r"[^\w]+")
+#: No token ids (what a window without a pending remainder bans).
+NO_TOKENS = torch.zeros(0, dtype=torch.long)
 
 
 def normalise(text: str) -> str:
@@ -109,29 +111,32 @@ class LexicalBans:
             if char == " " and text[start + 1 :] in self.pending
         ]
 
-    def after(self, window: str) -> list[int]:
-        """``B(S(w))``, sorted."""
-        parts = [self._of(s) for s in self.suffixes(window)]
-        parts = [p for p in parts if p]
+    def after(self, window: str) -> torch.Tensor:
+        """``B(S(w))``: token ids, sorted, each once (``int64``; the plugin indexes the
+        logits with them as they are, no list built per step)."""
+        parts = [p for p in (self._of(s) for s in self.suffixes(window)) if len(p)]
+        if not parts:
+            return NO_TOKENS
         if len(parts) == 1:
-            return list(parts[0])
-        return sorted({v for p in parts for v in p})
+            return parts[0]
+        return torch.unique(torch.cat(parts))
 
-    def _of(self, suffix: str) -> tuple[int, ...]:
+    def _of(self, suffix: str) -> torch.Tensor:
         """``B(suffix)``, sorted: from the memo, else computed and kept."""
         hit = self._memo.get(suffix)
         if hit is not None:
             self._memo.move_to_end(suffix)
             return hit
         starting = self.vocabulary.starting
-        bans = tuple(sorted({v for r in self.pending[suffix] for v in starting(r)}))
+        bans = sorted({v for r in self.pending[suffix] for v in starting(r)})
+        out = torch.tensor(bans, dtype=torch.long) if bans else NO_TOKENS
         if len(bans) <= self.capacity:
-            self._memo[suffix] = bans
+            self._memo[suffix] = out
             self._size += len(bans)
             while self._size > self.capacity:
                 _, dropped = self._memo.popitem(last=False)
                 self._size -= len(dropped)
-        return bans
+        return out
 
 
 class ContinuationCheck:
@@ -201,9 +206,10 @@ class ContinuationCheck:
                 out |= self.pending.get(text[start + 1 :], set())
         return out
 
-    def lexical_bans(self, window: str) -> list[int]:
-        """Every token that completes a phrase after ``window``, sorted: the tokens starting
-        with some ``r`` in :meth:`remainders`, through the shared :class:`LexicalBans`."""
+    def lexical_bans(self, window: str) -> torch.Tensor:
+        """Every token that completes a phrase after ``window``, sorted (``int64``): the tokens
+        starting with some ``r`` in :meth:`remainders`, through the shared
+        :class:`LexicalBans`."""
         return self.lexical.after(window)
 
     def similarity(self, texts: Sequence[str]) -> torch.Tensor:
@@ -213,30 +219,33 @@ class ContinuationCheck:
         e = self.embedder.encode([t.strip() or "." for t in texts])
         return (e @ self.phrase_embeddings.T).amax(dim=-1).clamp_min(0)
 
-    def amounts(self, logits: torch.Tensor, output: Sequence[int]) -> dict[int, float]:
-        """What to subtract from the row's ``logits [vocab]`` for its token after ``output``,
-        only for the few tokens concerned (``inf``: banned): a step with nothing to do costs
-        no pass over the vocabulary."""
-        window = self.text(output)
-        out = dict.fromkeys(self.lexical_bans(window), math.inf)
-        if self.embedder is not None and len(output) % self.every == 0:
-            top = torch.topk(logits, min(CANDIDATES, logits.shape[-1])).indices.tolist()
-            texts = [
-                self.vocabulary.texts[v] if v < len(self.vocabulary.texts) else "" for v in top
-            ]
-            sims = self.similarity([window, *(window + t for t in texts)]).tolist()
-            for v, s in zip(top, sims[1:], strict=True):
-                if s >= self.tau and s > sims[0]:
-                    out[v] = math.inf
-                elif s > sims[0] and out.get(v) != math.inf:
-                    out[v] = out.get(v, 0.0) + self.penalty * (s - sims[0])
+    def penalties(
+        self, logits: torch.Tensor, output: Sequence[int], window: str
+    ) -> dict[int, float]:
+        """The semantic part's amounts for the row's token after ``output`` (``window`` its
+        :meth:`text`): what to subtract from the row's ``logits [vocab]``, only for the few
+        candidates concerned (``inf``: banned); empty on the steps it does not run."""
+        out: dict[int, float] = {}
+        if self.embedder is None or len(output) % self.every != 0:
+            return out
+        top = torch.topk(logits, min(CANDIDATES, logits.shape[-1])).indices.tolist()
+        texts = [self.vocabulary.texts[v] if v < len(self.vocabulary.texts) else "" for v in top]
+        sims = self.similarity([window, *(window + t for t in texts)]).tolist()
+        for v, s in zip(top, sims[1:], strict=True):
+            if s >= self.tau and s > sims[0]:
+                out[v] = math.inf
+            elif s > sims[0]:
+                out[v] = self.penalty * (s - sims[0])
         return out
 
     def subtrahend(self, logits: torch.Tensor, output: Sequence[int]) -> torch.Tensor:
-        """:meth:`amounts` as a dense ``[vocab]`` tensor."""
+        """Both parts as one dense ``[vocab]`` tensor: ``inf`` at the lexical bans, the
+        semantic :meth:`penalties` elsewhere (the plugin applies them as sparse updates)."""
+        window = self.text(output)
         out = torch.zeros_like(logits)
-        for v, amount in self.amounts(logits, output).items():
+        for v, amount in self.penalties(logits, output, window).items():
             out[v] = amount
+        out[self.lexical_bans(window)] = math.inf
         return out
 
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..pipeline import Row, StepPlugin
 from ..topk import argmax
 from .abstain import Abstention, AbstentionPhrase, force
-from .continuation import ContinuationCheck, LexicalBans, PhraseIndex, TokenTexts
+from .continuation import NO_TOKENS, ContinuationCheck, LexicalBans, PhraseIndex, TokenTexts
 from .forget_set import ForgetSet
 from .gate import Embedder
 from .params import UnlearningParams
@@ -40,6 +40,9 @@ from .trie import TokenTrie, TrieCursor, surface_forms
 
 #: Compiled targets kept per forget set (least recently used dropped first).
 CACHE_SIZE = 64
+#: Soft subtrahends (a vocabulary of floats each) kept per compiled targets: requests may
+#: pick their own ``delta`` and ``lambda``.
+SOFT_VARIANTS = 4
 
 Encode = Callable[[list[str]], list[list[int]]]
 
@@ -57,6 +60,26 @@ class CompiledTargets:
     phrase_embeddings: torch.Tensor | None
     #: The check's lexical bans per suffix, kept for every row of these entries (None: off).
     lexical: LexicalBans | None
+    #: The soft filter's subtrahends by ``(delta, lambda)``, shared by the rows that ask for
+    #: the same (:meth:`soft`).
+    _soft: OrderedDict[tuple[float, float], torch.Tensor] = field(
+        default_factory=OrderedDict, init=False, compare=False, repr=False
+    )
+
+    def soft(self, delta: float, lam: float) -> torch.Tensor | None:
+        """The soft filter's constant ``[vocab]`` subtrahend for ``delta`` and ``lambda``
+        (None: no soft filter), one tensor for every row that asks for the same: a batch
+        whose rows share it subtracts one broadcast row (:meth:`Unlearning._constant`)."""
+        if self.sim is None:
+            return None
+        key = (delta, lam)
+        hit = self._soft.get(key)
+        if hit is None:
+            hit = self._soft[key] = penalty(self.sim, delta, lam)
+            if len(self._soft) > SOFT_VARIANTS:
+                self._soft.popitem(last=False)
+        self._soft.move_to_end(key)
+        return hit
 
 
 class ForgetFilters:
@@ -137,7 +160,8 @@ class _BatchConstants:
     outputs: the stacked soft penalties and the root bans' (row, token) indices."""
 
     states: tuple[_RowState, ...]
-    #: ``[rows with soft, vocab]``; None: no row has the soft filter on.
+    #: ``[rows with soft, vocab]``, or ``[1, vocab]`` when every row has the same; None: no
+    #: row has the soft filter on.
     soft: torch.Tensor | None
     #: Which filtered rows the soft rows are (None: all of them).
     soft_rows: torch.Tensor | None
@@ -166,9 +190,7 @@ class Unlearning(StepPlugin):
             if params.targets:
                 filters = self.filters[params.forget_set]
                 compiled = filters.compile(params.targets)
-                soft = None
-                if params.soft and compiled.sim is not None:
-                    soft = penalty(compiled.sim, params.delta, params.penalty)
+                soft = compiled.soft(params.delta, params.penalty) if params.soft else None
                 abstention = None
                 forced = params.on_match is not None and stricter_or_equal(
                     params.on_match, "abstain"
@@ -215,31 +237,42 @@ class Unlearning(StepPlugin):
             else:
                 sub[constant.soft_rows] -= constant.soft
         # The continuation check (:mod:`.continuation`): text-level, before the hard blocks.
+        # Its lexical bans are memoised index tensors: every row's go in one indexed write.
+        check_bans: list[torch.Tensor] = []
         for j, (i, state) in enumerate(active):
-            if state.continuation is not None:
-                amounts = state.continuation.amounts(sub[j], rows[i].stream.output)
-                if amounts:
-                    at_tokens = torch.tensor(list(amounts), device=sub.device)
-                    sub[j, at_tokens] -= torch.tensor(
-                        list(amounts.values()), device=sub.device, dtype=sub.dtype
-                    )
+            check = state.continuation
+            if check is None:
+                check_bans.append(NO_TOKENS)
+                continue
+            output = rows[i].stream.output
+            window = check.text(output)
+            check_bans.append(check.lexical_bans(window))
+            penalties = check.penalties(sub[j], output, window)
+            if penalties:
+                at_tokens = torch.tensor(list(penalties), device=sub.device)
+                sub[j, at_tokens] -= torch.tensor(
+                    list(penalties.values()), device=sub.device, dtype=sub.dtype
+                )
+        lexical = [len(t) for t in check_bans]
+        if any(lexical):
+            sub[_row_index(lexical, sub.device), torch.cat(check_bans).to(sub.device)] = -torch.inf
         after_soft = argmax(sub)
 
         # Hard blocks, last: the root's single-token phrases (index tensors built once per
-        # batch composition) plus each live state's completions (a few tokens per row).
-        sub[constant.ban_rows, constant.ban_tokens] = -torch.inf
-        dynamic_rows: list[int] = []
-        dynamic_tokens: list[int] = []
-        for j, (i, state) in enumerate(active):
+        # batch composition) plus each live state's completions (a few tokens per row), as
+        # one indexed write.
+        dynamic: list[int] = []
+        counts: list[int] = []
+        for i, state in active:
             state.cursor.follow(rows[i].stream.output)
-            dynamic = state.cursor.bans()
-            dynamic_rows.extend([j] * len(dynamic))
-            dynamic_tokens.extend(dynamic)
-        if dynamic_tokens:
-            sub[
-                torch.tensor(dynamic_rows, device=sub.device),
-                torch.tensor(dynamic_tokens, device=sub.device),
-            ] = -torch.inf
+            bans = state.cursor.bans()
+            dynamic.extend(bans)
+            counts.append(len(bans))
+        ban_rows, ban_tokens = constant.ban_rows, constant.ban_tokens
+        if dynamic:
+            ban_rows = torch.cat([ban_rows, _row_index(counts, sub.device)])
+            ban_tokens = torch.cat([ban_tokens, torch.tensor(dynamic, device=sub.device)])
+        sub[ban_rows, ban_tokens] = -torch.inf
 
         blocked = torch.isneginf(sub.gather(1, top[:, None]))[:, 0]
         abstained = self._abstain(sub, blocked, active, rows)
@@ -266,16 +299,21 @@ class Unlearning(StepPlugin):
             return cached
         soft = [(j, s.soft) for j, s in enumerate(states) if s.soft is not None]
         soft_matrix = soft_rows = None
-        if soft:
+        if len(soft) == len(states) and all(v is soft[0][1] for _, v in soft):
+            # Every row subtracts the same vector: one row, broadcast (a [rows, vocab] copy
+            # would be read whole at every step).
+            soft_matrix = soft[0][1][None].to(device, dtype)
+        elif soft:
             soft_matrix = torch.stack([v for _, v in soft]).to(device, dtype)
             if len(soft) < len(states):
                 soft_rows = torch.tensor([j for j, _ in soft], device=device)
         bans = [s.compiled.root_bans for s in states]
-        ban_rows = torch.cat(
-            [torch.full((len(b),), j, dtype=torch.long) for j, b in enumerate(bans)]
-        ).to(device)
         self._batch = _BatchConstants(
-            tuple(states), soft_matrix, soft_rows, ban_rows, torch.cat(bans).to(device)
+            tuple(states),
+            soft_matrix,
+            soft_rows,
+            _row_index([len(b) for b in bans], device),
+            torch.cat(bans).to(device),
         )
         return self._batch
 
@@ -311,3 +349,9 @@ class Unlearning(StepPlugin):
         state = self._states.pop(uid, None)
         if self._batch is not None and any(s is state for s in self._batch.states):
             self._batch = None  # drop the departed row's tensors with it
+
+
+def _row_index(counts: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Row ``j`` repeated ``counts[j]`` times: the row of each entry of the rows' entries
+    concatenated in row order."""
+    return torch.arange(len(counts)).repeat_interleave(torch.tensor(counts)).to(device)

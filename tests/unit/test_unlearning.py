@@ -313,8 +313,9 @@ def reference_step(logits, rows):
 
 def test_batched_step_equals_the_row_by_row_definition_through_joins_leaves_and_moves():
     """Random logits over many steps, rows joining, leaving and mixing soft on and off, closed
-    gates and targets: the vectorised step (batch constants cached across steps) bans exactly
-    the tokens the definition bans and reports the same blocked and penalized rows."""
+    gates and targets: the vectorised step (batch constants cached across steps, one broadcast
+    soft row when the rows share theirs) bans exactly the tokens the definition bans and
+    reports the same blocked and penalized rows."""
     emb = BagOfLetters()
     filters = ForgetFilters(CAPITALS, encode, emb, emb.encode(VOCAB))
     seen = []
@@ -323,10 +324,12 @@ def test_batched_step_equals_the_row_by_row_definition_through_joins_leaves_and_
     gen = torch.Generator().manual_seed(4)
     kinds = [
         gated([0]),
+        gated([0]),  # another request with the same filters: the rows share a soft row
         gated([1], soft=False),
         gated([0, 1], delta=0.8, penalty=2.0),
         gated([]),  # the gate stayed closed: untouched
     ]
+    shared = 0  # steps whose filtered rows (several) subtracted one broadcast soft row
     outputs: dict[int, list[int]] = {}
     specs: dict[int, int] = {}
     for step in range(40):
@@ -373,3 +376,6 @@ def test_batched_step_equals_the_row_by_row_definition_through_joins_leaves_and_
         assert torch.equal(got[others], logits[others])
         [(_, got_blocked, got_penalized, _)] = seen
         assert got_blocked.tolist() == blocked and got_penalized.tolist() == penalized
+        constant = plugin._batch
+        shared += len(rows) > 1 and constant.soft is not None and constant.soft.shape[0] == 1
+    assert shared >= 3

@@ -46,11 +46,14 @@ def test_the_trie_and_the_per_token_filter_pass_a_spelt_answer():
 
 def test_the_check_bans_the_token_that_completes_the_phrase_in_any_spelling():
     check = ContinuationCheck(PhraseIndex(["Paris"]), TokenTexts(VOCAB))
-    assert INDEX["s"] in check.lexical_bans("The capital is Pari")
-    assert INDEX["is"] in check.lexical_bans("The capital is Par")  # "Par"+"is" the trie knows
-    assert check.lexical_bans("The capital is Pa") == []  # nothing completes it in one token
-    assert check.lexical_bans("The capital is Lyon") == []
-    assert check.lexical_bans("Compari") == []  # a phrase starts at a word start only
+    def bans(window: str) -> list[int]:
+        return check.lexical_bans(window).tolist()
+
+    assert INDEX["s"] in bans("The capital is Pari")
+    assert INDEX["is"] in bans("The capital is Par")  # "Par"+"is" the trie knows
+    assert bans("The capital is Pa") == []  # nothing completes it in one token
+    assert bans("The capital is Lyon") == []
+    assert bans("Compari") == []  # a phrase starts at a word start only
 
 
 def test_the_plugin_blocks_the_spelt_answer_that_per_token_matching_passes():
@@ -75,9 +78,9 @@ def test_the_plugin_blocks_the_spelt_answer_that_per_token_matching_passes():
 def test_a_multi_word_phrase_is_completed_across_tokens_and_words():
     vocab = TokenTexts([" City", " of", " Li", "ght", " Light", " Lights", " Paris", "."])
     check = ContinuationCheck(PhraseIndex(["City of Light"]), vocab)
-    assert sorted(check.lexical_bans("It is the City of Li")) == [3]
-    assert sorted(check.lexical_bans("It is the City of")) == [4, 5]
-    assert check.lexical_bans("It is the city") == []
+    assert check.lexical_bans("It is the City of Li").tolist() == [3]
+    assert check.lexical_bans("It is the City of").tolist() == [4, 5]
+    assert check.lexical_bans("It is the city").tolist() == []
 
 
 class Meaning:
@@ -157,8 +160,8 @@ def test_shared_lexical_bans_are_the_remainders_bans_at_every_window_and_memo_si
         banning = merged = 0
         for n, window in enumerate(windows):
             expected = sorted({v for r in rows[0].remainders(window) for v in vocab.starting(r)})
-            assert rows[n % 2].lexical_bans(window) == expected, (capacity, window)
+            assert rows[n % 2].lexical_bans(window).tolist() == expected, (capacity, window)
             banning += bool(expected)
-            merged += sum(bool(shared._of(s)) for s in shared.suffixes(window)) > 1
+            merged += sum(len(shared._of(s)) > 0 for s in shared.suffixes(window)) > 1
         assert banning > 150 and merged > 10  # the comparison is not vacuous
         assert shared._size <= capacity and shared._size == sum(map(len, shared._memo.values()))
