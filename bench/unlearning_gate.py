@@ -30,6 +30,12 @@ of the passage for ``rows`` rows whose checks fall on the same step (rows that s
 together). Appended to docs/bench/unlearning-continuation.json: ms per step that carries the
 checks of 1 and of 8 rows.
 
+``--forward`` times MiniLM's forward as the gate runs it (decoding/unlearning/embeddings.py,
+one row of ``n`` word pieces, one torch thread) for several ``n``, with the rate its linear
+layers reach (``2 n`` FLOPs per weight), beside a 1024 x 1024 float32 matrix product's rate on
+the same thread (about the best torch reaches on this core), and the word pieces of
+bench/unlearning.py's chat request; appended to docs/bench/unlearning-gate-forward.json.
+
 ``--join --baseline REV`` times what a gated row's continuation check costs when the row joins,
 with bench/unlearning.py's 10,000 phrases: the baseline's check built from the phrases for the
 row, against this revision's, whose phrase index is built once per set of retrieved entries
@@ -42,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import random
 import statistics
 import time
 from pathlib import Path
@@ -58,6 +65,7 @@ from decoding.unlearning import ForgetEntry, ForgetSet
 from decoding.unlearning import admission as admission_module
 from decoding.unlearning import embeddings as embeddings_module
 from decoding.unlearning.continuation import ContinuationCheck, PhraseIndex, TokenTexts
+from decoding.unlearning.gate import chunks
 from decoding.unlearning.params import UnlearningParams
 from decoding.unlearning.phrases import forbidden_phrases
 from evals.results import append_run, arguments, machine
@@ -67,6 +75,9 @@ from server.metrics import ServerMetrics
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "unlearning-gate.json"
 CONTINUATION_RESULTS = REPO / "docs" / "bench" / "unlearning-continuation.json"
+FORWARD_RESULTS = REPO / "docs" / "bench" / "unlearning-gate-forward.json"
+#: Word pieces of the forwards ``--forward`` times.
+FORWARD_PIECES = (8, 32, 64, 136, 256)
 PASSAGE = (
     "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper "
     "named Tom. Every night he climbed the winding stairs to light the lamp, and every "
@@ -155,6 +166,63 @@ def continuation_ms(tokenizer, rows: int, repeats: int) -> tuple[list[dict], lis
     ]
 
 
+def median_ms(run, calls: int) -> float:
+    """The median of ``calls`` timed calls of ``run`` (after two untimed ones), in ms."""
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def forward_cost(tokenizer, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Each repeat's ms per MiniLM forward of ``n`` word pieces and its linear layers' GFLOP/s;
+    a 1024^3 float32 product's GFLOP/s; the chat request's word pieces (the module docstring)."""
+    minilm = embeddings_module.MiniLM()
+    weights = sum(
+        m.weight.numel() for m in minilm.bert.encoder.modules() if isinstance(m, torch.nn.Linear)
+    )
+    pieces = chunks(story_prompts(tokenizer, 1))
+    request_pieces = sum(len(i) for i in minilm.tokenizer(pieces)["input_ids"])
+    rng = random.Random(0)
+    words = [i for i in range(1000, minilm.tokenizer.vocab_size)]
+    square = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
+    records = []
+    with torch.inference_mode():
+        for repeat in range(repeats):
+            for n in FORWARD_PIECES:
+                text = [rng.choice(words) for _ in range(n)]
+                ms = median_ms(lambda text=text: minilm._forward([[text]]), 10)
+                gflops = 2 * n * weights / ms / 1e6
+                records.append({"repeat": repeat, "pieces": n, "ms": ms, "linear_gflops": gflops})
+            ms = median_ms(lambda: square @ square, 10)
+            records.append({"repeat": repeat, "matmul_1024_gflops": 2 * 1024**3 / ms / 1e6})
+            print(records[-1], flush=True)
+    summary = [
+        {
+            "pieces": n,
+            "median_ms": statistics.median(r["ms"] for r in records if r.get("pieces") == n),
+            "linear_gflops": statistics.median(
+                r["linear_gflops"] for r in records if r.get("pieces") == n
+            ),
+        }
+        for n in FORWARD_PIECES
+    ]
+    summary.append(
+        {
+            "matmul_1024_gflops": statistics.median(
+                r["matmul_1024_gflops"] for r in records if "matmul_1024_gflops" in r
+            ),
+            "linear_weights": weights,
+            "request_pieces": request_pieces,
+        }
+    )
+    return records, summary
+
+
 def join_ms(tokenizer, baseline: str, repeats: int) -> tuple[list[dict], list[dict]]:
     """Ms to build one joining row's check: this revision (index shared, built apart) and the
     baseline's (built per row); and the index's own build, once per set of entries."""
@@ -200,9 +268,21 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--continuation", action="store_true")
     parser.add_argument("--join", action="store_true")
+    parser.add_argument("--forward", action="store_true", help="MiniLM's forward alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
+    if args.forward:
+        meta = machine()
+        records, summary = forward_cost(tokenizer, args.repeats)
+        for row in summary:
+            print(row)
+        append_run(
+            args.output or FORWARD_RESULTS,
+            {"args": arguments(args), "records": records, "summary": summary},
+            meta,
+        )
+        return
     if args.join:
         meta = machine()
         records, summary = join_ms(tokenizer, args.baseline, args.repeats)
