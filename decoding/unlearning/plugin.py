@@ -299,7 +299,7 @@ class Unlearning(StepPlugin):
             return cached
         soft = [(j, s.soft) for j, s in enumerate(states) if s.soft is not None]
         soft_matrix = soft_rows = None
-        if len(soft) == len(states) and all(v is soft[0][1] for _, v in soft):
+        if soft and len(soft) == len(states) and all(v is soft[0][1] for _, v in soft):
             # Every row subtracts the same vector: one row, broadcast (a [rows, vocab] copy
             # would be read whole at every step).
             soft_matrix = soft[0][1][None].to(device, dtype)
