@@ -188,7 +188,7 @@ def forward_cost(tokenizer, repeats: int) -> tuple[list[dict], list[dict]]:
     pieces = chunks(story_prompts(tokenizer, 1))
     request_pieces = sum(len(i) for i in minilm.tokenizer(pieces)["input_ids"])
     rng = random.Random(0)
-    words = [i for i in range(1000, minilm.tokenizer.vocab_size)]
+    words = list(range(1000, minilm.tokenizer.vocab_size))
     square = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
     records = []
     with torch.inference_mode():
