@@ -13,6 +13,11 @@ pilot logits. Modes alternate ABBA within each repeat (current, baseline, baseli
 
     .venv/bin/python -m bench.copilot_step --batch 1 8 32 --baseline d032322
 
+``--cold MB`` adds the mode "current, cold caches": the same step after streaming ``MB``
+megabytes through the CPU's caches before each step, as the pilot's forward does in serving
+(SmolLM2-135M's weights are about 270 MB in bf16), so that the step reads its weights and
+tables from memory.
+
 Results (every step's ms, and per mode and batch the median) are appended as a run to
 docs/bench/copilot-step.json.
 """
@@ -44,6 +49,8 @@ from evals.results import append_run, arguments, machine
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "copilot-step.json"
 VOCAB_LOW = 1000
+#: The ``--cold`` mode's name.
+COLD = "current, cold caches"
 
 
 def baseline_modules(rev: str):
@@ -88,9 +95,11 @@ def make_copilot(folder: Path, pilot: str) -> Path:
     return folder
 
 
-def step_times(modules, path: Path, dtype, batch: int, steps: int, seed: int) -> list[float]:
+def step_times(
+    modules, path: Path, dtype, batch: int, steps: int, seed: int, flush: torch.Tensor | None
+) -> list[float]:
     """ms per step of ``modules`` = (pipeline, plugin, copilot runner) for ``batch`` copilot
-    rows."""
+    rows; with ``flush``, each step after a pass over it (untimed)."""
     pipeline_mod, plugin_mod, runner_mod = modules
     runner = runner_mod.CopilotRunner(str(path), dtype=dtype)
     plugin = plugin_mod.CopilotRectification({"c": runner}, observe=lambda r, a, b: None)
@@ -107,6 +116,8 @@ def step_times(modules, path: Path, dtype, batch: int, steps: int, seed: int) ->
     times = []
     for step in range(steps + 1):
         logits = torch.randn(batch, vocab, generator=gen) * 3
+        if flush is not None:
+            flush.add_(1)
         started = time.perf_counter()
         pipeline.apply(logits)
         if step:  # the first step prefills every row
@@ -126,12 +137,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per batch")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--cold", type=int, metavar="MB", help="also after MB streamed (above)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    modes = {"current": (pipeline_module, plugin_module, runner_module)}
+    current = (pipeline_module, plugin_module, runner_module)
+    modes = {"current": (current, None)}
+    if args.cold:
+        modes[COLD] = (current, torch.zeros(args.cold * 2**20 // 4))
     if args.baseline:
-        modes[f"baseline {args.baseline}"] = baseline_modules(args.baseline)
+        modes[f"baseline {args.baseline}"] = (baseline_modules(args.baseline), None)
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         path = make_copilot(Path(tmp) / "copilot", resolve_model(None, None).path)
@@ -139,8 +154,8 @@ def main() -> None:
             modes,
             args.batch,
             args.repeats,
-            lambda modules, batch, repeat: step_times(
-                modules, path, dtype, batch, args.steps, repeat
+            lambda mode, batch, repeat: step_times(
+                mode[0], path, dtype, batch, args.steps, repeat, mode[1]
             ),
         )
     append_run(
