@@ -13,10 +13,10 @@ pilot logits. Modes alternate ABBA within each repeat (current, baseline, baseli
 
     .venv/bin/python -m bench.copilot_step --batch 1 8 32 --baseline d032322
 
-``--cold MB`` adds the mode "current, cold caches": the same step after streaming ``MB``
-megabytes through the CPU's caches before each step, as the pilot's forward does in serving
-(SmolLM2-135M's weights are about 270 MB in bf16), so that the step reads its weights and
-tables from memory.
+``--cold MB`` adds a cold twin of each mode ("current, cold caches", and the baseline's): the
+same step after streaming ``MB`` megabytes through the CPU's caches before each step, as the
+pilot's forward does in serving (SmolLM2-135M's weights are about 270 MB in bf16), so that the
+step reads its weights and tables from memory.
 
 Results (every step's ms, and per mode and batch the median) are appended as a run to
 docs/bench/copilot-step.json.
@@ -49,8 +49,8 @@ from evals.results import append_run, arguments, machine
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "copilot-step.json"
 VOCAB_LOW = 1000
-#: The ``--cold`` mode's name.
-COLD = "current, cold caches"
+#: What ``--cold`` adds to a mode's name.
+COLD = ", cold caches"
 
 
 def baseline_modules(rev: str):
@@ -141,12 +141,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    current = (pipeline_module, plugin_module, runner_module)
-    modes = {"current": (current, None)}
-    if args.cold:
-        modes[COLD] = (current, torch.zeros(args.cold * 2**20 // 4))
+    modes = {"current": ((pipeline_module, plugin_module, runner_module), None)}
     if args.baseline:
         modes[f"baseline {args.baseline}"] = (baseline_modules(args.baseline), None)
+    if args.cold:
+        flush = torch.zeros(args.cold * 2**20 // 4)
+        modes |= {f"{name}{COLD}": (mode[0], flush) for name, mode in modes.items()}
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         path = make_copilot(Path(tmp) / "copilot", resolve_model(None, None).path)
