@@ -98,9 +98,11 @@ class CopilotRectification(StepPlugin):
             else:
                 logits[at, :vocab] = fused.to(logits.dtype)
             if self.observe is not None:
-                # |lambda * f| = |lambda| * |f|: one pass over the vocabulary for |f|, then its
-                # mean and max (far cheaper on the CPU than vector_norm's).
-                size, weight = rectification[:, :vocab].float().abs(), lam.abs()
+                # |lambda * f| = |lambda| * |f|: one pass over the vocabulary for |f| (taken in
+                # place in a float32 copy, no second [rows, vocab] tensor), then its mean and
+                # max (far cheaper on the CPU than vector_norm's).
+                size = rectification[:, :vocab].to(torch.float32, copy=True).abs_()
+                weight = lam.abs()
                 self.observe(
                     [rows[i] for i in positions], weight * size.mean(-1), weight * size.amax(-1)
                 )
