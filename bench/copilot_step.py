@@ -18,6 +18,11 @@ same step after streaming ``MB`` megabytes through the CPU's caches before each 
 pilot's forward does in serving (SmolLM2-135M's weights are about 270 MB in bf16), so that the
 step reads its weights and tables from memory.
 
+``--head`` adds a mode "head alone" (with its cold twin under ``--cold``): the copilot's output
+head by itself, ``W h`` for B rows of random ``h``, as the step computes it (bf16, its weight
+packed for oneDNN: decoding/aux/packed.py). Reading that ``vocab x hidden`` weight is the part
+of the step no implementation of the rest can avoid.
+
 Results (every step's ms, and per mode and batch the median) are appended as a run to
 docs/bench/copilot-step.json.
 """
@@ -51,6 +56,8 @@ RESULTS = REPO / "docs" / "bench" / "copilot-step.json"
 VOCAB_LOW = 1000
 #: What ``--cold`` adds to a mode's name.
 COLD = ", cold caches"
+#: The ``--head`` mode's name, and what its mode holds in place of a revision's modules.
+HEAD = "head alone"
 
 
 def baseline_modules(rev: str):
@@ -127,6 +134,26 @@ def step_times(
     return times
 
 
+def head_times(
+    path: Path, dtype, batch: int, steps: int, seed: int, flush: torch.Tensor | None
+) -> list[float]:
+    """ms per product of the copilot's output head alone for ``batch`` rows (as
+    :func:`step_times`, with ``flush`` before each)."""
+    head = runner_module.CopilotRunner(str(path), dtype=dtype).runner.model.head
+    hidden = torch.randn(batch, head.in_features, generator=torch.Generator().manual_seed(seed))
+    hidden = hidden.to(dtype)
+    times = []
+    with torch.inference_mode():
+        for step in range(steps + 1):
+            if flush is not None:
+                flush.add_(1)
+            started = time.perf_counter()
+            head(hidden)
+            if step:  # as step_times: the first call is not timed
+                times.append((time.perf_counter() - started) * 1e3)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
@@ -138,12 +165,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="ABBA pairs per batch")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--cold", type=int, metavar="MB", help="also after MB streamed (above)")
+    parser.add_argument("--head", action="store_true", help="also the output head alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
     modes = {"current": ((pipeline_module, plugin_module, runner_module), None)}
     if args.baseline:
         modes[f"baseline {args.baseline}"] = (baseline_modules(args.baseline), None)
+    if args.head:
+        modes[HEAD] = (HEAD, None)
     if args.cold:
         flush = torch.zeros(args.cold * 2**20 // 4)
         modes |= {f"{name}{COLD}": (mode[0], flush) for name, mode in modes.items()}
@@ -154,8 +184,10 @@ def main() -> None:
             modes,
             args.batch,
             args.repeats,
-            lambda mode, batch, repeat: step_times(
-                mode[0], path, dtype, batch, args.steps, repeat, mode[1]
+            lambda mode, batch, repeat: (
+                head_times(path, dtype, batch, args.steps, repeat, mode[1])
+                if mode[0] == HEAD
+                else step_times(mode[0], path, dtype, batch, args.steps, repeat, mode[1])
             ),
         )
     append_run(

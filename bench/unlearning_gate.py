@@ -34,7 +34,11 @@ checks of 1 and of 8 rows.
 one row of ``n`` word pieces, one torch thread) for several ``n``, with the rate its linear
 layers reach (``2 n`` FLOPs per weight), beside a 1024 x 1024 float32 matrix product's rate on
 the same thread (about the best torch reaches on this core), and the word pieces of
-bench/unlearning.py's chat request; appended to docs/bench/unlearning-gate-forward.json.
+bench/unlearning.py's chat request. For each ``--concurrency`` ``c``, it also counts the word
+pieces of a wave of ``c`` of those requests arriving together (their distinct texts: what the
+gate embeds at least) and the time the forward's linear layers would take for them at the
+product's rate, a lower bound on the wave's gate on one thread. Appended to
+docs/bench/unlearning-gate-forward.json.
 
 ``--join --baseline REV`` times what a gated row's continuation check costs when the row joins,
 with bench/unlearning.py's 10,000 phrases: the baseline's check built from the phrases for the
@@ -178,15 +182,25 @@ def median_ms(run, calls: int) -> float:
     return statistics.median(times)
 
 
-def forward_cost(tokenizer, repeats: int) -> tuple[list[dict], list[dict]]:
+def wave_pieces(minilm, tokenizer, concurrency: int) -> int:
+    """Word pieces the gate must embed at least for ``concurrency`` of bench/unlearning.py's
+    requests arriving together: their texts' distinct pieces (the batcher embeds each distinct
+    piece once, decoding/unlearning/batcher.py)."""
+    pieces = dict.fromkeys(
+        p for prompt in story_prompts(tokenizer, concurrency) for p in chunks([prompt])
+    )
+    return sum(len(i) for i in minilm.tokenizer(list(pieces))["input_ids"])
+
+
+def forward_cost(tokenizer, repeats: int, concurrency: list[int]) -> tuple[list[dict], list[dict]]:
     """Each repeat's ms per MiniLM forward of ``n`` word pieces and its linear layers' GFLOP/s;
-    a 1024^3 float32 product's GFLOP/s; the chat request's word pieces (the module docstring)."""
+    a 1024^3 float32 product's GFLOP/s; the chat request's word pieces, and each wave's with
+    the time its linear layers would take at the product's rate (the module docstring)."""
     minilm = embeddings_module.MiniLM()
     weights = sum(
         m.weight.numel() for m in minilm.bert.encoder.modules() if isinstance(m, torch.nn.Linear)
     )
-    pieces = chunks(story_prompts(tokenizer, 1))
-    request_pieces = sum(len(i) for i in minilm.tokenizer(pieces)["input_ids"])
+    request_pieces = wave_pieces(minilm, tokenizer, 1)
     rng = random.Random(0)
     words = list(range(1000, minilm.tokenizer.vocab_size))
     square = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
@@ -211,15 +225,19 @@ def forward_cost(tokenizer, repeats: int) -> tuple[list[dict], list[dict]]:
         }
         for n in FORWARD_PIECES
     ]
+    rate = statistics.median(r["matmul_1024_gflops"] for r in records if "matmul_1024_gflops" in r)
     summary.append(
-        {
-            "matmul_1024_gflops": statistics.median(
-                r["matmul_1024_gflops"] for r in records if "matmul_1024_gflops" in r
-            ),
-            "linear_weights": weights,
-            "request_pieces": request_pieces,
-        }
+        {"matmul_1024_gflops": rate, "linear_weights": weights, "request_pieces": request_pieces}
     )
+    for c in concurrency:
+        pieces = wave_pieces(minilm, tokenizer, c)
+        summary.append(
+            {
+                "concurrency": c,
+                "wave_pieces": pieces,
+                "linear_ms_at_matmul_rate": 2 * pieces * weights / rate / 1e6,
+            }
+        )
     return records, summary
 
 
@@ -274,7 +292,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
     if args.forward:
         meta = machine()
-        records, summary = forward_cost(tokenizer, args.repeats)
+        records, summary = forward_cost(tokenizer, args.repeats, args.concurrency)
         for row in summary:
             print(row)
         append_run(
