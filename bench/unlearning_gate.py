@@ -45,6 +45,15 @@ with bench/unlearning.py's 10,000 phrases: the baseline's check built from the p
 row, against this revision's, whose phrase index is built once per set of retrieved entries
 (reported apart) and shared by the rows. ABBA, ``--repeats`` repeats of one row each; appended
 to docs/bench/unlearning-continuation.json.
+
+``--threads`` times the gate's encode of a wave of eight requests' texts (bench/unlearning.py's,
+as ``--forward`` counts them) on one torch thread and on two, alternating, first with no
+server running, then beside a ``corrigo serve`` of the embedded model (eager), each encode
+right after a short request has finished: the moment a wave's gate runs, when vLLM's CPU
+worker polls its queue for a while after its last step. In this process, not the server's (the
+cores are what is shared). Appended to docs/bench/unlearning-gate-threads.json.
+
+    flock /tmp/corrigo-engine.lock .venv/bin/python -m bench.unlearning_gate --threads
 """
 
 from __future__ import annotations
@@ -54,9 +63,12 @@ import asyncio
 import itertools
 import random
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer
@@ -74,12 +86,15 @@ from decoding.unlearning.params import UnlearningParams
 from decoding.unlearning.phrases import forbidden_phrases
 from evals.results import append_run, arguments, machine
 from server.config import LimitsConfig
+from server.launcher import start_server
 from server.metrics import ServerMetrics
+from server.toml_writer import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "bench" / "unlearning-gate.json"
 CONTINUATION_RESULTS = REPO / "docs" / "bench" / "unlearning-continuation.json"
 FORWARD_RESULTS = REPO / "docs" / "bench" / "unlearning-gate-forward.json"
+THREADS_RESULTS = REPO / "docs" / "bench" / "unlearning-gate-threads.json"
 #: Word pieces of the forwards ``--forward`` times.
 FORWARD_PIECES = (8, 32, 64, 136, 256)
 PASSAGE = (
@@ -241,6 +256,70 @@ def forward_cost(tokenizer, repeats: int, concurrency: list[int]) -> tuple[list[
     return records, summary
 
 
+def threads_beside_engine(tokenizer, repeats: int) -> tuple[list[dict], list[dict]]:
+    """Each repeat's ms per encode of a wave of eight's texts on 1 and on 2 torch threads, with
+    no server and right after a request to one (the module docstring)."""
+    minilm = embeddings_module.MiniLM()
+    texts = list(
+        dict.fromkeys(p for prompt in story_prompts(tokenizer, 8) for p in chunks([prompt]))
+    )
+    threads = (1, 2)
+
+    def encode_ms(count: int) -> float:
+        torch.set_num_threads(count)
+        started = time.perf_counter()
+        minilm.encode(texts)
+        return (time.perf_counter() - started) * 1e3
+
+    def timed(setting: str, before: Callable[[], None]) -> list[dict]:
+        for count in threads:  # warm-up, untimed
+            before()
+            encode_ms(count)
+        out = []
+        for repeat in range(repeats):
+            for count in threads if repeat % 2 == 0 else threads[::-1]:
+                before()
+                ms = encode_ms(count)
+                out.append({"setting": setting, "threads": count, "repeat": repeat, "ms": ms})
+                print(out[-1], flush=True)
+        return out
+
+    records = timed("no server", lambda: None)
+    model = resolve_model(None, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_config(
+            Path(tmp) / "bench.toml",
+            {
+                "model": {"path": model.path, "served_model_name": model.model_id},
+                "engine": {"max_model_len": 2048, "enforce_eager": True},
+                "server": {"log_level": "warning"},
+            },
+        )
+        server = start_server(config, Path(tmp) / "server.log")
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=120) as client:
+                request = {"model": model.model_id, "prompt": "Once upon a time", "max_tokens": 4}
+                records += timed(
+                    "right after a request",
+                    lambda: client.post("/v1/completions", json=request).raise_for_status(),
+                )
+        finally:
+            server.stop()
+        torch.set_num_threads(1)
+    summary = [
+        {
+            "setting": setting,
+            "threads": count,
+            "median_ms": statistics.median(
+                r["ms"] for r in records if r["setting"] == setting and r["threads"] == count
+            ),
+        }
+        for setting in ("no server", "right after a request")
+        for count in threads
+    ]
+    return records, summary
+
+
 def join_ms(tokenizer, baseline: str, repeats: int) -> tuple[list[dict], list[dict]]:
     """Ms to build one joining row's check: this revision (index shared, built apart) and the
     baseline's (built per row); and the index's own build, once per set of entries."""
@@ -287,6 +366,7 @@ def main() -> None:
     parser.add_argument("--continuation", action="store_true")
     parser.add_argument("--join", action="store_true")
     parser.add_argument("--forward", action="store_true", help="MiniLM's forward alone")
+    parser.add_argument("--threads", action="store_true", help="1 or 2 threads beside the engine")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
@@ -297,6 +377,17 @@ def main() -> None:
             print(row)
         append_run(
             args.output or FORWARD_RESULTS,
+            {"args": arguments(args), "records": records, "summary": summary},
+            meta,
+        )
+        return
+    if args.threads:
+        meta = machine()
+        records, summary = threads_beside_engine(tokenizer, args.repeats)
+        for row in summary:
+            print(row)
+        append_run(
+            args.output or THREADS_RESULTS,
             {"args": arguments(args), "records": records, "summary": summary},
             meta,
         )
