@@ -3,8 +3,11 @@ machine the results come from: each target's budget, the part of it no implement
 correction avoids (measured), what that leaves, and what that code costs now. It reads
 committed results files only, at the runs named:
 
-    .venv/bin/python -m bench.floors --phases-run 4 --copilot-run 5 --copilot-step-run 6 \\
+    .venv/bin/python -m bench.floors --phases-runs 4 5 --copilot-run 5 --copilot-step-run 6 \\
         --unlearning-run 7 --gate-run 1
+
+Each figure taken from a step phases run (bench/step_phases.py) is shown for every run named,
+one row each: the step's costs move between runs by about as much as the differences here.
 
 Copilot, per engine step at concurrency ``c`` (bench/copilot.py's target: per-token overhead
 at most ``TARGET`` x the FLOP share ``s``; ``c`` rows per step, all with the copilot)::
@@ -114,7 +117,9 @@ def _commits(*runs: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phases-run", type=int, required=True, help="of step-phases.json")
+    parser.add_argument(
+        "--phases-runs", type=int, nargs="+", required=True, help="of step-phases.json"
+    )
     parser.add_argument("--copilot-run", type=int, required=True, help="of copilot.json")
     parser.add_argument("--copilot-step-run", type=int, required=True, help="of copilot-step.json")
     parser.add_argument("--unlearning-run", type=int, required=True, help="of unlearning.json")
@@ -122,36 +127,35 @@ def main() -> None:
         "--gate-run", type=int, required=True, help="of unlearning-gate-forward.json"
     )
     args = parser.parse_args()
-    phases = _run("step-phases.json", args.phases_run)
-    serving, step = (
-        _run("copilot.json", args.copilot_run),
-        _run("copilot-step.json", args.copilot_step_run),
-    )
-    forget, gate = (
-        _run("unlearning.json", args.unlearning_run),
-        _run("unlearning-gate-forward.json", args.gate_run),
-    )
+    phases = {index: _run("step-phases.json", index) for index in args.phases_runs}
+    serving = _run("copilot.json", args.copilot_run)
+    step = _run("copilot-step.json", args.copilot_step_run)
+    forget = _run("unlearning.json", args.unlearning_run)
+    gate = _run("unlearning-gate-forward.json", args.gate_run)
     print(
-        f"Copilot, per engine step (commits {_commits(phases, serving, step)}; ms):",
+        f"Copilot, per engine step (commits {_commits(*phases.values(), serving, step)}; ms):",
         "",
-        "| c | budget | head alone, cold | step's extra outside the plugin | left for the "
-        "plugin's other work | that work now |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| step phases run | c | budget | head alone, cold | step's extra outside the plugin "
+        "| left for the plugin's other work | that work now |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {r['concurrency']} | {r['budget_ms']:.2f} | {r['head_ms']:.2f} | "
+            f"| {index} | {r['concurrency']} | {r['budget_ms']:.2f} | {r['head_ms']:.2f} | "
             f"{r['outside_ms']:.2f} | {r['left_ms']:.2f} | {r['now_ms']:.2f} |"
-            for r in copilot_rows(phases, serving, step)
+            for index, run in phases.items()
+            for r in copilot_rows(run, serving, step)
         ),
         "",
-        f"Unlearning with 10,000 phrases, per wave (commits {_commits(phases, forget, gate)}):",
+        "Unlearning with 10,000 phrases, per wave "
+        f"(commits {_commits(*phases.values(), forget, gate)}):",
         "",
-        "| c | plain's wave (s) | budget (ms) | gate's linear layers at the best rate (ms) | "
-        "left per decode step (ms) | a decode step's extra now (ms) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| step phases run | c | plain's wave (s) | budget (ms) | gate's linear layers at the "
+        "best rate (ms) | left per decode step (ms) | a decode step's extra now (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {r['concurrency']} | {r['wave_s']:.2f} | {r['budget_ms']:.1f} | "
+            f"| {index} | {r['concurrency']} | {r['wave_s']:.2f} | {r['budget_ms']:.1f} | "
             f"{r['gate_ms']:.1f} | {r['left_per_step_ms']:.2f} | {r['now_per_step_ms']:.2f} |"
-            for r in unlearning_rows(phases, forget, gate)
+            for index, run in phases.items()
+            for r in unlearning_rows(run, forget, gate)
         ),
         sep="\n",
     )
