@@ -111,6 +111,41 @@ def unlearning_rows(phases: dict, serving: dict, gate: dict) -> list[dict]:
     return rows
 
 
+#: Each table's columns after the step phases run and ``c``: (header, row key, decimals).
+COPILOT_COLUMNS = (
+    ("budget", "budget_ms", 2),
+    ("head alone, cold", "head_ms", 2),
+    ("step's extra outside the plugin", "outside_ms", 2),
+    ("left for the plugin's other work", "left_ms", 2),
+    ("that work now", "now_ms", 2),
+)
+UNLEARNING_COLUMNS = (
+    ("plain's wave (s)", "wave_s", 2),
+    ("budget (ms)", "budget_ms", 1),
+    ("gate's linear layers at the best rate (ms)", "gate_ms", 1),
+    ("left per decode step (ms)", "left_per_step_ms", 2),
+    ("a decode step's extra now (ms)", "now_per_step_ms", 2),
+)
+
+
+def _table(
+    title: str, columns: tuple[tuple[str, str, int], ...], rows: list[tuple[int, dict]]
+) -> list[str]:
+    """A markdown table of ``rows`` (step phases run, row), one line per row."""
+    return [
+        title,
+        "",
+        "| step phases run | c | " + " | ".join(header for header, _, _ in columns) + " |",
+        "|---:|---:|" + "---:|" * len(columns),
+        *(
+            f"| {index} | {row['concurrency']} | "
+            + " | ".join(f"{row[key]:.{decimals}f}" for _, key, decimals in columns)
+            + " |"
+            for index, row in rows
+        ),
+    ]
+
+
 def _commits(*runs: dict) -> str:
     return ", ".join(dict.fromkeys(run["commit"] for run in runs))
 
@@ -132,30 +167,22 @@ def main() -> None:
     step = _run("copilot-step.json", args.copilot_step_run)
     forget = _run("unlearning.json", args.unlearning_run)
     gate = _run("unlearning-gate-forward.json", args.gate_run)
+    copilot_table = [(i, r) for i, run in phases.items() for r in copilot_rows(run, serving, step)]
+    unlearning_table = [
+        (i, r) for i, run in phases.items() for r in unlearning_rows(run, forget, gate)
+    ]
     print(
-        f"Copilot, per engine step (commits {_commits(*phases.values(), serving, step)}; ms):",
-        "",
-        "| step phases run | c | budget | head alone, cold | step's extra outside the plugin "
-        "| left for the plugin's other work | that work now |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *(
-            f"| {index} | {r['concurrency']} | {r['budget_ms']:.2f} | {r['head_ms']:.2f} | "
-            f"{r['outside_ms']:.2f} | {r['left_ms']:.2f} | {r['now_ms']:.2f} |"
-            for index, run in phases.items()
-            for r in copilot_rows(run, serving, step)
+        *_table(
+            f"Copilot, per engine step (commits {_commits(*phases.values(), serving, step)}; ms):",
+            COPILOT_COLUMNS,
+            copilot_table,
         ),
         "",
-        "Unlearning with 10,000 phrases, per wave "
-        f"(commits {_commits(*phases.values(), forget, gate)}):",
-        "",
-        "| step phases run | c | plain's wave (s) | budget (ms) | gate's linear layers at the "
-        "best rate (ms) | left per decode step (ms) | a decode step's extra now (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *(
-            f"| {index} | {r['concurrency']} | {r['wave_s']:.2f} | {r['budget_ms']:.1f} | "
-            f"{r['gate_ms']:.1f} | {r['left_per_step_ms']:.2f} | {r['now_per_step_ms']:.2f} |"
-            for index, run in phases.items()
-            for r in unlearning_rows(run, forget, gate)
+        *_table(
+            "Unlearning with 10,000 phrases, per wave "
+            f"(commits {_commits(*phases.values(), forget, gate)}):",
+            UNLEARNING_COLUMNS,
+            unlearning_table,
         ),
         sep="\n",
     )

@@ -370,27 +370,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None, None).path)
-    if args.forward:
+
+    def record(path: Path, measure: Callable[[], tuple[list[dict], list[dict]]]) -> None:
+        """Run ``measure`` and append its records and summary to ``path`` (or ``--output``)."""
         meta = machine()
-        records, summary = forward_cost(tokenizer, args.repeats, args.concurrency)
+        records, summary = measure()
         for row in summary:
             print(row)
         append_run(
-            args.output or FORWARD_RESULTS,
+            args.output or path,
             {"args": arguments(args), "records": records, "summary": summary},
             meta,
         )
+
+    if args.forward:
+        record(FORWARD_RESULTS, lambda: forward_cost(tokenizer, args.repeats, args.concurrency))
         return
     if args.threads:
-        meta = machine()
-        records, summary = threads_beside_engine(tokenizer, args.repeats)
-        for row in summary:
-            print(row)
-        append_run(
-            args.output or THREADS_RESULTS,
-            {"args": arguments(args), "records": records, "summary": summary},
-            meta,
-        )
+        record(THREADS_RESULTS, lambda: threads_beside_engine(tokenizer, args.repeats))
         return
     if args.join:
         meta = machine()
