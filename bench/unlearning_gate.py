@@ -197,14 +197,18 @@ def median_ms(run, calls: int) -> float:
     return statistics.median(times)
 
 
+def wave_texts(tokenizer, concurrency: int) -> list[str]:
+    """The distinct texts of ``concurrency`` of bench/unlearning.py's requests arriving
+    together: what the gate embeds at least (its batcher embeds each distinct text once,
+    decoding/unlearning/batcher.py)."""
+    prompts = story_prompts(tokenizer, concurrency)
+    return list(dict.fromkeys(text for prompt in prompts for text in chunks([prompt])))
+
+
 def wave_pieces(minilm, tokenizer, concurrency: int) -> int:
-    """Word pieces the gate must embed at least for ``concurrency`` of bench/unlearning.py's
-    requests arriving together: their texts' distinct pieces (the batcher embeds each distinct
-    piece once, decoding/unlearning/batcher.py)."""
-    pieces = dict.fromkeys(
-        p for prompt in story_prompts(tokenizer, concurrency) for p in chunks([prompt])
-    )
-    return sum(len(i) for i in minilm.tokenizer(list(pieces))["input_ids"])
+    """MiniLM word pieces of :func:`wave_texts`."""
+    texts = wave_texts(tokenizer, concurrency)
+    return sum(len(i) for i in minilm.tokenizer(texts)["input_ids"])
 
 
 def forward_cost(tokenizer, repeats: int, concurrency: list[int]) -> tuple[list[dict], list[dict]]:
@@ -260,9 +264,7 @@ def threads_beside_engine(tokenizer, repeats: int) -> tuple[list[dict], list[dic
     """Each repeat's ms per encode of a wave of eight's texts on 1 and on 2 torch threads, with
     no server and right after a request to one (the module docstring)."""
     minilm = embeddings_module.MiniLM()
-    texts = list(
-        dict.fromkeys(p for prompt in story_prompts(tokenizer, 8) for p in chunks([prompt]))
-    )
+    texts = wave_texts(tokenizer, 8)
     threads = (1, 2)
 
     def encode_ms(count: int) -> float:
